@@ -1,0 +1,32 @@
+"""deepum: train PyTorch models larger than the GPU.
+
+DeepUM (ASPLOS 2023) as software paging: every aten operator is intercepted,
+tensor storages are the pages, and a correlation prefetcher moves them between
+device and pinned host memory ahead of need.
+"""
+
+from .errors import (
+    BudgetError,
+    BudgetTooSmallError,
+    DeepUMError,
+    HostMemoryError,
+    RestoreError,
+    UnsupportedError,
+)
+from .session import Session, current, disable, enable, oversubscribe
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetError",
+    "BudgetTooSmallError",
+    "DeepUMError",
+    "HostMemoryError",
+    "RestoreError",
+    "Session",
+    "UnsupportedError",
+    "current",
+    "disable",
+    "enable",
+    "oversubscribe",
+]

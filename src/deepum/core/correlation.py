@@ -1,0 +1,171 @@
+"""Execution IDs and DeepUM's two correlation tables.
+
+DeepUM hashes each kernel launch (its name and arguments) to an execution ID,
+so that the same launch in the next training iteration gets the same ID. Two
+tables then record what follows what:
+
+* the execution-ID correlation table (:class:`SuccessorTable`): for the last
+  three IDs, the IDs seen to come next, most recent first;
+* the page correlation table (:class:`PageCorrelation`): for each ID, the pages
+  that operator touched, in order.
+
+A :class:`Predictor` chains through them: from the current history it predicts
+the next ID, appends it to the history, predicts again, and so keeps a window
+of the next N operators and the pages they will touch.
+
+[Note: stable keys]
+A page table keyed by live storages forgets everything at the end of an
+iteration, because activations die and are born again. The page correlation
+table therefore names pages by *stable keys*, which the glue assigns when a
+page first appears: a page born as output ``i`` of the operator with execution
+ID ``e`` is ``("born", e, i)``; a page first seen as an input (a parameter, a
+batch that came from a data loader) is named by where it was first seen. The
+same role in the next iteration gets the same stable key. Execution IDs are
+in turn made of the operator and the stable keys of its inputs, so they also
+recur, and they tell apart operators that differ only by which layer's
+parameters they use. This module interns both kinds of key as small ints and
+does not care how they were formed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Hashable, Iterable
+
+HISTORY = 3  # DeepUM's history length
+MAX_SUCCESSORS = 4
+
+
+class Interner:
+    """Maps hashable keys to small ints, 0, 1, 2, ..."""
+
+    def __init__(self) -> None:
+        self._ids: dict[Hashable, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __call__(self, key: Hashable) -> int:
+        i = self._ids.get(key)
+        if i is None:
+            i = self._ids[key] = len(self._ids)
+        return i
+
+
+class SuccessorTable:
+    """History of the last :data:`HISTORY` execution IDs -> the IDs seen next."""
+
+    def __init__(self) -> None:
+        self._next: dict[tuple[int, ...], list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._next)
+
+    def record(self, history: tuple[int, ...], nxt: int) -> None:
+        succ = self._next.get(history)
+        if succ is None:
+            self._next[history] = [nxt]
+        elif succ[0] != nxt:
+            # Most recent first: a changed branch is predicted from its second visit.
+            if nxt in succ:
+                succ.remove(nxt)
+            succ.insert(0, nxt)
+            del succ[MAX_SUCCESSORS:]
+
+    def predict(self, history: tuple[int, ...]) -> int | None:
+        succ = self._next.get(history)
+        return succ[0] if succ else None
+
+    def successors(self, history: tuple[int, ...]) -> list[int]:
+        return list(self._next.get(history, ()))
+
+
+class PageCorrelation:
+    """Execution ID -> stable keys of the pages that operator touches, in order."""
+
+    def __init__(self) -> None:
+        self._pages: dict[int, tuple[int, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def record(self, eid: int, skeys: Iterable[int]) -> None:
+        self._pages[eid] = tuple(skeys)
+
+    def pages(self, eid: int) -> tuple[int, ...]:
+        return self._pages.get(eid, ())
+
+
+class Predictor:
+    """Keeps a window of the next ``lookahead`` predicted operators.
+
+    ``observe(eid)`` is called once per operator. It teaches the successor
+    table, slides the window (or rebuilds it after a misprediction) and returns
+    the execution IDs that entered the window: the prefetcher's work list.
+    ``window_pages`` counts, per stable key, how many window operators touch
+    the page; pre-eviction leaves those pages alone.
+    """
+
+    def __init__(self, successors: SuccessorTable, pages: PageCorrelation, lookahead: int) -> None:
+        if lookahead < 1:
+            raise ValueError("lookahead must be at least 1")
+        self.successors = successors
+        self.pages = pages
+        self.lookahead = lookahead
+        self.history: deque[int] = deque(maxlen=HISTORY)
+        self.window: deque[int] = deque()
+        self.window_pages: Counter[int] = Counter()
+        # The last HISTORY IDs of history + window: where the next prediction starts.
+        self._tail: deque[int] = deque(maxlen=HISTORY)
+        self.predictions = 0
+        self.correct = 0
+
+    def observe(self, eid: int) -> list[int]:
+        hit = bool(self.window) and self.window[0] == eid
+        if self.window:
+            self.predictions += 1
+            self.correct += hit
+        if len(self.history) == HISTORY:
+            self.successors.record(tuple(self.history), eid)
+        self.history.append(eid)
+        if hit:
+            self._drop_front()
+        else:
+            self.window.clear()
+            self.window_pages.clear()
+            self._tail = deque(self.history, maxlen=HISTORY)
+        return self._fill()
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.predictions if self.predictions else 0.0
+
+    def next_use(self, skey: int) -> int | None:
+        """How many operators ahead the page is predicted to be used, or None."""
+        if skey not in self.window_pages:
+            return None
+        for distance, eid in enumerate(self.window, 1):
+            if skey in self.pages.pages(eid):
+                return distance
+        return None
+
+    def _drop_front(self) -> None:
+        eid = self.window.popleft()
+        for skey in self.pages.pages(eid):
+            n = self.window_pages[skey] - 1
+            if n:
+                self.window_pages[skey] = n
+            else:
+                del self.window_pages[skey]
+
+    def _fill(self) -> list[int]:
+        entered = []
+        while len(self.window) < self.lookahead and len(self._tail) == HISTORY:
+            nxt = self.successors.predict(tuple(self._tail))
+            if nxt is None:
+                break
+            self.window.append(nxt)
+            self._tail.append(nxt)
+            self.window_pages.update(self.pages.pages(nxt))
+            entered.append(nxt)
+        return entered

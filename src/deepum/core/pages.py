@@ -1,0 +1,204 @@
+"""Pages, their states, and the accounting of device bytes against the budget.
+
+A page is one tensor storage. Every view of a tensor, and every reference that
+autograd saved for backward, points at the same storage, so moving the storage
+moves all of them at once and none of them notices.
+
+[Note: page states]
+A page is in exactly one state::
+
+    RESIDENT --evict--> EVICTED --fault or prefetch--> ARRIVING --first use--> RESIDENT
+       |                   |                               |
+       +-------------------+------ storage freed ----------+--> DEAD
+
+* RESIDENT: the device copy is the truth; ``host`` may hold a copy that is
+  still current (``dirty`` is False), which makes the next eviction free.
+* ARRIVING: device memory is allocated and a copy in is queued; it counts as
+  resident for the budget. On a device without streams a page passes through
+  this state instantly.
+* EVICTED: device memory is freed; ``host`` holds the only copy.
+* DEAD: the program freed the storage; the host copy is released, never copied
+  back. The table forgets the page.
+A later "dropped, to be recomputed" state would sit beside EVICTED: no host
+copy, but a recipe to rebuild it. Nothing here assumes that EVICTED is the only
+non-resident state.
+
+[Note: budget accounting]
+``resident_bytes`` counts every page whose device memory is allocated
+(RESIDENT or ARRIVING), pageable or not. The engine keeps it at or below
+``limit``; the budget minus ``limit`` is the headroom left for memory that
+deepum cannot see (kernel workspaces, allocator rounding).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from enum import IntEnum
+from typing import Any
+
+
+class State(IntEnum):
+    RESIDENT = 0
+    ARRIVING = 1
+    EVICTED = 2
+    DEAD = 3
+
+
+RESIDENT, ARRIVING, EVICTED, DEAD = State
+
+
+class Kind(IntEnum):
+    """What a page holds, as far as the engine can tell (see the glue's classifier)."""
+
+    OTHER = 0
+    PARAMETER = 1
+    GRADIENT = 2
+    OPTIMIZER_STATE = 3
+    ACTIVATION = 4
+
+
+class Page:
+    """One storage under management.
+
+    ``key`` identifies the live storage; ``skey`` is the stable key that names
+    the same role across training iterations (see :mod:`.correlation`).
+    ``ref`` and ``host`` are opaque to the core: the glue keeps a weak
+    reference to the storage and a host buffer there.
+    """
+
+    __slots__ = (
+        "key", "skey", "nbytes", "state", "dirty", "pageable", "pins",
+        "ref", "host", "ready", "prefetched", "kind", "__weakref__",
+    )
+
+    def __init__(self, key: int, nbytes: int, skey: int = -1, pageable: bool = True) -> None:
+        self.key = key
+        self.skey = skey
+        self.nbytes = nbytes
+        self.state = State.RESIDENT
+        # A page born on the device has no host copy, so it is dirty.
+        self.dirty = True
+        self.pageable = pageable
+        # Number of operators now using the page; a pinned page is never a victim.
+        self.pins = 0
+        self.ref: Any = None
+        self.host: Any = None
+        # Transfer-engine event of the last copy that touched the page or its
+        # host buffer; compute waits on it before the first use of an ARRIVING
+        # page, and the host buffer is reused only after it. None: nothing pending.
+        self.ready: Any = None
+        # Brought in by a prefetch and not used since: a hit or a waste to come.
+        self.prefetched = False
+        self.kind = Kind.OTHER
+
+    @property
+    def resident(self) -> bool:
+        return self.state <= State.ARRIVING
+
+    def __repr__(self) -> str:
+        return (f"Page(key={self.key:#x}, skey={self.skey}, {self.nbytes}B, {self.state.name}, "
+                f"dirty={self.dirty}, pins={self.pins})")
+
+
+class PageTable:
+    """All managed pages, the resident ones in least-recently-used order."""
+
+    def __init__(self, limit: int) -> None:
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        self.limit = limit
+        self.pages: dict[int, Page] = {}
+        # Resident pageable pages, least recently used first.
+        self._lru: OrderedDict[int, Page] = OrderedDict()
+        self.resident_bytes = 0
+        self.peak_resident_bytes = 0
+        self.unpageable_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.pages)
+
+    def get(self, key: int) -> Page | None:
+        return self.pages.get(key)
+
+    def add(self, page: Page) -> None:
+        """A page appears, resident (a new storage, or one first seen by an operator)."""
+        assert page.key not in self.pages, "the glue retires a stale page before reusing its key"
+        self.pages[page.key] = page
+        page.state = State.RESIDENT
+        self._grow(page.nbytes)
+        if page.pageable:
+            self._lru[page.key] = page
+        else:
+            self.unpageable_bytes += page.nbytes
+
+    def touch(self, page: Page) -> None:
+        """The page, resident, was used now: it becomes the most recently used."""
+        if page.pageable:
+            self._lru.move_to_end(page.key)
+
+    def arriving(self, page: Page) -> None:
+        assert page.state == State.EVICTED, page
+        page.state = State.ARRIVING
+        self._grow(page.nbytes)
+        self._lru[page.key] = page
+
+    def arrived(self, page: Page) -> None:
+        assert page.state == State.ARRIVING, page
+        page.state = State.RESIDENT
+
+    def cancel_arrival(self, page: Page) -> None:
+        """A copy in failed before it started: the page is evicted again."""
+        assert page.state == State.ARRIVING, page
+        page.state = State.EVICTED
+        self.resident_bytes -= page.nbytes
+        del self._lru[page.key]
+
+    def resize(self, page: Page, nbytes: int) -> None:
+        """An operator resized a resident storage in place (resize_, out= arguments)."""
+        assert page.resident, page
+        delta = nbytes - page.nbytes
+        page.nbytes = nbytes
+        if not page.pageable:
+            self.unpageable_bytes += delta
+        self._grow(delta)
+
+    def evicted(self, page: Page) -> None:
+        assert page.resident and page.pageable and page.pins == 0, page
+        page.state = State.EVICTED
+        self.resident_bytes -= page.nbytes
+        del self._lru[page.key]
+
+    def retire(self, page: Page) -> None:
+        """The storage died: forget the page and give back its bytes."""
+        if self.pages.get(page.key) is page:
+            del self.pages[page.key]
+        if page.resident:
+            self.resident_bytes -= page.nbytes
+            if page.pageable:
+                self._lru.pop(page.key, None)
+            else:
+                self.unpageable_bytes -= page.nbytes
+        page.state = State.DEAD
+
+    def lru(self) -> Iterator[Page]:
+        """Resident pageable pages, least recently used first.
+
+        A live view: do not evict while iterating it.
+        """
+        return iter(self._lru.values())
+
+    def room(self) -> int:
+        return self.limit - self.resident_bytes
+
+    def _grow(self, nbytes: int) -> None:
+        self.resident_bytes += nbytes
+        if self.resident_bytes > self.peak_resident_bytes:
+            self.peak_resident_bytes = self.resident_bytes
+
+    def check(self) -> None:
+        """Assert the accounting invariants (tests call this)."""
+        resident = [p for p in self.pages.values() if p.resident]
+        assert self.resident_bytes == sum(p.nbytes for p in resident), "resident bytes drifted"
+        assert set(self._lru) == {p.key for p in resident if p.pageable}, "LRU out of step"
+        assert self.unpageable_bytes == sum(p.nbytes for p in resident if not p.pageable)

@@ -1,0 +1,114 @@
+"""Eviction and prefetch policy: which pages leave the device, which come early.
+
+Two policies share one interface, so the pager never asks which one it has:
+
+* :class:`LruPolicy` is demand paging: nothing is prefetched, and the victim is
+  the least recently used page. It is the analogue of plain Unified Memory.
+* :class:`DeepUMPolicy` adds DeepUM's correlation prefetching and
+  pre-eviction. After each operator it slides a window of the next N
+  predicted operators (:class:`~.correlation.Predictor`); pages those
+  operators need and that are not resident are prefetched; victims are chosen
+  among pages no window operator touches, least recently used first, and only
+  then among window pages, the one used furthest ahead first.
+
+Both return candidates; the pager skips pages that are pinned by a running
+operator and decides how many it needs.
+"""
+
+from __future__ import annotations
+
+from .correlation import PageCorrelation, Predictor, SuccessorTable
+from .pages import EVICTED, Page, PageTable
+
+
+class LruPolicy:
+    name = "lru"
+    prefetches = False
+
+    def __init__(self, table: PageTable) -> None:
+        self.table = table
+
+    def observe(self, eid: int) -> list[Page]:
+        """An operator with execution ID ``eid`` ran; return pages to prefetch."""
+        return []
+
+    def choose_victims(self, need: int, *, protect_window: bool = False) -> list[Page]:
+        """Unpinned resident pages, in the order they should go, totalling >= ``need``.
+
+        Returns fewer bytes than ``need`` only when no more pages can go.
+        ``protect_window`` asks to leave pages that predicted operators need
+        (pre-eviction and prefetch never push those out).
+        """
+        chosen, got = [], 0
+        for page in self.table.lru():
+            if got >= need:
+                break
+            if page.pins == 0:
+                chosen.append(page)
+                got += page.nbytes
+        return chosen
+
+    @property
+    def accuracy(self) -> float:
+        return 0.0
+
+
+class DeepUMPolicy(LruPolicy):
+    name = "deepum"
+    prefetches = True
+
+    def __init__(self, table: PageTable, lookahead: int, live: dict[int, Page],
+                 successors: SuccessorTable | None = None,
+                 pages: PageCorrelation | None = None) -> None:
+        super().__init__(table)
+        self.successors = successors if successors is not None else SuccessorTable()
+        self.pages = pages if pages is not None else PageCorrelation()
+        self.predictor = Predictor(self.successors, self.pages, lookahead)
+        # Stable key -> the live page that now plays that role (kept by the glue).
+        self.live = live
+
+    def observe(self, eid: int) -> list[Page]:
+        wanted = []
+        for entered in self.predictor.observe(eid):
+            for skey in self.pages.pages(entered):
+                page = self.live.get(skey)
+                if page is not None and page.state == EVICTED:
+                    wanted.append(page)
+        return wanted
+
+    def choose_victims(self, need: int, *, protect_window: bool = False) -> list[Page]:
+        window = self.predictor.window_pages
+        chosen, got, in_window = [], 0, []
+        for page in self.table.lru():
+            if got >= need:
+                return chosen
+            if page.pins:
+                continue
+            if page.skey in window:
+                in_window.append(page)
+            else:
+                chosen.append(page)
+                got += page.nbytes
+        if got >= need or protect_window:
+            return chosen
+        # Every other page is needed soon: give up the ones needed last first.
+        far = self.predictor.lookahead + 1
+        in_window.sort(key=lambda p: -(self.predictor.next_use(p.skey) or far))
+        for page in in_window:
+            if got >= need:
+                break
+            chosen.append(page)
+            got += page.nbytes
+        return chosen
+
+    @property
+    def accuracy(self) -> float:
+        return self.predictor.accuracy
+
+
+def make_policy(name: str, table: PageTable, lookahead: int, live: dict[int, Page]) -> LruPolicy:
+    if name == "lru":
+        return LruPolicy(table)
+    if name == "deepum":
+        return DeepUMPolicy(table, lookahead, live)
+    raise ValueError(f"unknown policy {name!r}; choose 'deepum' or 'lru'")

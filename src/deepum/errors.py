@@ -1,0 +1,68 @@
+"""Errors a user can cause, each naming the cause and the remedy.
+
+Every error is raised before any page is changed, or after the engine has put
+every page back in a state from which its data can be recovered: nothing the
+program owns is lost by an error from deepum.
+"""
+
+from __future__ import annotations
+
+
+class DeepUMError(RuntimeError):
+    """Base class of every error deepum raises on purpose."""
+
+
+class BudgetError(DeepUMError, ValueError):
+    """The budget cannot be parsed, is not positive, or exceeds the device."""
+
+
+class BudgetTooSmallError(DeepUMError):
+    """One operator needs more device memory at once than the budget allows."""
+
+    def __init__(self, op: str, needed: int, limit: int, budget: int) -> None:
+        self.op, self.needed, self.limit, self.budget = op, needed, limit, budget
+        super().__init__(
+            f"operator {op} needs {_fmt(needed)} of device memory at once "
+            f"(its inputs and outputs), but the budget of {_fmt(budget)} leaves "
+            f"{_fmt(limit)} for tensors. Raise the budget to at least "
+            f"{_fmt(needed + (budget - limit))}, or make this operator smaller "
+            "(a smaller batch or sequence length). No tensor was changed."
+        )
+
+
+class HostMemoryError(DeepUMError, MemoryError):
+    """Host memory for evicted pages could not be allocated or pinned."""
+
+    def __init__(self, nbytes: int, pinned: bool, cause: BaseException | None) -> None:
+        kind = "pinned host memory" if pinned else "host memory"
+        super().__init__(
+            f"could not allocate {_fmt(nbytes)} of {kind} to evict a page "
+            f"({cause}). Free host memory, raise the device budget so fewer "
+            "pages leave the device, or lower the locked-memory limit's use by "
+            "other processes. The page stayed on the device; nothing was lost."
+        )
+
+
+class RestoreError(DeepUMError):
+    """Leaving the context, the evicted pages do not all fit back on the device."""
+
+    def __init__(self, pending: int, pending_bytes: int, cause: BaseException | None) -> None:
+        self.pending, self.pending_bytes = pending, pending_bytes
+        super().__init__(
+            f"leaving deepum, {pending} evicted tensors ({_fmt(pending_bytes)}) "
+            f"do not fit back on the device ({cause}). Their data is intact in "
+            "host memory, held by this session: free device memory (delete "
+            "tensors you no longer need) and call session.restore(), or keep "
+            "working inside deepum.oversubscribe(...)."
+        )
+
+
+class UnsupportedError(DeepUMError):
+    """A setting or environment that deepum cannot run under."""
+
+
+def _fmt(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"

@@ -1,0 +1,419 @@
+"""The interceptor: every aten operator passes through :class:`PagingMode`.
+
+Per operator it (1) finds the pages of the tensor arguments, (2) names the
+operator with an execution ID, (3) asks the pager to make those pages
+resident with room for the outputs, (4) runs the operator, retrying after an
+allocator out-of-memory error when that is safe, and (5) registers the outputs
+as new pages and tells the pager what was written.
+
+[Note: the hot path]
+Interception costs CPU time on every operator, and models with many short
+kernels feel it (see docs/DESIGN.md). So: all schema analysis happens once
+per operator overload (:class:`OpPlan`); arguments are read by schema position,
+without pytree; storages are looked up by their C++ address in one dict; and
+operators that touch no managed tensor return after one dict look-up and a
+few attribute reads.
+
+[Note: execution IDs and stable keys]
+An execution ID is the operator together with the stable keys of its input
+pages (see :mod:`deepum.core.correlation`). A page born as output ``i`` of
+execution ID ``e`` gets the stable key ``("born", e, i)``; a page first seen
+as an input gets ``("ext", previous execution ID, operator, position)``.
+Both recur in the next training iteration, so the IDs recur too, and
+operators that differ only by which layer's weights they read get different
+IDs. An operator with no managed input (a factory such as ``empty``) is named
+by the operator and its predecessor's ID.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .core.correlation import Interner
+from .core.pages import Kind, Page
+from .errors import BudgetTooSmallError, UnsupportedError
+from .pager import Pager
+
+aten = torch.ops.aten
+
+# Operators that write arguments their schema does not mark as written:
+# batch norm updates running_mean and running_var (arguments 3 and 4) in
+# training mode.
+_UNANNOTATED_WRITES = {
+    "aten::native_batch_norm": (3, 4),
+    "aten::cudnn_batch_norm": (3, 4),
+    "aten::miopen_batch_norm": (3, 4),
+}
+
+Tensor = torch.Tensor
+_PAGEABLE_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+class OpPlan:
+    """What the interceptor needs to know about one operator overload, computed once."""
+
+    __slots__ = ("func", "name", "slots", "n_written", "list_slots", "foreach",
+                 "fresh", "factory", "retry_safe")
+
+    def __init__(self, func: torch._ops.OpOverload) -> None:
+        schema = func._schema
+        self.func = func
+        self.name = str(func)
+        extra = _UNANNOTATED_WRITES.get(schema.name, ())
+        written, read, lists = [], [], []
+        has_write = False
+        pos = 0
+        for i, arg in enumerate(schema.arguments):
+            kind = _tensor_kind(arg.type)
+            # Positional arguments come in args by index; keyword-only ones
+            # come in kwargs by name.
+            index = 10**6 if arg.kwarg_only else pos
+            if not arg.kwarg_only:
+                pos += 1
+            if isinstance(arg.type, torch.ListType):
+                lists.append((index, arg.name))
+            if kind is None:
+                continue
+            is_write = bool(arg.alias_info is not None and arg.alias_info.is_write) or i in extra
+            has_write |= is_write
+            (written if is_write else read).append((index, arg.name, kind == "list"))
+        self.slots = tuple(written + read)
+        self.n_written = len(written)
+        self.list_slots = tuple(lists)
+        base = schema.name.split("::")[-1]
+        self.foreach = base.startswith(("_foreach_", "_fused_")) and bool(lists)
+        # Can the operator allocate new storages? Returns without alias
+        # annotation can; views and in-place returns cannot.
+        self.fresh = any(r.alias_info is None and _tensor_kind(r.type) is not None
+                         for r in schema.returns)
+        self.factory = any(a.name == "device" for a in schema.arguments)
+        # After an out-of-memory error a functional operator has changed
+        # nothing and can run again; one that writes its arguments may have
+        # written some of them.
+        self.retry_safe = not has_write
+
+    def collect(self, args: tuple, kwargs: dict) -> tuple[list, int]:
+        """The tensor arguments, written ones first, and how many are written."""
+        out = []
+        nargs = len(args)
+        nw = 0
+        for k, (index, name, is_list) in enumerate(self.slots):
+            if k == self.n_written:
+                nw = len(out)
+            v = args[index] if index < nargs else kwargs.get(name)
+            if v is None:
+                continue
+            if is_list:
+                out.extend(x for x in v if isinstance(x, Tensor))
+            elif isinstance(v, Tensor):
+                # Python scalars can stand where the schema says Tensor.
+                out.append(v)
+        if self.n_written == len(self.slots):
+            nw = len(out)
+        return out, nw
+
+
+def _tensor_kind(t: torch._C.JitType) -> str | None:
+    if isinstance(t, torch.OptionalType):
+        t = t.getElementType()
+    if isinstance(t, torch.TensorType):
+        return "tensor"
+    if isinstance(t, torch.ListType):
+        e = t.getElementType()
+        if isinstance(e, torch.OptionalType):
+            e = e.getElementType()
+        if isinstance(e, torch.TensorType):
+            return "list"
+    return None
+
+
+class PagingMode(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # Newer torch wraps __torch_dispatch__ in a Dynamo-disable shim that
+        # costs tens of microseconds per operator; deepum never runs under
+        # torch.compile tracing, so it opts out of the shim.
+        return False
+
+    def __init__(self, pager: Pager) -> None:
+        super().__init__()
+        self.pager = pager
+        self.device = pager.device
+        self.plans: dict[object, OpPlan] = {}
+        self.eids = Interner()
+        self.skeys = Interner()
+        self.prev = -1
+        # Execution ID -> bytes its outputs took last time (learned), so the
+        # pager can make room before the operator runs.
+        self.out_bytes: dict[int, int] = {}
+        self._is_managed = (lambda t: t.is_cuda) if self.device.type == "cuda" else (lambda t: t.is_cpu)
+
+    # ------------------------------------------------------------ hot path
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if kwargs is None:
+            kwargs = {}
+        plan = self.plans.get(func)
+        if plan is None:
+            plan = self._plan(func)
+            if plan is None:
+                return func(*args, **kwargs)
+        tensors, nw = plan.collect(args, kwargs)
+        pager = self.pager
+        is_managed = self._is_managed
+        with pager.lock:
+            if pager.dead:
+                pager.reap()
+            get = pager.table.pages.get
+            found: dict[int, Page] = {}
+            written: list[Page] = []
+            for i, t in enumerate(tensors):
+                if not is_managed(t):
+                    continue
+                try:
+                    s = t.untyped_storage()
+                except (RuntimeError, NotImplementedError):  # sparse and other storage-less kinds
+                    continue
+                p = get(s._cdata)
+                if p is None:
+                    p = self._first_seen(t, s, func, i)
+                    if p is None:
+                        continue
+                found[p.key] = p
+                if i < nw:
+                    written.append(p)
+            if found:
+                pages = list(found.values())
+                eid = self.eids((plan, *[p.skey for p in pages]))
+            elif plan.factory and self._factory_here(kwargs):
+                pages = []
+                eid = self.eids((plan, -1, self.prev))
+            else:
+                pages = None
+        if pages is None:
+            # Nothing managed goes in; register whatever managed comes out.
+            out = func(*args, **kwargs)
+            if plan.fresh and any(is_managed(t) for t in _flat_outputs(out)):
+                with pager.lock:
+                    eid = self.eids((plan, -2, self.prev))
+                    if self._register_outputs(out, eid):
+                        self._finish(eid, [], [])
+            return out
+        with pager.lock:
+            est = self.out_bytes.get(eid)
+            if est is None:
+                est = self._estimate(plan, func, args, kwargs) if plan.fresh else 0
+                if len(self.eids) - 1 == eid and self.pager.prefetch_enabled:
+                    self.pager.policy.pages.record(eid, [p.skey for p in pages])
+            if (plan.foreach and len(pages) > 1
+                    and est + sum(p.nbytes for p in pages) > self._chunk_cap()):
+                chunked = True
+            else:
+                chunked = False
+                pager.begin(func, pages, est)
+        if chunked:
+            return self._run_chunked(plan, func, types, args, kwargs, est, pages)
+        try:
+            out = self._call(plan, func, args, kwargs, est, pages)
+        except BaseException:
+            with pager.lock:
+                pager.unpin(pages)
+            raise
+        with pager.lock:
+            pager.unpin(pages)
+            new = self._register_outputs(out, eid) if plan.fresh else 0
+            self.out_bytes[eid] = new
+            self._finish(eid, pages, written)
+        return out
+
+    def _finish(self, eid: int, pages: list[Page], written: list[Page]) -> None:
+        self.pager.stats_.ops += 1
+        self.pager.end(eid, written)
+        self.prev = eid
+
+    def _call(self, plan, func, args, kwargs, est, pages):
+        pager = self.pager
+        while True:
+            try:
+                return func(*args, **kwargs)
+            except torch.OutOfMemoryError as e:
+                # The allocator hit the budget (memory the engine cannot see:
+                # workspaces, fragmentation). Evict and try again.
+                with pager.lock:
+                    freed = plan.retry_safe and pager.make_room(
+                        max(est, pager.table.limit // 16), protect_window=False)
+                    if not freed:
+                        working = est + sum(p.nbytes for p in pages)
+                        raise BudgetTooSmallError(plan.name, working, pager.table.limit,
+                                                  pager.budget) from e
+                    pager.stats_.oom_retries += 1
+
+    # ---------------------------------------------------------- registration
+
+    def _first_seen(self, t: torch.Tensor, s: torch.UntypedStorage, func, i: int) -> Page | None:
+        """A storage no operator has used yet: a parameter, a new batch, ..."""
+        nbytes = s.nbytes()
+        if nbytes == 0 or s.device != self.device:
+            return None
+        skey = self.skeys(("ext", self.prev, self.plans[func], i))
+        page = self.pager.register(s, skey, _pageable(t, s))
+        if isinstance(t, torch.nn.Parameter):
+            page.kind = Kind.PARAMETER
+        return page
+
+    def _register_outputs(self, out, eid: int) -> int:
+        """Make new storages among the outputs pages; return their bytes."""
+        pager = self.pager
+        get = pager.table.pages.get
+        is_managed = self._is_managed
+        new = 0
+        for i, t in enumerate(_flat_outputs(out)):
+            if not is_managed(t):
+                continue
+            try:
+                s = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):
+                continue
+            key = s._cdata
+            p = get(key)
+            if p is not None:
+                if p.ref() is s:
+                    continue  # an alias of a page we know
+                pager.retire(p)  # the old storage died during this operator
+            nbytes = s.nbytes()
+            if nbytes == 0 or s.device != self.device:
+                continue
+            p = pager.register(s, self.skeys(("born", eid, i)), _pageable(t, s))
+            new += nbytes
+        return new
+
+    def _factory_here(self, kwargs: dict) -> bool:
+        dev = kwargs.get("device")
+        if dev is None:
+            return self.device.type == "cpu"
+        return torch.device(dev).type == self.device.type
+
+    # ------------------------------------------------------------- planning
+
+    def _plan(self, func) -> OpPlan | None:
+        if not isinstance(func, torch._ops.OpOverload):
+            return None  # higher-order operators and the like pass through
+        plan = OpPlan(func)
+        self.plans[func] = plan
+        return plan
+
+    def _estimate(self, plan: OpPlan, func, args, kwargs) -> int:
+        """Bytes of new storages the operator will return, from a run on meta tensors."""
+        try:
+            margs = _to_meta(args)
+            mkwargs = {k: _to_meta(v) for k, v in kwargs.items()}
+            inputs = {t.untyped_storage()._cdata for t in _flat_outputs(margs)}
+            out = func(*margs, **mkwargs)
+        except Exception:
+            return 0  # no meta kernel: learn the size after the first run
+        total = 0
+        for t in _flat_outputs(out):
+            s = t.untyped_storage()
+            if s._cdata not in inputs:
+                total += s.nbytes()
+        return total
+
+    # -------------------------------------------------------------- foreach
+
+    def _chunk_cap(self) -> int:
+        table = self.pager.table
+        return max(1, (table.limit - table.unpageable_bytes) // 2)
+
+    def _run_chunked(self, plan, func, types, args, kwargs, est, pages):
+        """Run a foreach or fused operator over slices of its lists.
+
+        These operators compute each list element independently, so running
+        them slice by slice gives the same bits as one call.
+        """
+        self.pager.stats_.chunked_ops += 1
+        lists = [(i, n) for i, n in plan.list_slots
+                 if (args[i] if i < len(args) else kwargs.get(n)) is not None]
+        values = [args[i] if i < len(args) else kwargs[n] for i, n in lists]
+        length = len(values[0])
+        cost = [0] * length
+        for v in values:
+            if len(v) != length:
+                raise UnsupportedError(f"{plan.name}: list arguments of different lengths")
+            for j, x in enumerate(v):
+                if isinstance(x, torch.Tensor) and self._is_managed(x):
+                    cost[j] += x.untyped_storage().nbytes() or _logical_nbytes(x)
+        total = sum(cost) or 1
+        cap = self._chunk_cap()
+        bounds, start, acc = [], 0, 0
+        for j, c in enumerate(cost):
+            c += est * c // total
+            if j > start and acc + c > cap:
+                bounds.append((start, j))
+                start, acc = j, 0
+            acc += c
+        bounds.append((start, length))
+        if len(bounds) == 1:  # one element per list already: nothing to split
+            bounds = [(j, j + 1) for j in range(length)]
+        if len(bounds) == 1:
+            with self.pager.lock:
+                self.pager.begin(func, pages, est)
+            try:
+                return self._call(plan, func, args, kwargs, est, pages)
+            finally:
+                with self.pager.lock:
+                    self.pager.unpin(pages)
+        results = []
+        for a, b in bounds:
+            cargs, ckwargs = list(args), dict(kwargs)
+            for (i, n), v in zip(lists, values):
+                if i < len(args):
+                    cargs[i] = v[a:b]
+                else:
+                    ckwargs[n] = v[a:b]
+            results.append(self.__torch_dispatch__(func, types, tuple(cargs), ckwargs))
+        return _concat_results(results)
+
+
+def _pageable(t: torch.Tensor, s: torch.UntypedStorage) -> bool:
+    """Can this storage be freed and re-allocated in place without anyone noticing?"""
+    return (type(t) in _PAGEABLE_TYPES and s.resizable() and not t.is_quantized
+            and not t.is_nested and t.layout == torch.strided)
+
+
+def _logical_nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _flat_outputs(out):
+    if isinstance(out, torch.Tensor):
+        yield out
+    elif isinstance(out, (tuple, list)):
+        for x in out:
+            if isinstance(x, torch.Tensor):
+                yield x
+            elif isinstance(x, (tuple, list)):
+                for y in x:
+                    if isinstance(y, torch.Tensor):
+                        yield y
+
+
+def _to_meta(x):
+    if isinstance(x, torch.Tensor):
+        return torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device="meta")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_meta(y) for y in x)
+    if isinstance(x, torch.device):
+        return torch.device("meta")
+    return x
+
+
+def _concat_results(results: list):
+    first = results[0]
+    if first is None or (isinstance(first, tuple) and len(first) == 0):
+        return first
+    if isinstance(first, list):
+        return [x for r in results for x in r]
+    if isinstance(first, tuple):
+        return tuple([x for r in results for x in r[k]] for k in range(len(first)))
+    raise UnsupportedError(f"cannot join chunked results of type {type(first).__name__}")

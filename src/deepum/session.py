@@ -1,0 +1,208 @@
+"""Sessions: the public face of the engine.
+
+``with deepum.oversubscribe(budget="12GiB"):`` runs the block under a device
+memory budget; ``deepum.enable()`` / ``deepum.disable()`` do the same for the
+rest of the process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from typing import Any
+
+import torch
+
+from .core.budget import parse_budget
+from .errors import BudgetError, UnsupportedError
+from .interceptor import PagingMode
+from .pager import Pager
+
+POLICIES = ("deepum", "lru")
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UnsupportedError("device 'cuda' was asked for, but CUDA is not available here; use device='cpu'")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    elif device.type != "cpu":
+        raise UnsupportedError(f"device {device} is not supported; deepum pages 'cuda' and 'cpu' devices")
+    return device
+
+
+def device_memory(device: torch.device) -> int:
+    """Total memory of the device in bytes (host RAM for the cpu device)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+class Session:
+    """One budgeted run. Use it as a context manager, or through enable()/disable().
+
+    Parameters
+    ----------
+    budget:
+        Device memory the process may hold: bytes (int), a string with units
+        ("12GiB", "800MB"), or a fraction of the device's memory (0 < f <= 1).
+    device:
+        "cuda", "cuda:N" or "cpu"; defaults to the current CUDA device, else "cpu".
+    policy:
+        "deepum" (correlation prefetching and pre-eviction) or "lru" (demand
+        paging with least-recently-used eviction).
+    prefetch:
+        Turn prefetching off while keeping the deepum policy's victim choice.
+    lookahead:
+        How many predicted operators ahead the prefetcher works.
+    reserve:
+        Bytes of the budget kept for memory deepum cannot see (kernel
+        workspaces, allocator rounding and fragmentation). Default: on CUDA
+        an eighth of the budget, at most 2 GiB; on CPU nothing.
+    """
+
+    def __init__(self, budget: int | float | str, device: str | torch.device | None = None,
+                 *, policy: str = "deepum", prefetch: bool = True, lookahead: int = 64,
+                 reserve: int | None = None, headroom: int | None = None) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"policy {policy!r} is unknown; choose one of {', '.join(POLICIES)}")
+        if lookahead < 1:
+            raise ValueError("lookahead must be at least 1")
+        self.device = _resolve_device(device)
+        self.total = device_memory(self.device)
+        self.budget = parse_budget(budget, self.total)
+        if reserve is None:
+            reserve = min(self.budget // 8, 2 << 30) if self.device.type == "cuda" else 0
+        if not 0 <= reserve < self.budget:
+            raise BudgetError(f"reserve {reserve} must be at least 0 and below the budget {self.budget}")
+        self.limit = self.budget - reserve
+        self.policy = policy
+        self.prefetch = prefetch
+        self.lookahead = lookahead
+        self.headroom = headroom
+        self.pager: Pager | None = None
+        self._mode: PagingMode | None = None
+        self._final_stats: dict[str, Any] | None = None
+        self._fraction_set = False
+
+    # --------------------------------------------------------- context
+
+    def __enter__(self) -> Session:
+        if self._mode is not None:
+            raise RuntimeError("this deepum session is already active")
+        self.pager = Pager(self.device, self.budget, self.limit, self.policy,
+                           self.lookahead, self.prefetch, self.headroom)
+        self._mode = PagingMode(self.pager)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            # The allocator itself enforces the budget: an allocation past it
+            # raises OutOfMemoryError inside the operator, which the
+            # interceptor answers by evicting and retrying.
+            torch.cuda.set_per_process_memory_fraction(self.budget / self.total, self.device)
+            self._fraction_set = True
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        mode, self._mode = self._mode, None
+        if mode is not None:
+            mode.__exit__(None, None, None)
+        self._release_budget()
+        self.restore()
+
+    def restore(self) -> None:
+        """Bring every evicted tensor back to the device and close the session.
+
+        Raises :class:`~deepum.errors.RestoreError` if they do not fit; the
+        data then stays in host memory, held by this session, and ``restore()``
+        can be called again once device memory was freed.
+        """
+        pager = self.pager
+        if pager is None or pager.closed:
+            return
+        with torch.utils._python_dispatch._disable_current_modes(), pager.lock:
+            if self._final_stats is None:
+                # What the run did, before restoring adds its own traffic.
+                self._final_stats = pager.stats()
+            pager.restore_all()
+            self._final_stats["restored_pages"] = pager.restored
+            pager.close()
+
+    def _release_budget(self) -> None:
+        if self._fraction_set:
+            torch.cuda.set_per_process_memory_fraction(1.0, self.device)
+            self._fraction_set = False
+
+    # ------------------------------------------------------------ stats
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of what the pager did (see README for the meaning of each)."""
+        if self.pager is None:
+            return {}
+        if self.pager.closed and self._final_stats is not None:
+            return dict(self._final_stats)
+        with self.pager.lock:
+            return self.pager.stats()
+
+    @property
+    def active(self) -> bool:
+        return self._mode is not None
+
+
+def oversubscribe(budget: int | float | str, device: str | torch.device | None = None,
+                  **options: Any) -> Session:
+    """Run a block of an unmodified PyTorch program under a device-memory budget.
+
+    >>> with deepum.oversubscribe(budget="12GiB") as session:   # doctest: +SKIP
+    ...     train(model)
+    >>> session.stats()["evictions"]                           # doctest: +SKIP
+    """
+    return Session(budget, device, **options)
+
+
+_global: Session | None = None
+_global_lock = threading.Lock()
+
+
+def enable(budget: int | float | str, device: str | torch.device | None = None,
+           **options: Any) -> Session:
+    """Page the whole process (this thread and the autograd threads it starts) until disable()."""
+    global _global
+    with _global_lock:
+        if _global is not None:
+            raise RuntimeError("deepum is already enabled; call deepum.disable() first")
+        session = Session(budget, device, **options)
+        session.__enter__()
+        _global = session
+    return session
+
+
+def disable() -> dict[str, Any]:
+    """Stop paging, bring every tensor back to the device, and return the final stats."""
+    global _global
+    with _global_lock:
+        session, _global = _global, None
+    if session is None:
+        return {}
+    session.__exit__(None, None, None)
+    return session.stats()
+
+
+def current() -> Session | None:
+    """The session enable() started, if any."""
+    return _global
+
+
+atexit.register(disable)
