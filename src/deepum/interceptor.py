@@ -332,14 +332,21 @@ class PagingMode(TorchDispatchMode):
         them slice by slice gives the same bits as one call.
         """
         self.pager.stats_.chunked_ops += 1
-        lists = [(i, n) for i, n in plan.list_slots
-                 if (args[i] if i < len(args) else kwargs.get(n)) is not None]
-        values = [args[i] if i < len(args) else kwargs[n] for i, n in lists]
+        # Lists run in parallel (element j of each goes together); empty ones
+        # (an unused amsgrad state list, say) pass through whole.
+        lists, values = [], []
+        for i, n in plan.list_slots:
+            v = args[i] if i < len(args) else kwargs.get(n)
+            if v:
+                lists.append((i, n))
+                values.append(v)
         length = len(values[0])
         cost = [0] * length
         for v in values:
             if len(v) != length:
-                raise UnsupportedError(f"{plan.name}: list arguments of different lengths")
+                raise UnsupportedError(
+                    f"{plan.name}: list arguments of different lengths ({len(v)} and {length}); "
+                    "deepum cannot split this operator into parts that fit the budget")
             for j, x in enumerate(v):
                 if isinstance(x, torch.Tensor) and self._is_managed(x):
                     cost[j] += x.untyped_storage().nbytes() or _logical_nbytes(x)
