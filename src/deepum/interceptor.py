@@ -18,11 +18,18 @@ few attribute reads.
 An execution ID is the operator together with the stable keys of its input
 pages (see :mod:`deepum.core.correlation`). A page born as output ``i`` of
 execution ID ``e`` gets the stable key ``("born", e, i)``; a page first seen
-as an input gets ``("ext", previous execution ID, operator, position)``.
-Both recur in the next training iteration, so the IDs recur too, and
-operators that differ only by which layer's weights they read get different
-IDs. An operator with no managed input (a factory such as ``empty``) is named
-by the operator and its predecessor's ID.
+as an input is named by what it is: a parameter by its identity (it lives for
+the whole run), anything else (a batch from a data loader) by where it
+appears: the previous operator, the consuming operator, the argument position,
+shape and dtype. Both recur in the next training iteration, so the IDs recur
+too, and operators that differ only by which layer's weights they read get
+different IDs. An operator with no managed input (a factory such as ``empty``)
+is named by itself and the operator before it.
+
+Only *operators*, never execution IDs, of the past enter a key: an ID made
+from the previous operator's ID would chain each iteration to the one before
+(the loss read by ``.item()`` at the end of step k would name the batch of
+step k+1), and IDs would never recur.
 """
 
 from __future__ import annotations
@@ -143,7 +150,8 @@ class PagingMode(TorchDispatchMode):
         self.plans: dict[object, OpPlan] = {}
         self.eids = Interner()
         self.skeys = Interner()
-        self.prev = -1
+        # The operator (not its execution ID) that ran last; see the note.
+        self.prev_plan: OpPlan | None = None
         # Execution ID -> bytes its outputs took last time (learned), so the
         # pager can make room before the operator runs.
         self.out_bytes: dict[int, int] = {}
@@ -188,7 +196,7 @@ class PagingMode(TorchDispatchMode):
                 eid = self.eids((plan, *[p.skey for p in pages]))
             elif plan.factory and self._factory_here(kwargs):
                 pages = []
-                eid = self.eids((plan, -1, self.prev))
+                eid = self.eids((plan, -1, self.prev_plan))
             else:
                 pages = None
         if pages is None:
@@ -196,9 +204,9 @@ class PagingMode(TorchDispatchMode):
             out = func(*args, **kwargs)
             if plan.fresh and any(is_managed(t) for t in _flat_outputs(out)):
                 with pager.lock:
-                    eid = self.eids((plan, -2, self.prev))
+                    eid = self.eids((plan, -2, self.prev_plan))
                     if self._register_outputs(out, eid):
-                        self._finish(eid, [], [])
+                        self._finish(plan, eid, [])
             return out
         with pager.lock:
             est = self.out_bytes.get(eid)
@@ -224,13 +232,13 @@ class PagingMode(TorchDispatchMode):
             pager.unpin(pages)
             new = self._register_outputs(out, eid) if plan.fresh else 0
             self.out_bytes[eid] = new
-            self._finish(eid, pages, written)
+            self._finish(plan, eid, written)
         return out
 
-    def _finish(self, eid: int, pages: list[Page], written: list[Page]) -> None:
+    def _finish(self, plan: OpPlan, eid: int, written: list[Page]) -> None:
         self.pager.stats_.ops += 1
         self.pager.end(eid, written)
-        self.prev = eid
+        self.prev_plan = plan
 
     def _call(self, plan, func, args, kwargs, est, pages):
         pager = self.pager
@@ -256,7 +264,11 @@ class PagingMode(TorchDispatchMode):
         nbytes = s.nbytes()
         if nbytes == 0 or s.device != self.device:
             return None
-        skey = self.skeys(("ext", self.prev, self.plans[func], i))
+        if isinstance(t, torch.nn.Parameter):
+            # Parameters live for the whole run: their identity is their role.
+            skey = self.skeys(("param", len(self.skeys)))
+        else:
+            skey = self.skeys(("ext", self.prev_plan, self.plans[func], i, tuple(t.shape), t.dtype))
         page = self.pager.register(s, skey, _pageable(t, s))
         if isinstance(t, torch.nn.Parameter):
             page.kind = Kind.PARAMETER

@@ -76,6 +76,8 @@ class Pager:
         # Room kept free after each operator, so the next one's outputs rarely
         # have to evict on the critical path.
         self.headroom = limit // 16 if headroom is None else headroom
+        # Window operators the prefetcher examines per operator (bounds its CPU cost).
+        self.scan_ops = 8
         self.lock = threading.RLock()
         self.dead: deque[_StorageRef] = deque()
         self.closed = False
@@ -176,11 +178,14 @@ class Pager:
         if not self.pressure and table.resident_bytes * 4 > table.limit * 3:
             self.pressure = True
         if self.prefetch_enabled and self.pressure:
-            for page in self.policy.observe(eid):
+            policy = self.policy
+            policy.observe(eid)
+            for distance, page in policy.prefetch_plan(self.scan_ops):
                 if page.state != State.EVICTED or page.ref() is None:
                     continue
                 short = page.nbytes + self.headroom - table.room()
                 if short > 0 and not self.make_room(short, protect_window=True):
+                    policy.rewind(distance)
                     break
                 self.prefetch(page)
         short = self.headroom - table.room()
@@ -216,6 +221,7 @@ class Pager:
             page.prefetched = False
             st.wasted_prefetches += 1
         self.table.evicted(page)
+        self.policy.on_evict(page)
         st.evictions += 1
 
     def fault(self, page: Page) -> None:
@@ -272,8 +278,9 @@ class Pager:
             if page.state == State.ARRIVING:
                 self._arrive(page)
             if page.host is not None and storage.nbytes() == 0 and page.nbytes:
+                # Holding the storage keeps it alive until it is back.
                 pending.append((page, storage))
-        for i, (page, storage) in enumerate(pending):
+        for i, (page, _storage) in enumerate(pending):
             try:
                 if page.state != State.EVICTED:  # an eviction interrupted half way
                     page.pins = 0

@@ -36,6 +36,10 @@ def byte_view(storage: torch.UntypedStorage) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
 
 
+def _alloc_host(nbytes: int, pin: bool) -> torch.Tensor:
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+
+
 class HostPool:
     """Host buffers for evicted pages, reused by exact size.
 
@@ -60,7 +64,7 @@ class HostPool:
                     self.free_bytes -= nbytes
                     return buf
         try:
-            buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
+            buf = _alloc_host(nbytes, self.pin)
         except RuntimeError as e:  # pinned or plain host allocation failed
             raise HostMemoryError(nbytes, self.pin, e) from e
         self.held_bytes += nbytes

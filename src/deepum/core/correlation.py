@@ -100,8 +100,7 @@ class Predictor:
     """Keeps a window of the next ``lookahead`` predicted operators.
 
     ``observe(eid)`` is called once per operator. It teaches the successor
-    table, slides the window (or rebuilds it after a misprediction) and returns
-    the execution IDs that entered the window: the prefetcher's work list.
+    table and slides the window (or rebuilds it after a misprediction).
     ``window_pages`` counts, per stable key, how many window operators touch
     the page; pre-eviction leaves those pages alone.
     """
@@ -120,7 +119,8 @@ class Predictor:
         self.predictions = 0
         self.correct = 0
 
-    def observe(self, eid: int) -> list[int]:
+    def observe(self, eid: int) -> bool:
+        """Record that ``eid`` ran; return whether it was the predicted one."""
         hit = bool(self.window) and self.window[0] == eid
         if self.window:
             self.predictions += 1
@@ -134,7 +134,8 @@ class Predictor:
             self.window.clear()
             self.window_pages.clear()
             self._tail = deque(self.history, maxlen=HISTORY)
-        return self._fill()
+        self._fill()
+        return hit
 
     @property
     def accuracy(self) -> float:
@@ -158,8 +159,7 @@ class Predictor:
             else:
                 del self.window_pages[skey]
 
-    def _fill(self) -> list[int]:
-        entered = []
+    def _fill(self) -> None:
         while len(self.window) < self.lookahead and len(self._tail) == HISTORY:
             nxt = self.successors.predict(tuple(self._tail))
             if nxt is None:
@@ -167,5 +167,3 @@ class Predictor:
             self.window.append(nxt)
             self._tail.append(nxt)
             self.window_pages.update(self.pages.pages(nxt))
-            entered.append(nxt)
-        return entered

@@ -6,10 +6,11 @@ Two policies share one interface, so the pager never asks which one it has:
   the least recently used page. It is the analogue of plain Unified Memory.
 * :class:`DeepUMPolicy` adds DeepUM's correlation prefetching and
   pre-eviction. After each operator it slides a window of the next N
-  predicted operators (:class:`~.correlation.Predictor`); pages those
-  operators need and that are not resident are prefetched; victims are chosen
-  among pages no window operator touches, least recently used first, and only
-  then among window pages, the one used furthest ahead first.
+  predicted operators (:class:`~.correlation.Predictor`). Prefetching walks
+  that window in order of need, like DeepUM's chaining, and asks for every
+  page that is not resident, until the pager runs out of room; victims are
+  chosen among pages no window operator touches, least recently used first,
+  and only then among window pages, the one used furthest ahead first.
 
 Both return candidates; the pager skips pages that are pinned by a running
 operator and decides how many it needs.
@@ -28,9 +29,18 @@ class LruPolicy:
     def __init__(self, table: PageTable) -> None:
         self.table = table
 
-    def observe(self, eid: int) -> list[Page]:
-        """An operator with execution ID ``eid`` ran; return pages to prefetch."""
+    def observe(self, eid: int) -> None:
+        """An operator with execution ID ``eid`` ran."""
+
+    def prefetch_plan(self, max_ops: int) -> list[tuple[int, Page]]:
+        """(distance, page) pairs to prefetch now; demand paging has none."""
         return []
+
+    def rewind(self, distance: int) -> None:
+        pass
+
+    def on_evict(self, page: Page) -> None:
+        pass
 
     def choose_victims(self, need: int, *, protect_window: bool = False) -> list[Page]:
         """Unpinned resident pages, in the order they should go, totalling >= ``need``.
@@ -66,15 +76,39 @@ class DeepUMPolicy(LruPolicy):
         self.predictor = Predictor(self.successors, self.pages, lookahead)
         # Stable key -> the live page that now plays that role (kept by the glue).
         self.live = live
+        # Window operators before this position have had their pages fetched.
+        self._cursor = 0
 
-    def observe(self, eid: int) -> list[Page]:
+    def observe(self, eid: int) -> None:
+        hit = self.predictor.observe(eid)
+        # The window slid by one (or was rebuilt): so does the scan position.
+        self._cursor = max(0, self._cursor - 1) if hit else 0
+
+    def prefetch_plan(self, max_ops: int) -> list[tuple[int, Page]]:
+        """Evicted pages of the next window operators not yet scanned, in order of need.
+
+        Returns (distance, page) pairs; the scan goes ``max_ops`` operators
+        further each call, so the work per operator stays small. A pager that
+        cannot fit a page calls :meth:`rewind` so the scan resumes there.
+        """
+        window, pages, live = self.predictor.window, self.pages, self.live
+        end = min(len(window), self._cursor + max_ops)
         wanted = []
-        for entered in self.predictor.observe(eid):
-            for skey in self.pages.pages(entered):
-                page = self.live.get(skey)
+        for d in range(self._cursor, end):
+            for skey in pages.pages(window[d]):
+                page = live.get(skey)
                 if page is not None and page.state == EVICTED:
-                    wanted.append(page)
+                    wanted.append((d, page))
+        self._cursor = end
         return wanted
+
+    def rewind(self, distance: int) -> None:
+        self._cursor = min(self._cursor, distance)
+
+    def on_evict(self, page: Page) -> None:
+        # A page a window operator needs went out: scan again from the front.
+        if page.skey in self.predictor.window_pages:
+            self._cursor = 0
 
     def choose_victims(self, need: int, *, protect_window: bool = False) -> list[Page]:
         window = self.predictor.window_pages

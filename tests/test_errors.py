@@ -1,0 +1,363 @@
+"""Errors users can cause, and leaving the context by every road: nothing is lost."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import deepum
+from deepum import transfer
+
+from . import models
+from .helpers import unconstrained_peak
+
+MLP_PEAK = None
+
+
+def mlp_budget():
+    global MLP_PEAK
+    if MLP_PEAK is None:
+        MLP_PEAK = unconstrained_peak(models.mlp, models.mlp_batches, models.classify, 3)
+    return MLP_PEAK // 3
+
+
+def snapshot(model, opt):
+    out = [p.detach().clone() for p in model.parameters()]
+    out += [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
+    for state in opt.state.values():
+        out += [v.clone() for v in state.values() if isinstance(v, torch.Tensor)]
+    return out
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert (x is None) == (y is None)
+        if x is not None:
+            assert torch.equal(x, y)
+
+
+def assert_all_materialized(model, opt):
+    for t in [*model.parameters(), *[p.grad for p in model.parameters() if p.grad is not None],
+              *[v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]]:
+        assert t.untyped_storage().nbytes() >= t.numel() * t.element_size()
+
+
+def setup():
+    torch.manual_seed(0)
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    return model, opt
+
+
+def step(model, opt, batch):
+    opt.zero_grad()
+    models.classify(model, batch).backward()
+    opt.step()
+
+
+class CountingMode(TorchDispatchMode):
+    """A plain run that stops with KeyboardInterrupt at operator ``n``."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n, self.count = n, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        if self.count == self.n:
+            raise KeyboardInterrupt
+        return func(*args, **(kwargs or {}))
+
+
+def plain_interrupted_at(n, steps=3):
+    model, opt = setup()
+    with pytest.raises(KeyboardInterrupt), CountingMode(n):
+        for batch in models.mlp_batches()[:steps]:
+            step(model, opt, batch)
+    return snapshot(model, opt)
+
+
+# ------------------------------------------------------------------ budgets
+
+def test_bad_budget_is_refused_before_anything_runs():
+    with pytest.raises(deepum.BudgetError, match="cannot be parsed"):
+        deepum.oversubscribe("plenty", device="cpu")
+    with pytest.raises(deepum.BudgetError, match="positive"):
+        deepum.oversubscribe(0, device="cpu")
+    with pytest.raises(deepum.BudgetError, match="larger than the device"):
+        deepum.oversubscribe("1000TiB", device="cpu")
+
+
+def test_cuda_asked_for_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    with pytest.raises(deepum.UnsupportedError, match="CUDA is not available"):
+        deepum.oversubscribe("1GiB", device="cuda")
+
+
+def test_budget_below_one_operator_names_it_and_loses_nothing():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(512, 512)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(64, 512)
+    with pytest.raises(deepum.BudgetTooSmallError) as err:
+        with deepum.oversubscribe(256 * 1024, device="cpu"):
+            model(x).sum().backward()
+    e = err.value
+    assert e.op.startswith("aten.") and e.needed >= 512 * 512 * 4
+    assert e.op in str(e) and "Raise the budget to at least" in str(e)
+    for a, b in zip(before, model.parameters()):
+        assert torch.equal(a, b)
+    # The same work fits a budget the message asked for, plus room to spare.
+    with deepum.oversubscribe(4 * e.needed, device="cpu"):
+        model(x).sum().backward()
+
+
+def count_ops(monkeypatch):
+    """Count operators entering deepum; returns the live counter."""
+    from deepum.interceptor import PagingMode
+
+    count = {"ops": 0}
+    original = PagingMode.__torch_dispatch__
+
+    def counting(self, func, types, args=(), kwargs=None):
+        count["ops"] += 1
+        return original(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(PagingMode, "__torch_dispatch__", counting)
+    return count
+
+
+def test_host_memory_exhausted_mid_eviction(monkeypatch):
+    mlp_budget()  # measured before counting starts
+    count = count_ops(monkeypatch)
+
+    def no_memory(nbytes, pin):
+        raise RuntimeError("simulated: cannot allocate host memory")
+
+    monkeypatch.setattr(transfer, "_alloc_host", no_memory)
+    model, opt = setup()
+    with pytest.raises(deepum.HostMemoryError, match="nothing was lost"):
+        with deepum.oversubscribe(mlp_budget(), device="cpu"):
+            for batch in models.mlp_batches()[:3]:
+                step(model, opt, batch)
+    monkeypatch.undo()
+    assert_all_materialized(model, opt)
+    # The operator that needed room never ran: the state is that of a plain
+    # run stopped just before it.
+    assert_same(snapshot(model, opt), plain_interrupted_at(count["ops"]))
+    with deepum.oversubscribe(mlp_budget(), device="cpu") as s:  # usable again
+        step(model, opt, models.mlp_batches()[0])
+    assert s.stats()["evictions"] > 0
+
+
+# ------------------------------------------------------------------- exits
+
+def test_normal_exit_leaves_ordinary_tensors():
+    model, opt = setup()
+    with deepum.oversubscribe(mlp_budget(), device="cpu") as s:
+        for batch in models.mlp_batches()[:3]:
+            step(model, opt, batch)
+        inside = s.stats()
+    assert inside["evictions"] > 0 and inside["resident_bytes"] <= inside["budget_bytes"]
+    assert_all_materialized(model, opt)
+    ref_model, ref_opt = setup()
+    for batch in models.mlp_batches()[:3]:
+        step(ref_model, ref_opt, batch)
+    assert_same(snapshot(model, opt), snapshot(ref_model, ref_opt))
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_exception_in_backward_hook(exc):
+    def run(budget):
+        model, opt = setup()
+        batches = models.mlp_batches()[:3]
+        for batch in batches[:2]:
+            step(model, opt, batch)
+
+        def hook(grad):
+            raise exc("from a backward hook")
+
+        x, y = batches[2]
+        h = x.requires_grad_(False)
+        out = model[0](h)
+        out.register_hook(hook)
+        loss = torch.nn.functional.cross_entropy(model[1:](out), y)
+        with pytest.raises(exc):
+            loss.backward()
+        return model, opt
+
+    ref_model, ref_opt = run(None)
+    with pytest.raises(exc):
+        with deepum.oversubscribe(mlp_budget(), device="cpu") as s:
+            model, opt = setup()
+            batches = models.mlp_batches()[:3]
+            for batch in batches[:2]:
+                step(model, opt, batch)
+
+            def hook(grad):
+                raise exc("from a backward hook")
+
+            x, y = batches[2]
+            out = model[0](x)
+            out.register_hook(hook)
+            loss = torch.nn.functional.cross_entropy(model[1:](out), y)
+            loss.backward()
+    assert s.stats()["evictions"] > 0
+    assert_all_materialized(model, opt)
+    assert_same(snapshot(model, opt), snapshot(ref_model, ref_opt))
+
+
+def _ops_in_deepum_run(steps=3):
+    model, opt = setup()
+    with deepum.oversubscribe(mlp_budget(), device="cpu") as s:
+        for batch in models.mlp_batches()[:steps]:
+            step(model, opt, batch)
+    return s.stats()["ops"]
+
+
+@pytest.mark.parametrize("where", ["before_operator", "mid_eviction", "mid_fault"])
+def test_keyboard_interrupt_inside_the_engine(monkeypatch, where):
+    """Interrupted anywhere, the engine leaves every tensor as a plain run stopped there."""
+    import random
+
+    from deepum.interceptor import PagingMode
+    from deepum.pager import Pager
+
+    mlp_budget()
+    total = _ops_in_deepum_run()
+    assert total > 100
+    rng = random.Random(1234 + len(where))
+    # In the first step nothing is predicted yet, so faults are certain there;
+    # later steps are mostly prefetched.
+    target = rng.randrange(10, total // 3)
+    count = {"ops": 0, "armed": False}
+    original = PagingMode.__torch_dispatch__
+
+    def counting(self, func, types, args=(), kwargs=None):
+        count["ops"] += 1
+        if count["ops"] == target:
+            if where == "before_operator":
+                raise KeyboardInterrupt
+            count["armed"] = True
+        try:
+            return original(self, func, types, args, kwargs)
+        finally:
+            if count["ops"] >= total:
+                count["armed"] = False  # never interrupt the restore at exit
+
+    monkeypatch.setattr(PagingMode, "__torch_dispatch__", counting)
+    interrupted_at = {}
+    if where == "mid_eviction":
+        original_free = transfer.HostTransfers.free
+
+        def free(self, storage, page):
+            if count["armed"]:
+                count["armed"] = False
+                interrupted_at["op"] = count["ops"]
+                raise KeyboardInterrupt  # the copy out is done, the memory not yet freed
+            return original_free(self, storage, page)
+
+        monkeypatch.setattr(transfer.HostTransfers, "free", free)
+    elif where == "mid_fault":
+        original_fault = Pager.fault
+
+        def fault(self, page):
+            if count["armed"]:
+                count["armed"] = False
+                interrupted_at["op"] = count["ops"]
+                raise KeyboardInterrupt
+            return original_fault(self, page)
+
+        monkeypatch.setattr(Pager, "fault", fault)
+    model, opt = setup()
+    with pytest.raises(KeyboardInterrupt):
+        with deepum.oversubscribe(mlp_budget(), device="cpu"):
+            for batch in models.mlp_batches()[:3]:
+                step(model, opt, batch)
+    monkeypatch.undo()
+    assert_all_materialized(model, opt)
+    stop = interrupted_at.get("op", target)
+    assert_same(snapshot(model, opt), plain_interrupted_at(stop))
+
+
+def test_interrupted_restore_can_be_resumed(monkeypatch):
+    from deepum.pager import Pager
+
+    model, opt = setup()
+    ref_model, ref_opt = setup()
+    for batch in models.mlp_batches()[:2]:
+        step(ref_model, ref_opt, batch)
+    original_fault = Pager.fault
+    calls = {"n": 0}
+
+    def fault(self, page):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original_fault(self, page)
+
+    session = deepum.oversubscribe(mlp_budget(), device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        with session:
+            for batch in models.mlp_batches()[:2]:
+                step(model, opt, batch)
+            monkeypatch.setattr(Pager, "fault", fault)  # only the restore at exit faults now
+    monkeypatch.undo()
+    session.restore()
+    assert_all_materialized(model, opt)
+    assert_same(snapshot(model, opt), snapshot(ref_model, ref_opt))
+
+
+def test_restore_that_does_not_fit_keeps_the_data(monkeypatch):
+    model, opt = setup()
+    ref_model, ref_opt = setup()
+    for batch in models.mlp_batches()[:2]:
+        step(ref_model, ref_opt, batch)
+    session = deepum.oversubscribe(mlp_budget(), device="cpu")
+    original_load = transfer.HostTransfers.load
+
+    def load(self, storage, page, prefetch):
+        raise torch.OutOfMemoryError("simulated: the device is full")
+
+    with pytest.raises(deepum.RestoreError, match="intact in host memory") as err:
+        with session:
+            for batch in models.mlp_batches()[:2]:
+                step(model, opt, batch)
+            monkeypatch.setattr(transfer.HostTransfers, "load", load)
+    assert err.value.pending > 0
+    monkeypatch.setattr(transfer.HostTransfers, "load", original_load)
+    session.restore()
+    assert_all_materialized(model, opt)
+    assert_same(snapshot(model, opt), snapshot(ref_model, ref_opt))
+    session.restore()  # idempotent
+
+
+def test_enable_disable_process_wide():
+    model, opt = setup()
+    session = deepum.enable(mlp_budget(), device="cpu")
+    try:
+        assert deepum.current() is session
+        with pytest.raises(RuntimeError, match="already enabled"):
+            deepum.enable(mlp_budget(), device="cpu")
+        for batch in models.mlp_batches()[:2]:
+            step(model, opt, batch)
+    finally:
+        stats = deepum.disable()
+    assert deepum.current() is None
+    assert stats["evictions"] > 0
+    assert_all_materialized(model, opt)
+    assert deepum.disable() == {}
+
+
+def test_session_reenters_after_an_error():
+    model, opt = setup()
+    with pytest.raises(ValueError):
+        with deepum.oversubscribe(mlp_budget(), device="cpu"):
+            step(model, opt, models.mlp_batches()[0])
+            raise ValueError("user code")
+    with deepum.oversubscribe(mlp_budget(), device="cpu") as s:
+        step(model, opt, models.mlp_batches()[1])
+    assert s.stats()["faults"] > 0
