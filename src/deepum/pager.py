@@ -227,12 +227,22 @@ class Pager:
     def fault(self, page: Page) -> None:
         """Bring an evicted page back now: the operator needs it."""
         storage = page.ref()
-        self.table.arriving(page)
-        try:
-            self.transfers.load(storage, page, prefetch=False)
-        except BaseException:
-            self._unarrive(page, storage)
-            raise
+        while True:
+            self.table.arriving(page)
+            try:
+                self.transfers.load(storage, page, prefetch=False)
+                break
+            except torch.OutOfMemoryError as e:
+                # The allocator is fuller than the page table knows (memory
+                # deepum does not see, or fragmentation): evict and retry.
+                self._unarrive(page, storage)
+                if not self.make_room(page.nbytes):
+                    raise BudgetTooSmallError("a page fault", page.nbytes, self.table.limit,
+                                              self.budget) from e
+                self.stats_.oom_retries += 1
+            except BaseException:
+                self._unarrive(page, storage)
+                raise
         self.table.arrived(page)
         self.stats_.faults += 1
         self.stats_.bytes_to_device += page.nbytes
