@@ -249,8 +249,9 @@ class PagingMode(TorchDispatchMode):
                 # The allocator hit the budget (memory the engine cannot see:
                 # workspaces, fragmentation). Evict and try again.
                 with pager.lock:
-                    freed = plan.retry_safe and pager.make_room(
-                        max(est, pager.table.limit // 16), protect_window=False)
+                    # Any progress is worth a retry: the allocator may need a
+                    # few evictions before a large enough block is free.
+                    freed = plan.retry_safe and pager.evict_bytes(max(est, pager.table.limit // 16))
                     if not freed:
                         working = est + sum(p.nbytes for p in pages)
                         raise BudgetTooSmallError(plan.name, working, pager.table.limit,

@@ -196,12 +196,16 @@ class Pager:
 
     def make_room(self, need: int, protect_window: bool = False) -> bool:
         """Evict victims until ``need`` more bytes are free; False if it cannot."""
+        return self.evict_bytes(need, protect_window) >= need
+
+    def evict_bytes(self, need: int, protect_window: bool = False) -> int:
+        """Evict up to about ``need`` bytes of victims; return how many were freed."""
         self.pressure = True
         freed = 0
         for victim in self.policy.choose_victims(need, protect_window=protect_window):
             freed += victim.nbytes
             self.evict(victim)
-        return freed >= need
+        return freed
 
     def evict(self, page: Page) -> None:
         storage = page.ref()
@@ -236,7 +240,7 @@ class Pager:
                 # The allocator is fuller than the page table knows (memory
                 # deepum does not see, or fragmentation): evict and retry.
                 self._unarrive(page, storage)
-                if not self.make_room(page.nbytes):
+                if not self.evict_bytes(page.nbytes):
                     raise BudgetTooSmallError("a page fault", page.nbytes, self.table.limit,
                                               self.budget) from e
                 self.stats_.oom_retries += 1

@@ -20,6 +20,14 @@ from .interceptor import PagingMode
 from .pager import Pager
 
 POLICIES = ("deepum", "lru")
+_CAP_SLACK = 64 << 20
+
+
+def _set_allocator_settings(settings: str) -> None:
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+    if setter is None:  # older torch
+        setter = torch.cuda.memory._set_allocator_settings
+    setter(settings)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -65,6 +73,9 @@ class Session:
         Turn prefetching off while keeping the deepum policy's victim choice.
     lookahead:
         How many predicted operators ahead the prefetcher works.
+    expandable_segments:
+        On CUDA, switch the caching allocator to expandable segments (it then
+        stays so for the process), which avoids most fragmentation.
     reserve:
         Bytes of the budget kept for memory deepum cannot see (kernel
         workspaces, allocator rounding and fragmentation). Default: on CUDA
@@ -73,7 +84,8 @@ class Session:
 
     def __init__(self, budget: int | float | str, device: str | torch.device | None = None,
                  *, policy: str = "deepum", prefetch: bool = True, lookahead: int = 64,
-                 reserve: int | None = None, headroom: int | None = None) -> None:
+                 reserve: int | None = None, headroom: int | None = None,
+                 expandable_segments: bool = True) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy {policy!r} is unknown; choose one of {', '.join(POLICIES)}")
         if lookahead < 1:
@@ -90,6 +102,7 @@ class Session:
         self.prefetch = prefetch
         self.lookahead = lookahead
         self.headroom = headroom
+        self.expandable_segments = expandable_segments
         self.pager: Pager | None = None
         self._mode: PagingMode | None = None
         self._final_stats: dict[str, Any] | None = None
@@ -105,12 +118,20 @@ class Session:
         self._mode = PagingMode(self.pager)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+            # Pages come and go in every size; expandable segments keep the
+            # caching allocator from fragmenting under a hard cap. It applies
+            # to segments made from now on, hence the empty_cache after it.
+            if self.expandable_segments:
+                _set_allocator_settings("expandable_segments:True")
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             # The allocator itself enforces the budget: an allocation past it
             # raises OutOfMemoryError inside the operator, which the
             # interceptor answers by evicting and retrying.
-            torch.cuda.set_per_process_memory_fraction(self.budget / self.total, self.device)
+            # The cap sits a little under the budget: the allocator rounds
+            # segment growth up, and reserved memory must never pass the budget.
+            cap = max(self.budget - _CAP_SLACK, self.budget // 2)
+            torch.cuda.set_per_process_memory_fraction(cap / self.total, self.device)
             self._fraction_set = True
         self._mode.__enter__()
         return self
