@@ -253,23 +253,23 @@ def test_keyboard_interrupt_inside_the_engine(monkeypatch, where):
     if where == "mid_eviction":
         original_free = transfer.HostTransfers.free
 
-        def free(self, storage, page):
+        def free(self, storage):
             if count["armed"]:
                 count["armed"] = False
                 interrupted_at["op"] = count["ops"]
                 raise KeyboardInterrupt  # the copy out is done, the memory not yet freed
-            return original_free(self, storage, page)
+            return original_free(self, storage)
 
         monkeypatch.setattr(transfer.HostTransfers, "free", free)
     elif where == "mid_fault":
         original_fault = Pager.fault
 
-        def fault(self, page):
+        def fault(self, pages):
             if count["armed"]:
                 count["armed"] = False
                 interrupted_at["op"] = count["ops"]
                 raise KeyboardInterrupt
-            return original_fault(self, page)
+            return original_fault(self, pages)
 
         monkeypatch.setattr(Pager, "fault", fault)
     model, opt = setup()
@@ -284,27 +284,27 @@ def test_keyboard_interrupt_inside_the_engine(monkeypatch, where):
 
 
 def test_interrupted_restore_can_be_resumed(monkeypatch):
-    from deepum.pager import Pager
 
     model, opt = setup()
     ref_model, ref_opt = setup()
     for batch in models.mlp_batches()[:2]:
         step(ref_model, ref_opt, batch)
-    original_fault = Pager.fault
+    original_load = transfer.HostTransfers.load
     calls = {"n": 0}
 
-    def fault(self, page):
+    def load(self, items, prefetch):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return original_fault(self, page)
+        return original_load(self, items, prefetch)
 
     session = deepum.oversubscribe(mlp_budget(), device="cpu")
     with pytest.raises(KeyboardInterrupt):
         with session:
             for batch in models.mlp_batches()[:2]:
                 step(model, opt, batch)
-            monkeypatch.setattr(Pager, "fault", fault)  # only the restore at exit faults now
+            # Only the restore at exit loads pages now.
+            monkeypatch.setattr(transfer.HostTransfers, "load", load)
     monkeypatch.undo()
     session.restore()
     assert_all_materialized(model, opt)
@@ -319,7 +319,7 @@ def test_restore_that_does_not_fit_keeps_the_data(monkeypatch):
     session = deepum.oversubscribe(mlp_budget(), device="cpu")
     original_load = transfer.HostTransfers.load
 
-    def load(self, storage, page, prefetch):
+    def load(self, items, prefetch):
         raise torch.OutOfMemoryError("simulated: the device is full")
 
     with pytest.raises(deepum.RestoreError, match="intact in host memory") as err:

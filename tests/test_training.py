@@ -100,3 +100,72 @@ def test_model_built_inside_the_session():
     for a, b in zip(ref[1], model.parameters()):
         assert torch.equal(a, b)
     assert session.stats()["evictions"] > 0
+
+
+def test_adopting_a_model_larger_than_the_budget():
+    """With adopt=True, tensors made before the session are pages from the start."""
+    import deepum
+
+    ref = train(models.mlp, models.mlp_batches, models.classify, 2)
+    torch.manual_seed(0)
+    model = models.mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    budget = model_bytes // 2
+    with deepum.oversubscribe(budget, device="cpu", adopt=True) as session:
+        # The model alone is twice the budget: entering evicted half of it.
+        assert session.stats()["evictions"] > 0
+        assert session.stats()["resident_bytes"] <= budget
+        losses = []
+        for batch in models.mlp_batches()[:2]:
+            opt.zero_grad(set_to_none=True)
+            loss = models.classify(model, batch)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    assert losses == ref[0]
+    for a, b in zip(ref[1], model.parameters()):
+        assert torch.equal(a, b)
+    assert session.stats()["peak_device_bytes"] <= budget
+
+
+@pytest.mark.parametrize("opt", ["sgd_foreach", "adamw_foreach", "adamw_fused", "adamw_loop"])
+def test_optimizer_over_parameters_each_near_the_budget(opt):
+    """Each list element alone is more than half the budget: slices of one, written back right.
+
+    (A regression: an unsplittable slice once ran without recording its
+    writes, so a later eviction dropped the update as if it were clean.)
+    """
+    import deepum
+
+    makers = {
+        "sgd_foreach": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, foreach=True),
+        "adamw_foreach": lambda ps: torch.optim.AdamW(ps, foreach=True),
+        "adamw_fused": lambda ps: torch.optim.AdamW(ps, fused=True),
+        "adamw_loop": lambda ps: torch.optim.AdamW(ps, foreach=False),
+    }
+    torch.manual_seed(0)
+    ps0 = [torch.randn(256, 128) for _ in range(6)] + [torch.randn(128) for _ in range(6)]
+    gs = [torch.randn_like(p) for p in ps0]
+
+    def run(budget):
+        ps = [torch.nn.Parameter(p.clone()) for p in ps0]
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        o = makers[opt](ps)
+        if budget is None:
+            o.step()
+            o.step()
+            return ps, None
+        with deepum.oversubscribe(budget, device="cpu") as s:
+            o.step()
+            o.step()
+        return ps, s.stats()
+
+    try:
+        ref, _ = run(None)
+    except RuntimeError as e:
+        pytest.skip(f"{opt} unavailable here: {e}")
+    got, stats = run(600_000)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))
+    assert stats["evictions"] > 0 and stats["writebacks"] > 0

@@ -11,6 +11,7 @@ from .errors import (
     DeepUMError,
     HostMemoryError,
     RestoreError,
+    UnmanagedMemoryError,
     UnsupportedError,
 )
 from .session import Session, current, disable, enable, oversubscribe
@@ -24,6 +25,7 @@ __all__ = [
     "HostMemoryError",
     "RestoreError",
     "Session",
+    "UnmanagedMemoryError",
     "UnsupportedError",
     "current",
     "disable",

@@ -30,6 +30,21 @@ class BudgetTooSmallError(DeepUMError):
         )
 
 
+class UnmanagedMemoryError(DeepUMError):
+    """The allocator is full of memory the pager cannot evict."""
+
+    def __init__(self, op: str, needed: int, managed: int, budget: int) -> None:
+        self.op, self.needed = op, needed
+        super().__init__(
+            f"operator {op} could not allocate within the budget of {_fmt(budget)} although "
+            f"it needs only {_fmt(needed)} and deepum holds {_fmt(managed)} of pages: the rest is "
+            "memory deepum cannot evict (tensors no operator inside the session has touched, "
+            "allocations from other libraries, or fragmentation). Enter the session before "
+            "creating the model and optimizer, keep adopt=True, or leave more headroom with "
+            "reserve=. No tensor was changed."
+        )
+
+
 class HostMemoryError(DeepUMError, MemoryError):
     """Host memory for evicted pages could not be allocated or pinned."""
 

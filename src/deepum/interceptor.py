@@ -39,7 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .core.correlation import Interner
 from .core.pages import Kind, Page
-from .errors import BudgetTooSmallError, UnsupportedError
+from .errors import BudgetTooSmallError, UnmanagedMemoryError, UnsupportedError
 from .pager import Pager
 
 aten = torch.ops.aten
@@ -69,7 +69,6 @@ class OpPlan:
         self.name = str(func)
         extra = _UNANNOTATED_WRITES.get(schema.name, ())
         written, read, lists = [], [], []
-        has_write = False
         pos = 0
         for i, arg in enumerate(schema.arguments):
             kind = _tensor_kind(arg.type)
@@ -83,7 +82,6 @@ class OpPlan:
             if kind is None:
                 continue
             is_write = bool(arg.alias_info is not None and arg.alias_info.is_write) or i in extra
-            has_write |= is_write
             (written if is_write else read).append((index, arg.name, kind == "list"))
         self.slots = tuple(written + read)
         self.n_written = len(written)
@@ -97,8 +95,11 @@ class OpPlan:
         self.factory = any(a.name == "device" for a in schema.arguments)
         # After an out-of-memory error a functional operator has changed
         # nothing and can run again; one that writes its arguments may have
-        # written some of them.
-        self.retry_safe = not has_write
+        # written some of them. Batch norm is the exception: its kernels
+        # allocate every output before they touch the running statistics.
+        annotated_write = any(a.alias_info is not None and a.alias_info.is_write
+                              for a in schema.arguments)
+        self.retry_safe = not annotated_write
 
     def collect(self, args: tuple, kwargs: dict) -> tuple[list, int]:
         """The tensor arguments, written ones first, and how many are written."""
@@ -214,14 +215,14 @@ class PagingMode(TorchDispatchMode):
                 est = self._estimate(plan, func, args, kwargs) if plan.fresh else 0
                 if len(self.eids) - 1 == eid and self.pager.prefetch_enabled:
                     self.pager.policy.pages.record(eid, [p.skey for p in pages])
+            chunks = None
             if (plan.foreach and len(pages) > 1
                     and est + sum(p.nbytes for p in pages) > self._chunk_cap()):
-                chunked = True
-            else:
-                chunked = False
+                chunks = self._chunks(plan, args, kwargs, est)
+            if chunks is None:
                 pager.begin(func, pages, est)
-        if chunked:
-            return self._run_chunked(plan, func, types, args, kwargs, est, pages)
+        if chunks is not None:
+            return self._run_chunks(func, types, args, kwargs, chunks)
         try:
             out = self._call(plan, func, args, kwargs, est, pages)
         except BaseException:
@@ -254,11 +255,38 @@ class PagingMode(TorchDispatchMode):
                     freed = plan.retry_safe and pager.evict_bytes(max(est, pager.table.limit // 16))
                     if not freed:
                         working = est + sum(p.nbytes for p in pages)
-                        raise BudgetTooSmallError(plan.name, working, pager.table.limit,
-                                                  pager.budget) from e
+                        if working > pager.table.limit or not plan.retry_safe:
+                            raise BudgetTooSmallError(plan.name, working, pager.table.limit,
+                                                      pager.budget) from e
+                        raise UnmanagedMemoryError(plan.name, working, pager.table.resident_bytes,
+                                                   pager.budget) from e
                     pager.stats_.oom_retries += 1
 
     # ---------------------------------------------------------- registration
+
+    def adopt(self, tensors) -> int:
+        """Make pages of tensors that exist before the session (a model, its optimizer).
+
+        Without this they would become pages only when an operator first
+        touches them, and until then they would hold budget the pager cannot
+        see or free. Returns the number of pages made.
+        """
+        n = 0
+        with self.pager.lock:
+            for t in tensors:
+                if not self._is_managed(t) or t.layout != torch.strided:
+                    continue
+                try:
+                    s = t.untyped_storage()
+                except (RuntimeError, NotImplementedError):
+                    continue
+                if s._cdata in self.pager.table.pages or s.nbytes() == 0 or s.device != self.device:
+                    continue
+                page = self.pager.register(s, self.skeys(("param", len(self.skeys))), _pageable(t, s))
+                if isinstance(t, torch.nn.Parameter):
+                    page.kind = Kind.PARAMETER
+                n += 1
+        return n
 
     def _first_seen(self, t: torch.Tensor, s: torch.UntypedStorage, func, i: int) -> Page | None:
         """A storage no operator has used yet: a parameter, a new batch, ..."""
@@ -338,13 +366,14 @@ class PagingMode(TorchDispatchMode):
         table = self.pager.table
         return max(1, (table.limit - table.unpageable_bytes) // 2)
 
-    def _run_chunked(self, plan, func, types, args, kwargs, est, pages):
-        """Run a foreach or fused operator over slices of its lists.
+    def _chunks(self, plan, args, kwargs, est):
+        """Split a foreach or fused operator's lists into slices that fit, or None.
 
         These operators compute each list element independently, so running
-        them slice by slice gives the same bits as one call.
+        them slice by slice gives the same bits as one call. None when the
+        operator cannot be split (one element per list already); it then runs
+        whole, and the budget check names it if it does not fit.
         """
-        self.pager.stats_.chunked_ops += 1
         # Lists run in parallel (element j of each goes together); empty ones
         # (an unused amsgrad state list, say) pass through whole.
         lists, values = [], []
@@ -354,6 +383,8 @@ class PagingMode(TorchDispatchMode):
                 lists.append((i, n))
                 values.append(v)
         length = len(values[0])
+        if length < 2:
+            return None
         cost = [0] * length
         for v in values:
             if len(v) != length:
@@ -373,16 +404,11 @@ class PagingMode(TorchDispatchMode):
                 start, acc = j, 0
             acc += c
         bounds.append((start, length))
-        if len(bounds) == 1:  # one element per list already: nothing to split
-            bounds = [(j, j + 1) for j in range(length)]
-        if len(bounds) == 1:
-            with self.pager.lock:
-                self.pager.begin(func, pages, est)
-            try:
-                return self._call(plan, func, args, kwargs, est, pages)
-            finally:
-                with self.pager.lock:
-                    self.pager.unpin(pages)
+        return (lists, values, bounds)
+
+    def _run_chunks(self, func, types, args, kwargs, chunks):
+        lists, values, bounds = chunks
+        self.pager.stats_.chunked_ops += 1
         results = []
         for a, b in bounds:
             cargs, ckwargs = list(args), dict(kwargs)
@@ -391,6 +417,8 @@ class PagingMode(TorchDispatchMode):
                     cargs[i] = v[a:b]
                 else:
                     ckwargs[n] = v[a:b]
+            # Each slice is an operator of its own: faults, writes and
+            # outputs go through the ordinary path.
             results.append(self.__torch_dispatch__(func, types, tuple(cargs), ckwargs))
         return _concat_results(results)
 

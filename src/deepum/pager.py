@@ -34,7 +34,7 @@ from collections import deque
 
 import torch
 
-from .core.pages import EVICTED, Page, PageTable, State
+from .core.pages import ARRIVING, EVICTED, Page, PageTable, State
 from .core.policy import make_policy
 from .errors import BudgetTooSmallError, RestoreError
 from .transfer import make_transfers
@@ -142,15 +142,21 @@ class Pager:
             short = missing + out_bytes - table.room()
             if short > 0:
                 self.make_room(short)
+            faults, arriving = [], []
             for p in pages:
                 state = p.state
-                if state == State.EVICTED:
-                    self.fault(p)
-                elif state == State.ARRIVING:
-                    self._arrive(p)
-                elif p.prefetched:
+                if state == EVICTED:
+                    faults.append(p)
+                elif state == ARRIVING:
+                    arriving.append(p)
+                elif p.prefetched:  # arrived earlier, first use now
                     p.prefetched = False
                     self.stats_.prefetch_hits += 1
+            if faults:
+                self.fault(faults)
+            if arriving:
+                self._arrive(arriving)
+            for p in pages:
                 table.touch(p)
         except BaseException:
             self.unpin(pages)
@@ -178,16 +184,7 @@ class Pager:
         if not self.pressure and table.resident_bytes * 4 > table.limit * 3:
             self.pressure = True
         if self.prefetch_enabled and self.pressure:
-            policy = self.policy
-            policy.observe(eid)
-            for distance, page in policy.prefetch_plan(self.scan_ops):
-                if page.state != State.EVICTED or page.ref() is None:
-                    continue
-                short = page.nbytes + self.headroom - table.room()
-                if short > 0 and not self.make_room(short, protect_window=True):
-                    policy.rewind(distance)
-                    break
-                self.prefetch(page)
+            self._prefetch_ahead(eid)
         short = self.headroom - table.room()
         if short > 0:
             self.make_room(short, protect_window=True)
@@ -201,82 +198,116 @@ class Pager:
     def evict_bytes(self, need: int, protect_window: bool = False) -> int:
         """Evict up to about ``need`` bytes of victims; return how many were freed."""
         self.pressure = True
-        freed = 0
-        for victim in self.policy.choose_victims(need, protect_window=protect_window):
-            freed += victim.nbytes
-            self.evict(victim)
-        return freed
+        victims = self.policy.choose_victims(need, protect_window=protect_window)
+        if victims:
+            self.evict(victims)
+        return sum(v.nbytes for v in victims)
 
-    def evict(self, page: Page) -> None:
-        storage = page.ref()
-        if storage is None:  # died since; its callback is queued
-            self.retire(page)
-            return
+    def evict(self, pages: list[Page]) -> None:
+        """Copy the dirty ones out, then free the device memory of all."""
         st = self.stats_
-        if page.dirty or page.host is None:
-            self.transfers.save(storage, page)
-            st.writebacks += 1
-            st.bytes_to_host += page.nbytes
-        else:
-            st.dropped_clean += 1
-        page.dirty = False
-        self.transfers.free(storage, page)
-        if page.prefetched:
-            page.prefetched = False
-            st.wasted_prefetches += 1
-        self.table.evicted(page)
-        self.policy.on_evict(page)
-        st.evictions += 1
+        live, dirty = [], []
+        for page in pages:
+            storage = page.ref()
+            if storage is None:  # died since; its callback is queued
+                self.retire(page)
+                continue
+            live.append((storage, page))
+            if page.dirty or page.host is None:
+                dirty.append((storage, page))
+        if dirty:
+            # Copy out before freeing anything: at every instant the bytes
+            # live on the device or on the host (see the note on interruption).
+            self.transfers.save(dirty)
+            st.writebacks += len(dirty)
+            st.bytes_to_host += sum(p.nbytes for _, p in dirty)
+        st.dropped_clean += len(live) - len(dirty)
+        for storage, page in live:
+            page.dirty = False
+            self.transfers.free(storage)
+            if page.prefetched:
+                page.prefetched = False
+                st.wasted_prefetches += 1
+            self.table.evicted(page)
+            self.policy.on_evict(page)
+        st.evictions += len(live)
 
-    def fault(self, page: Page) -> None:
-        """Bring an evicted page back now: the operator needs it."""
-        storage = page.ref()
+    def fault(self, pages: list[Page]) -> None:
+        """Bring evicted pages back now: the running operator needs them."""
+        items = [(p.ref(), p) for p in pages]
+        nbytes = sum(p.nbytes for p in pages)
         while True:
-            self.table.arriving(page)
+            for _, p in items:
+                self.table.arriving(p)
             try:
-                self.transfers.load(storage, page, prefetch=False)
+                self.transfers.load(items, prefetch=False)
                 break
             except torch.OutOfMemoryError as e:
                 # The allocator is fuller than the page table knows (memory
                 # deepum does not see, or fragmentation): evict and retry.
-                self._unarrive(page, storage)
-                if not self.evict_bytes(page.nbytes):
-                    raise BudgetTooSmallError("a page fault", page.nbytes, self.table.limit,
+                self._unarrive(items)
+                if not self.evict_bytes(nbytes):
+                    raise BudgetTooSmallError("a page fault", nbytes, self.table.limit,
                                               self.budget) from e
                 self.stats_.oom_retries += 1
             except BaseException:
-                self._unarrive(page, storage)
+                self._unarrive(items)
                 raise
-        self.table.arrived(page)
-        self.stats_.faults += 1
-        self.stats_.bytes_to_device += page.nbytes
+        for _, p in items:
+            self.table.arrived(p)
+        self.stats_.faults += len(items)
+        self.stats_.bytes_to_device += nbytes
 
-    def prefetch(self, page: Page) -> None:
-        storage = page.ref()
-        self.table.arriving(page)
-        try:
-            self.transfers.load(storage, page, prefetch=True)
-        except torch.OutOfMemoryError:
-            # Fragmentation: the bytes are free but not in one piece. The page
-            # will be faulted in when needed; a prefetch is only a hint.
-            self._unarrive(page, storage)
+    def _prefetch_ahead(self, eid: int) -> None:
+        """DeepUM's chained prefetch: fetch what the predicted operators need, in order."""
+        policy, table = self.policy, self.table
+        policy.observe(eid)
+        batch = []
+        for distance, page in policy.prefetch_plan(self.scan_ops):
+            if page.state != EVICTED:
+                continue
+            storage = page.ref()
+            if storage is None:
+                continue
+            short = page.nbytes + self.headroom - table.room()
+            if short > 0 and not self.make_room(short, protect_window=True):
+                policy.rewind(distance)
+                break
+            table.arriving(page)  # reserves its bytes before the next decision
+            batch.append((storage, page))
+        if not batch:
             return
-        page.prefetched = True
-        self.stats_.prefetches += 1
-        self.stats_.bytes_to_device += page.nbytes
+        try:
+            self.transfers.load(batch, prefetch=True)
+        except torch.OutOfMemoryError:
+            # Fragmentation: the bytes are free but not in one piece. The pages
+            # will be faulted in when needed; a prefetch is only a hint.
+            self._unarrive(batch)
+            return
+        st = self.stats_
+        for _, page in batch:
+            page.prefetched = True
+        st.prefetches += len(batch)
+        st.bytes_to_device += sum(p.nbytes for _, p in batch)
 
-    def _arrive(self, page: Page) -> None:
-        if self.transfers.wait(page):
-            self.stats_.late_prefetches += 1
-        elif page.prefetched:
-            self.stats_.prefetch_hits += 1
-        page.prefetched = False
-        self.table.arrived(page)
+    def _arrive(self, pages: list[Page]) -> None:
+        late = self.transfers.wait(pages)
+        st = self.stats_
+        prefetched = 0
+        for p in pages:
+            prefetched += p.prefetched
+            p.prefetched = False
+            self.table.arrived(p)
+        st.late_prefetches += late
+        st.prefetch_hits += prefetched - late
 
-    def _unarrive(self, page: Page, storage: torch.UntypedStorage) -> None:
-        if storage.nbytes():
-            storage.resize_(0)
-        self.table.cancel_arrival(page)
+    def _unarrive(self, items: list) -> None:
+        for storage, page in items:
+            if page.state != ARRIVING:
+                continue
+            if storage.nbytes():
+                storage.resize_(0)
+            self.table.cancel_arrival(page)
 
     # ---------------------------------------------------------------- exit
 
@@ -284,25 +315,34 @@ class Pager:
         """Bring every live page back to the device; RestoreError if they do not fit."""
         self.reap()
         pending = []
+        arriving = []
         for page in list(self.table.pages.values()):
             storage = page.ref()
             if storage is None:
                 self.retire(page)
                 continue
-            if page.state == State.ARRIVING:
-                self._arrive(page)
-            if page.host is not None and storage.nbytes() == 0 and page.nbytes:
+            page.pins = 0  # no operator runs any more
+            if page.state == ARRIVING:
+                arriving.append(page)
+            elif page.host is not None and storage.nbytes() == 0 and page.nbytes:
                 # Holding the storage keeps it alive until it is back.
-                pending.append((page, storage))
-        for i, (page, _storage) in enumerate(pending):
+                pending.append((storage, page))
+        if arriving:
+            self._arrive(arriving)
+        for i, (storage, page) in enumerate(pending):
             try:
-                if page.state != State.EVICTED:  # an eviction interrupted half way
-                    page.pins = 0
+                if page.state != EVICTED:  # an eviction interrupted half way
                     self.table.evicted(page)
-                self.fault(page)
+                self.table.arriving(page)
+                try:
+                    self.transfers.load([(storage, page)], prefetch=False)
+                except BaseException:
+                    self._unarrive([(storage, page)])
+                    raise
+                self.table.arrived(page)
                 self.restored += 1
             except Exception as e:
-                rest = [p for p, _ in pending[i:]]
+                rest = [p for _, p in pending[i:]]
                 raise RestoreError(len(rest), sum(p.nbytes for p in rest), e) from e
         self.transfers.synchronize()
 

@@ -8,6 +8,7 @@ rest of the process.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import threading
 from typing import Any
@@ -76,6 +77,11 @@ class Session:
     expandable_segments:
         On CUDA, switch the caching allocator to expandable segments (it then
         stays so for the process), which avoids most fragmentation.
+    adopt:
+        At entry, make pages of every tensor already on the device (found
+        through the garbage collector), so a model built before the session
+        can be evicted before any operator touches it. Default: on for CUDA,
+        off for the cpu device.
     reserve:
         Bytes of the budget kept for memory deepum cannot see (kernel
         workspaces, allocator rounding and fragmentation). Default: on CUDA
@@ -85,7 +91,7 @@ class Session:
     def __init__(self, budget: int | float | str, device: str | torch.device | None = None,
                  *, policy: str = "deepum", prefetch: bool = True, lookahead: int = 64,
                  reserve: int | None = None, headroom: int | None = None,
-                 expandable_segments: bool = True) -> None:
+                 expandable_segments: bool = True, adopt: bool | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy {policy!r} is unknown; choose one of {', '.join(POLICIES)}")
         if lookahead < 1:
@@ -103,6 +109,10 @@ class Session:
         self.lookahead = lookahead
         self.headroom = headroom
         self.expandable_segments = expandable_segments
+        # On the cpu device every host tensor of the process would be in
+        # scope, data loaders' buffers and arrays numpy shares included, so
+        # adoption is for CUDA only unless asked for.
+        self.adopt = (self.device.type == "cuda") if adopt is None else adopt
         self.pager: Pager | None = None
         self._mode: PagingMode | None = None
         self._final_stats: dict[str, Any] | None = None
@@ -116,6 +126,16 @@ class Session:
         self.pager = Pager(self.device, self.budget, self.limit, self.policy,
                            self.lookahead, self.prefetch, self.headroom)
         self._mode = PagingMode(self.pager)
+        if self.adopt:
+            # type(), not isinstance(): some module proxies warn when their
+            # __class__ is read.
+            tensor = torch.Tensor
+            self._mode.adopt(o for o in gc.get_objects() if issubclass(type(o), tensor))
+            table = self.pager.table
+            if table.resident_bytes > table.limit:
+                self.pager.make_room(table.resident_bytes - table.limit)
+            # Memory held before the session is not a peak of the session's.
+            table.peak_resident_bytes = table.resident_bytes
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             # Pages come and go in every size; expandable segments keep the

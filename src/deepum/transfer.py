@@ -86,7 +86,11 @@ class HostPool:
 
 
 class HostTransfers:
-    """Synchronous copies for the ``cpu`` device."""
+    """Synchronous copies for the ``cpu`` device.
+
+    Every method takes a batch of ``(storage, page)`` pairs: on CUDA one batch
+    costs one stream switch and one event, however many pages it holds.
+    """
 
     streams = False
 
@@ -95,27 +99,30 @@ class HostTransfers:
         self.pool = HostPool(pin=False)
         self.stall_seconds = 0.0
 
-    def save(self, storage: torch.UntypedStorage, page: Page) -> None:
-        """Copy the page to its host buffer (taking one if it has none)."""
-        if page.host is None:
-            page.host = self.pool.take(page.nbytes)
-        page.host.copy_(byte_view(storage))
+    def save(self, items: list) -> None:
+        """Copy each page to its host buffer (taking one if it has none)."""
+        for storage, page in items:
+            if page.host is None:
+                page.host = self.pool.take(page.nbytes)
+            page.host.copy_(byte_view(storage))
 
-    def free(self, storage: torch.UntypedStorage, page: Page) -> None:
+    def free(self, storage: torch.UntypedStorage) -> None:
         storage.resize_(0)
 
-    def load(self, storage: torch.UntypedStorage, page: Page, prefetch: bool) -> None:
-        """Re-allocate the storage on the device and copy the host copy in."""
+    def load(self, items: list, prefetch: bool) -> None:
+        """Re-allocate each storage on the device and copy its host copy in."""
         t0 = time.perf_counter()
-        storage.resize_(page.nbytes)
-        byte_view(storage).copy_(page.host)
+        for storage, page in items:
+            storage.resize_(page.nbytes)
+            byte_view(storage).copy_(page.host)
         if not prefetch:
             self.stall_seconds += time.perf_counter() - t0
 
-    def wait(self, page: Page) -> bool:
-        """Make compute wait for an in-flight copy in; True if it had not finished."""
-        page.ready = None
-        return False
+    def wait(self, pages: list) -> int:
+        """Make compute wait for in-flight copies in; return how many had not finished."""
+        for page in pages:
+            page.ready = None
+        return 0
 
     def release_host(self, page: Page) -> None:
         if page.host is not None:
@@ -138,81 +145,75 @@ class CudaTransfers(HostTransfers):
         self.device = device
         self.pool = HostPool(pin=True)
         self.stall_seconds = 0.0
-        # Copies in have priority over the compute stream's own work queue
-        # position only through events; a high priority keeps them from
-        # queueing behind eviction copies in the hardware scheduler.
+        # High priority for copies in: compute is waiting for them sooner or later.
         self.h2d = torch.cuda.Stream(device, priority=-1)
         self.d2h = torch.cuda.Stream(device)
         self._timed: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
-    def save(self, storage: torch.UntypedStorage, page: Page) -> None:
-        if page.host is None:
-            page.host = self.pool.take(page.nbytes)
-        view = byte_view(storage)
-        self.d2h.wait_stream(torch.cuda.current_stream(self.device))
-        if page.ready is not None:  # an earlier copy in still reads the buffer
-            self.d2h.wait_event(page.ready)
-        with torch.cuda.stream(self.d2h):
-            page.host.copy_(view, non_blocking=True)
-        view.record_stream(self.d2h)
+    def save(self, items: list) -> None:
+        d2h = self.d2h
+        d2h.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(d2h):
+            for storage, page in items:
+                if page.host is None:
+                    page.host = self.pool.take(page.nbytes)
+                view = byte_view(storage)
+                page.host.copy_(view, non_blocking=True)
+                view.record_stream(d2h)
         event = torch.cuda.Event()
-        event.record(self.d2h)
-        # Until it completes, a copy in must not read the buffer (see load).
-        page.ready = event
-
-    def free(self, storage: torch.UntypedStorage, page: Page) -> None:
-        storage.resize_(0)
-
-    def load(self, storage: torch.UntypedStorage, page: Page, prefetch: bool) -> None:
-        compute = torch.cuda.current_stream(self.device)
-        storage.resize_(page.nbytes)
-        view = byte_view(storage)
-        if prefetch:
-            self.h2d.wait_stream(compute)
-            if page.ready is not None:
-                self.h2d.wait_event(page.ready)
-            with torch.cuda.stream(self.h2d):
-                view.copy_(page.host, non_blocking=True)
-            view.record_stream(self.h2d)
-            event = torch.cuda.Event()
-            event.record(self.h2d)
+        event.record(d2h)
+        for _, page in items:
+            # A later copy in must not read the buffer before this completes.
             page.ready = event
+
+    def load(self, items: list, prefetch: bool) -> None:
+        compute = torch.cuda.current_stream(self.device)
+        for storage, page in items:
+            storage.resize_(page.nbytes)
+        if prefetch:
+            stream = self.h2d
+            stream.wait_stream(compute)
         else:
-            # A demand fault: compute needs the page now, so copy on the
-            # compute stream itself; nothing queued on the prefetch stream
-            # can delay it.
+            # A demand fault: compute needs the pages now, so copy on the
+            # compute stream itself; nothing queued for prefetch delays it.
+            stream = compute
             start = torch.cuda.Event(enable_timing=True)
             start.record(compute)
-            if page.ready is not None:
-                compute.wait_event(page.ready)
-            view.copy_(page.host, non_blocking=True)
-            end = torch.cuda.Event(enable_timing=True)
-            end.record(compute)
-            self._timed.append((start, end))
-            page.ready = end
+        waited = set()
+        for _, page in items:
+            if page.ready is not None and id(page.ready) not in waited:
+                stream.wait_event(page.ready)
+                waited.add(id(page.ready))
+        with torch.cuda.stream(stream):
+            for storage, page in items:
+                view = byte_view(storage)
+                view.copy_(page.host, non_blocking=True)
+                if prefetch:
+                    view.record_stream(stream)
+        event = torch.cuda.Event(enable_timing=not prefetch)
+        event.record(stream)
+        if not prefetch:
+            self._timed.append((start, event))
+        for _, page in items:
+            page.ready = event
 
-    def wait(self, page: Page) -> bool:
-        event = page.ready
-        if event is None:
-            return False
-        late = not event.query()
+    def wait(self, pages: list) -> int:
         compute = torch.cuda.current_stream(self.device)
+        late = [p for p in pages if not p.ready.query()]
         if late:
             start = torch.cuda.Event(enable_timing=True)
             start.record(compute)
-            compute.wait_event(event)
+        seen = set()
+        for page in pages:
+            if id(page.ready) not in seen:
+                compute.wait_event(page.ready)
+                seen.add(id(page.ready))
+        if late:
             end = torch.cuda.Event(enable_timing=True)
             end.record(compute)
             self._timed.append((start, end))
-        else:
-            compute.wait_event(event)
-        # Keep the event: the host buffer may be reused only after it.
-        return late
-
-    def release_host(self, page: Page) -> None:
-        if page.host is not None:
-            self.pool.give(page.host, page.ready)
-            page.host = None
+        # Keep the events: a host buffer is reused only after its copy.
+        return len(late)
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)
