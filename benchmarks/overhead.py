@@ -67,9 +67,23 @@ def main():
         step(i)
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_reserved()
+    import gc
     with deepum.oversubscribe(int(peak * args.budget_fraction), "cuda") as s:
         for i in range(3):
             step(i)
+        for label in ("gc on", "gc frozen", "gc off"):
+            if label == "gc frozen":
+                gc.freeze()
+            if label == "gc off":
+                gc.disable()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for i in range(3):
+                step(i)
+            torch.cuda.synchronize()
+            print(f"resnet 1/3 budget, {label}: {(time.perf_counter() - t0) / 3 * 1e3:.0f} ms/step")
+        gc.enable()
+        gc.unfreeze()
         torch.cuda.synchronize()
         prof = cProfile.Profile()
         t0 = time.perf_counter()

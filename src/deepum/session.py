@@ -82,6 +82,12 @@ class Session:
         through the garbage collector), so a model built before the session
         can be evicted before any operator touches it. Default: on for CUDA,
         off for the cpu device.
+    freeze_gc:
+        Move the objects that exist at entry out of the garbage collector's
+        reach until exit (``gc.freeze()``). The pager creates an object per
+        page; with a large model's objects in the youngest generations the
+        collector's full passes cost more than the paging itself (measured:
+        about 12% of a paged ResNet-152 step, docs/BENCHMARKS.md).
     reserve:
         Bytes of the budget kept for memory deepum cannot see (kernel
         workspaces, allocator rounding and fragmentation). Default: on CUDA
@@ -91,7 +97,8 @@ class Session:
     def __init__(self, budget: int | float | str, device: str | torch.device | None = None,
                  *, policy: str = "deepum", prefetch: bool = True, lookahead: int = 64,
                  reserve: int | None = None, headroom: int | None = None,
-                 expandable_segments: bool = True, adopt: bool | None = None) -> None:
+                 expandable_segments: bool = True, adopt: bool | None = None,
+                 freeze_gc: bool = True) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy {policy!r} is unknown; choose one of {', '.join(POLICIES)}")
         if lookahead < 1:
@@ -113,6 +120,8 @@ class Session:
         # scope, data loaders' buffers and arrays numpy shares included, so
         # adoption is for CUDA only unless asked for.
         self.adopt = (self.device.type == "cuda") if adopt is None else adopt
+        self.freeze_gc = freeze_gc
+        self._froze_gc = False
         self.pager: Pager | None = None
         self._mode: PagingMode | None = None
         self._final_stats: dict[str, Any] | None = None
@@ -153,6 +162,10 @@ class Session:
             cap = max(self.budget - _CAP_SLACK, self.budget // 2)
             torch.cuda.set_per_process_memory_fraction(cap / self.total, self.device)
             self._fraction_set = True
+        if self.freeze_gc and hasattr(gc, "freeze"):
+            gc.collect()
+            gc.freeze()
+            self._froze_gc = True
         self._mode.__enter__()
         return self
 
@@ -161,6 +174,9 @@ class Session:
         if mode is not None:
             mode.__exit__(None, None, None)
         self._release_budget()
+        if self._froze_gc:
+            gc.unfreeze()
+            self._froze_gc = False
         self.restore()
 
     def restore(self) -> None:

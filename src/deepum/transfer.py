@@ -136,6 +136,38 @@ class HostTransfers:
         pass
 
 
+class _StreamSwitch:
+    """Current-stream get and set without the per-call cost of torch.cuda's wrappers.
+
+    ``torch.cuda.current_stream()`` and ``torch.cuda.stream()`` resolve the
+    device and build objects on every call (tens of microseconds on a slow
+    host CPU); the pager asks for the current stream several times per
+    operator under pressure, so it talks to the bindings directly and keeps
+    one Stream object per stream ID.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.index = device.index
+        self._get = getattr(torch._C, "_cuda_getCurrentStream", None)
+        self._set = getattr(torch._C, "_cuda_setStream", None)
+        self._streams: dict[int, torch.cuda.Stream] = {}
+
+    def current(self) -> torch.cuda.Stream:
+        if self._get is None:
+            return torch.cuda.current_stream(self.index)
+        sid, idx, typ = self._get(self.index)
+        stream = self._streams.get(sid)
+        if stream is None:
+            stream = self._streams[sid] = torch.cuda.Stream(stream_id=sid, device_index=idx, device_type=typ)
+        return stream
+
+    def set(self, stream: torch.cuda.Stream) -> None:
+        if self._set is None:
+            torch.cuda.set_stream(stream)
+        else:
+            self._set(stream.stream_id, stream.device_index, stream.device_type)
+
+
 class CudaTransfers(HostTransfers):
     """Copies on dedicated streams: one in, one out, so both directions overlap."""
 
@@ -145,6 +177,7 @@ class CudaTransfers(HostTransfers):
         self.device = device
         self.pool = HostPool(pin=True)
         self.stall_seconds = 0.0
+        self.streams_ = _StreamSwitch(device)
         # High priority for copies in: compute is waiting for them sooner or later.
         self.h2d = torch.cuda.Stream(device, priority=-1)
         self.d2h = torch.cuda.Stream(device)
@@ -152,14 +185,18 @@ class CudaTransfers(HostTransfers):
 
     def save(self, items: list) -> None:
         d2h = self.d2h
-        d2h.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(d2h):
+        compute = self.streams_.current()
+        d2h.wait_stream(compute)
+        self.streams_.set(d2h)
+        try:
             for storage, page in items:
                 if page.host is None:
                     page.host = self.pool.take(page.nbytes)
                 view = byte_view(storage)
                 page.host.copy_(view, non_blocking=True)
                 view.record_stream(d2h)
+        finally:
+            self.streams_.set(compute)
         event = torch.cuda.Event()
         event.record(d2h)
         for _, page in items:
@@ -167,7 +204,7 @@ class CudaTransfers(HostTransfers):
             page.ready = event
 
     def load(self, items: list, prefetch: bool) -> None:
-        compute = torch.cuda.current_stream(self.device)
+        compute = self.streams_.current()
         for storage, page in items:
             storage.resize_(page.nbytes)
         if prefetch:
@@ -184,12 +221,17 @@ class CudaTransfers(HostTransfers):
             if page.ready is not None and id(page.ready) not in waited:
                 stream.wait_event(page.ready)
                 waited.add(id(page.ready))
-        with torch.cuda.stream(stream):
+        if prefetch:
+            self.streams_.set(stream)
+        try:
             for storage, page in items:
                 view = byte_view(storage)
                 view.copy_(page.host, non_blocking=True)
                 if prefetch:
                     view.record_stream(stream)
+        finally:
+            if prefetch:
+                self.streams_.set(compute)
         event = torch.cuda.Event(enable_timing=not prefetch)
         event.record(stream)
         if not prefetch:
@@ -198,7 +240,7 @@ class CudaTransfers(HostTransfers):
             page.ready = event
 
     def wait(self, pages: list) -> int:
-        compute = torch.cuda.current_stream(self.device)
+        compute = self.streams_.current()
         late = [p for p in pages if not p.ready.query()]
         if late:
             start = torch.cuda.Event(enable_timing=True)
