@@ -1,8 +1,9 @@
-"""Command line: ``deepum run``, ``deepum bench``."""
+"""Command line: ``deepum run`` and ``deepum report``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import runpy
 import sys
@@ -36,6 +37,10 @@ def summary(stats: dict) -> str:
             f"{stats['late_prefetches']} late, {stats['wasted_prefetches']} wasted; "
             f"prediction accuracy {stats['prediction_accuracy']:.1%}"
         )
+    kinds = stats.get("resident_bytes_by_kind")
+    if kinds and any(kinds.values()):
+        lines.append("  resident by kind: " + ", ".join(
+            f"{k.replace('_', ' ')} {_fmt_bytes(v)}" for k, v in kinds.items() if v))
     if stats.get("unpageable_pages"):
         lines.append(f"  {stats['unpageable_pages']} tensors could not be paged and stayed resident "
                      f"({_fmt_bytes(stats['unpageable_bytes'])} at exit)")
@@ -52,6 +57,9 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-prefetch", action="store_true", help="keep the policy's victim choice, fetch on demand only")
     p.add_argument("--lookahead", type=int, default=64, help="operators the prefetcher works ahead")
     p.add_argument("--quiet", action="store_true", help="no summary at exit")
+    p.add_argument("--stats", metavar="FILE", help="save the final stats as JSON (read with 'deepum report')")
+    p.add_argument("--trace", metavar="FILE", help="write a Chrome trace (Perfetto, chrome://tracing)")
+    p.add_argument("--plot", metavar="FILE", help="draw device residency by page kind to a PNG")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -61,7 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     try:
         sess = _session.Session(args.budget, args.device, policy=args.policy,
-                                prefetch=not args.no_prefetch, lookahead=args.lookahead)
+                                prefetch=not args.no_prefetch, lookahead=args.lookahead,
+                                trace=bool(args.trace or args.plot))
     except (DeepUMError, ValueError) as e:
         print(f"deepum run: {e}", file=sys.stderr)
         return 2
@@ -76,9 +85,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         if e.code is not None and not isinstance(e.code, int):
             print(e.code, file=sys.stderr)
     finally:
+        stats = sess.stats()
+        if args.stats:
+            with open(args.stats, "w") as f:
+                json.dump(stats, f, indent=1)
+        if args.trace and sess.pager is not None:
+            sess.export_trace(args.trace)
+        if args.plot and sess.pager is not None and sess.pager.trace.counters:
+            sess.plot_memory(args.plot, title=f"deepum run {os.path.basename(script)}")
         if not args.quiet:
-            print(summary(sess.stats()), file=sys.stderr)
+            print(summary(stats), file=sys.stderr)
     return code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        with open(args.file) as f:
+            stats = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"deepum report: cannot read {args.file!r}: {e}", file=sys.stderr)
+        return 2
+    print(summary(stats))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("script")
     run.add_argument("args", nargs=argparse.REMAINDER)
     run.set_defaults(fn=cmd_run)
+    report = sub.add_parser("report", help="print the summary of stats saved by 'deepum run --stats'")
+    report.add_argument("file")
+    report.set_defaults(fn=cmd_report)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -41,6 +41,7 @@ from .core.correlation import Interner
 from .core.pages import Kind, Page
 from .errors import BudgetTooSmallError, UnmanagedMemoryError, UnsupportedError
 from .pager import Pager
+from .trace import now_us
 
 aten = torch.ops.aten
 
@@ -153,6 +154,7 @@ class PagingMode(TorchDispatchMode):
         self.skeys = Interner()
         # The operator (not its execution ID) that ran last; see the note.
         self.prev_plan: OpPlan | None = None
+        self.last_eid = -1
         # Execution ID -> bytes its outputs took last time (learned), so the
         # pager can make room before the operator runs.
         self.out_bytes: dict[int, int] = {}
@@ -168,6 +170,16 @@ class PagingMode(TorchDispatchMode):
             plan = self._plan(func)
             if plan is None:
                 return func(*args, **kwargs)
+        trace = self.pager.trace
+        if trace is None:
+            return self._dispatch(plan, func, types, args, kwargs)
+        start = now_us()
+        self.last_eid = -1  # stays -1 if the operator touches no managed memory
+        out = self._dispatch(plan, func, types, args, kwargs)
+        trace.op(plan.name, self.last_eid, start, now_us())
+        return out
+
+    def _dispatch(self, plan, func, types, args, kwargs):
         tensors, nw = plan.collect(args, kwargs)
         pager = self.pager
         is_managed = self._is_managed
@@ -240,6 +252,7 @@ class PagingMode(TorchDispatchMode):
         self.pager.stats_.ops += 1
         self.pager.end(eid, written)
         self.prev_plan = plan
+        self.last_eid = eid
 
     def _call(self, plan, func, args, kwargs, est, pages):
         pager = self.pager
@@ -282,9 +295,8 @@ class PagingMode(TorchDispatchMode):
                     continue
                 if s._cdata in self.pager.table.pages or s.nbytes() == 0 or s.device != self.device:
                     continue
-                page = self.pager.register(s, self.skeys(("param", len(self.skeys))), _pageable(t, s))
-                if isinstance(t, torch.nn.Parameter):
-                    page.kind = Kind.PARAMETER
+                kind = Kind.PARAMETER if isinstance(t, torch.nn.Parameter) else Kind.OTHER
+                self.pager.register(s, self.skeys(("param", len(self.skeys))), _pageable(t, s), kind)
                 n += 1
         return n
 
@@ -298,10 +310,8 @@ class PagingMode(TorchDispatchMode):
             skey = self.skeys(("param", len(self.skeys)))
         else:
             skey = self.skeys(("ext", self.prev_plan, self.plans[func], i, tuple(t.shape), t.dtype))
-        page = self.pager.register(s, skey, _pageable(t, s))
-        if isinstance(t, torch.nn.Parameter):
-            page.kind = Kind.PARAMETER
-        return page
+        kind = Kind.PARAMETER if isinstance(t, torch.nn.Parameter) else Kind.OTHER
+        return self.pager.register(s, skey, _pageable(t, s), kind)
 
     def _register_outputs(self, out, eid: int) -> int:
         """Make new storages among the outputs pages; return their bytes."""
@@ -420,6 +430,7 @@ class PagingMode(TorchDispatchMode):
             # Each slice is an operator of its own: faults, writes and
             # outputs go through the ordinary path.
             results.append(self.__torch_dispatch__(func, types, tuple(cargs), ckwargs))
+        self.last_eid = -1  # the slices carry the IDs; the whole call has none
         return _concat_results(results)
 
 

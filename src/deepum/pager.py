@@ -34,9 +34,10 @@ from collections import deque
 
 import torch
 
-from .core.pages import ARRIVING, EVICTED, Page, PageTable, State
+from .core.pages import ARRIVING, EVICTED, Kind, Page, PageTable, State
 from .core.policy import make_policy
 from .errors import BudgetTooSmallError, RestoreError
+from .trace import TraceRecorder, now_us
 from .transfer import make_transfers
 
 
@@ -82,15 +83,22 @@ class Pager:
         self.dead: deque[_StorageRef] = deque()
         self.closed = False
         self.restored = 0
+        # Set by the session when asked to record a trace.
+        self.trace: TraceRecorder | None = None
+        # What each stable key held last time, so a page born again in the
+        # next iteration is classified at birth (see set_kind).
+        self.skey_kind: dict[int, Kind] = {}
         # Prediction and prefetching start once memory is tight; until then
         # the per-operator path skips them (nothing is off the device to fetch).
         self.pressure = False
 
     # ------------------------------------------------------------------ pages
 
-    def register(self, storage: torch.UntypedStorage, skey: int, pageable: bool) -> Page:
+    def register(self, storage: torch.UntypedStorage, skey: int, pageable: bool,
+                 kind: Kind = Kind.OTHER) -> Page:
         """A storage the engine has not seen: make it a resident page."""
         page = Page(storage._cdata, storage.nbytes(), skey, pageable)
+        page.kind = self.skey_kind.get(skey, kind)
         ref = _StorageRef(storage, self._on_death)
         ref.page = page
         page.ref = ref
@@ -99,6 +107,10 @@ class Pager:
         if not pageable:
             self.stats_.unpageable_pages += 1
         return page
+
+    def set_kind(self, page: Page, kind: Kind) -> None:
+        self.table.set_kind(page, kind)
+        self.skey_kind[page.skey] = kind
 
     def _on_death(self, ref: _StorageRef) -> None:
         # Runs wherever the storage died (any thread, inside any operator):
@@ -188,6 +200,8 @@ class Pager:
         short = self.headroom - table.room()
         if short > 0:
             self.make_room(short, protect_window=True)
+        if self.trace is not None:
+            self.trace.counter(now_us(), table.kind_bytes)
 
     # ------------------------------------------------------ moving the pages
 
@@ -215,6 +229,7 @@ class Pager:
             live.append((storage, page))
             if page.dirty or page.host is None:
                 dirty.append((storage, page))
+        t0 = now_us() if self.trace is not None else 0.0
         if dirty:
             # Copy out before freeing anything: at every instant the bytes
             # live on the device or on the host (see the note on interruption).
@@ -231,11 +246,14 @@ class Pager:
             self.table.evicted(page)
             self.policy.on_evict(page)
         st.evictions += len(live)
+        if self.trace is not None and live:
+            self.trace.transfer("evictions", t0, now_us(), [p for _, p in live])
 
     def fault(self, pages: list[Page]) -> None:
         """Bring evicted pages back now: the running operator needs them."""
         items = [(p.ref(), p) for p in pages]
         nbytes = sum(p.nbytes for p in pages)
+        t0 = now_us() if self.trace is not None else 0.0
         while True:
             for _, p in items:
                 self.table.arriving(p)
@@ -257,6 +275,8 @@ class Pager:
             self.table.arrived(p)
         self.stats_.faults += len(items)
         self.stats_.bytes_to_device += nbytes
+        if self.trace is not None:
+            self.trace.transfer("faults", t0, now_us(), pages)
 
     def _prefetch_ahead(self, eid: int) -> None:
         """DeepUM's chained prefetch: fetch what the predicted operators need, in order."""
@@ -277,6 +297,7 @@ class Pager:
             batch.append((storage, page))
         if not batch:
             return
+        t0 = now_us() if self.trace is not None else 0.0
         try:
             self.transfers.load(batch, prefetch=True)
         except torch.OutOfMemoryError:
@@ -289,6 +310,8 @@ class Pager:
             page.prefetched = True
         st.prefetches += len(batch)
         st.bytes_to_device += sum(p.nbytes for _, p in batch)
+        if self.trace is not None:
+            self.trace.transfer("prefetches", t0, now_us(), [p for _, p in batch])
 
     def _arrive(self, pages: list[Page]) -> None:
         late = self.transfers.wait(pages)
@@ -359,6 +382,12 @@ class Pager:
 
     # --------------------------------------------------------------- stats
 
+    def _pages_by_kind(self) -> dict[str, int]:
+        counts = dict.fromkeys((k.name.lower() for k in Kind), 0)
+        for page in self.table.pages.values():
+            counts[page.kind.name.lower()] += 1
+        return counts
+
     def stats(self) -> dict:
         self.transfers.harvest()
         st = self.stats_
@@ -378,6 +407,8 @@ class Pager:
             host_bytes=self.transfers.pool.held_bytes,
             peak_host_bytes=self.transfers.pool.peak_held_bytes,
             stall_seconds=self.transfers.stall_seconds,
+            resident_bytes_by_kind={k.name.lower(): self.table.kind_bytes[k] for k in Kind},
+            pages_by_kind=self._pages_by_kind(),
             policy=self.policy.name,
             prediction_accuracy=self.policy.accuracy,
         )

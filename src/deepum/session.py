@@ -14,11 +14,14 @@ import threading
 from typing import Any
 
 import torch
+import torch.optim.optimizer as _optim
 
 from .core.budget import parse_budget
+from .core.pages import Kind
 from .errors import BudgetError, UnsupportedError
 from .interceptor import PagingMode
 from .pager import Pager
+from .trace import TraceRecorder
 
 POLICIES = ("deepum", "lru")
 _CAP_SLACK = 64 << 20
@@ -82,6 +85,15 @@ class Session:
         through the garbage collector), so a model built before the session
         can be evicted before any operator touches it. Default: on for CUDA,
         off for the cpu device.
+    trace:
+        Record a trace of operators, transfers and residency for
+        :meth:`export_trace` and :meth:`plot_memory` (costs a little per operator).
+    track_kinds:
+        Tell saved activations from other pages, through a saved-tensors hook
+        (default: on when tracing). The hook makes autograd dispatch one
+        ``detach`` per saved tensor, which costs interception time, so it is
+        off otherwise. Parameters, gradients and optimizer state are always
+        classified (at first sight and by an optimizer-step hook).
     freeze_gc:
         Move the objects that exist at entry out of the garbage collector's
         reach until exit (``gc.freeze()``). The pager creates an object per
@@ -98,7 +110,7 @@ class Session:
                  *, policy: str = "deepum", prefetch: bool = True, lookahead: int = 64,
                  reserve: int | None = None, headroom: int | None = None,
                  expandable_segments: bool = True, adopt: bool | None = None,
-                 freeze_gc: bool = True) -> None:
+                 freeze_gc: bool = True, trace: bool = False, track_kinds: bool | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy {policy!r} is unknown; choose one of {', '.join(POLICIES)}")
         if lookahead < 1:
@@ -122,6 +134,9 @@ class Session:
         self.adopt = (self.device.type == "cuda") if adopt is None else adopt
         self.freeze_gc = freeze_gc
         self._froze_gc = False
+        self.trace = trace
+        self.track_kinds = trace if track_kinds is None else track_kinds
+        self._kind_hooks: list = []
         self.pager: Pager | None = None
         self._mode: PagingMode | None = None
         self._final_stats: dict[str, Any] | None = None
@@ -162,6 +177,9 @@ class Session:
             cap = max(self.budget - _CAP_SLACK, self.budget // 2)
             torch.cuda.set_per_process_memory_fraction(cap / self.total, self.device)
             self._fraction_set = True
+        if self.trace:
+            self.pager.trace = TraceRecorder(self.budget, self.limit)
+        self._install_kind_hooks()
         if self.freeze_gc and hasattr(gc, "freeze"):
             gc.collect()
             gc.freeze()
@@ -173,6 +191,7 @@ class Session:
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.__exit__(None, None, None)
+        self._remove_kind_hooks()
         self._release_budget()
         if self._froze_gc:
             gc.unfreeze()
@@ -201,6 +220,70 @@ class Session:
         if self._fraction_set:
             torch.cuda.set_per_process_memory_fraction(1.0, self.device)
             self._fraction_set = False
+
+    # ------------------------------------------------------------ kinds
+
+    def _install_kind_hooks(self) -> None:
+        """Learn what pages hold: saved for backward, or a parameter's gradient and state."""
+        pager, mode = self.pager, self._mode
+
+        def page_of(t):
+            if not isinstance(t, torch.Tensor) or not mode._is_managed(t) or t.layout != torch.strided:
+                return None
+            try:
+                return pager.table.get(t.untyped_storage()._cdata)
+            except (RuntimeError, NotImplementedError):
+                return None
+
+        def pack(t):
+            page = page_of(t)
+            if page is not None and page.kind == Kind.OTHER:
+                with pager.lock:
+                    pager.set_kind(page, Kind.ACTIVATION)
+            return t
+
+        def before_step(optimizer, args, kwargs):
+            with pager.lock:
+                for group in optimizer.param_groups:
+                    for p in group["params"]:
+                        for t, kind in ((p, Kind.PARAMETER), (p.grad, Kind.GRADIENT)):
+                            page = page_of(t)
+                            if page is not None:
+                                pager.set_kind(page, kind)
+                        for v in optimizer.state.get(p, {}).values():
+                            page = page_of(v)
+                            if page is not None:
+                                pager.set_kind(page, Kind.OPTIMIZER_STATE)
+
+        self._kind_hooks = [_optim.register_optimizer_step_pre_hook(before_step),
+                            _optim.register_optimizer_step_post_hook(before_step)]
+        if self.track_kinds:
+            saved = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+            saved.__enter__()
+            self._kind_hooks.append(saved)
+
+    def _remove_kind_hooks(self) -> None:
+        hooks, self._kind_hooks = self._kind_hooks, []
+        for hook in reversed(hooks):
+            if hasattr(hook, "remove"):
+                hook.remove()
+            else:
+                hook.__exit__(None, None, None)
+
+    # ------------------------------------------------------------ trace
+
+    def export_trace(self, path: str) -> None:
+        """Write the recorded trace as Chrome trace-event JSON (Perfetto, chrome://tracing)."""
+        self._recorder().write(path)
+
+    def plot_memory(self, path: str, title: str = "") -> None:
+        """Draw device residency over the recorded run, stacked by page kind, to a PNG."""
+        self._recorder().plot(path, title)
+
+    def _recorder(self) -> TraceRecorder:
+        if self.pager is None or self.pager.trace is None:
+            raise RuntimeError("no trace was recorded: create the session with trace=True")
+        return self.pager.trace
 
     # ------------------------------------------------------------ stats
 

@@ -114,6 +114,8 @@ class PageTable:
         self.resident_bytes = 0
         self.peak_resident_bytes = 0
         self.unpageable_bytes = 0
+        # Resident bytes by page kind (indexed by Kind).
+        self.kind_bytes = [0] * len(Kind)
 
     def __len__(self) -> int:
         return len(self.pages)
@@ -126,7 +128,7 @@ class PageTable:
         assert page.key not in self.pages, "the glue retires a stale page before reusing its key"
         self.pages[page.key] = page
         page.state = State.RESIDENT
-        self._grow(page.nbytes)
+        self._grow(page.nbytes, page.kind)
         if page.pageable:
             self._lru[page.key] = page
         else:
@@ -140,7 +142,7 @@ class PageTable:
     def arriving(self, page: Page) -> None:
         assert page.state == State.EVICTED, page
         page.state = State.ARRIVING
-        self._grow(page.nbytes)
+        self._grow(page.nbytes, page.kind)
         self._lru[page.key] = page
 
     def arrived(self, page: Page) -> None:
@@ -151,7 +153,7 @@ class PageTable:
         """A copy in failed before it started: the page is evicted again."""
         assert page.state == State.ARRIVING, page
         page.state = State.EVICTED
-        self.resident_bytes -= page.nbytes
+        self._shrink(page.nbytes, page.kind)
         del self._lru[page.key]
 
     def resize(self, page: Page, nbytes: int) -> None:
@@ -161,12 +163,21 @@ class PageTable:
         page.nbytes = nbytes
         if not page.pageable:
             self.unpageable_bytes += delta
-        self._grow(delta)
+        self._grow(delta, page.kind)
+
+    def set_kind(self, page: Page, kind: Kind) -> None:
+        """Reclassify a page (the glue learns what a page holds as it is used)."""
+        if page.kind == kind:
+            return
+        if page.resident and page.state != State.DEAD:
+            self.kind_bytes[page.kind] -= page.nbytes
+            self.kind_bytes[kind] += page.nbytes
+        page.kind = kind
 
     def evicted(self, page: Page) -> None:
         assert page.resident and page.pageable and page.pins == 0, page
         page.state = State.EVICTED
-        self.resident_bytes -= page.nbytes
+        self._shrink(page.nbytes, page.kind)
         del self._lru[page.key]
 
     def retire(self, page: Page) -> None:
@@ -174,7 +185,7 @@ class PageTable:
         if self.pages.get(page.key) is page:
             del self.pages[page.key]
         if page.resident:
-            self.resident_bytes -= page.nbytes
+            self._shrink(page.nbytes, page.kind)
             if page.pageable:
                 self._lru.pop(page.key, None)
             else:
@@ -191,7 +202,12 @@ class PageTable:
     def room(self) -> int:
         return self.limit - self.resident_bytes
 
-    def _grow(self, nbytes: int) -> None:
+    def _shrink(self, nbytes: int, kind: Kind) -> None:
+        self.resident_bytes -= nbytes
+        self.kind_bytes[kind] -= nbytes
+
+    def _grow(self, nbytes: int, kind: Kind) -> None:
+        self.kind_bytes[kind] += nbytes
         self.resident_bytes += nbytes
         if self.resident_bytes > self.peak_resident_bytes:
             self.peak_resident_bytes = self.resident_bytes
@@ -202,3 +218,5 @@ class PageTable:
         assert self.resident_bytes == sum(p.nbytes for p in resident), "resident bytes drifted"
         assert set(self._lru) == {p.key for p in resident if p.pageable}, "LRU out of step"
         assert self.unpageable_bytes == sum(p.nbytes for p in resident if not p.pageable)
+        for kind in Kind:
+            assert self.kind_bytes[kind] == sum(p.nbytes for p in resident if p.kind == kind)

@@ -1,0 +1,106 @@
+"""Traces, the memory picture, page kinds, saved stats."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+import deepum
+
+from . import models
+from .helpers import unconstrained_peak
+
+
+def traced_run(steps=3):
+    budget = unconstrained_peak(models.mlp, models.mlp_batches, models.classify, 3) // 3
+    torch.manual_seed(0)
+    model = models.mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    with deepum.oversubscribe(budget, device="cpu", trace=True) as session:
+        for batch in models.mlp_batches()[:steps]:
+            opt.zero_grad(set_to_none=True)
+            loss = models.classify(model, batch)
+            loss.backward()
+            inside = session.stats()  # after backward: gradients and saved activations known
+            opt.step()
+    return session, model, opt, inside
+
+
+def test_trace_is_valid_trace_event_json(tmp_path):
+    session, *_ = traced_run()
+    path = tmp_path / "trace.json"
+    session.export_trace(str(path))
+    data = json.loads(path.read_text())
+    events = data["traceEvents"]
+    phases = {e["ph"] for e in events}
+    assert {"X", "C", "M"} <= phases
+    cats = {e.get("cat") for e in events if e["ph"] == "X"}
+    assert {"operators", "faults", "evictions", "prefetches"} <= cats
+    ops = [e for e in events if e.get("cat") == "operators"]
+    # Every intercepted operator is a slice; those that touched managed memory carry their ID.
+    assert len([e for e in ops if e["args"]["eid"] >= 0]) == session.stats()["ops"]
+    timed = [e["ts"] for e in events if "ts" in e]
+    assert timed == sorted(timed) and timed[0] >= 0
+    for e in events:
+        if e["ph"] == "X":
+            assert e["dur"] > 0
+        if e.get("cat") in ("faults", "evictions", "prefetches"):
+            assert e["args"]["bytes"] > 0 and e["args"]["kinds"]
+    counters = [e for e in events if e["ph"] == "C" and e["name"] == "resident bytes"]
+    assert set(counters[0]["args"]) == {"other", "parameter", "gradient", "optimizer_state", "activation"}
+
+
+def test_memory_picture(tmp_path):
+    session, *_ = traced_run()
+    path = tmp_path / "memory.png"
+    session.plot_memory(str(path))
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_page_kinds_of_a_small_model():
+    session, model, opt, inside = traced_run()
+    table = session.pager.table  # still open? no: pages are forgotten at exit
+    assert len(table.pages) == 0
+    # During the last step, after backward and before the optimizer ran:
+    kinds = inside["pages_by_kind"]
+    n_params = len(list(model.parameters()))
+    assert kinds["parameter"] == n_params
+    assert kinds["gradient"] == n_params        # grads, known by their stable keys from step 1
+    assert kinds["optimizer_state"] >= 2 * n_params  # exp_avg, exp_avg_sq (+ steps)
+    by_kind = inside["resident_bytes_by_kind"]
+    assert sum(by_kind.values()) == inside["resident_bytes"]
+
+
+def test_saved_activations_are_classified():
+    torch.manual_seed(0)
+    model = models.mlp()
+    x, y = models.mlp_batches()[0]
+    with deepum.oversubscribe(1.0, device="cpu", track_kinds=True) as session:
+        loss = models.classify(model, (x, y))
+        during = session.stats()["pages_by_kind"]
+        loss.backward()
+    assert during["activation"] >= 8  # inputs of every Linear and GELU, kept for backward
+    assert during["parameter"] == len(list(model.parameters()))
+
+
+def test_cli_stats_trace_plot_and_report(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import torch\n"
+        "m = torch.nn.Sequential(*[torch.nn.Linear(128, 128) for _ in range(8)])\n"
+        "o = torch.optim.SGD(m.parameters(), lr=0.1)\n"
+        "for _ in range(3):\n"
+        "    m(torch.randn(64, 128)).square().mean().backward(); o.step(); o.zero_grad()\n")
+    stats, trace, plot = tmp_path / "stats.json", tmp_path / "t.json", tmp_path / "m.png"
+    r = subprocess.run([sys.executable, "-m", "deepum", "run", "--device", "cpu", "--budget", "300KB",
+                        "--stats", str(stats), "--trace", str(trace), "--plot", str(plot), str(script)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    saved = json.loads(stats.read_text())
+    assert saved["evictions"] > 0
+    assert json.loads(trace.read_text())["traceEvents"]
+    assert plot.stat().st_size > 10_000
+    rep = subprocess.run([sys.executable, "-m", "deepum", "report", str(stats)], capture_output=True, text=True)
+    assert rep.returncode == 0 and f"{saved['evictions']} evictions" in rep.stdout
