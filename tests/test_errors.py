@@ -361,3 +361,14 @@ def test_session_reenters_after_an_error():
     with deepum.oversubscribe(mlp_budget(), device="cpu") as s:
         step(model, opt, models.mlp_batches()[1])
     assert s.stats()["faults"] > 0
+
+
+def test_sessions_do_not_nest():
+    with deepum.oversubscribe("1GiB", device="cpu"):
+        with pytest.raises(deepum.UnsupportedError, match="do not nest"):
+            with deepum.oversubscribe("1GiB", device="cpu"):
+                pass
+        x = torch.ones(4) * 2  # the outer session still works
+    assert torch.equal(x, torch.full((4,), 2.0))
+    with deepum.oversubscribe("1GiB", device="cpu"):  # and a new one can start
+        pass

@@ -25,6 +25,7 @@ from .trace import TraceRecorder
 
 POLICIES = ("deepum", "lru")
 _CAP_SLACK = 64 << 20
+_active: Session | None = None  # the session whose interceptor is installed
 
 
 def _set_allocator_settings(settings: str) -> None:
@@ -145,8 +146,16 @@ class Session:
     # --------------------------------------------------------- context
 
     def __enter__(self) -> Session:
+        global _active
         if self._mode is not None:
             raise RuntimeError("this deepum session is already active")
+        if _active is not None:
+            # An inner session's own copies would run under the outer one's
+            # interceptor, which could evict the very page being copied.
+            raise UnsupportedError(
+                "a deepum session is already active in this process (deepum run, deepum.enable() "
+                "or an enclosing oversubscribe()); sessions do not nest. Use the outer session, "
+                "or leave it first.")
         self.pager = Pager(self.device, self.budget, self.limit, self.policy,
                            self.lookahead, self.prefetch, self.headroom)
         self._mode = PagingMode(self.pager)
@@ -185,9 +194,13 @@ class Session:
             gc.freeze()
             self._froze_gc = True
         self._mode.__enter__()
+        _active = self
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        global _active
+        if _active is self:
+            _active = None
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.__exit__(None, None, None)

@@ -80,7 +80,7 @@ class TraceRecorder:
         if not self.counters:
             raise ValueError("the trace has no samples: run some operators with tracing on first")
         ts = [(t - self.t0) / 1000.0 for t, _ in self.counters]
-        gib = float(1 << 30)
+        gib, unit = (float(1 << 30), "GiB") if self.budget >= 1 << 30 else (float(1 << 20), "MiB")
         layers = [[c[k] / gib for _, c in self.counters] for k in range(len(Kind))]
         order = [Kind.PARAMETER, Kind.GRADIENT, Kind.OPTIMIZER_STATE, Kind.ACTIVATION, Kind.OTHER]
         colors = {Kind.PARAMETER: "#4C72B0", Kind.GRADIENT: "#DD8452", Kind.OPTIMIZER_STATE: "#55A868",
@@ -99,7 +99,7 @@ class TraceRecorder:
         ax.plot([], [], marker="|", linestyle="", color="#4C72B0", label="prefetch")
         ax.set_ylim(0, top)
         ax.set_xlabel("time (ms, host)")
-        ax.set_ylabel("resident on device (GiB)")
+        ax.set_ylabel(f"resident on device ({unit})")
         ax.set_title(title or "deepum: device residency by page kind")
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
         fig.tight_layout()
