@@ -179,14 +179,6 @@ class TestPolicies:
         assert pol.prefetch_plan(max_ops=1) == []  # operator 0's page is resident
         assert pol.prefetch_plan(max_ops=1) == [(1, pages[1])]
 
-    def test_upcoming_lists_the_window_front(self):
-        table, pages = make_table(1000, [10] * 4)
-        pol = DeepUMPolicy(table, lookahead=3, live={p.skey: p for p in pages})
-        for eid in trace(2, range(4)):
-            pol.observe(eid)
-        assert pol.upcoming(2) == [0, 1] and pol.upcoming(10) == [0, 1, 2]
-        assert LruPolicy(table).upcoming(2) == []
-
     def test_make_policy(self):
         table = PageTable(10)
         assert make_policy("lru", table, 4, {}).name == "lru"

@@ -157,7 +157,7 @@ class PagingMode(TorchDispatchMode):
         self.last_eid = -1
         # Execution ID -> bytes its outputs took last time (learned), so the
         # pager can make room before the operator runs.
-        self.out_bytes: dict[int, int] = pager.out_bytes
+        self.out_bytes: dict[int, int] = {}
         self._is_managed = (lambda t: t.is_cuda) if self.device.type == "cuda" else (lambda t: t.is_cpu)
 
     # ------------------------------------------------------------ hot path

@@ -83,8 +83,6 @@ class Pager:
         self.dead: deque[_StorageRef] = deque()
         self.closed = False
         self.restored = 0
-        # Execution ID -> bytes its outputs took last time (the interceptor's).
-        self.out_bytes: dict[int, int] = {}
         # Set by the session when asked to record a trace.
         self.trace: TraceRecorder | None = None
         # What each stable key held last time, so a page born again in the
@@ -200,26 +198,11 @@ class Pager:
         if self.prefetch_enabled and self.pressure:
             self.transfers.release_finished()
             self._prefetch_ahead(eid)
-        short = self._headroom_now() - table.room()
+        short = self.headroom - table.room()
         if short > 0:
             self.make_room(short, protect_window=True)
         if self.trace is not None:
             self.trace.counter(now_us(), table.kind_bytes)
-
-    def _headroom_now(self) -> int:
-        """Room to keep free: the fixed headroom, or what the next predicted operators will allocate.
-
-        Making that room now, while the copies out can overlap compute, spares
-        the operator that allocates a large output (the logits, say) from
-        evicting on its own critical path, where the allocator would wait for
-        the copies to finish.
-        """
-        if not self.pressure or not self.prefetch_enabled:
-            return self.headroom
-        upcoming = self.policy.upcoming(self.scan_ops)
-        out_bytes = self.out_bytes
-        need = sum(out_bytes.get(e, 0) for e in upcoming)
-        return max(self.headroom, min(need, self.table.limit // 2))
 
     # ------------------------------------------------------ moving the pages
 

@@ -39,9 +39,6 @@ class LruPolicy:
     def rewind(self, distance: int) -> None:
         pass
 
-    def upcoming(self, n: int) -> list[int]:
-        """Execution IDs of the next ``n`` predicted operators (none without prediction)."""
-        return []
 
     def on_evict(self, page: Page) -> None:
         pass
@@ -109,9 +106,6 @@ class DeepUMPolicy(LruPolicy):
     def rewind(self, distance: int) -> None:
         self._cursor = min(self._cursor, distance)
 
-    def upcoming(self, n: int) -> list[int]:
-        window = self.predictor.window
-        return [window[i] for i in range(min(n, len(window)))]
 
     def on_evict(self, page: Page) -> None:
         # A page a window operator needs went out: scan again from the front.
