@@ -10,7 +10,7 @@ def test_non_resizable_and_sparse_tensors_stay_put():
     torch.manual_seed(0)
     fixed = torch.from_numpy(np.arange(4096, dtype=np.float32))  # storage not resizable
     indices = torch.tensor([[0, 1, 2], [2, 0, 1]])
-    sparse = torch.sparse_coo_tensor(indices, torch.tensor([1.0, 2.0, 3.0]), (3, 3))
+    sparse = torch.sparse_coo_tensor(indices, torch.tensor([1.0, 2.0, 3.0]), (3, 3), check_invariants=True)
     weights = [torch.randn(64, 64) for _ in range(32)]
 
     def work():
