@@ -169,45 +169,34 @@ def test_normal_exit_leaves_ordinary_tensors():
     assert_same(snapshot(model, opt), snapshot(ref_model, ref_opt))
 
 
+def _failing_backward(exc, into: dict):
+    """Two steps, then a backward pass that a gradient hook interrupts with ``exc``."""
+    model, opt = setup()
+    into.update(model=model, opt=opt)
+    batches = models.mlp_batches()[:3]
+    for batch in batches[:2]:
+        step(model, opt, batch)
+
+    def hook(grad):
+        raise exc("from a backward hook")
+
+    x, y = batches[2]
+    out = model[0](x)
+    out.register_hook(hook)
+    torch.nn.functional.cross_entropy(model[1:](out), y).backward()
+
+
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 def test_exception_in_backward_hook(exc):
-    def run(budget):
-        model, opt = setup()
-        batches = models.mlp_batches()[:3]
-        for batch in batches[:2]:
-            step(model, opt, batch)
-
-        def hook(grad):
-            raise exc("from a backward hook")
-
-        x, y = batches[2]
-        h = x.requires_grad_(False)
-        out = model[0](h)
-        out.register_hook(hook)
-        loss = torch.nn.functional.cross_entropy(model[1:](out), y)
-        with pytest.raises(exc):
-            loss.backward()
-        return model, opt
-
-    ref_model, ref_opt = run(None)
+    ref, got = {}, {}
+    with pytest.raises(exc):
+        _failing_backward(exc, ref)
     with pytest.raises(exc):
         with deepum.oversubscribe(mlp_budget(), device="cpu") as s:
-            model, opt = setup()
-            batches = models.mlp_batches()[:3]
-            for batch in batches[:2]:
-                step(model, opt, batch)
-
-            def hook(grad):
-                raise exc("from a backward hook")
-
-            x, y = batches[2]
-            out = model[0](x)
-            out.register_hook(hook)
-            loss = torch.nn.functional.cross_entropy(model[1:](out), y)
-            loss.backward()
+            _failing_backward(exc, got)
     assert s.stats()["evictions"] > 0
-    assert_all_materialized(model, opt)
-    assert_same(snapshot(model, opt), snapshot(ref_model, ref_opt))
+    assert_all_materialized(got["model"], got["opt"])
+    assert_same(snapshot(got["model"], got["opt"]), snapshot(ref["model"], ref["opt"]))
 
 
 def _ops_in_deepum_run(steps=3):

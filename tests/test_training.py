@@ -79,6 +79,17 @@ def test_optimizers(opt):
         assert stats["chunked_ops"] > 0
 
 
+def _steps(model, opt, batches) -> list[float]:
+    losses = []
+    for batch in batches:
+        opt.zero_grad(set_to_none=True)
+        loss = models.classify(model, batch)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 def test_model_built_inside_the_session():
     """Parameters born inside the session are pages from their first operator."""
     import deepum
@@ -89,13 +100,7 @@ def test_model_built_inside_the_session():
     with deepum.oversubscribe(budget, device="cpu") as session:
         model = models.mlp()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
-        losses = []
-        for batch in models.mlp_batches()[:STEPS]:
-            opt.zero_grad()
-            loss = models.classify(model, batch)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+        losses = _steps(model, opt, models.mlp_batches()[:STEPS])
     assert losses == ref[0]
     for a, b in zip(ref[1], model.parameters()):
         assert torch.equal(a, b)
@@ -116,13 +121,7 @@ def test_adopting_a_model_larger_than_the_budget():
         # The model alone is twice the budget: entering evicted half of it.
         assert session.stats()["evictions"] > 0
         assert session.stats()["resident_bytes"] <= budget
-        losses = []
-        for batch in models.mlp_batches()[:2]:
-            opt.zero_grad(set_to_none=True)
-            loss = models.classify(model, batch)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+        losses = _steps(model, opt, models.mlp_batches()[:2])
     assert losses == ref[0]
     for a, b in zip(ref[1], model.parameters()):
         assert torch.equal(a, b)
