@@ -212,6 +212,18 @@ class PagingMode(TorchDispatchMode):
                 eid = self.eids((plan, -1, self.prev_plan))
             else:
                 pages = None
+            if pages is not None:
+                est = self.out_bytes.get(eid)
+                if est is None:  # first sight of this execution ID
+                    est = self._estimate(plan, func, args, kwargs) if plan.fresh else 0
+                    if pager.prefetch_enabled:
+                        pager.policy.pages.record(eid, [p.skey for p in pages])
+                chunks = None
+                if (plan.foreach and len(pages) > 1
+                        and est + sum(p.nbytes for p in pages) > self._chunk_cap()):
+                    chunks = self._chunks(plan, args, kwargs, est)
+                if chunks is None:
+                    pager.begin(func, pages, est)
         if pages is None:
             # Nothing managed goes in; register whatever managed comes out.
             out = func(*args, **kwargs)
@@ -221,18 +233,6 @@ class PagingMode(TorchDispatchMode):
                     if self._register_outputs(out, eid):
                         self._finish(plan, eid, [])
             return out
-        with pager.lock:
-            est = self.out_bytes.get(eid)
-            if est is None:
-                est = self._estimate(plan, func, args, kwargs) if plan.fresh else 0
-                if len(self.eids) - 1 == eid and self.pager.prefetch_enabled:
-                    self.pager.policy.pages.record(eid, [p.skey for p in pages])
-            chunks = None
-            if (plan.foreach and len(pages) > 1
-                    and est + sum(p.nbytes for p in pages) > self._chunk_cap()):
-                chunks = self._chunks(plan, args, kwargs, est)
-            if chunks is None:
-                pager.begin(func, pages, est)
         if chunks is not None:
             return self._run_chunks(func, types, args, kwargs, chunks)
         try:
