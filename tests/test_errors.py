@@ -361,3 +361,97 @@ def test_sessions_do_not_nest():
     assert torch.equal(x, torch.full((4,), 2.0))
     with deepum.oversubscribe("1GiB", device="cpu"):  # and a new one can start
         pass
+
+
+def _failing_forward(into: dict):
+    """Two steps, then a forward pass that a module hook interrupts half way."""
+    model, opt = setup()
+    into.update(model=model, opt=opt)
+    batches = models.mlp_batches()[:3]
+    for batch in batches[:2]:
+        step(model, opt, batch)
+
+    def boom(module, inputs, output):
+        raise ValueError("from a forward hook")
+
+    model[2].register_forward_hook(boom)
+    step(model, opt, batches[2])
+
+
+def test_exception_in_forward():
+    ref, got = {}, {}
+    with pytest.raises(ValueError):
+        _failing_forward(ref)
+    with pytest.raises(ValueError):
+        with deepum.oversubscribe(mlp_budget(), device="cpu"):
+            _failing_forward(got)
+    assert_all_materialized(got["model"], got["opt"])
+    assert_same(snapshot(got["model"], got["opt"]), snapshot(ref["model"], ref["opt"]))
+
+
+class HalfwaySGD(torch.optim.Optimizer):
+    """Plain SGD that fails after updating half of its parameters."""
+
+    def __init__(self, params):
+        super().__init__(params, {"lr": 0.1})
+
+    @torch.no_grad()
+    def step(self):
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in enumerate(params):
+            if i == len(params) // 2:
+                raise RuntimeError("optimizer failed half way")
+            p.add_(p.grad, alpha=-0.1)
+
+
+def test_exception_in_the_optimizer_step():
+    def run(into):
+        torch.manual_seed(0)
+        model = models.mlp()
+        opt = HalfwaySGD(model.parameters())
+        into.update(model=model, opt=opt)
+        models.classify(model, models.mlp_batches()[0]).backward()
+        opt.step()
+
+    ref, got = {}, {}
+    with pytest.raises(RuntimeError, match="half way"):
+        run(ref)
+    with pytest.raises(RuntimeError, match="half way"):
+        with deepum.oversubscribe(mlp_budget() // 2, device="cpu") as s:
+            run(got)
+    assert s.stats()["evictions"] > 0
+    assert_all_materialized(got["model"], got["opt"])
+    assert_same(snapshot(got["model"], got["opt"]), snapshot(ref["model"], ref["opt"]))
+
+
+_always_oom = None
+
+
+def _oom_op():
+    global _always_oom
+    if _always_oom is None:
+        @torch.library.custom_op("deepum_test::always_oom", mutates_args=())
+        def always_oom(x: torch.Tensor) -> torch.Tensor:
+            raise torch.OutOfMemoryError("simulated: the allocator has nothing left")
+
+        @always_oom.register_fake
+        def _(x):
+            return torch.empty_like(x)
+
+        _always_oom = always_oom
+    return _always_oom
+
+
+def test_out_of_memory_that_eviction_cannot_cure():
+    op = _oom_op()
+    model, opt = setup()
+    ref_model, ref_opt = setup()
+    with pytest.raises(deepum.UnmanagedMemoryError, match="cannot evict") as err:
+        with deepum.oversubscribe(mlp_budget(), device="cpu") as s:
+            step(model, opt, models.mlp_batches()[0])
+            op(torch.ones(16))
+    assert "deepum_test" in str(err.value)
+    assert s.stats()["oom_retries"] > 0  # it evicted and retried before giving up
+    step(ref_model, ref_opt, models.mlp_batches()[0])
+    assert_all_materialized(model, opt)
+    assert_same(snapshot(model, opt), snapshot(ref_model, ref_opt))
