@@ -104,3 +104,73 @@ def test_cli_stats_trace_plot_and_report(tmp_path):
     assert plot.stat().st_size > 10_000
     rep = subprocess.run([sys.executable, "-m", "deepum", "report", str(stats)], capture_output=True, text=True)
     assert rep.returncode == 0 and f"{saved['evictions']} evictions" in rep.stdout
+
+
+def test_profiler_sees_deepum_ranges():
+    budget = unconstrained_peak(models.mlp, models.mlp_batches, models.classify, 2) // 3
+    torch.manual_seed(0)
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with deepum.oversubscribe(budget, device="cpu"):
+            for batch in models.mlp_batches()[:2]:
+                models.classify(model, batch).backward()
+                opt.step()
+                opt.zero_grad()
+    names = {e.name for e in prof.events()}
+    assert {"deepum::evict", "deepum::fault"} <= names
+
+
+def test_logging_under_the_deepum_logger(caplog):
+    import logging
+
+    budget = unconstrained_peak(models.mlp, models.mlp_batches, models.classify, 2) // 3
+    model = models.mlp()
+    with caplog.at_level(logging.INFO, logger="deepum"):
+        with deepum.oversubscribe(budget, device="cpu"):
+            models.classify(model, models.mlp_batches()[0]).backward()
+    text = caplog.text
+    assert "deepum session on cpu" in text and "memory pressure" in text and "session ended" in text
+
+
+STATUS_SCRIPT = (
+    "import time, torch\n"
+    "m = torch.nn.Sequential(*[torch.nn.Linear(128, 128) for _ in range(8)])\n"
+    "t = time.time()\n"
+    "while time.time() - t < 1.5:\n"
+    "    m(torch.randn(64, 128)).square().mean().backward()\n")
+
+
+def _run_status(tmp_path, tty: bool) -> str:
+    import os
+    import pty
+
+    script = tmp_path / "s.py"
+    script.write_text(STATUS_SCRIPT)
+    cmd = [sys.executable, "-m", "deepum", "run", "--device", "cpu", "--budget", "300KB", str(script)]
+    env = dict(os.environ, DEEPUM_STATUS_INTERVAL="0.1")
+    if not tty:
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300).stderr
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=300)
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_status_line_on_a_terminal_only(tmp_path):
+    on_tty = _run_status(tmp_path, tty=True)
+    assert "deepum: " in on_tty and " ops | " in on_tty and "faults/s" in on_tty and "resident" in on_tty
+    piped = _run_status(tmp_path, tty=False)
+    assert "faults/s" not in piped
+    assert "deepum: policy" in piped  # the exit summary is still there

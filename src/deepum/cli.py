@@ -10,6 +10,7 @@ import sys
 
 from . import session as _session
 from .errors import DeepUMError
+from .status import StatusLine
 
 
 def _fmt_bytes(n: float) -> str:
@@ -77,9 +78,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.argv = [script, *args.args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     code = 0
+    status = StatusLine(sess) if not args.quiet else None
     try:
         with sess:
-            runpy.run_path(script, run_name="__main__")
+            if status is not None:
+                status.start()
+            try:
+                runpy.run_path(script, run_name="__main__")
+            finally:
+                if status is not None:
+                    status.stop()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if e.code is not None and not isinstance(e.code, int):

@@ -28,6 +28,8 @@ KeyboardInterrupt between the two steps).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import weakref
 from collections import deque
@@ -40,11 +42,53 @@ from .errors import BudgetTooSmallError, RestoreError
 from .trace import TraceRecorder, now_us
 from .transfer import make_transfers
 
+log = logging.getLogger("deepum")
+_NO_RANGE = contextlib.nullcontext()
+
+
+def _range(name: str):
+    """A torch.profiler range while a profiler records, so deepum's work shows in its trace."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        return torch.profiler.record_function(name)
+    return _NO_RANGE
+
 
 class _StorageRef(weakref.ref):
     """A weak reference to a storage that knows its page (for the death callback)."""
 
     __slots__ = ("page",)
+
+
+class _Energy:
+    """Joules the GPU used since the session began, from NVML's energy counter."""
+
+    def __init__(self, nvml, handle) -> None:
+        self.nvml, self.handle = nvml, handle
+        self.start = nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+
+    @classmethod
+    def open(cls, device: torch.device) -> _Energy | None:
+        if device.type != "cuda":
+            return None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            # NVML numbers devices as the driver does; under CUDA_VISIBLE_DEVICES
+            # CUDA's index may differ, so match by PCI address where torch has it.
+            props = torch.cuda.get_device_properties(device)
+            if hasattr(props, "pci_bus_id"):
+                address = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+                handle = pynvml.nvmlDeviceGetHandleByPciBusId(address)
+            else:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+            return cls(pynvml, handle)
+        except Exception as e:  # no NVML, no permission, no energy counter
+            log.debug("GPU energy not available: %s", e)
+            return None
+
+    def joules(self) -> float:
+        return (self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) - self.start) / 1000.0
 
 
 class Stats:
@@ -83,6 +127,8 @@ class Pager:
         self.dead: deque[_StorageRef] = deque()
         self.closed = False
         self.restored = 0
+        # GPU energy since the session began, where NVML can tell (CUDA only).
+        self.energy = _Energy.open(device)
         # Set by the session when asked to record a trace.
         self.trace: TraceRecorder | None = None
         # What each stable key held last time, so a page born again in the
@@ -194,7 +240,7 @@ class Pager:
             self.stats_.overshoots += 1
             self.make_room(table.resident_bytes - table.limit)
         if not self.pressure and table.resident_bytes * 4 > table.limit * 3:
-            self.pressure = True
+            self._pressure_begins()
         if self.prefetch_enabled and self.pressure:
             self.transfers.release_finished()
             self._prefetch_ahead(eid)
@@ -204,6 +250,11 @@ class Pager:
         if self.trace is not None:
             self.trace.counter(now_us(), table.kind_bytes)
 
+    def _pressure_begins(self) -> None:
+        log.info("memory pressure: %d bytes resident against a limit of %d; prediction and "
+                 "paging start", self.table.resident_bytes, self.table.limit)
+        self.pressure = True
+
     # ------------------------------------------------------ moving the pages
 
     def make_room(self, need: int, protect_window: bool = False) -> bool:
@@ -212,10 +263,12 @@ class Pager:
 
     def evict_bytes(self, need: int, protect_window: bool = False) -> int:
         """Evict up to about ``need`` bytes of victims; return how many were freed."""
-        self.pressure = True
+        if not self.pressure:
+            self._pressure_begins()
         victims = self.policy.choose_victims(need, protect_window=protect_window)
         if victims:
-            self.evict(victims)
+            with _range("deepum::evict"):
+                self.evict(victims)
         return sum(v.nbytes for v in victims)
 
     def evict(self, pages: list[Page]) -> None:
@@ -259,7 +312,8 @@ class Pager:
             for _, p in items:
                 self.table.arriving(p)
             try:
-                self.transfers.load(items, prefetch=False)
+                with _range("deepum::fault"):
+                    self.transfers.load(items, prefetch=False)
                 break
             except torch.OutOfMemoryError as e:
                 # The allocator is fuller than the page table knows (memory
@@ -300,7 +354,8 @@ class Pager:
             return
         t0 = now_us() if self.trace is not None else 0.0
         try:
-            self.transfers.load(batch, prefetch=True)
+            with _range("deepum::prefetch"):
+                self.transfers.load(batch, prefetch=True)
         except torch.OutOfMemoryError:
             # Fragmentation: the bytes are free but not in one piece. The pages
             # will be faulted in when needed; a prefetch is only a hint.
@@ -393,6 +448,8 @@ class Pager:
         self.transfers.harvest()
         st = self.stats_
         out = {name: getattr(st, name) for name in Stats.__slots__}
+        if self.energy is not None:
+            out["energy_joules"] = self.energy.joules()
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_reserved(self.device)
         else:

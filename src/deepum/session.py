@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import logging
 import os
 import threading
 from typing import Any
@@ -23,6 +24,7 @@ from .interceptor import PagingMode
 from .pager import Pager
 from .trace import TraceRecorder
 
+log = logging.getLogger("deepum")
 POLICIES = ("deepum", "lru")
 _CAP_SLACK = 64 << 20
 _active: Session | None = None  # the session whose interceptor is installed
@@ -195,6 +197,9 @@ class Session:
             self._froze_gc = True
         self._mode.__enter__()
         _active = self
+        log.info("deepum session on %s: budget %d bytes (%d for pages), policy %s%s",
+                 self.device, self.budget, self.limit, self.policy,
+                 "" if self.prefetch else ", no prefetch")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -228,6 +233,9 @@ class Session:
             pager.restore_all()
             self._final_stats["restored_pages"] = pager.restored
             pager.close()
+        st = self._final_stats
+        log.info("deepum session ended: %d operators, %d faults, %d evictions, %d bytes in, %d bytes out",
+                 st["ops"], st["faults"], st["evictions"], st["bytes_to_device"], st["bytes_to_host"])
 
     def _release_budget(self) -> None:
         if self._fraction_set:
