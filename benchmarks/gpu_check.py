@@ -160,7 +160,8 @@ def run_case(model_name, method, budget=None, policy="deepum", steps=5, warmup=3
             peak = end["peak_device_bytes"]
             per = {k: (end[k] - snap.get(k, 0)) / steps for k in
                    ("bytes_to_device", "bytes_to_host", "faults", "prefetches", "prefetch_hits",
-                    "late_prefetches", "wasted_prefetches", "evictions", "stall_seconds", "oom_retries")}
+                    "late_prefetches", "wasted_prefetches", "evictions", "stall_seconds", "oom_retries",
+                    "energy_joules") if k in end}
             row.update({f"step_{k}": v for k, v in per.items()})
             row["prediction_accuracy"] = end["prediction_accuracy"]
             row["ops_per_step"] = (end["ops"] - snap.get("ops", 0)) / steps
