@@ -71,6 +71,8 @@ def test_page_kinds_of_a_small_model():
     assert kinds["optimizer_state"] >= 2 * n_params  # exp_avg, exp_avg_sq (+ steps)
     by_kind = inside["resident_bytes_by_kind"]
     assert sum(by_kind.values()) == inside["resident_bytes"]
+    assert session.stats()["optimizer_steps"] == 3
+    assert "energy_joules" not in session.stats()  # no NVML on the cpu device
 
 
 def test_saved_activations_are_classified():

@@ -98,7 +98,7 @@ class Stats:
         "faults", "evictions", "writebacks", "dropped_clean", "bytes_to_device",
         "bytes_to_host", "prefetches", "prefetch_hits", "late_prefetches",
         "wasted_prefetches", "oom_retries", "overshoots", "ops", "dead_pages",
-        "unpageable_pages", "chunked_ops",
+        "unpageable_pages", "chunked_ops", "optimizer_steps",
     )
 
     def __init__(self) -> None:
@@ -450,6 +450,8 @@ class Pager:
         out = {name: getattr(st, name) for name in Stats.__slots__}
         if self.energy is not None:
             out["energy_joules"] = self.energy.joules()
+            if st.optimizer_steps:
+                out["energy_joules_per_step"] = out["energy_joules"] / st.optimizer_steps
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_reserved(self.device)
         else:

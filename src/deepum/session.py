@@ -263,7 +263,7 @@ class Session:
                     pager.set_kind(page, Kind.ACTIVATION)
             return t
 
-        def before_step(optimizer, args, kwargs):
+        def classify(optimizer, args, kwargs):
             with pager.lock:
                 for group in optimizer.param_groups:
                     for p in group["params"]:
@@ -276,8 +276,12 @@ class Session:
                             if page is not None:
                                 pager.set_kind(page, Kind.OPTIMIZER_STATE)
 
-        self._kind_hooks = [_optim.register_optimizer_step_pre_hook(before_step),
-                            _optim.register_optimizer_step_post_hook(before_step)]
+        def after_step(optimizer, args, kwargs):
+            classify(optimizer, args, kwargs)
+            pager.stats_.optimizer_steps += 1  # the "step" of joules per step
+
+        self._kind_hooks = [_optim.register_optimizer_step_pre_hook(classify),
+                            _optim.register_optimizer_step_post_hook(after_step)]
         if self.track_kinds:
             saved = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
             saved.__enter__()
