@@ -62,7 +62,7 @@ class OpPlan:
     """What the interceptor needs to know about one operator overload, computed once."""
 
     __slots__ = ("func", "name", "slots", "n_written", "list_slots", "foreach",
-                 "fresh", "factory", "retry_safe")
+                 "fresh", "factory", "retry_safe", "comm")
 
     def __init__(self, func: torch._ops.OpOverload) -> None:
         schema = func._schema
@@ -94,6 +94,8 @@ class OpPlan:
         self.fresh = any(r.alias_info is None and _tensor_kind(r.type) is not None
                          for r in schema.returns)
         self.factory = any(a.name == "device" for a in schema.arguments)
+        # Collectives return before the communication ends (a Work handle).
+        self.comm = schema.name.startswith("c10d::")
         # After an out-of-memory error a functional operator has changed
         # nothing and can run again; one that writes its arguments may have
         # written some of them. Batch norm is the exception: its kernels
@@ -186,6 +188,8 @@ class PagingMode(TorchDispatchMode):
         with pager.lock:
             if pager.dead:
                 pager.reap()
+            if pager.held:
+                pager.release_held()
             get = pager.table.pages.get
             found: dict[int, Page] = {}
             written: list[Page] = []
@@ -209,7 +213,9 @@ class PagingMode(TorchDispatchMode):
                 eid = self.eids((plan, *[p.skey for p in pages]))
             elif plan.factory and self._factory_here(kwargs):
                 pages = []
-                eid = self.eids((plan, -1, self.prev_plan))
+                # Sizes and dtypes are in the arguments: two factory calls of
+                # different sizes must not share an ID (nor an output size).
+                eid = self.eids((plan, -1, self.prev_plan, _hashable(args), _hashable(kwargs)))
             else:
                 pages = None
             if pages is not None:
@@ -243,10 +249,36 @@ class PagingMode(TorchDispatchMode):
             raise
         with pager.lock:
             pager.unpin(pages)
+            if plan.comm:
+                self._hold_for_comm(out, pages)
             new = self._register_outputs(out, eid) if plan.fresh else 0
-            self.out_bytes[eid] = new
+            # The largest output seen: an ID whose output size varies with an
+            # argument that is not part of it (a size list) is never underestimated twice.
+            if new > est:
+                self.out_bytes[eid] = new
+            elif eid not in self.out_bytes:
+                self.out_bytes[eid] = est
             self._finish(plan, eid, written)
         return out
+
+    def _hold_for_comm(self, out, pages: list[Page]) -> None:
+        """Keep a collective's pages pinned until its communication has finished.
+
+        ``c10d`` operators hand the tensors to a communication thread and
+        return at once; evicting a bucket before the all-reduce is done would
+        free memory the thread still reads and writes.
+        """
+        work_type = getattr(torch._C, "_distributed_c10d", None)
+        if work_type is None:
+            return
+        for x in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(x, torch.ScriptObject):
+                try:
+                    work = work_type.Work.unbox(x)
+                except RuntimeError:
+                    continue
+                if not work.is_completed():
+                    self.pager.hold(work, pages)
 
     def _finish(self, plan: OpPlan, eid: int, written: list[Page]) -> None:
         self.pager.stats_.ops += 1
@@ -311,7 +343,7 @@ class PagingMode(TorchDispatchMode):
         else:
             skey = self.skeys(("ext", self.prev_plan, self.plans[func], i, tuple(t.shape), t.dtype))
         kind = Kind.PARAMETER if isinstance(t, torch.nn.Parameter) else Kind.OTHER
-        return self.pager.register(s, skey, _pageable(t, s), kind)
+        return self.pager.register(s, skey, _pageable(t, s), kind, preexisting=True)
 
     def _register_outputs(self, out, eid: int) -> int:
         """Make new storages among the outputs pages; return their bytes."""
@@ -438,6 +470,18 @@ def _pageable(t: torch.Tensor, s: torch.UntypedStorage) -> bool:
     """Can this storage be freed and re-allocated in place without anyone noticing?"""
     return (type(t) in _PAGEABLE_TYPES and s.resizable() and not t.is_quantized
             and not t.is_nested and t.layout == torch.strided)
+
+
+def _hashable(x):
+    if isinstance(x, (list, tuple)):
+        return tuple(_hashable(y) for y in x)
+    if isinstance(x, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in x.items()))
+    try:
+        hash(x)
+    except TypeError:
+        return id(x)
+    return x
 
 
 def _logical_nbytes(t: torch.Tensor) -> int:

@@ -98,7 +98,7 @@ class Stats:
         "faults", "evictions", "writebacks", "dropped_clean", "bytes_to_device",
         "bytes_to_host", "prefetches", "prefetch_hits", "late_prefetches",
         "wasted_prefetches", "oom_retries", "overshoots", "ops", "dead_pages",
-        "unpageable_pages", "chunked_ops", "optimizer_steps",
+        "unpageable_pages", "chunked_ops", "optimizer_steps", "comm_holds",
     )
 
     def __init__(self) -> None:
@@ -125,6 +125,8 @@ class Pager:
         self.scan_ops = 8
         self.lock = threading.RLock()
         self.dead: deque[_StorageRef] = deque()
+        # (work, pages) of collectives still communicating: the pages stay pinned.
+        self.held: list[tuple[object, list[Page]]] = []
         self.closed = False
         self.restored = 0
         # GPU energy since the session began, where NVML can tell (CUDA only).
@@ -141,14 +143,19 @@ class Pager:
     # ------------------------------------------------------------------ pages
 
     def register(self, storage: torch.UntypedStorage, skey: int, pageable: bool,
-                 kind: Kind = Kind.OTHER) -> Page:
-        """A storage the engine has not seen: make it a resident page."""
+                 kind: Kind = Kind.OTHER, preexisting: bool = False) -> Page:
+        """A storage the engine has not seen: make it a resident page.
+
+        ``preexisting``: the memory was allocated where no operator was
+        intercepted (C++ internals, before the session); it counts towards the
+        peak only after the next operator has made room.
+        """
         page = Page(storage._cdata, storage.nbytes(), skey, pageable)
         page.kind = self.skey_kind.get(skey, kind)
         ref = _StorageRef(storage, self._on_death)
         ref.page = page
         page.ref = ref
-        self.table.add(page)
+        self.table.add(page, count_peak=not preexisting)
         self.live[skey] = page
         if not pageable:
             self.stats_.unpageable_pages += 1
@@ -216,6 +223,7 @@ class Pager:
                 self._arrive(arriving)
             for p in pages:
                 table.touch(p)
+            table.note_peak()
         except BaseException:
             self.unpin(pages)
             raise
@@ -223,6 +231,24 @@ class Pager:
     def unpin(self, pages: list[Page]) -> None:
         for p in pages:
             p.pins -= 1
+
+    def hold(self, work: object, pages: list[Page]) -> None:
+        """Pin ``pages`` until ``work`` (a collective's handle) completes."""
+        for p in pages:
+            p.pins += 1
+        self.held.append((work, pages))
+        self.stats_.comm_holds += 1
+
+    def release_held(self, wait: bool = False) -> None:
+        keep = []
+        for work, pages in self.held:
+            if wait:
+                work.wait()
+            if wait or work.is_completed():
+                self.unpin(pages)
+            else:
+                keep.append((work, pages))
+        self.held = keep
 
     def end(self, eid: int, written: list[Page]) -> None:
         """After an operator: record writes, prefetch ahead, keep headroom."""
@@ -392,6 +418,7 @@ class Pager:
 
     def restore_all(self) -> None:
         """Bring every live page back to the device; RestoreError if they do not fit."""
+        self.release_held(wait=True)
         self.reap()
         pending = []
         arriving = []

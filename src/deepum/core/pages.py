@@ -123,12 +123,17 @@ class PageTable:
     def get(self, key: int) -> Page | None:
         return self.pages.get(key)
 
-    def add(self, page: Page) -> None:
-        """A page appears, resident (a new storage, or one first seen by an operator)."""
+    def add(self, page: Page, count_peak: bool = True) -> None:
+        """A page appears, resident (a new storage, or one first seen by an operator).
+
+        ``count_peak=False`` for memory that existed before the engine saw it
+        (a storage allocated where no operator was intercepted): the peak is
+        taken once the engine has had the chance to make room (note_peak).
+        """
         assert page.key not in self.pages, "the glue retires a stale page before reusing its key"
         self.pages[page.key] = page
         page.state = State.RESIDENT
-        self._grow(page.nbytes, page.kind)
+        self._grow(page.nbytes, page.kind, count_peak)
         if page.pageable:
             self._lru[page.key] = page
         else:
@@ -206,9 +211,13 @@ class PageTable:
         self.resident_bytes -= nbytes
         self.kind_bytes[kind] -= nbytes
 
-    def _grow(self, nbytes: int, kind: Kind) -> None:
+    def _grow(self, nbytes: int, kind: Kind, count_peak: bool = True) -> None:
         self.kind_bytes[kind] += nbytes
         self.resident_bytes += nbytes
+        if count_peak and self.resident_bytes > self.peak_resident_bytes:
+            self.peak_resident_bytes = self.resident_bytes
+
+    def note_peak(self) -> None:
         if self.resident_bytes > self.peak_resident_bytes:
             self.peak_resident_bytes = self.resident_bytes
 
