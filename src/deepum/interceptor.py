@@ -24,7 +24,7 @@ appears: the previous operator, the consuming operator, the argument position,
 shape and dtype. Both recur in the next training iteration, so the IDs recur
 too, and operators that differ only by which layer's weights they read get
 different IDs. An operator with no managed input (a factory such as ``empty``)
-is named by itself and the operator before it.
+is named by itself, its arguments (sizes, dtype) and the operator before it.
 
 Only *operators*, never execution IDs, of the past enter a key: an ID made
 from the previous operator's ID would chain each iteration to the one before

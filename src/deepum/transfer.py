@@ -96,8 +96,6 @@ class HostTransfers:
     costs one stream switch and one event, however many pages it holds.
     """
 
-    streams = False
-
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.pool = HostPool(pin=False)
@@ -177,8 +175,6 @@ class _StreamSwitch:
 
 class CudaTransfers(HostTransfers):
     """Copies on dedicated streams: one in, one out, so both directions overlap."""
-
-    streams = True
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
