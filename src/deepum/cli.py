@@ -129,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     report = sub.add_parser("report", help="print the summary of stats saved by 'deepum run --stats'")
     report.add_argument("file")
     report.set_defaults(fn=cmd_report)
+    bench = sub.add_parser("bench", help="benchmark deepum against the alternatives (see 'deepum bench -h')",
+                           add_help=False)
+    bench.set_defaults(fn=None)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     return args.fn(args)
 
