@@ -131,6 +131,8 @@ class Pager:
         self.restored = 0
         # GPU energy since the session began, where NVML can tell (CUDA only).
         self.energy = _Energy.open(device)
+        # Evict every unpinned page after every operator (tests).
+        self.stress = False
         # Set by the session when asked to record a trace.
         self.trace: TraceRecorder | None = None
         # What each stable key held last time, so a page born again in the
@@ -273,6 +275,10 @@ class Pager:
         short = self.headroom - table.room()
         if short > 0:
             self.make_room(short, protect_window=True)
+        if self.stress:
+            # Testing aid: every page leaves after every operator, so every
+            # input of the next one is faulted back in.
+            self.evict([p for p in table.lru() if p.pins == 0])
         if self.trace is not None:
             self.trace.counter(now_us(), table.kind_bytes)
 

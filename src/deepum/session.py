@@ -88,6 +88,9 @@ class Session:
         through the garbage collector), so a model built before the session
         can be evicted before any operator touches it. Default: on for CUDA,
         off for the cpu device.
+    stress:
+        Evict every page after every operator, so that every operator's
+        inputs are faulted back in (for testing the engine, very slow).
     trace:
         Record a trace of operators, transfers and residency for
         :meth:`export_trace` and :meth:`plot_memory` (costs a little per operator).
@@ -113,7 +116,8 @@ class Session:
                  *, policy: str = "deepum", prefetch: bool = True, lookahead: int = 64,
                  reserve: int | None = None, headroom: int | None = None,
                  expandable_segments: bool = True, adopt: bool | None = None,
-                 freeze_gc: bool = True, trace: bool = False, track_kinds: bool | None = None) -> None:
+                 freeze_gc: bool = True, trace: bool = False, track_kinds: bool | None = None,
+                 stress: bool = False) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy {policy!r} is unknown; choose one of {', '.join(POLICIES)}")
         if lookahead < 1:
@@ -138,6 +142,7 @@ class Session:
         self.freeze_gc = freeze_gc
         self._froze_gc = False
         self.trace = trace
+        self.stress = stress
         self.track_kinds = trace if track_kinds is None else track_kinds
         self._kind_hooks: list = []
         self.pager: Pager | None = None
@@ -190,6 +195,7 @@ class Session:
             self._fraction_set = True
         if self.trace:
             self.pager.trace = TraceRecorder(self.budget, self.limit)
+        self.pager.stress = self.stress
         self._install_kind_hooks()
         if self.freeze_gc and hasattr(gc, "freeze"):
             gc.collect()
@@ -241,6 +247,46 @@ class Session:
         if self._fraction_set:
             torch.cuda.set_per_process_memory_fraction(1.0, self.device)
             self._fraction_set = False
+
+    # ------------------------------------------------------------ manage
+
+    def manage(self, *objs: Any) -> int:
+        """Make pages of tensors now, before any operator touches them.
+
+        Takes tensors, modules (parameters and buffers), optimizers (their
+        state) and lists of those. Returns how many pages were made. Under
+        ``stress`` they are evicted at once.
+        """
+        if self._mode is None:
+            raise RuntimeError("manage() needs an active session")
+        tensors: list[torch.Tensor] = []
+
+        def collect(o):
+            if isinstance(o, torch.Tensor):
+                tensors.append(o)
+            elif isinstance(o, torch.nn.Module):
+                tensors.extend(o.parameters())
+                tensors.extend(o.buffers())
+            elif isinstance(o, torch.optim.Optimizer):
+                for state in o.state.values():
+                    collect(list(state.values()))
+            elif isinstance(o, (list, tuple, set)):
+                for x in o:
+                    collect(x)
+            elif isinstance(o, dict):
+                collect(list(o.values()))
+
+        collect(objs)
+        n = self._mode.adopt(tensors)
+        pager = self.pager
+        # The engine's own copies must not pass through its interceptor.
+        with torch.utils._python_dispatch._disable_current_modes(), pager.lock:
+            table = pager.table
+            if pager.stress:
+                pager.evict([p for p in table.lru() if p.pins == 0])
+            elif table.resident_bytes > table.limit:
+                pager.make_room(table.resident_bytes - table.limit)
+        return n
 
     # ------------------------------------------------------------ kinds
 

@@ -1,0 +1,169 @@
+"""PyTorch's operator database under deepum's stress mode, compared bit for bit with a plain run.
+
+    python benchmarks/opinfo_sweep.py                    # every OpInfo, float32, CPU
+    python benchmarks/opinfo_sweep.py --first 40         # the fast subset CI runs
+
+Stress mode evicts every managed page after every operator and the sample's
+inputs are evicted before the operator runs, so every input of every aten
+operator the OpInfo calls is faulted back in. Forward outputs, and gradients
+where the OpInfo supports autograd, must equal a plain run's bit for bit
+(NaN where NaN). Each slice of operators runs in a child process, so a crash
+is reported against its operators instead of ending the sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import subprocess
+import sys
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_map
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if a.is_complex() or a.is_floating_point():
+            return bool(torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0))
+                        and torch.equal(a.isnan(), b.isnan()))
+        return bool(torch.equal(a, b))
+    return a == b or (a != a and b != b)
+
+
+def _run(op, sample, grad: bool):
+    torch.manual_seed(0)
+    out = op(sample.input, *sample.args, **sample.kwargs)
+    outs = [t for t in tree_flatten(out)[0]]
+    grads = []
+    if grad:
+        leaves = [t for t in tree_flatten((sample.input, sample.args, sample.kwargs))[0]
+                  if isinstance(t, torch.Tensor) and t.requires_grad]
+        diff = [t for t in outs if isinstance(t, torch.Tensor) and t.requires_grad]
+        if leaves and diff:
+            total = sum(t.float().sum() for t in diff if not t.is_complex())
+            if isinstance(total, torch.Tensor):
+                grads = list(torch.autograd.grad(total, leaves, allow_unused=True))
+    return outs, grads
+
+
+def _clone(sample):
+    """The same sample with fresh leaves, so the plain and the paged run share no tensor."""
+    def c(x):
+        if isinstance(x, torch.Tensor):
+            return x.detach().clone().requires_grad_(x.requires_grad)
+        return x
+
+    return type(sample)(tree_map(c, sample.input), args=tree_map(c, sample.args),
+                        kwargs=tree_map(c, sample.kwargs),
+                        output_process_fn_grad=sample.output_process_fn_grad)
+
+
+def check_op(op, max_samples: int) -> dict:
+    import deepum
+
+    counts = collections.Counter()
+    failures = []
+    grad = op.supports_autograd
+    try:
+        samples = list(op.sample_inputs("cpu", torch.float32, requires_grad=grad))[:max_samples]
+    except Exception as e:  # the OpInfo cannot make float32 samples on CPU
+        return {"op": op.name, "skipped": f"no float32 CPU samples ({type(e).__name__})"}
+    for sample in samples:
+        try:
+            ref_out, ref_grads = _run(op, _clone(sample), grad)
+        except Exception:
+            counts["plain_error"] += 1  # the sample is meant to fail, or the op does not support it
+            continue
+        paged = _clone(sample)
+        try:
+            with deepum.oversubscribe(1.0, "cpu", stress=True) as session:
+                session.manage(tree_flatten((paged.input, paged.args, paged.kwargs))[0])
+                out, grads = _run(op, paged, grad)
+        except Exception as e:
+            counts["failed"] += 1
+            failures.append(f"raised {type(e).__name__}: {str(e)[:200]}")
+            continue
+        ok = (len(out) == len(ref_out) and all(_same(a, b) for a, b in zip(out, ref_out))
+              and len(grads) == len(ref_grads)
+              and all((a is None and b is None) or (a is not None and b is not None and _same(a, b))
+                      for a, b in zip(grads, ref_grads)))
+        counts["passed" if ok else "failed"] += 1
+        if not ok:
+            failures.append("output or gradient differs")
+        if session.stats()["faults"] == 0 and any(isinstance(t, torch.Tensor) and t.numel()
+                                                  for t in tree_flatten(paged.input)[0]):
+            counts["no_faults"] += 1
+    return {"op": op.name, **counts, "failures": failures[:3]}
+
+
+def _child(indices: list[int], max_samples: int) -> None:
+    from torch.testing._internal.common_methods_invocations import op_db
+
+    for i in indices:
+        print(json.dumps(check_op(op_db[i], max_samples)), flush=True)
+
+
+def sweep(first: int | None, max_samples: int, slice_size: int = 20) -> list[dict]:
+    from torch.testing._internal.common_methods_invocations import op_db
+
+    n = len(op_db) if first is None else min(first, len(op_db))
+    rows = []
+    for start in range(0, n, slice_size):
+        todo = list(range(start, min(start + slice_size, n)))
+        while todo:
+            r = subprocess.run([sys.executable, __file__, "--child", ",".join(map(str, todo)),
+                                "--max-samples", str(max_samples)], capture_output=True, text=True, timeout=1800)
+            done = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+            rows += done
+            todo = todo[len(done):]
+            if todo and r.returncode != 0:  # the child died on todo[0]
+                rows.append({"op": op_db[todo[0]].name, "crashed": f"exit code {r.returncode}"})
+                todo = todo[1:]
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    total = collections.Counter()
+    for r in rows:
+        for k in ("passed", "failed", "plain_error", "no_faults"):
+            total[k] += r.get(k, 0)
+    return {
+        "operators": len(rows),
+        "operators_run": sum(1 for r in rows if r.get("passed") or r.get("failed")),
+        "operators_failed": sorted(r["op"] for r in rows if r.get("failed")),
+        "operators_crashed": sorted(r["op"] for r in rows if r.get("crashed")),
+        "operators_skipped": sum(1 for r in rows if r.get("skipped")),
+        "samples_passed": total["passed"], "samples_failed": total["failed"],
+        "samples_invalid_in_plain_run": total["plain_error"], "samples_without_faults": total["no_faults"],
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--first", type=int, default=None, help="only the first N OpInfos")
+    ap.add_argument("--max-samples", type=int, default=8)
+    ap.add_argument("--json", default=None, help="write every row here")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child is not None:
+        _child([int(i) for i in args.child.split(",")], args.max_samples)
+        return 0
+    rows = sweep(args.first, args.max_samples)
+    if args.json:
+        with open(args.json, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    s = summary(rows)
+    print(json.dumps(s, indent=1))
+    for r in rows:
+        if r.get("failed") or r.get("crashed"):
+            print(r["op"], r.get("crashed") or r.get("failures"))
+    return 0 if not s["operators_failed"] and not s["operators_crashed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
