@@ -168,3 +168,22 @@ def test_optimizer_over_parameters_each_near_the_budget(opt):
     got, stats = run(600_000)
     assert all(torch.equal(a, b) for a, b in zip(ref, got))
     assert stats["evictions"] > 0 and stats["writebacks"] > 0
+
+
+def test_manage_registers_a_model_and_optimizer_state():
+    import deepum
+
+    ref = train(models.mlp, models.mlp_batches, models.classify, 2)
+    torch.manual_seed(0)
+    model = models.mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    n_params = len(list(model.parameters()))
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    with deepum.oversubscribe(model_bytes // 2, device="cpu") as session:
+        assert session.manage(model, opt) == n_params  # no optimizer state yet
+        assert session.stats()["resident_bytes"] <= model_bytes // 2  # made room at once
+        losses = _steps(model, opt, models.mlp_batches()[:2])
+    assert losses == ref[0]
+    assert all(torch.equal(a, b) for a, b in zip(ref[1], model.parameters()))
+    with pytest.raises(RuntimeError, match="active session"):
+        session.manage(model)
