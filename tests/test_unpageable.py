@@ -28,3 +28,18 @@ def test_non_resizable_and_sparse_tensors_stay_put():
     assert got == ref + ref
     assert stats["unpageable_pages"] >= 1 and stats["evictions"] > 0
     assert torch.equal(fixed, torch.arange(4096, dtype=torch.float32))
+
+
+def test_zero_tensors_are_not_paged():
+    """Autograd's allocation-free zeros (sgn's backward makes one) have no memory to copy.
+
+    (A regression: evicting one read a null pointer and crashed the process.)
+    """
+    x = torch.randn(20, 20, requires_grad=True)
+    (ref,) = torch.autograd.grad(torch.sgn(x).sum(), x)
+    y = x.detach().clone().requires_grad_()
+    with deepum.oversubscribe(1.0, device="cpu", stress=True) as s:
+        s.manage([y])
+        (got,) = torch.autograd.grad(torch.sgn(y).sum(), y)
+    assert torch.equal(ref, got)
+    assert s.stats()["faults"] > 0 and s.stats()["unpageable_pages"] >= 1

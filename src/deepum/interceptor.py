@@ -468,8 +468,10 @@ class PagingMode(TorchDispatchMode):
 
 def _pageable(t: torch.Tensor, s: torch.UntypedStorage) -> bool:
     """Can this storage be freed and re-allocated in place without anyone noticing?"""
+    # A ZeroTensor (autograd's allocation-free zeros) has a storage with a
+    # size and no memory: there is nothing to copy out.
     return (type(t) in _PAGEABLE_TYPES and s.resizable() and not t.is_quantized
-            and not t.is_nested and t.layout == torch.strided)
+            and not t.is_nested and t.layout == torch.strided and not t._is_zerotensor())
 
 
 def _hashable(x):
