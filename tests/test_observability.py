@@ -61,8 +61,7 @@ def test_memory_picture(tmp_path):
 
 def test_page_kinds_of_a_small_model():
     session, model, opt, inside = traced_run()
-    table = session.pager.table  # still open? no: pages are forgotten at exit
-    assert len(table.pages) == 0
+    assert len(session.pager.table.pages) == 0  # the session forgot every page at exit
     # During the last step, after backward and before the optimizer ran:
     kinds = inside["pages_by_kind"]
     n_params = len(list(model.parameters()))

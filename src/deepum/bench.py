@@ -124,24 +124,13 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _energy(device):
-    if device.type != "cuda":
-        return None
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return pynvml, pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-    except Exception:
-        return None
-
-
 def run_case(model: str, method: str, budget: int | None, device: torch.device,
              steps: int, warmup: int) -> dict:
     """Run one case in this process and return its row."""
     import psutil
 
     import deepum
+    from deepum.pager import _Energy
 
     row = {"model": model, "method": method, "budget_bytes": budget, "device": str(device),
            "torch": torch.__version__, "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -158,7 +147,7 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
             return torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    nvml = _energy(device)
+    energy = _Energy.open(device)  # the same counter deepum's stats use
     session = None
     if method in ("deepum", "lru") or (method == "plain" and device.type == "cpu"):
         # On the cpu device the engine's own count is the memory measure, so
@@ -172,7 +161,7 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
         for i in range(warmup + steps):
             if i == warmup:
                 before = session.stats() if session else {}
-                joules0 = nvml[0].nvmlDeviceGetTotalEnergyConsumption(nvml[1]) if nvml else None
+                joules0 = energy.joules() if energy else None
             _sync(device)
             t0 = time.perf_counter()
             step(i, wrap)
@@ -181,8 +170,8 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
                 times.append(time.perf_counter() - t0)
             host_peak = max(host_peak, proc.memory_info().rss)
         end = session.stats() if session else {}
-        if nvml:
-            row["joules_per_step"] = (nvml[0].nvmlDeviceGetTotalEnergyConsumption(nvml[1]) - joules0) / 1000 / steps
+        if energy:
+            row["joules_per_step"] = (energy.joules() - joules0) / steps
     finally:
         if session is not None:
             session.__exit__(None, None, None)

@@ -11,8 +11,8 @@ Interception costs CPU time on every operator, and models with many short
 kernels feel it (see docs/DESIGN.md). So: all schema analysis happens once
 per operator overload (:class:`OpPlan`); arguments are read by schema position,
 without pytree; storages are looked up by their C++ address in one dict; and
-operators that touch no managed tensor return after one dict look-up and a
-few attribute reads.
+until memory is tight (three quarters of the limit, or a first eviction) the
+predictor and the prefetcher are skipped altogether.
 
 [Note: execution IDs and stable keys]
 An execution ID is the operator together with the stable keys of its input

@@ -278,7 +278,7 @@ class Pager:
         if self.stress:
             # Testing aid: every page leaves after every operator, so every
             # input of the next one is faulted back in.
-            self.evict([p for p in table.lru() if p.pins == 0])
+            self.evict_unpinned()
         if self.trace is not None:
             self.trace.counter(now_us(), table.kind_bytes)
 
@@ -302,6 +302,10 @@ class Pager:
             with _range("deepum::evict"):
                 self.evict(victims)
         return sum(v.nbytes for v in victims)
+
+    def evict_unpinned(self) -> None:
+        """Evict every resident page no operator is using (stress mode)."""
+        self.evict([p for p in self.table.lru() if p.pins == 0])
 
     def evict(self, pages: list[Page]) -> None:
         """Copy the dirty ones out, then free the device memory of all."""

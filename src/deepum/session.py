@@ -283,7 +283,7 @@ class Session:
         with torch.utils._python_dispatch._disable_current_modes(), pager.lock:
             table = pager.table
             if pager.stress:
-                pager.evict([p for p in table.lru() if p.pins == 0])
+                pager.evict_unpinned()
             elif table.resident_bytes > table.limit:
                 pager.make_room(table.resident_bytes - table.limit)
         return n
@@ -366,10 +366,6 @@ class Session:
             return dict(self._final_stats)
         with self.pager.lock:
             return self.pager.stats()
-
-    @property
-    def active(self) -> bool:
-        return self._mode is not None
 
 
 def oversubscribe(budget: int | float | str, device: str | torch.device | None = None,
