@@ -2,6 +2,11 @@
 
     python benchmarks/gpu_check.py --out $OUT [--cases check,gpt2,resnet] [--steps 5]
 
+The models, the step and the checks are those of ``deepum bench``
+(src/deepum/bench.py); this script runs them in one process and adds the
+whole-card case and the link floor to one table. Runs 2-9 of
+docs/BENCHMARKS.md were made with it.
+
 Cases
   check   GPT-2 (12 layers, d=768, eager attention, deterministic algorithms)
           trained 5 steps plain and under deepum at a third of its peak:
@@ -31,82 +36,26 @@ import traceback
 import torch
 
 import deepum
+from deepum import bench
 
 GiB = 1 << 30
 
 
-def link_bandwidth(nbytes: int = GiB) -> dict:
-    """Pinned host<->device copy rates in GB/s (the same method as docs/DESIGN.md)."""
-    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-    out = {}
-    for name, dst, src in (("h2d", dev, host), ("d2h", host, dev)):
-        dst.copy_(src, non_blocking=True)
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            dst.copy_(src, non_blocking=True)
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        out[name] = nbytes / statistics.median(times) / 1e9
-    del dev, host
-    torch.cuda.empty_cache()
-    return out
-
-
-# ----------------------------------------------------------------- models
-
-def gpt2_model(layers=24, d=1024, heads=16, attn="sdpa"):
-    from transformers import GPT2Config, GPT2LMHeadModel
-    cfg = GPT2Config(n_layer=layers, n_embd=d, n_head=heads, vocab_size=50304, n_positions=1024,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation=attn)
-    return GPT2LMHeadModel(cfg)
+def link_bandwidth() -> dict:
+    bw = bench.link_bandwidth(torch.device("cuda", 0))
+    return {"h2d": bw["h2d_GBps"], "d2h": bw["d2h_GBps"]}
 
 
 def make_case(name: str):
-    """(model, optimizer, step function) for a case, on the GPU."""
-    torch.manual_seed(0)
-    if name.startswith("gpt2"):
-        if name == "gpt2_check":
-            model = gpt2_model(layers=12, d=768, heads=12, attn="eager")
-            batch, seq = 8, 512
-        else:
-            model = gpt2_model()
-            batch, seq = 16, 1024
-        model = model.cuda()
-        g = torch.Generator(device="cuda").manual_seed(1)
-        ids = [torch.randint(0, 50304, (batch, seq), device="cuda", generator=g) for _ in range(4)]
-
-        def loss_of(i):
-            x = ids[i % len(ids)]
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return model(input_ids=x, labels=x).loss
-    else:
-        import torchvision
-        model = torchvision.models.resnet152().cuda().to(memory_format=torch.channels_last)
-        g = torch.Generator(device="cuda").manual_seed(1)
-        xs = [torch.randn(128, 3, 224, 224, device="cuda", generator=g).to(memory_format=torch.channels_last)
-              for _ in range(2)]
-        ys = [torch.randint(0, 1000, (128,), device="cuda", generator=g) for _ in range(2)]
-
-        def loss_of(i):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return torch.nn.functional.cross_entropy(model(xs[i % 2]), ys[i % 2])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    """(model, optimizer, step function) for a case, on the GPU: the models of ``deepum bench``."""
+    dev = torch.device("cuda", 0)
+    work = bench.Workload({"gpt2": "gpt2-medium", "resnet": "resnet152"}[name], dev, dev)
+    opt = bench.adamw(work.model, dev)
 
     def step(i, wrap=None):
-        if wrap is None:
-            loss = loss_of(i)
-        else:
-            with wrap():
-                loss = loss_of(i)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
+        return bench.standard_step(work, opt, wrap)(i)
 
-    return model, opt, step
+    return work.model, opt, step
 
 
 def cleanup():
@@ -187,41 +136,10 @@ def run_case(model_name, method, budget=None, policy="deepum", steps=5, warmup=3
 
 def check_bit_identical(steps=5) -> dict:
     """GPT-2 on CUDA, deterministic, plain twice and under deepum at 1/3 of the peak."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    try:
-        def train(budget=None):
-            cleanup()
-            model, opt, step = make_case("gpt2_check")
-            cleanup()
-            losses = []
-            if budget is None:
-                for i in range(steps):
-                    losses.append(step(i).item())
-                stats, peak = None, torch.cuda.max_memory_reserved()
-            else:
-                with deepum.oversubscribe(budget, "cuda") as s:
-                    for i in range(steps):
-                        losses.append(step(i).item())
-                stats = s.stats()
-                peak = stats["peak_device_bytes"]
-            params = [p.detach().cpu() for p in model.parameters()]
-            del model, opt, step
-            return losses, params, stats, peak
-
-        l0, p0, _, peak0 = train()
-        l0b, p0b, _, _ = train()
-        deterministic = l0 == l0b and all(torch.equal(a, b) for a, b in zip(p0, p0b))
-        budget = peak0 // 3
-        l1, p1, stats, peak1 = train(budget)
-        same = l0 == l1 and all(torch.equal(a, b) for a, b in zip(p0, p1))
-        return {"model": "gpt2_check", "method": "bit-identity", "reference_deterministic": deterministic,
-                "bit_identical": same, "unconstrained_peak": peak0, "budget_bytes": budget,
-                "peak_reserved": peak1, "fits": peak1 <= budget, "evictions": stats["evictions"],
-                "faults": stats["faults"], "prefetches": stats["prefetches"], "losses": l1,
-                "ok": deterministic and same and peak1 <= budget and stats["evictions"] > 0}
-    finally:
-        torch.use_deterministic_algorithms(False)
+    cleanup()
+    row = bench.identity_check("gpt2-check", torch.device("cuda", 0), steps)
+    row.update(model="gpt2_check", method="bit-identity", peak_reserved=row["peak_device_bytes"])
+    return row
 
 
 def main() -> int:

@@ -28,7 +28,14 @@ def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         if a.shape != b.shape or a.dtype != b.dtype:
             return False
+        if a.layout != b.layout:
+            return False
         a, b = a.detach(), b.detach()
+        if a.layout != torch.strided:  # sparse COO/CSR/...: compare the values they stand for
+            a, b = a.to_dense(), b.to_dense()
+        if a.dtype.is_floating_point and a.element_size() == 1:
+            # float8 has almost no operators (no nan_to_num, no equal): compare the bits.
+            return bool(torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)))
         if a.is_complex():
             a, b = torch.view_as_real(a.resolve_conj()), torch.view_as_real(b.resolve_conj())
         if a.is_floating_point():
@@ -84,6 +91,18 @@ def _equal(x, y) -> bool:
                     for a, b in zip(x[1], y[1])))
 
 
+def _close(x, y) -> bool:
+    def dense(t):
+        return t.detach().to_dense() if isinstance(t, torch.Tensor) and t.layout != torch.strided else t
+
+    try:
+        torch.testing.assert_close([dense(t) for t in x[0]], [dense(t) for t in y[0]], equal_nan=True)
+        torch.testing.assert_close([dense(t) for t in x[1]], [dense(t) for t in y[1]], equal_nan=True)
+    except (AssertionError, TypeError):
+        return False
+    return True
+
+
 # Operators whose outputs are uninitialized memory: no two runs agree.
 UNINITIALIZED = ("empty", "empty_like", "empty_permuted", "empty_strided", "new_empty", "new_empty_strided")
 
@@ -128,6 +147,15 @@ def check_op(op, max_samples: int) -> dict:
                 mode_ref = None
             if mode_ref is not None and _equal((out, grads), mode_ref):
                 counts["passed_as_any_mode"] += 1
+            elif any(not _equal(_run(op, _clone(sample), grad), (ref_out, ref_grads))
+                     for _ in range(3)):
+                # Plain PyTorch does not reproduce itself here (LAPACK's gelsy
+                # driver, for one): hold deepum to the tolerances of a test.
+                if _close((out, grads), (ref_out, ref_grads)):
+                    counts["passed_nondeterministic"] += 1
+                else:
+                    counts["failed"] += 1
+                    failures.append("nondeterministic operator, outside assert_close's tolerances")
             else:
                 counts["failed"] += 1
                 failures.append("output or gradient differs from plain and from a pass-through mode")
@@ -166,17 +194,21 @@ def sweep(first: int | None, max_samples: int, slice_size: int = 20) -> list[dic
 def summary(rows: list[dict]) -> dict:
     total = collections.Counter()
     for r in rows:
-        for k in ("passed", "passed_as_any_mode", "failed", "plain_error", "no_faults"):
+        for k in ("passed", "passed_as_any_mode", "passed_nondeterministic", "failed", "plain_error",
+                  "no_faults"):
             total[k] += r.get(k, 0)
     return {
         "operators": len(rows),
-        "operators_run": sum(1 for r in rows if r.get("passed") or r.get("failed") or r.get("passed_as_any_mode")),
+        "operators_run": sum(1 for r in rows if r.get("passed") or r.get("failed") or r.get("passed_as_any_mode")
+                              or r.get("passed_nondeterministic")),
         "operators_like_any_dispatch_mode": sorted(r["op"] for r in rows if r.get("passed_as_any_mode")),
         "operators_failed": sorted(r["op"] for r in rows if r.get("failed")),
         "operators_crashed": sorted(r["op"] for r in rows if r.get("crashed")),
         "operators_skipped": {reason: sorted(r["op"] for r in rows if r.get("skipped") == reason)
                               for reason in sorted({r["skipped"] for r in rows if r.get("skipped")})},
+        "operators_nondeterministic_in_plain": sorted(r["op"] for r in rows if r.get("passed_nondeterministic")),
         "samples_passed": total["passed"], "samples_passed_as_any_mode": total["passed_as_any_mode"],
+        "samples_passed_nondeterministic": total["passed_nondeterministic"],
         "samples_failed": total["failed"],
         "samples_invalid_in_plain_run": total["plain_error"], "samples_without_faults": total["no_faults"],
     }
@@ -187,8 +219,14 @@ def main() -> int:
     ap.add_argument("--first", type=int, default=None, help="only the first N OpInfos")
     ap.add_argument("--max-samples", type=int, default=8)
     ap.add_argument("--json", default=None, help="write every row here")
+    ap.add_argument("--ops", default=None, help="only these OpInfo names, comma-separated")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.ops is not None:
+        from torch.testing._internal.common_methods_invocations import op_db
+
+        names = set(args.ops.split(","))
+        args.child = ",".join(str(i) for i, op in enumerate(op_db) if op.name in names)
     if args.child is not None:
         _child([int(i) for i in args.child.split(",")], args.max_samples)
         return 0

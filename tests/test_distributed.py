@@ -17,16 +17,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, budget, out: str) -> None:
+def _wide_mlp():
+    # On CUDA the allocator works in MiB, so the model is wider than models.mlp().
+    return torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.GELU())
+                                 for _ in range(8)], torch.nn.Linear(2048, 10))
+
+
+def _worker(rank: int, world: int, port: int, budget, out: str, device: str = "cpu") -> None:
     import deepum
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
-        model = torch.nn.parallel.DistributedDataParallel(models.mlp())
+        if device == "cuda":
+            torch.cuda.set_device(rank)
+            dev = torch.device("cuda", rank)
+            model = torch.nn.parallel.DistributedDataParallel(_wide_mlp().to(dev), device_ids=[rank])
+            g = torch.Generator().manual_seed(1)
+            batches = [(torch.randn(256, 2048, generator=g).to(dev), torch.randint(0, 10, (256,), generator=g).to(dev))
+                       for _ in range(8)][rank::world][:4]
+        else:
+            dev = "cpu"
+            model = torch.nn.parallel.DistributedDataParallel(models.mlp())
+            batches = models.mlp_batches(8)[rank::world][:4]
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
-        batches = models.mlp_batches(8)[rank::world][:4]
 
         def loop():
             for batch in batches:
@@ -38,10 +53,10 @@ def _worker(rank: int, world: int, port: int, budget, out: str) -> None:
         if budget is None:
             loop()
         else:
-            with deepum.oversubscribe(budget, device="cpu") as session:
+            with deepum.oversubscribe(budget, device=dev) as session:
                 loop()
             stats = session.stats()
-        torch.save({"params": [p.detach().clone() for p in model.parameters()], "stats": stats},
+        torch.save({"params": [p.detach().cpu() for p in model.parameters()], "stats": stats},
                    f"{out}_{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -59,3 +74,20 @@ def test_ddp_gloo_two_ranks(tmp_path):
         assert all(torch.equal(x, y) for x, y in zip(a["params"], b["params"]))
         assert b["stats"]["evictions"] > 0 and b["stats"]["faults"] > 0
         assert b["stats"]["peak_device_bytes"] <= 2_000_000
+
+
+@pytest.mark.skipif(not (dist.is_available() and dist.is_nccl_available() and torch.cuda.device_count() >= 2),
+                    reason="needs two CUDA devices and NCCL")
+def test_ddp_nccl_two_gpus(tmp_path):
+    plain, paged = str(tmp_path / "plain"), str(tmp_path / "paged")
+    mp.spawn(_worker, args=(2, _free_port(), None, plain, "cuda"), nprocs=2)
+    # The model, its gradients and AdamW states take about 540 MiB a rank;
+    # 256 MiB holds DDP's 25 MiB buckets and a layer's working set.
+    budget = 256 << 20
+    mp.spawn(_worker, args=(2, _free_port(), budget, paged, "cuda"), nprocs=2)
+    for rank in range(2):
+        a = torch.load(f"{plain}_{rank}.pt")
+        b = torch.load(f"{paged}_{rank}.pt")
+        assert all(torch.equal(x, y) for x, y in zip(a["params"], b["params"]))
+        assert b["stats"]["evictions"] > 0 and b["stats"]["faults"] > 0
+        assert b["stats"]["peak_device_bytes"] <= budget

@@ -8,10 +8,12 @@ rest of the process.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -221,6 +223,24 @@ class Session:
             gc.unfreeze()
             self._froze_gc = False
         self.restore()
+
+    @contextlib.contextmanager
+    def attach(self) -> Iterator[Session]:
+        """Page the operators of the calling thread under this session.
+
+        A dispatch mode is per thread: the thread that entered the session
+        and the autograd threads it starts are paged, a thread started with
+        ``threading.Thread`` is not until it attaches. All threads share one
+        page table and one budget; the pager's lock orders their changes and
+        a page an operator is using is pinned, so another thread's eviction
+        cannot take it. Memory allocated by a thread that is not attached is
+        invisible to the budget.
+        """
+        mode = self._mode
+        if mode is None:
+            raise RuntimeError("attach() needs an active session: enter it first (with ... as session)")
+        with mode:
+            yield self
 
     def restore(self) -> None:
         """Bring every evicted tensor back to the device and close the session.
