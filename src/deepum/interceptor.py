@@ -245,10 +245,10 @@ class PagingMode(TorchDispatchMode):
             out = self._call(plan, func, args, kwargs, est, pages)
         except BaseException:
             with pager.lock:
-                pager.unpin(pages)
+                pager.unpin(pages, est)
             raise
         with pager.lock:
-            pager.unpin(pages)
+            pager.unpin(pages, est)
             if plan.comm:
                 self._hold_for_comm(out, pages)
             new = self._register_outputs(out, eid) if plan.fresh else 0

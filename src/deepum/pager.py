@@ -229,8 +229,11 @@ class Pager:
         except BaseException:
             self.unpin(pages)
             raise
+        table.reserved_bytes += out_bytes
 
-    def unpin(self, pages: list[Page]) -> None:
+    def unpin(self, pages: list[Page], out_bytes: int = 0) -> None:
+        """After an operator: its pages may be evicted again; ``out_bytes`` is begin()'s reservation."""
+        self.table.reserved_bytes -= out_bytes
         for p in pages:
             p.pins -= 1
 

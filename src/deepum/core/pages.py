@@ -112,6 +112,10 @@ class PageTable:
         # Resident pageable pages, least recently used first.
         self._lru: OrderedDict[int, Page] = OrderedDict()
         self.resident_bytes = 0
+        # Room promised to the outputs of operators now running. With one
+        # thread it is the current operator's; with several, a second
+        # operator must not count the first one's outputs as free room.
+        self.reserved_bytes = 0
         self.peak_resident_bytes = 0
         self.unpageable_bytes = 0
         # Resident bytes by page kind (indexed by Kind).
@@ -205,7 +209,7 @@ class PageTable:
         return iter(self._lru.values())
 
     def room(self) -> int:
-        return self.limit - self.resident_bytes
+        return self.limit - self.resident_bytes - self.reserved_bytes
 
     def _shrink(self, nbytes: int, kind: Kind) -> None:
         self.resident_bytes -= nbytes
@@ -227,5 +231,6 @@ class PageTable:
         assert self.resident_bytes == sum(p.nbytes for p in resident), "resident bytes drifted"
         assert set(self._lru) == {p.key for p in resident if p.pageable}, "LRU out of step"
         assert self.unpageable_bytes == sum(p.nbytes for p in resident if not p.pageable)
+        assert self.reserved_bytes >= 0, "an operator's output reservation was released twice"
         for kind in Kind:
             assert self.kind_bytes[kind] == sum(p.nbytes for p in resident if p.kind == kind)
