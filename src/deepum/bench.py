@@ -217,6 +217,9 @@ def _deepspeed_step(name: str, method: str, device: torch.device):
     engine, _, _, _ = deepspeed.initialize(model=work.model, model_parameters=work.model.parameters(),
                                            config=config)
 
+    if work.task == "image":  # no autocast under DeepSpeed's bf16: the inputs must match the weights
+        work.data = [x.to(torch.bfloat16) for x in work.data]
+
     def step(i):
         loss = work.loss(i, engine)
         engine.backward(loss)
@@ -272,8 +275,8 @@ def identity_check(name: str, device: torch.device, steps: int) -> dict:
         finally:
             if session:
                 session.__exit__(None, None, None)
-        stats = session.stats() if session else {}
-        peak = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else stats["peak_device_bytes"]
+        stats = session.stats() if session else {}  # taken before the exit's restore
+        peak = stats["peak_device_bytes"] if session else torch.cuda.max_memory_reserved(device)
         params = [p.detach().cpu() for p in work.model.parameters()]
         return losses, params, stats, peak
 
@@ -368,10 +371,11 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
         end = session.stats() if session else {}
         if energy:
             row["joules_per_step"] = (energy.joules() - joules0) / steps
+        # Read before the session's exit brings every page back to the device.
+        peak = (torch.cuda.max_memory_reserved(device) if device.type == "cuda" else end.get("peak_device_bytes"))
     finally:
         if session is not None:
             session.__exit__(None, None, None)
-    peak = (torch.cuda.max_memory_reserved(device) if device.type == "cuda" else end.get("peak_device_bytes"))
     row.update(times_s=times, median_s=statistics.median(times), min_s=min(times), max_s=max(times),
                samples_per_s=batch / statistics.median(times), peak_device_bytes=peak, peak_host_bytes=host_peak)
     if method in PAGED:
@@ -402,9 +406,10 @@ def _child(args, model, method, budget, fits_budget=None) -> dict:
         if line.startswith("{"):
             return json.loads(line)
     err = [ln for ln in r.stderr.strip().splitlines() if ln.strip()] or [f"exit code {r.returncode}, no output"]
-    # The last line names the exception; an allocator message is more useful than a traceback frame.
-    oom = [ln for ln in err if "OutOfMemoryError" in ln or "out of memory" in ln]
-    return {"model": model, "method": method, "budget_bytes": budget, "error": (oom or err)[-1][:300]}
+    # The line that names the exception, not a C++ frame or a warning after it.
+    named = [ln for ln in err if "Error" in ln or "error:" in ln or "what()" in ln or "Aborted" in ln]
+    return {"model": model, "method": method, "budget_bytes": budget, "exit_code": r.returncode,
+            "error": (named or err)[-1][:300], "stderr_tail": err[-60:]}
 
 
 def _budgets(spec: str, peak: int | None, card: int | None) -> list[tuple[str, int | None]]:
