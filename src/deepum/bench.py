@@ -550,7 +550,9 @@ def suite(args, model: str, methods: list[str], link: dict | None, card: int | N
         emit(row)
         return row
 
-    plain = case("plain")
+    # The reference is needed to scale fractions; with sizes only it runs when asked for.
+    fractions = any("peak" in label for label, _ in _budgets(args.budgets, 1, card))
+    plain = case("plain") if "plain" in methods or fractions else {}
     budgets = _budgets(args.budgets, plain.get("peak_device_bytes"), card)
     for method in [m for m in methods if m != "plain"]:
         if method in PAGED:

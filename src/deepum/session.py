@@ -195,6 +195,14 @@ class Session:
             cap = max(self.budget - _CAP_SLACK, self.budget // 2)
             torch.cuda.set_per_process_memory_fraction(cap / self.total, self.device)
             self._fraction_set = True
+            held = torch.cuda.memory_reserved(self.device)
+            if held > cap:
+                # Segments reserved before the session and still partly in use
+                # cannot be returned; they stay until what uses them is freed.
+                log.warning("%d bytes of device memory were reserved before the session and cannot be "
+                            "released, above the budget's cap of %d bytes: enter the session before "
+                            "creating the model, or call torch.cuda.empty_cache() after freeing tensors",
+                            held, cap)
         if self.trace:
             self.pager.trace = TraceRecorder(self.budget, self.limit)
         self.pager.stress = self.stress
