@@ -43,3 +43,25 @@ def test_zero_tensors_are_not_paged():
         (got,) = torch.autograd.grad(torch.sgn(y).sum(), y)
     assert torch.equal(ref, got)
     assert s.stats()["faults"] > 0 and s.stats()["unpageable_pages"] >= 1
+
+
+def test_host_reads_fault_in_and_numpy_views_stay_valid():
+    """tolist(), numpy() and tensor_split's index tensor read host memory without an operator."""
+    import numpy as np
+
+    x = torch.randn(10, 5)
+    idx = torch.tensor([2, 5])
+    plain_split = [t.clone() for t in torch.tensor_split(x, idx, dim=0)]
+    with deepum.oversubscribe(1.0, "cpu", stress=True) as session:
+        session.manage(x, idx)  # both evicted after every operator from here on
+        parts = torch.tensor_split(x, idx, dim=0)
+        assert all(torch.equal(a, b) for a, b in zip(parts, plain_split))
+        assert x.tolist() == x.clone().tolist()
+        y = x * 2
+        view = y.numpy()  # shares y's memory from now on
+        for _ in range(3):
+            x = x + 1  # operators whose stress evictions would free y's memory if it were pageable
+        expected = np.array(y.clone().tolist(), dtype=np.float32)
+        assert np.array_equal(view, expected)
+        stats = session.stats()
+    assert stats["unpageable_pages"] >= 1 and stats["evictions"] > 0

@@ -22,7 +22,7 @@ import torch.optim.optimizer as _optim
 from .core.budget import parse_budget
 from .core.pages import Kind
 from .errors import BudgetError, UnsupportedError
-from .interceptor import PagingMode
+from .interceptor import HostReadMode, PagingMode
 from .pager import Pager
 from .trace import TraceRecorder
 
@@ -149,6 +149,7 @@ class Session:
         self._kind_hooks: list = []
         self.pager: Pager | None = None
         self._mode: PagingMode | None = None
+        self._host_reads: HostReadMode | None = None
         self._final_stats: dict[str, Any] | None = None
         self._fraction_set = False
 
@@ -212,6 +213,10 @@ class Session:
             gc.freeze()
             self._froze_gc = True
         self._mode.__enter__()
+        # See [Note: host reads] in interceptor.py.
+        self._host_reads = HostReadMode(self.pager) if self.device.type == "cpu" else None
+        if self._host_reads is not None:
+            self._host_reads.__enter__()
         _active = self
         log.info("deepum session on %s: budget %d bytes (%d for pages), policy %s%s",
                  self.device, self.budget, self.limit, self.policy,
@@ -222,6 +227,9 @@ class Session:
         global _active
         if _active is self:
             _active = None
+        reads, self._host_reads = self._host_reads, None
+        if reads is not None:
+            reads.__exit__(None, None, None)
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.__exit__(None, None, None)
@@ -247,7 +255,7 @@ class Session:
         mode = self._mode
         if mode is None:
             raise RuntimeError("attach() needs an active session: enter it first (with ... as session)")
-        with mode:
+        with mode, (HostReadMode(self.pager) if self.device.type == "cpu" else contextlib.nullcontext()):
             yield self
 
     def restore(self) -> None:

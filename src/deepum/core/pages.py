@@ -183,6 +183,15 @@ class PageTable:
             self.kind_bytes[kind] += page.nbytes
         page.kind = kind
 
+    def make_unpageable(self, page: Page) -> None:
+        """Memory the engine cannot see now aliases the page (a numpy array
+        sharing it): it stays resident until its storage dies."""
+        assert page.resident, page
+        if page.pageable:
+            page.pageable = False
+            del self._lru[page.key]
+            self.unpageable_bytes += page.nbytes
+
     def evicted(self, page: Page) -> None:
         assert page.resident and page.pageable and page.pins == 0, page
         page.state = State.EVICTED
