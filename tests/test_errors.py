@@ -153,6 +153,21 @@ def test_host_memory_exhausted_mid_eviction(monkeypatch):
     assert s.stats()["evictions"] > 0
 
 
+def test_host_memory_nearly_full_is_refused_before_the_kernel_kills(monkeypatch):
+    """Pinning succeeds past what the host holds; the pool asks the system first."""
+    mlp_budget()
+    count = count_ops(monkeypatch)
+    monkeypatch.setattr(transfer, "_host_memory", lambda: (1 << 30, 64 << 30))  # 1 GiB free of 64
+    model, opt = setup()
+    with pytest.raises(deepum.HostMemoryError, match="GiB of host memory is available"):
+        with deepum.oversubscribe(mlp_budget(), device="cpu"):
+            for batch in models.mlp_batches()[:3]:
+                step(model, opt, batch)
+    monkeypatch.undo()
+    assert_all_materialized(model, opt)
+    assert_same(snapshot(model, opt), plain_interrupted_at(count["ops"]))
+
+
 # ------------------------------------------------------------------- exits
 
 def test_normal_exit_leaves_ordinary_tensors():

@@ -48,7 +48,7 @@ class UnmanagedMemoryError(DeepUMError):
 class HostMemoryError(DeepUMError, MemoryError):
     """Host memory for evicted pages could not be allocated or pinned."""
 
-    def __init__(self, nbytes: int, pinned: bool, cause: BaseException | None) -> None:
+    def __init__(self, nbytes: int, pinned: bool, cause: BaseException | str | None) -> None:
         kind = "pinned host memory" if pinned else "host memory"
         super().__init__(
             f"could not allocate {_fmt(nbytes)} of {kind} to evict a page "

@@ -44,6 +44,17 @@ def _alloc_host(nbytes: int, pin: bool) -> torch.Tensor:
     return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
 
 
+def _host_memory() -> tuple[int, int] | None:
+    """(available, total) bytes of host memory, where the system says (Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f)
+                    if k in ("MemAvailable", "MemTotal")}
+        return info["MemAvailable"], info["MemTotal"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 class HostPool:
     """Host buffers for evicted pages, reused by exact size.
 
@@ -67,6 +78,7 @@ class HostPool:
                     del free[i]
                     self.free_bytes -= nbytes
                     return buf
+        self._check_host_room(nbytes)
         try:
             buf = _alloc_host(nbytes, self.pin)
         except RuntimeError as e:  # pinned or plain host allocation failed
@@ -74,6 +86,37 @@ class HostPool:
         self.held_bytes += nbytes
         self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
         return buf
+
+    def _check_host_room(self, nbytes: int) -> None:
+        """Refuse an allocation that would exhaust host memory.
+
+        Pinning (and, under overcommit, plain allocation) succeeds well past
+        what the machine can hold; the kernel's out-of-memory killer then ends
+        the process with no error to catch (seen: a 5.9B-parameter model under
+        a 24 GiB budget on a 128 GiB host). A clear error while the page is
+        still on the device loses nothing.
+        """
+        mem = _host_memory()
+        if mem is None:
+            return
+        available, total = mem
+        margin = max(1 << 30, total // 32)  # for the rest of this process and the system
+        if nbytes + margin > available and self.free_bytes:
+            self.trim()
+            mem = _host_memory() or mem
+            available = mem[0]
+        if nbytes + margin > available:
+            raise HostMemoryError(nbytes, self.pin, f"{available / 2**30:.1f} GiB of host memory is available "
+                                  f"and {margin / 2**30:.1f} GiB stays free for the system")
+
+    def trim(self) -> None:
+        """Drop the free buffers whose copies are done (other sizes than the next request's)."""
+        for nbytes, free in list(self._free.items()):
+            keep = [(b, e) for b, e in free if not (e is None or e.query())]
+            dropped = len(free) - len(keep)
+            self.free_bytes -= dropped * nbytes
+            self.held_bytes -= dropped * nbytes
+            self._free[nbytes] = keep
 
     def give(self, buf: torch.Tensor, event: object = None) -> None:
         self._free[buf.numel()].append((buf, event))
