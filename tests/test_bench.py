@@ -11,7 +11,8 @@ def test_bench_harness_on_cpu(tmp_path):
     out = tmp_path / "bench"
     r = subprocess.run([sys.executable, "-m", "deepum", "bench", "--device", "cpu", "--model", "tiny-mlp",
                         "--methods", "identity,plain,deepum,lru,ckpt,save_on_cpu,zero3-offload",
-                        "--budgets", "0.5", "--steps", "1", "--warmup", "1", "--out", str(out)],
+                        "--budgets", "0.5", "--steps", "1", "--warmup", "1", "--option", "lookahead=8",
+                        "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -23,6 +24,7 @@ def test_bench_harness_on_cpu(tmp_path):
         row = by[method]
         assert row["budget_bytes"] == int(plain["peak_device_bytes"] * 0.5)
         assert row["fits"] is True and row["step_evictions"] > 0 and row["step_bytes_to_host"] > 0
+    assert by["deepum"]["options"] == ["lookahead=8"]
     ident = by["identity"]
     assert ident["ok"] and ident["bit_identical"] and ident["evictions"] > 0
     assert "activation-checkpointing" in by["ckpt"]["skipped"]

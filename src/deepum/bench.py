@@ -293,7 +293,7 @@ def identity_check(name: str, device: torch.device, steps: int) -> dict:
 
 
 def run_case(model: str, method: str, budget: int | None, device: torch.device,
-             steps: int, warmup: int, fits_budget: int | None = None) -> dict:
+             steps: int, warmup: int, fits_budget: int | None = None, options: dict | None = None) -> dict:
     """Run one case in this process and return its row."""
     import psutil
 
@@ -316,7 +316,8 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
         # On the cpu device the engine's own count is the memory measure, so
         # the plain case runs under a budget that never binds. The model is
         # built inside the session, as a user whose model does not fit would.
-        session = deepum.oversubscribe(budget or 1.0, device, policy="lru" if method == "lru" else "deepum")
+        session = deepum.oversubscribe(budget or 1.0, device, policy="lru" if method == "lru" else "deepum",
+                                       **(options or {}))
         session.__enter__()
     try:
         if method in DEEPSPEED:
@@ -398,6 +399,8 @@ def _child(args, model, method, budget, fits_budget=None) -> dict:
         cmd += ["--budget-bytes", str(budget)]
     if fits_budget is not None:
         cmd += ["--fits-bytes", str(fits_budget)]
+    for opt in args.option:
+        cmd += ["--option", opt]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -410,6 +413,16 @@ def _child(args, model, method, budget, fits_budget=None) -> dict:
     named = [ln for ln in err if "Error" in ln or "error:" in ln or "what()" in ln or "Aborted" in ln]
     return {"model": model, "method": method, "budget_bytes": budget, "exit_code": r.returncode,
             "error": (named or err)[-1][:300], "stderr_tail": err[-60:]}
+
+
+def _options(items: list[str]) -> dict:
+    """--option NAME=VALUE pairs as keyword arguments: true/false, integers, or text."""
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        low = value.lower()
+        out[name] = (low == "true") if low in ("true", "false") else int(value) if value.isdigit() else value
+    return out
 
 
 def _budgets(spec: str, peak: int | None, card: int | None) -> list[tuple[str, int | None]]:
@@ -584,13 +597,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--budget-bytes", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--fits-bytes", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a session option for the deepum and lru cases (e.g. freeze_gc=false, "
+                        "expandable_segments=false, lookahead=16); repeatable")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", 0)
     if args.case:  # a child: one case, one JSON line
         row = run_case(args.model, args.methods, args.budget_bytes, device, args.steps, args.warmup,
-                       args.fits_bytes)
+                       args.fits_bytes, _options(args.option))
+        if args.option:
+            row["options"] = args.option
         print(json.dumps(row), flush=True)
         return 0
     methods = args.methods.split(",")
