@@ -117,6 +117,10 @@ class HostPool:
             self.free_bytes -= dropped * nbytes
             self.held_bytes -= dropped * nbytes
             self._free[nbytes] = keep
+        if self.pin and hasattr(torch._C, "_host_emptyCache"):
+            # Freed pinned blocks stay in PyTorch's host cache, out of the
+            # system's count of available memory, until emptied.
+            torch._C._host_emptyCache()
 
     def give(self, buf: torch.Tensor, event: object = None) -> None:
         self._free[buf.numel()].append((buf, event))
