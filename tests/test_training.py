@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import deepum
+
 from . import models
 from .helpers import assert_identical, train, unconstrained_peak
 
@@ -187,3 +189,17 @@ def test_manage_registers_a_model_and_optimizer_state():
     assert all(torch.equal(a, b) for a, b in zip(ref[1], model.parameters()))
     with pytest.raises(RuntimeError, match="active session"):
         session.manage(model)
+
+
+def test_output_size_estimates_are_shared_by_metadata():
+    """A chain that never recurs makes a new execution ID per operator; its
+    meta-run estimates are shared by argument metadata, not redone per ID."""
+    x, w = torch.ones(4), torch.ones(4)
+    with deepum.oversubscribe(1.0, "cpu", adopt=False) as session:
+        for _ in range(200):
+            x = x.add(w)
+        mode = session._mode
+        assert len(mode.eids) >= 200
+        adds = [k for k in mode.meta_sizes if k[0].name == "aten.add.Tensor"]
+        assert len(adds) == 1 and mode.meta_sizes[adds[0]] == 16
+    assert torch.equal(x, torch.full((4,), 201.0))

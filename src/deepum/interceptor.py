@@ -161,6 +161,8 @@ class PagingMode(TorchDispatchMode):
         # Execution ID -> bytes its outputs took last time (learned), so the
         # pager can make room before the operator runs.
         self.out_bytes: dict[int, int] = {}
+        # (operator, argument metadata) -> bytes of new outputs (_estimate_cached).
+        self.meta_sizes: dict[tuple, int] = {}
         self._is_managed = (lambda t: t.is_cuda) if self.device.type == "cuda" else (lambda t: t.is_cpu)
 
     # ------------------------------------------------------------ hot path
@@ -222,7 +224,7 @@ class PagingMode(TorchDispatchMode):
             if pages is not None:
                 est = self.out_bytes.get(eid)
                 if est is None:  # first sight of this execution ID
-                    est = self._estimate(plan, func, args, kwargs) if plan.fresh else 0
+                    est = self._estimate_cached(plan, func, args, kwargs) if plan.fresh else 0
                     if pager.prefetch_enabled:
                         pager.policy.pages.record(eid, [p.skey for p in pages])
                 chunks = None
@@ -387,6 +389,27 @@ class PagingMode(TorchDispatchMode):
         self.plans[func] = plan
         return plan
 
+    def _estimate_cached(self, plan: OpPlan, func, args, kwargs) -> int:
+        """_estimate, remembered by the arguments' metadata (all a meta run sees).
+
+        A new execution ID needs an estimate before it runs; IDs are new for
+        every operator of a first iteration, and for every operator of a
+        program whose chains never recur. Transformer layers repeat the same
+        shapes, so most of those are one dict look-up instead of a meta run
+        (measured on CPU: docs/BENCHMARKS.md, "Interception cost per operator").
+        """
+        try:
+            key = (plan, _meta_key(args), _meta_key(kwargs))
+            est = self.meta_sizes.get(key)
+        except TypeError:  # an argument that cannot be hashed: no caching
+            return self._estimate(plan, func, args, kwargs)
+        if est is None:
+            est = self._estimate(plan, func, args, kwargs)
+            if len(self.meta_sizes) >= _META_CACHE_MAX:
+                self.meta_sizes.clear()  # programs whose shapes never repeat
+            self.meta_sizes[key] = est
+        return est
+
     def _estimate(self, plan: OpPlan, func, args, kwargs) -> int:
         """Bytes of new storages the operator will return, from a run on meta tensors."""
         try:
@@ -502,6 +525,23 @@ def _flat_outputs(out):
                 for y in x:
                     if isinstance(y, torch.Tensor):
                         yield y
+
+
+_META_CACHE_MAX = 1 << 16
+
+
+def _meta_key(x):
+    """What a meta run of an operator sees of an argument, hashable; TypeError if it cannot be."""
+    if isinstance(x, torch.Tensor):
+        return (x.dtype, x.shape, x.stride())
+    if isinstance(x, (list, tuple)):
+        return tuple(_meta_key(y) for y in x)
+    if isinstance(x, dict):
+        return tuple(sorted((k, _meta_key(v)) for k, v in x.items()))
+    if isinstance(x, torch.device):
+        return "device"  # _to_meta makes every device "meta"
+    hash(x)
+    return (type(x), x)  # 1, 1.0 and True hash alike but promote differently
 
 
 def _to_meta(x):
