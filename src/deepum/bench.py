@@ -166,12 +166,6 @@ def adamw(model, device: torch.device):
     return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused, foreach=not fused)
 
 
-def build(name: str, device: torch.device):
-    """(model, step function, batch size) for a named model trained plainly on ``device``."""
-    work = Workload(name, device, device)
-    return work.model, standard_step(work, adamw(work.model, device)), work.batch
-
-
 # ------------------------------------------------------------------ DeepSpeed
 
 class _Skip(Exception):
