@@ -92,8 +92,8 @@ class HostPool:
 
         Pinning (and, under overcommit, plain allocation) succeeds well past
         what the machine can hold; the kernel's out-of-memory killer then ends
-        the process with no error to catch (seen: a 5.9B-parameter model under
-        a 24 GiB budget on a 128 GiB host). A clear error while the page is
+        the process with no error to catch (a 5.9B-parameter model under a
+        24 GiB budget on a 128 GiB host ended with SIGKILL). A clear error while the page is
         still on the device loses nothing.
         """
         mem = _host_memory()
