@@ -35,6 +35,7 @@ CPU AdamW instead of autocast and fused AdamW; the table says so.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -185,6 +186,7 @@ def _deepspeed_step(name: str, method: str, device: torch.device):
                  ("MASTER_PORT", str(port))):
         os.environ.setdefault(k, v)
     deepspeed.init_distributed(dist_backend="nccl", verbose=False)
+    note = "DeepSpeed bf16 and its CPU AdamW"
     offload = {"device": "cpu", "pin_memory": True}
     zero = {"stage": 2, "offload_optimizer": offload}
     if method.startswith("zero3"):
@@ -197,10 +199,18 @@ def _deepspeed_step(name: str, method: str, device: torch.device):
         # Parameters are partitioned (and offloaded) as they are created, so
         # the whole model never sits on the GPU; the batches are made outside,
         # where DeepSpeed's patched tensor constructors do not reach.
-        with deepspeed.zero.Init(config_dict_or_path=config):
-            torch.manual_seed(0)
-            built = MODELS[name][0]()
-        work = Workload(name, device, make_model=lambda: built)
+        try:
+            with deepspeed.zero.Init(config_dict_or_path=config):
+                torch.manual_seed(0)
+                built = MODELS[name][0]()
+            work = Workload(name, device, make_model=lambda: built)
+        except IndexError:
+            # transformers' BERT initialisation indexes the padding row of a
+            # weight that zero.Init has already partitioned to nothing (seen
+            # with transformers 5.17, DeepSpeed 0.19.8). Built on the host
+            # instead, the model is partitioned by deepspeed.initialize.
+            work = Workload(name, device)
+            note += "; built outside zero.Init (the model's own initialisation fails under it)"
     else:
         work = Workload(name, device)  # built on the host; the engine moves it in bf16
     config["train_micro_batch_size_per_gpu"] = work.batch
@@ -220,10 +230,37 @@ def _deepspeed_step(name: str, method: str, device: torch.device):
         engine.step()
         return loss.detach()
 
-    return step, work.batch
+    return step, work.batch, note
 
 
 # ------------------------------------------------------------------ one case
+
+class _GcClock:
+    """Time the garbage collector spends, per generation (a per-operator engine makes garbage)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self._t0 = None
+        self.on = False  # counting starts after the warm-up
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        elif self._t0 is not None:
+            self.seconds[info["generation"]] += time.perf_counter() - self._t0
+            self.count[info["generation"]] += 1
+            self._t0 = None
+
+    def __enter__(self) -> _GcClock:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self)
+
 
 def _sync(device):
     if device.type == "cuda":
@@ -319,14 +356,13 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
                 row["skipped"] = "DeepSpeed's offload needs CUDA"
                 return row
             try:
-                step, batch = _deepspeed_step(model, method, device)
+                step, batch, row["note"] = _deepspeed_step(model, method, device)
             except ImportError as e:
                 row["skipped"] = f"DeepSpeed is not installed ({e})"
                 return row
             except _Skip as e:
                 row["skipped"] = str(e)
                 return row
-            row["note"] = "DeepSpeed bf16 and its CPU AdamW"
         else:
             work = Workload(model, device, device)
             batch, wrap, opt = work.batch, None, None
@@ -352,17 +388,21 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
         times, before = [], {}
         proc = psutil.Process()
         host_peak = proc.memory_info().rss
-        for i in range(warmup + steps):
-            if i == warmup:
-                before = session.stats() if session else {}
-                joules0 = energy.joules() if energy else None
-            _sync(device)
-            t0 = time.perf_counter()
-            step(i)
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-            host_peak = max(host_peak, proc.memory_info().rss)
+        with _GcClock() as gc_clock:
+            for i in range(warmup + steps):
+                if i == warmup:
+                    before = session.stats() if session else {}
+                    joules0 = energy.joules() if energy else None
+                    gc_clock.on = True
+                _sync(device)
+                t0 = time.perf_counter()
+                step(i)
+                _sync(device)
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+                host_peak = max(host_peak, proc.memory_info().rss)
+        row["step_gc_s"] = sum(gc_clock.seconds) / steps
+        row["step_full_gcs"] = gc_clock.count[2] / steps
         end = session.stats() if session else {}
         if energy:
             row["joules_per_step"] = (energy.joules() - joules0) / steps
