@@ -57,6 +57,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="'deepum': correlation prefetch and pre-eviction; 'lru': demand paging")
     p.add_argument("--no-prefetch", action="store_true", help="keep the policy's victim choice, fetch on demand only")
     p.add_argument("--lookahead", type=int, default=64, help="operators the prefetcher works ahead")
+    p.add_argument("--no-recompute", action="store_true",
+                   help="copy every evicted page out, also those an elementwise operator can remake")
     p.add_argument("--quiet", action="store_true", help="no summary at exit")
     p.add_argument("--stats", metavar="FILE", help="save the final stats as JSON (read with 'deepum report')")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome trace (Perfetto, chrome://tracing)")
@@ -71,6 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         sess = _session.Session(args.budget, args.device, policy=args.policy,
                                 prefetch=not args.no_prefetch, lookahead=args.lookahead,
+                                recompute=not args.no_recompute,
                                 trace=bool(args.trace or args.plot))
     except (DeepUMError, ValueError) as e:
         print(f"deepum run: {e}", file=sys.stderr)

@@ -42,6 +42,7 @@ from .core.correlation import Interner
 from .core.pages import DEAD, Kind, Page
 from .errors import BudgetTooSmallError, UnmanagedMemoryError, UnsupportedError
 from .pager import Pager
+from .recompute import recomputable, record
 from .trace import now_us
 
 aten = torch.ops.aten
@@ -63,7 +64,7 @@ class OpPlan:
     """What the interceptor needs to know about one operator overload, computed once."""
 
     __slots__ = ("func", "name", "slots", "n_written", "list_slots", "foreach",
-                 "fresh", "factory", "retry_safe", "comm")
+                 "fresh", "factory", "retry_safe", "comm", "recomputable")
 
     def __init__(self, func: torch._ops.OpOverload) -> None:
         schema = func._schema
@@ -104,6 +105,7 @@ class OpPlan:
         annotated_write = any(a.alias_info is not None and a.alias_info.is_write
                               for a in schema.arguments)
         self.retry_safe = not annotated_write
+        self.recomputable = self.fresh and not annotated_write and recomputable(func)
 
     def collect(self, args: tuple, kwargs: dict) -> tuple[list, int]:
         """The tensor arguments, written ones first, and how many are written."""
@@ -232,7 +234,7 @@ class PagingMode(TorchDispatchMode):
                         and est + sum(p.nbytes for p in pages) > self._chunk_cap()):
                     chunks = self._chunks(plan, args, kwargs, est)
                 if chunks is None:
-                    pager.begin(func, pages, est)
+                    pager.begin(func, pages, est, written)
         if pages is None:
             # Nothing managed goes in; register whatever managed comes out.
             out = func(*args, **kwargs)
@@ -254,7 +256,8 @@ class PagingMode(TorchDispatchMode):
             pager.unpin(pages, est)
             if plan.comm:
                 self._hold_for_comm(out, pages)
-            new = self._register_outputs(out, eid) if plan.fresh else 0
+            recipes = plan.recomputable and pager.recompute and pager.pressure
+            new = self._register_outputs(out, eid, (func, args, kwargs) if recipes else None) if plan.fresh else 0
             # The largest output seen: an ID whose output size varies with an
             # argument that is not part of it (a size list) is never underestimated twice.
             if new > est:
@@ -348,8 +351,12 @@ class PagingMode(TorchDispatchMode):
         kind = Kind.PARAMETER if isinstance(t, torch.nn.Parameter) else Kind.OTHER
         return self.pager.register(s, skey, _pageable(t, s), kind, preexisting=True)
 
-    def _register_outputs(self, out, eid: int) -> int:
-        """Make new storages among the outputs pages; return their bytes."""
+    def _register_outputs(self, out, eid: int, call: tuple | None = None) -> int:
+        """Make new storages among the outputs pages; return their bytes.
+
+        ``call``: (func, args, kwargs) of a recomputable operator; large new
+        pages get a recipe (recompute.py).
+        """
         pager = self.pager
         get = pager.table.pages.get
         is_managed = self._is_managed
@@ -372,7 +379,19 @@ class PagingMode(TorchDispatchMode):
                 continue
             p = pager.register(s, self.skeys(("born", eid, i)), _pageable(t, s))
             new += nbytes
+            if call is not None and nbytes >= pager.recompute_min_bytes and p.pageable:
+                recipe = record(*call, i, t, self._page_of)
+                if recipe is not None:
+                    pager.attach_recipe(p, recipe)
         return new
+
+    def _page_of(self, t: torch.Tensor) -> Page | None:
+        if not self._is_managed(t) or t.layout != torch.strided:
+            return None
+        try:
+            return self.pager.table.pages.get(t.untyped_storage()._cdata)
+        except (RuntimeError, NotImplementedError):
+            return None
 
     def _factory_here(self, kwargs: dict) -> bool:
         dev = kwargs.get("device")
@@ -606,6 +625,8 @@ class HostReadMode(TorchFunctionMode):
                     pager.begin(func, pages, 0)
                 if alias:
                     for p in pages:
+                        # Writes through the alias are invisible: recipes that read it stop being exact.
+                        pager.before_write(p)
                         pager.table.make_unpageable(p)
                         pager.stats_.unpageable_pages += 1
         if not pages:

@@ -18,6 +18,16 @@ retires it (:meth:`Pager.reap`): its host copy goes back to the pool and it is
 never copied anywhere again. Pages touched by a running operator are pinned
 and are never victims.
 
+[Note: dropping instead of copying]
+A page with a recipe (see recompute.py) is evicted without a copy while its
+recipe's inputs exist, and rebuilt on the compute stream when needed
+(:meth:`Pager.rebuild`): the inputs first (faulted or rebuilt in turn), then
+the operator again. Three invariants make the bits the same: a write to a
+page first rebuilds the dropped pages that read it and voids its readers'
+recipes (:meth:`Pager.before_write`); a page written after it was made loses
+its recipe; a dropped page holds its inputs' storages alive until it is
+rebuilt or dies.
+
 [Note: interruption]
 An eviction first copies the page out and only then frees the device memory,
 so at every instant either the device or the host holds the page's bytes.
@@ -36,9 +46,10 @@ from collections import deque
 
 import torch
 
-from .core.pages import ARRIVING, EVICTED, Kind, Page, PageTable, State
+from .core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, PageTable, State
 from .core.policy import make_policy
 from .errors import BudgetTooSmallError, RestoreError
+from .recompute import MAX_DEPTH
 from .trace import TraceRecorder, now_us
 from .transfer import make_transfers
 
@@ -98,7 +109,8 @@ class Stats:
         "faults", "evictions", "writebacks", "dropped_clean", "bytes_to_device",
         "bytes_to_host", "prefetches", "prefetch_hits", "late_prefetches",
         "wasted_prefetches", "oom_retries", "overshoots", "ops", "dead_pages",
-        "unpageable_pages", "chunked_ops", "optimizer_steps", "comm_holds",
+        "unpageable_pages", "chunked_ops", "optimizer_steps", "comm_holds", "drops",
+        "recomputes",
     )
 
     def __init__(self) -> None:
@@ -141,6 +153,10 @@ class Pager:
         # Prediction and prefetching start once memory is tight; until then
         # the per-operator path skips them (nothing is off the device to fetch).
         self.pressure = False
+        # Drop pages that have a recipe instead of copying them (recompute.py);
+        # outputs smaller than recompute_min_bytes get no recipe.
+        self.recompute = True
+        self.recompute_min_bytes = 64 << 10
 
     # ------------------------------------------------------------------ pages
 
@@ -184,6 +200,13 @@ class Pager:
             return
         if page.prefetched:
             self.stats_.wasted_prefetches += 1
+        if page.recipe is not None:
+            self.void(page)
+        if page.readers:
+            # Readers' recipes need this page: none of them is dropped (a
+            # dropped reader holds the storage alive), so they just lose them.
+            for reader in list(page.readers):
+                self.void(reader)
         self.transfers.release_host(page)
         self.table.retire(page)
         if self.live.get(page.skey) is page:
@@ -192,20 +215,30 @@ class Pager:
 
     # --------------------------------------------------------- operator path
 
-    def begin(self, op: object, pages: list[Page], out_bytes: int) -> None:
-        """Make ``pages`` resident and leave room for ``out_bytes`` of outputs."""
+    def begin(self, op: object, pages: list[Page], out_bytes: int, written: list[Page] | tuple = ()) -> None:
+        """Make ``pages`` resident and leave room for ``out_bytes`` of outputs.
+
+        ``written``: the pages among them the operator will write.
+        """
         table = self.table
-        missing = 0
         working = out_bytes
         for p in pages:
             working += p.nbytes
-            if p.state >= EVICTED:
-                missing += p.nbytes
         if working > table.limit:
             raise BudgetTooSmallError(str(op), working, table.limit, self.budget)
         for p in pages:
             p.pins += 1
         try:
+            missing = 0
+            for p in pages:
+                if p.state == EVICTED:
+                    if p.host is None:  # dropped: computed again, its inputs first
+                        self.rebuild(p)
+                    else:
+                        missing += p.nbytes
+            for p in written:
+                if p.readers or p.recipe is not None:
+                    self.before_write(p)
             short = missing + out_bytes - table.room()
             if short > 0:
                 self.make_room(short)
@@ -308,20 +341,33 @@ class Pager:
 
     def evict_unpinned(self) -> None:
         """Evict every resident page no operator is using (stress mode)."""
+        if not self.pressure:
+            self._pressure_begins()
         self.evict([p for p in self.table.lru() if p.pins == 0])
 
     def evict(self, pages: list[Page]) -> None:
-        """Copy the dirty ones out, then free the device memory of all."""
+        """Copy the dirty ones out (or drop those with a recipe), then free the device memory of all."""
         st = self.stats_
-        live, dirty = [], []
+        live, dirty, arriving = [], [], []
         for page in pages:
             storage = page.ref()
             if storage is None:  # died since; its callback is queued
                 self.retire(page)
                 continue
             live.append((storage, page))
+            if page.state == ARRIVING:
+                arriving.append(page)
             if page.dirty or page.host is None:
-                dirty.append((storage, page))
+                if page.recipe is not None and self.recompute and self._drop(page):
+                    st.drops += 1
+                else:
+                    dirty.append((storage, page))
+        if arriving:
+            # A prefetch still copying in: memory is freed on the compute
+            # stream, so that stream must be past the copy first.
+            self.transfers.wait(arriving)
+            for page in arriving:
+                self.table.arrived(page)
         t0 = now_us() if self.trace is not None else 0.0
         if dirty:
             # Copy out before freeing anything: at every instant the bytes
@@ -380,6 +426,15 @@ class Pager:
         for distance, page in policy.prefetch_plan(self.scan_ops):
             if page.state != EVICTED:
                 continue
+            if page.host is None:
+                # Dropped: computed early only from inputs already here; else on demand.
+                if all(q.state == RESIDENT for q in page.recipe.inputs):
+                    short = 2 * page.nbytes + self.headroom - table.room()
+                    if short > 0 and not self.make_room(short, protect_window=True):
+                        policy.rewind(distance)
+                        break
+                    self.rebuild(page)
+                continue
             storage = page.ref()
             if storage is None:
                 continue
@@ -408,6 +463,101 @@ class Pager:
         if self.trace is not None:
             self.trace.transfer("prefetches", t0, now_us(), [p for _, p in batch])
 
+    # --------------------------------------------------------- recipes
+
+    def attach_recipe(self, page: Page, recipe) -> None:
+        """``page`` can be computed again by ``recipe`` (recompute.Recipe)."""
+        page.recipe = recipe
+        for q in recipe.inputs:
+            if q.readers is None:
+                q.readers = []
+            q.readers.append(page)
+
+    def void(self, page: Page) -> None:
+        """Forget a resident page's recipe (its inputs or its bytes changed)."""
+        recipe, page.recipe = page.recipe, None
+        for q in recipe.inputs:
+            if q.readers and page in q.readers:
+                q.readers.remove(page)
+
+    def _drop(self, page: Page) -> bool:
+        """Evict ``page`` by its recipe if its inputs allow; False to copy it out instead."""
+        recipe = page.recipe
+        if not recipe.usable():
+            self.void(page)
+            return False
+        # An input dropped, or being dropped in the same batch, holds its own inputs.
+        depth = 1 + max((q.recipe.depth for q in recipe.inputs
+                         if q.recipe is not None and q.recipe.held is not None), default=0)
+        if depth > MAX_DEPTH:
+            return False
+        recipe.depth = depth
+        recipe.held = [q.ref() for q in recipe.inputs]
+        return True
+
+    def before_write(self, page: Page) -> None:
+        """``page`` is about to be written: recipes that read it, and its own, stop being exact."""
+        for reader in list(page.readers or ()):
+            if reader.dropped:
+                self.rebuild(reader)
+            self.void(reader)
+        if page.recipe is not None:
+            self.void(page)
+
+    def rebuild(self, page: Page) -> None:
+        """Compute a dropped page again on the compute stream (its inputs made resident first)."""
+        recipe = page.recipe
+        inputs = recipe.inputs
+        for q in inputs:
+            q.pins += 1
+        try:
+            for q in inputs:
+                if q.dropped:
+                    self.rebuild(q)
+            evicted = [q for q in inputs if q.state == EVICTED]
+            # The page, and the operator's own output until it is copied over.
+            need = sum(q.nbytes for q in evicted) + 2 * page.nbytes
+            if need > self.table.limit:
+                raise BudgetTooSmallError(f"recomputing {recipe.func}", need, self.table.limit, self.budget)
+            short = need - self.table.room()
+            if short > 0:
+                self.make_room(short)
+            if evicted:
+                self.fault(evicted)
+            arriving = [q for q in inputs if q.state == ARRIVING]
+            if arriving:
+                self._arrive(arriving)
+            storage = page.ref()
+            while True:
+                self.table.arriving(page)
+                self.table.reserved_bytes += page.nbytes
+                try:
+                    with _range("deepum::recompute"):
+                        storage.resize_(page.nbytes)
+                        recipe.run_into(storage, self.device)
+                    break
+                except torch.OutOfMemoryError as e:
+                    self._unarrive([(storage, page)])
+                    if not self.evict_bytes(2 * page.nbytes):
+                        raise BudgetTooSmallError(f"recomputing {recipe.func}", 2 * page.nbytes,
+                                                  self.table.limit, self.budget) from e
+                    self.stats_.oom_retries += 1
+                except BaseException:
+                    self._unarrive([(storage, page)])
+                    raise
+                finally:
+                    self.table.reserved_bytes -= page.nbytes
+            self.table.arrived(page)
+            page.ready = None
+            page.dirty = True  # no host copy: the next eviction drops or copies it again
+            recipe.held = None
+            for q in inputs:
+                self.table.touch(q)
+            self.stats_.recomputes += 1
+        finally:
+            for q in inputs:
+                q.pins -= 1
+
     def _arrive(self, pages: list[Page]) -> None:
         late = self.transfers.wait(pages)
         st = self.stats_
@@ -433,8 +583,7 @@ class Pager:
         """Bring every live page back to the device; RestoreError if they do not fit."""
         self.release_held(wait=True)
         self.reap()
-        pending = []
-        arriving = []
+        pending, arriving, dropped = [], [], []
         for page in list(self.table.pages.values()):
             storage = page.ref()
             if storage is None:
@@ -443,13 +592,27 @@ class Pager:
             page.pins = 0  # no operator runs any more
             if page.state == ARRIVING:
                 arriving.append(page)
+            elif page.dropped:
+                dropped.append(page)
             elif page.host is not None and storage.nbytes() == 0 and page.nbytes:
                 # Holding the storage keeps it alive until it is back.
                 pending.append((storage, page))
         if arriving:
             self._arrive(arriving)
+        # Everything comes back: nothing is to be evicted to make room.
+        self.table.limit = max(self.table.limit, 1 << 62)
+        for i, page in enumerate(dropped):
+            try:
+                if page.dropped:  # a rebuild of another may have brought it
+                    self.rebuild(page)
+                    self.restored += 1
+            except Exception as e:
+                rest = dropped[i:] + [p for _, p in pending]
+                raise RestoreError(len(rest), sum(p.nbytes for p in rest), e) from e
         for i, (storage, page) in enumerate(pending):
             try:
+                if page.state == RESIDENT and storage.nbytes() == page.nbytes:
+                    continue  # faulted in as a dropped page's input
                 if page.state != EVICTED:  # an eviction interrupted half way
                     self.table.evicted(page)
                 self.table.arriving(page)

@@ -82,6 +82,11 @@ class Session:
         Turn prefetching off while keeping the deepum policy's victim choice.
     lookahead:
         How many predicted operators ahead the prefetcher works.
+    recompute:
+        Evict a page that a cheap deterministic operator made from pages that
+        still exist (elementwise operators, dtype casts) without copying it,
+        and run the operator again when the page is needed: no link time
+        either way (see deepum/recompute.py). The bits are the same.
     expandable_segments:
         On CUDA, switch the caching allocator to expandable segments (it then
         stays so for the process), which avoids most fragmentation.
@@ -116,6 +121,7 @@ class Session:
 
     def __init__(self, budget: int | float | str, device: str | torch.device | None = None,
                  *, policy: str = "deepum", prefetch: bool = True, lookahead: int = 64,
+                 recompute: bool = True,
                  reserve: int | None = None, headroom: int | None = None,
                  expandable_segments: bool = True, adopt: bool | None = None,
                  freeze_gc: bool = True, trace: bool = False, track_kinds: bool | None = None,
@@ -135,6 +141,7 @@ class Session:
         self.policy = policy
         self.prefetch = prefetch
         self.lookahead = lookahead
+        self.recompute = recompute
         self.headroom = headroom
         self.expandable_segments = expandable_segments
         # On the cpu device every host tensor of the process would be in
@@ -207,6 +214,7 @@ class Session:
         if self.trace:
             self.pager.trace = TraceRecorder(self.budget, self.limit)
         self.pager.stress = self.stress
+        self.pager.recompute = self.recompute
         self._install_kind_hooks()
         if self.freeze_gc and hasattr(gc, "freeze"):
             gc.collect()

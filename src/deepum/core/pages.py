@@ -16,12 +16,12 @@ A page is in exactly one state::
 * ARRIVING: device memory is allocated and a copy in is queued; it counts as
   resident for the budget. On a device without streams a page passes through
   this state instantly.
-* EVICTED: device memory is freed; ``host`` holds the only copy.
+* EVICTED: device memory is freed; ``host`` holds the only copy, or, for a
+  page *dropped* rather than copied, ``recipe`` says how to compute it again
+  (:attr:`Page.dropped`). Both come back through ARRIVING; the table does
+  not care which way.
 * DEAD: the program freed the storage; the host copy is released, never copied
   back. The table forgets the page.
-A later "dropped, to be recomputed" state would sit beside EVICTED: no host
-copy, but a recipe to rebuild it. Nothing here assumes that EVICTED is the only
-non-resident state.
 
 [Note: budget accounting]
 ``resident_bytes`` counts every page whose device memory is allocated
@@ -69,7 +69,7 @@ class Page:
 
     __slots__ = (
         "key", "skey", "nbytes", "state", "dirty", "pageable", "pins",
-        "ref", "host", "ready", "prefetched", "kind", "__weakref__",
+        "ref", "host", "ready", "prefetched", "kind", "recipe", "readers", "__weakref__",
     )
 
     def __init__(self, key: int, nbytes: int, skey: int = -1, pageable: bool = True) -> None:
@@ -91,10 +91,19 @@ class Page:
         # Brought in by a prefetch and not used since: a hit or a waste to come.
         self.prefetched = False
         self.kind = Kind.OTHER
+        # How to compute the page again from other pages (opaque here), and
+        # the pages whose recipes read this one.
+        self.recipe: Any = None
+        self.readers: list[Page] | None = None
 
     @property
     def resident(self) -> bool:
         return self.state <= State.ARRIVING
+
+    @property
+    def dropped(self) -> bool:
+        """Evicted without a copy: only its recipe can bring it back."""
+        return self.state == State.EVICTED and self.host is None
 
     def __repr__(self) -> str:
         return (f"Page(key={self.key:#x}, skey={self.skey}, {self.nbytes}B, {self.state.name}, "

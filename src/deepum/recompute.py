@@ -1,0 +1,143 @@
+"""Recipes: a page dropped without a copy, rebuilt by running its operator again.
+
+Copying a page out and back costs two trips over the host link; for a page
+that one cheap operator computed from pages that are still around, running
+that operator again costs one kernel on the device and no link time. A GELU
+written as a chain of elementwise operators (GPT-2's ``gelu_new``) saves four
+tensors of the MLP's width for backward, three of them products of the other
+two and a constant; autocast's bf16 copies of the weights are functions of
+the fp32 parameters.
+
+[Note: when a recipe is exact]
+Re-running an operator gives the same bits when its kernel is deterministic
+and it reads the same bits. So a recipe is recorded only for operators
+tagged ``pointwise`` (or ``_to_copy``) and not ``nondeterministic_seeded``,
+whose every tensor argument is a managed page (kept as the page and the
+view's geometry; Python scalars arrive as numbers and are kept as they are),
+and only for an output that covers its whole storage. The pager then keeps three
+invariants (see pager.py):
+
+* the inputs hold the bits they had: before an operator writes a page, the
+  pages whose recipes read it are rebuilt if dropped, and their recipes
+  voided (:meth:`Pager.before_write`); a page written after it was made
+  loses its own recipe;
+* the inputs exist: dropping a page holds its inputs' storages until it is
+  rebuilt or dies;
+* the chain is short: a page whose rebuild would need more than
+  :data:`MAX_DEPTH` dropped pages rebuilt first is copied out instead.
+
+A recipe runs below autocast and autograd, as the original call did (the
+interceptor sits below both), so it calls the same kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .core.pages import DEAD, Page
+
+MAX_DEPTH = 4
+
+_ALWAYS = {torch.ops.aten._to_copy.default}
+
+
+def recomputable(func: torch._ops.OpOverload) -> bool:
+    """Can this operator's outputs be rebuilt by running it again (given the conditions above)?"""
+    tags = func.tags
+    if any(getattr(torch.Tag, name, None) in tags for name in ("nondeterministic_seeded", "nondeterministic_bitwise")):
+        return False
+    return torch.Tag.pointwise in tags or func in _ALWAYS
+
+
+class _In:
+    """A tensor argument that lives in a page: the page and the view's geometry."""
+
+    __slots__ = ("page", "dtype", "size", "stride", "offset")
+
+    def __init__(self, page: Page, t: torch.Tensor) -> None:
+        self.page = page
+        self.dtype = t.dtype
+        self.size = tuple(t.shape)
+        self.stride = t.stride()
+        self.offset = t.storage_offset()
+
+    def tensor(self, device: torch.device) -> torch.Tensor:
+        storage = self.page.ref()
+        return torch.empty(0, dtype=self.dtype, device=device).set_(storage, self.offset, self.size,
+                                                                    self.stride)
+
+
+class Recipe:
+    """How to rebuild one page: an operator, its arguments, which output."""
+
+    __slots__ = ("func", "args", "kwargs", "index", "inputs", "held", "depth")
+
+    def __init__(self, func, args: tuple, kwargs: dict, index: int, inputs: list[Page]) -> None:
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.index = index
+        self.inputs = inputs  # the pages read, each once
+        # While the page is dropped: its inputs' storages, kept alive.
+        self.held: list | None = None
+        self.depth = 1
+
+    def usable(self) -> bool:
+        """Are the inputs still there to rebuild from?"""
+        return all(q.state != DEAD and q.ref() is not None for q in self.inputs)
+
+    def run_into(self, storage: torch.UntypedStorage, device: torch.device) -> None:
+        """Run the operator again and put its output's bytes into ``storage`` (already sized)."""
+        def arg(x):
+            return x.tensor(device) if isinstance(x, _In) else x
+
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            out = self.func(*[arg(a) for a in self.args], **{k: arg(v) for k, v in self.kwargs.items()})
+            if isinstance(out, (tuple, list)):
+                out = out[self.index]
+            src = out.untyped_storage()
+            if src.nbytes() != storage.nbytes():
+                raise RuntimeError(f"deepum: recomputing {self.func} gave {src.nbytes()} bytes, "
+                                   f"the page holds {storage.nbytes()}")
+            dst = torch.empty(0, dtype=torch.uint8, device=device).set_(storage)
+            dst.copy_(torch.empty(0, dtype=torch.uint8, device=device).set_(src))
+
+
+def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_of) -> Recipe | None:
+    """A recipe for output ``index`` (``out``), or None when it would not be exact.
+
+    ``page_of(t)`` returns the managed page of a tensor, or None.
+    """
+    if out.storage_offset() != 0 or out.numel() * out.element_size() != out.untyped_storage().nbytes():
+        return None
+    inputs: list[Page] = []
+
+    def keep(x):
+        if isinstance(x, torch.Tensor):
+            page = page_of(x)
+            if page is None:
+                # Memory the engine does not watch for writes (Python
+                # scalars arrive as numbers, not tensors, at this level).
+                return None
+            if page not in inputs:
+                inputs.append(page)
+            return _In(page, x)
+        if isinstance(x, (list, tuple)) and any(isinstance(y, torch.Tensor) for y in x):
+            return None  # tensor lists: not a pointwise operator's shape
+        return x
+
+    new_args = []
+    for a in args:
+        k = keep(a)
+        if k is None and a is not None:
+            return None
+        new_args.append(k)
+    new_kwargs = {}
+    for name, v in kwargs.items():
+        k = keep(v)
+        if k is None and v is not None:
+            return None
+        new_kwargs[name] = k
+    if not inputs:
+        return None  # a factory: nothing it depends on is tracked
+    return Recipe(func, tuple(new_args), new_kwargs, index, inputs)
