@@ -320,6 +320,7 @@ def identity_check(name: str, device: torch.device, steps: int) -> dict:
     return {"reference_deterministic": deterministic, "bit_identical": same, "unconstrained_peak": peak0,
             "budget_bytes": budget, "peak_device_bytes": peak1, "fits": peak1 <= budget,
             "evictions": stats["evictions"], "faults": stats["faults"], "prefetches": stats["prefetches"],
+            "drops": stats["drops"], "recomputes": stats["recomputes"],
             "losses": l1, "ok": deterministic and same and peak1 <= budget and stats["evictions"] > 0}
 
 
@@ -415,7 +416,7 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
                samples_per_s=batch / statistics.median(times), peak_device_bytes=peak, peak_host_bytes=host_peak)
     if method in PAGED:
         for k in ("bytes_to_device", "bytes_to_host", "faults", "prefetches", "prefetch_hits", "late_prefetches",
-                  "wasted_prefetches", "evictions", "stall_seconds"):
+                  "wasted_prefetches", "evictions", "stall_seconds", "drops", "recomputes"):
             row[f"step_{k}"] = (end[k] - before.get(k, 0)) / steps
         row["prediction_accuracy"] = end["prediction_accuracy"]
     bound = budget if budget is not None else fits_budget
