@@ -17,11 +17,13 @@ def line(r: dict) -> str:
     if "times_s" in r:
         parts.append("ms " + ",".join(str(round(t * 1000)) for t in r["times_s"]))
         parts.append(f"peak {r.get('peak_device_bytes', 0) / 2**30:.2f}GiB fits={r.get('fits')}")
-    for k in ("x_floor", "step_gc_s", "step_full_gcs"):
+    for k in ("x_floor", "x_phase_floor", "step_gc_s", "step_full_gcs"):
         if k in r:
             parts.append(f"{k} {r[k]:.3g}")
     if "step_bytes_to_device" in r:
         parts.append(f"GB in/out {r['step_bytes_to_device'] / 1e9:.1f}/{r['step_bytes_to_host'] / 1e9:.1f}")
+        for phase, (i, o) in r.get("step_phase_bytes", {}).items():
+            parts.append(f"{phase} {i / 1e9:.1f}/{o / 1e9:.1f}")
         parts.append("hits/late/faults/drops/recomp " + "/".join(
             str(round(r.get(f"step_{k}", 0))) for k in ("prefetch_hits", "late_prefetches", "faults", "drops",
                                                          "recomputes")))

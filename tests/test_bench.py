@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from deepum import bench
 
 
@@ -24,6 +26,10 @@ def test_bench_harness_on_cpu(tmp_path):
         row = by[method]
         assert row["budget_bytes"] == int(plain["peak_device_bytes"] * 0.5)
         assert row["fits"] is True and row["step_evictions"] > 0 and row["step_bytes_to_host"] > 0
+        phases = row["step_phase_bytes"]
+        assert set(phases) == {"forward", "backward", "optimizer"}
+        assert sum(o for _, o in phases.values()) == pytest.approx(row["step_bytes_to_host"])
+        assert sum(i for i, _ in phases.values()) == pytest.approx(row["step_bytes_to_device"])
     assert by["deepum"]["options"] == ["lookahead=8"]
     ident = by["identity"]
     assert ident["ok"] and ident["bit_identical"] and ident["evictions"] > 0
@@ -43,6 +49,10 @@ def test_budget_specs_floor_and_ladder_summary():
     row = {"median_s": 3.0, "step_bytes_to_device": 110e9, "step_bytes_to_host": 50e9}
     bench._floor(row, plain_s=1.0, link={"h2d_GBps": 55.0, "d2h_GBps": 50.0})
     assert row["link_floor_s"] == 2.0 and row["x_floor"] == 1.5
+    # Forward: 50 GB out (1 s); backward: 110 GB in (2 s); they cannot overlap.
+    row["step_phase_bytes"] = {"forward": [0, 50e9], "backward": [110e9, 0], "optimizer": [0, 0]}
+    bench._floor(row, plain_s=1.0, link={"h2d_GBps": 55.0, "d2h_GBps": 50.0})
+    assert row["phase_floor_s"] == 3.0 and row["x_phase_floor"] == 1.0
     rows = [{"model": m, "method": meth, "median_s": 1.0, "fits": fits}
             for m, meth, fits in [("s", "plain", True), ("l", "plain", False), ("s", "deepum", True),
                                   ("l", "deepum", True)]]

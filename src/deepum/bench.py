@@ -143,8 +143,12 @@ class Workload:
         return torch.nn.functional.cross_entropy(model(x), self.labels[i % 2])
 
 
-def standard_step(work: Workload, opt: torch.optim.Optimizer, wrap=None):
-    """One step as users write it: bf16 autocast on CUDA, backward, optimizer step."""
+def standard_step(work: Workload, opt: torch.optim.Optimizer, wrap=None, mark=None):
+    """One step as users write it: bf16 autocast on CUDA, backward, optimizer step.
+
+    ``mark(phase)``, if given, is called as each phase ends (on the CPU: the
+    GPU may still be working on it).
+    """
     amp = torch.autocast(work.device.type, dtype=torch.bfloat16, enabled=work.device.type == "cuda")
 
     def step(i):
@@ -154,9 +158,15 @@ def standard_step(work: Workload, opt: torch.optim.Optimizer, wrap=None):
             else:
                 with wrap():
                     loss = work.loss(i)
+        if mark:
+            mark("forward")
         loss.backward()
+        if mark:
+            mark("backward")
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if mark:
+            mark("optimizer")
         return loss.detach()
 
     return step
@@ -234,6 +244,33 @@ def _deepspeed_step(name: str, method: str, device: torch.device):
 
 
 # ------------------------------------------------------------------ one case
+
+class _PhaseBytes:
+    """Bytes the pager moved each way in each phase of the step (forward, backward, optimizer).
+
+    Counted when a copy is issued, so a prefetch issued late in the forward
+    for the backward counts in the forward.
+    """
+
+    def __init__(self, pager) -> None:
+        self.pager = pager
+        self.reset()
+
+    def reset(self) -> None:
+        self.bytes: dict[str, list[int]] = {}
+        self._last = self._now()
+
+    def _now(self) -> tuple[int, int]:
+        st = self.pager.stats_
+        return st.bytes_to_device, st.bytes_to_host
+
+    def __call__(self, phase: str) -> None:
+        now = self._now()
+        acc = self.bytes.setdefault(phase, [0, 0])
+        acc[0] += now[0] - self._last[0]
+        acc[1] += now[1] - self._last[1]
+        self._last = now
+
 
 class _GcClock:
     """Time the garbage collector spends, per generation (a per-operator engine makes garbage)."""
@@ -351,6 +388,7 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
         session = deepum.oversubscribe(budget or 1.0, device, policy="lru" if method == "lru" else "deepum",
                                        **(options or {}))
         session.__enter__()
+    phases = None
     try:
         if method in DEEPSPEED:
             if device.type != "cuda":
@@ -384,7 +422,8 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
                 opt = CPUOffloadOptimizer(work.model.parameters(), torch.optim.AdamW, lr=1e-4,
                                           fused=True)
                 row["note"] = "optimizer states and step on the CPU"
-            step = standard_step(work, opt or adamw(work.model, device), wrap)
+            phases = _PhaseBytes(session.pager) if method in PAGED else None
+            step = standard_step(work, opt or adamw(work.model, device), wrap, phases)
         energy = _Energy.open(device)  # the same counter deepum's stats use
         times, before = [], {}
         proc = psutil.Process()
@@ -395,6 +434,8 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
                     before = session.stats() if session else {}
                     joules0 = energy.joules() if energy else None
                     gc_clock.on = True
+                    if phases:
+                        phases.reset()
                 _sync(device)
                 t0 = time.perf_counter()
                 step(i)
@@ -419,6 +460,8 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
                   "wasted_prefetches", "evictions", "stall_seconds", "drops", "recomputes"):
             row[f"step_{k}"] = (end[k] - before.get(k, 0)) / steps
         row["prediction_accuracy"] = end["prediction_accuracy"]
+        if phases:
+            row["step_phase_bytes"] = {k: [b / steps for b in v] for k, v in phases.bytes.items()}
     bound = budget if budget is not None else fits_budget
     if bound is not None and peak is not None:  # no measure (a method deepum does not run on cpu): no verdict
         row["fits"] = peak <= bound
@@ -480,13 +523,19 @@ def _floor(row: dict, plain_s: float | None, link: dict | None) -> None:
     """The physical floor of a paged case: compute, or the bytes it moved over the measured link."""
     if not (link and plain_s and "step_bytes_to_device" in row and "median_s" in row):
         return
-    row["link_floor_s"] = max(plain_s, row["step_bytes_to_device"] / (link["h2d_GBps"] * 1e9),
-                              row["step_bytes_to_host"] / (link["d2h_GBps"] * 1e9))
+    h2d, d2h = link["h2d_GBps"] * 1e9, link["d2h_GBps"] * 1e9
+    row["link_floor_s"] = max(plain_s, row["step_bytes_to_device"] / h2d, row["step_bytes_to_host"] / d2h)
     row["x_floor"] = row["median_s"] / row["link_floor_s"]
+    phases = row.get("step_phase_bytes")
+    if phases:
+        # The two directions overlap only within a phase: the forward's
+        # evictions cannot overlap the backward's faults.
+        row["phase_floor_s"] = max(plain_s, sum(max(i / h2d, o / d2h) for i, o in phases.values()))
+        row["x_phase_floor"] = row["median_s"] / row["phase_floor_s"]
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| model | method | budget | ms/step (median, min-max) | x plain | x floor | samples/s | "
+    out = ["| model | method | budget | ms/step (median, min-max) | x plain | x floor (phase) | samples/s | "
            "peak device GiB | fits | peak host GiB | GB in/out per step | hits / late / faults | J/step | note |",
            "|" + "---|" * 14]
     plain = {r["model"]: r.get("median_s") for r in rows if r["method"] == "plain" and "median_s" in r}
@@ -510,6 +559,8 @@ def table(rows: list[dict]) -> str:
         base = plain.get(r["model"])
         x = f"{r['median_s'] / base:.2f}" if base else "-"
         xf = f"{r['x_floor']:.2f}" if "x_floor" in r else "-"
+        if "x_phase_floor" in r:
+            xf += f" ({r['x_phase_floor']:.2f})"
         moved = (f"{r['step_bytes_to_device'] / 1e9:.2f} / {r['step_bytes_to_host'] / 1e9:.2f}"
                  if "step_bytes_to_device" in r else "-")
         hits = (f"{r['step_prefetch_hits']:.0f} / {r['step_late_prefetches']:.0f} / {r['step_faults']:.0f}"

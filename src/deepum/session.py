@@ -109,10 +109,13 @@ class Session:
         classified (at first sight and by an optimizer-step hook).
     freeze_gc:
         Move the objects that exist at entry out of the garbage collector's
-        reach until exit (``gc.freeze()``). The pager creates an object per
-        page; with a large model's objects in the youngest generations the
-        collector's full passes cost more than the paging itself (measured:
-        about 12% of a paged ResNet-152 step, docs/BENCHMARKS.md).
+        reach until exit (``gc.freeze()``). Off by default: the collector
+        schedules full passes by the number of objects that survived the last
+        one, which a freeze sets near zero, so full passes then come every few
+        steps (measured on an H100, GPT-2 medium at half its peak: 39 ms a
+        step in the collector with it, 4 ms without; whole card: 231 ms steps
+        without, 259-314 ms with; docs/BENCHMARKS.md, session 3). It can
+        help a program that builds a large object graph before the session.
     reserve:
         Bytes of the budget kept for memory deepum cannot see (kernel
         workspaces, allocator rounding and fragmentation). Default: on CUDA
@@ -124,7 +127,7 @@ class Session:
                  recompute: bool = True,
                  reserve: int | None = None, headroom: int | None = None,
                  expandable_segments: bool = True, adopt: bool | None = None,
-                 freeze_gc: bool = True, trace: bool = False, track_kinds: bool | None = None,
+                 freeze_gc: bool = False, trace: bool = False, track_kinds: bool | None = None,
                  stress: bool = False) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy {policy!r} is unknown; choose one of {', '.join(POLICIES)}")
