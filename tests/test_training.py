@@ -196,6 +196,7 @@ def test_output_size_estimates_are_shared_by_metadata():
     meta-run estimates are shared by argument metadata, not redone per ID."""
     x, w = torch.ones(4), torch.ones(4)
     with deepum.oversubscribe(1.0, "cpu", adopt=False) as session:
+        session.pager._pressure_begins()  # the full path, where execution IDs are formed
         for _ in range(200):
             x = x.add(w)
         mode = session._mode
@@ -203,3 +204,21 @@ def test_output_size_estimates_are_shared_by_metadata():
         adds = [k for k in mode.meta_sizes if k[0].name == "aten.add.Tensor"]
         assert len(adds) == 1 and mode.meta_sizes[adds[0]] == 16
     assert torch.equal(x, torch.full((4,), 201.0))
+
+
+def test_pages_made_before_pressure_get_stable_keys_when_it_begins():
+    from deepum.interceptor import QUIET_SKEY
+
+    with deepum.oversubscribe(64 << 20, "cpu") as s:
+        early = [torch.randn(256, 1024) for _ in range(8)]  # 8 MiB: the quiet path
+        pager = s.pager
+        pages = [pager.table.get(t.untyped_storage()._cdata) for t in early]
+        assert not pager.pressure and {p.skey for p in pages} == {QUIET_SKEY}
+        late = [torch.randn(256, 1024) for _ in range(80)]  # past the budget: pressure, evictions
+        assert pager.pressure and pager.stats_.evictions > 0
+        keys = [p.skey for p in pages]
+        assert min(keys) >= 0 and len(set(keys)) == len(keys)
+        assert all(pager.live[p.skey] is p for p in pages)
+        total = sum(float(t.sum()) for t in early + late)
+    ref = sum(float(t.sum()) for t in early + late)
+    assert total == ref

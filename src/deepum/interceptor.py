@@ -57,6 +57,17 @@ _UNANNOTATED_WRITES = {
 }
 
 Tensor = torch.Tensor
+
+# [Note: before pressure]
+# Until memory is tight nothing is evicted, so nothing needs predicting or
+# fetching: an operator's pages are found (new storages become pages, so the
+# byte count is right when pressure comes) and pinned (another thread may
+# start evicting meanwhile), and that is all. No execution ID is formed and no
+# output size estimated; a page born then has no stable key (QUIET_SKEY) until
+# pressure begins, when each gets one of its own (_name_quiet_pages). With a
+# budget the program never fills this is the whole per-operator cost.
+QUIET = -3  # the execution ID of every operator run on the quiet path
+QUIET_SKEY = -1
 _PAGEABLE_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
@@ -166,6 +177,7 @@ class PagingMode(TorchDispatchMode):
         # (operator, argument metadata) -> bytes of new outputs (_estimate_cached).
         self.meta_sizes: dict[tuple, int] = {}
         self._is_managed = (lambda t: t.is_cuda) if self.device.type == "cuda" else (lambda t: t.is_cpu)
+        pager.on_pressure = self._name_quiet_pages
 
     # ------------------------------------------------------------ hot path
 
@@ -177,14 +189,78 @@ class PagingMode(TorchDispatchMode):
             plan = self._plan(func)
             if plan is None:
                 return func(*args, **kwargs)
-        trace = self.pager.trace
+        pager = self.pager
+        trace = pager.trace
         if trace is None:
-            return self._dispatch(plan, func, types, args, kwargs)
+            if pager.pressure or pager.stress:
+                return self._dispatch(plan, func, types, args, kwargs)
+            return self._dispatch_quiet(plan, func, args, kwargs)
         start = now_us()
         self.last_eid = -1  # stays -1 if the operator touches no managed memory
         out = self._dispatch(plan, func, types, args, kwargs)
         trace.op(plan.name, self.last_eid, start, now_us())
         return out
+
+    def _dispatch_quiet(self, plan, func, args, kwargs):
+        """Before memory is tight: pages are made, pinned and counted, nothing else.
+
+        See [Note: before pressure]. Once resident bytes pass three quarters
+        of the limit (or anything is evicted) the full path takes over.
+        """
+        tensors, nw = plan.collect(args, kwargs)
+        pager = self.pager
+        is_managed = self._is_managed
+        pages: list[Page] = []
+        with pager.lock:
+            if pager.dead:
+                pager.reap()
+            if pager.held:
+                pager.release_held()
+            get = pager.table.pages.get
+            for i, t in enumerate(tensors):
+                if not is_managed(t):
+                    continue
+                try:
+                    s = t.untyped_storage()
+                except (RuntimeError, NotImplementedError):
+                    continue
+                p = get(s._cdata)
+                if p is None:
+                    p = self._first_seen(t, s, func, i)
+                    if p is None:
+                        continue
+                if i < nw:
+                    p.dirty = True  # never evicted before pressure: no host copy to void
+                p.pins += 1
+                pages.append(p)
+        try:
+            out = self._call(plan, func, args, kwargs, 0, pages)
+        finally:
+            with pager.lock:
+                pager.unpin(pages)
+        with pager.lock:
+            if plan.comm:
+                self._hold_for_comm(out, pages)
+            table = pager.table
+            for p in pages[:nw]:
+                storage = p.ref()
+                if storage is not None and storage.nbytes() != p.nbytes:
+                    table.resize(p, storage.nbytes())
+            if plan.fresh:
+                self._register_outputs(out, QUIET)
+            pager.stats_.ops += 1
+            self.prev_plan = plan
+            if table.resident_bytes * 4 > table.limit * 3:
+                pager.end(QUIET, [])  # starts pressure, makes room if outputs overshot
+        return out
+
+    def _name_quiet_pages(self) -> None:
+        """Pressure begins: pages made on the quiet path get stable keys of their own."""
+        live = self.pager.live
+        for page in self.pager.table.pages.values():
+            if page.skey == QUIET_SKEY:
+                page.skey = self.skeys(("quiet", page.key))
+                live[page.skey] = page
 
     def _dispatch(self, plan, func, types, args, kwargs):
         tensors, nw = plan.collect(args, kwargs)
@@ -377,7 +453,8 @@ class PagingMode(TorchDispatchMode):
             nbytes = s.nbytes()
             if nbytes == 0 or s.device != self.device:
                 continue
-            p = pager.register(s, self.skeys(("born", eid, i)), _pageable(t, s))
+            skey = QUIET_SKEY if eid == QUIET else self.skeys(("born", eid, i))
+            p = pager.register(s, skey, _pageable(t, s))
             new += nbytes
             if call is not None and nbytes >= pager.recompute_min_bytes and p.pageable:
                 recipe = record(*call, i, t, self._page_of)

@@ -153,6 +153,7 @@ class Pager:
         # Prediction and prefetching start once memory is tight; until then
         # the per-operator path skips them (nothing is off the device to fetch).
         self.pressure = False
+        self.on_pressure = None  # set by the interceptor (names pages made before pressure)
         # Drop pages that have a recipe instead of copying them (recompute.py);
         # outputs smaller than recompute_min_bytes get no recipe.
         self.recompute = True
@@ -174,14 +175,16 @@ class Pager:
         ref.page = page
         page.ref = ref
         self.table.add(page, count_peak=not preexisting)
-        self.live[skey] = page
+        if skey >= 0:  # negative: no stable key yet (made before pressure)
+            self.live[skey] = page
         if not pageable:
             self.stats_.unpageable_pages += 1
         return page
 
     def set_kind(self, page: Page, kind: Kind) -> None:
         self.table.set_kind(page, kind)
-        self.skey_kind[page.skey] = kind
+        if page.skey >= 0:
+            self.skey_kind[page.skey] = kind
 
     def _on_death(self, ref: _StorageRef) -> None:
         # Runs wherever the storage died (any thread, inside any operator):
@@ -322,6 +325,8 @@ class Pager:
         log.info("memory pressure: %d bytes resident against a limit of %d; prediction and "
                  "paging start", self.table.resident_bytes, self.table.limit)
         self.pressure = True
+        if self.on_pressure is not None:
+            self.on_pressure()
 
     # ------------------------------------------------------ moving the pages
 
