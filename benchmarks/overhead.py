@@ -5,7 +5,8 @@
 Part 1 times a loop of tiny CUDA additions (so the CPU side dominates):
 plain, a pass-through TorchDispatchMode, and deepum with a budget the size of
 the card (nothing to page). Part 2 profiles (cProfile) ResNet-152 steps under
-deepum at a third of the peak and writes the top functions to OUT/profile.txt.
+deepum and under lru at a third of the peak and writes the top functions
+to OUT/profile-POLICY.txt.
 """
 
 from __future__ import annotations
@@ -67,39 +68,33 @@ def main():
         step(i)
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_reserved()
-    import gc
-    with deepum.oversubscribe(int(peak * args.budget_fraction), "cuda") as s:
-        for i in range(3):
-            step(i)
-        for label in ("gc on", "gc frozen", "gc off"):
-            if label == "gc frozen":
-                gc.freeze()
-            if label == "gc off":
-                gc.disable()
+    for policy in ("deepum", "lru"):
+        with deepum.oversubscribe(int(peak * args.budget_fraction), "cuda", policy=policy) as s:
+            for i in range(3):
+                step(i)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             for i in range(3):
                 step(i)
             torch.cuda.synchronize()
-            print(f"resnet 1/3 budget, {label}: {(time.perf_counter() - t0) / 3 * 1e3:.0f} ms/step")
-        gc.enable()
-        gc.unfreeze()
-        torch.cuda.synchronize()
-        prof = cProfile.Profile()
-        t0 = time.perf_counter()
-        prof.enable()
-        for i in range(2):
-            step(i)
-        torch.cuda.synchronize()
-        prof.disable()
-        dt = (time.perf_counter() - t0) / 2
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
-    with open(os.path.join(args.out, "profile.txt"), "w") as f:
-        f.write(buf.getvalue())
-    print(f"resnet step under profile: {dt * 1e3:.0f} ms; stats {s.stats()['ops']} ops")
-    print("\n".join(buf.getvalue().splitlines()[:45]))
-
+            plain_ms = (time.perf_counter() - t0) / 3 * 1e3
+            prof = cProfile.Profile()
+            t0 = time.perf_counter()
+            prof.enable()
+            for i in range(2):
+                step(i)
+            torch.cuda.synchronize()
+            prof.disable()
+            dt = (time.perf_counter() - t0) / 2
+            ops = s.stats()["ops"]
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
+        with open(os.path.join(args.out, f"profile-{policy}.txt"), "w") as f:
+            f.write(buf.getvalue())
+        print(f"resnet {args.budget_fraction} of the peak, policy {policy}: {plain_ms:.0f} ms/step, "
+              f"{dt * 1e3:.0f} ms/step under the profiler; {ops} operators in the session")
+        print("\n".join(buf.getvalue().splitlines()[:30]))
+        gpu_check.cleanup()
 
 if __name__ == "__main__":
     main()
