@@ -28,18 +28,6 @@ recipes (:meth:`Pager.before_write`); a page written after it was made loses
 its recipe; a dropped page holds its inputs' storages alive until it is
 rebuilt or dies.
 
-[Note: when to prefetch]
-Prefetching hides link time behind compute; it cannot hide anything when
-the GPU is waiting for the CPU, and then its planning (a scan of predicted
-operators, a copy launch per batch) only adds CPU time: in a cProfile of
-ResNet-152 at a third of its peak on an H100 (benchmarks/overhead.py), the
-prefetch path took 37% of the step. So on CUDA the pager checks, once per operator and
-for the price of one event every 16 operators, whether the GPU has finished
-what was issued 32 operators ago (``gpu_idle``); if so it skips the plan for
-that operator. The tables still learn from every operator. On the cpu
-device every copy is synchronous and the check always says no, so the
-prefetcher runs there (and in CI) every time.
-
 [Note: interruption]
 An eviction first copies the page out and only then frees the device memory,
 so at every instant either the device or the host holds the page's bytes.
@@ -122,7 +110,7 @@ class Stats:
         "bytes_to_host", "prefetches", "prefetch_hits", "late_prefetches",
         "wasted_prefetches", "oom_retries", "overshoots", "ops", "dead_pages",
         "unpageable_pages", "chunked_ops", "optimizer_steps", "comm_holds", "drops",
-        "recomputes", "prefetch_skips",
+        "recomputes",
     )
 
     def __init__(self) -> None:
@@ -322,14 +310,7 @@ class Pager:
             self._pressure_begins()
         if self.prefetch_enabled and self.pressure:
             self.transfers.release_finished()
-            self.policy.observe(eid)  # the tables learn on every operator
-            if self.transfers.gpu_idle():
-                # The GPU has done nearly everything issued: the CPU is the
-                # bottleneck, a copy issued now gains nothing over a fault
-                # later, and planning it costs the CPU. See [Note: when to prefetch].
-                self.stats_.prefetch_skips += 1
-            else:
-                self._prefetch_ahead()
+            self._prefetch_ahead(eid)
         short = self.headroom - table.room()
         if short > 0:
             self.make_room(short, protect_window=True)
@@ -442,9 +423,10 @@ class Pager:
         if self.trace is not None:
             self.trace.transfer("faults", t0, now_us(), pages)
 
-    def _prefetch_ahead(self) -> None:
+    def _prefetch_ahead(self, eid: int) -> None:
         """DeepUM's chained prefetch: fetch what the predicted operators need, in order."""
         policy, table = self.policy, self.table
+        policy.observe(eid)
         batch = []
         for distance, page in policy.prefetch_plan(self.scan_ops):
             if page.state != EVICTED:

@@ -181,10 +181,6 @@ class HostTransfers:
     def release_finished(self) -> None:
         pass
 
-    def gpu_idle(self) -> bool:
-        """Has the device finished nearly all work issued so far? (Never, where copies are synchronous.)"""
-        return False
-
     def synchronize(self) -> None:
         pass
 
@@ -224,9 +220,6 @@ class _StreamSwitch:
             self._set(stream.stream_id, stream.device_index, stream.device_type)
 
 
-_MARK_EVERY = 16
-
-
 class CudaTransfers(HostTransfers):
     """Copies on dedicated streams: one in, one out, so both directions overlap."""
 
@@ -241,10 +234,6 @@ class CudaTransfers(HostTransfers):
         self._timed: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         # Prefetch batches still copying: (event, storages kept alive until it completes).
         self._inflight: deque[tuple[torch.cuda.Event, list]] = deque()
-        # Events on the compute stream every _MARK_EVERY operators (gpu_idle).
-        self._marks: deque[torch.cuda.Event] = deque()
-        self._ticks = 0
-        self._idle = False
 
     def save(self, items: list) -> None:
         d2h = self.d2h
@@ -318,23 +307,6 @@ class CudaTransfers(HostTransfers):
             self._timed.append((start, end))
         # Keep the events: a host buffer is reused only after its copy.
         return len(late)
-
-    def gpu_idle(self) -> bool:
-        """Has the compute stream finished what was issued about 32 operators ago?
-
-        Asked once per operator; an event is recorded every 16 and the one
-        recorded two marks ago is queried, so the answer changes every 16
-        operators.
-        """
-        self._ticks += 1
-        if self._ticks % _MARK_EVERY:
-            return self._idle
-        event = torch.cuda.Event()
-        event.record(self.streams_.current())
-        self._marks.append(event)
-        if len(self._marks) > 2:
-            self._idle = self._marks.popleft().query()
-        return self._idle
 
     def release_finished(self) -> None:
         """Drop the references that kept prefetched storages alive during their copy."""
