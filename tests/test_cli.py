@@ -58,3 +58,32 @@ def test_script_exception_propagates(tmp_path):
     path.write_text("raise ValueError('boom')\n")
     r = deepum("run", "--device", "cpu", "--budget", "0.5", str(path))
     assert r.returncode == 1 and "ValueError: boom" in r.stderr
+
+
+RECIPES = textwrap.dedent('''
+    import torch
+    torch.manual_seed(0)
+    x = torch.randn(128, 128)
+    kept = []
+    for _ in range(10):
+        h = x @ x.T / 128
+        kept.append((h, h * 0.5, torch.tanh(h) + 1.0))  # elementwise of a page that stays
+        x = torch.tanh(h)
+    print("sum", sum(float(t.sum()) for group in kept for t in group))
+''')
+
+
+@pytest.mark.parametrize("flag, dropped", [((), True), (("--no-recompute",), False)])
+def test_recompute_flag(tmp_path, flag, dropped):
+    import json
+
+    path = tmp_path / "recipes.py"
+    path.write_text(RECIPES)
+    stats = tmp_path / "stats.json"
+    plain = subprocess.run([sys.executable, str(path)], capture_output=True, text=True)
+    paged = deepum("run", "--quiet", "--device", "cpu", "--budget", "600KB", "--stats", str(stats), *flag,
+                   str(path))
+    assert paged.returncode == 0 and paged.stdout == plain.stdout, paged.stderr
+    st = json.loads(stats.read_text())
+    assert st["evictions"] > 0
+    assert (st["drops"] > 0) == dropped, st
