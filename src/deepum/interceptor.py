@@ -65,7 +65,12 @@ Tensor = torch.Tensor
 # start evicting meanwhile), and that is all. No execution ID is formed and no
 # output size estimated; a page born then has no stable key (QUIET_SKEY) until
 # pressure begins, when each gets one of its own (_name_quiet_pages). With a
-# budget the program never fills this is the whole per-operator cost.
+# budget the program never fills this is the whole per-operator cost. Room
+# is not made ahead of an operator here: one whose outputs alone pass the
+# last quarter of the limit is counted as an overshoot and room is made right
+# after it, as on the full path when an estimate was low; on CUDA the
+# allocator's cap holds the budget regardless (an allocation past it is
+# answered by evicting and retrying).
 QUIET = -3  # the execution ID of every operator run on the quiet path
 QUIET_SKEY = -1
 _PAGEABLE_TYPES = (torch.Tensor, torch.nn.Parameter)
