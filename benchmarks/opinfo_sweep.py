@@ -2,6 +2,7 @@
 
     python benchmarks/opinfo_sweep.py                    # every OpInfo, float32, CPU
     python benchmarks/opinfo_sweep.py --first 40         # the fast subset CI runs
+    python benchmarks/opinfo_sweep.py --recipes          # every output gets a recipe
 
 Stress mode evicts every managed page after every operator and the sample's
 inputs are evicted before the operator runs, so every input of every aten
@@ -107,7 +108,9 @@ def _close(x, y) -> bool:
 UNINITIALIZED = ("empty", "empty_like", "empty_permuted", "empty_strided", "new_empty", "new_empty_strided")
 
 
-def check_op(op, max_samples: int) -> dict:
+def check_op(op, max_samples: int, recipes: bool = False) -> dict:
+    """``recipes``: every output gets a recipe whatever its size, so every
+    elementwise operator is also dropped and computed again."""
     import deepum
 
     counts = collections.Counter()
@@ -128,6 +131,8 @@ def check_op(op, max_samples: int) -> dict:
         paged = _clone(sample)
         try:
             with deepum.oversubscribe(1.0, "cpu", stress=True) as session:
+                if recipes:
+                    session.pager.recompute_min_bytes = 0
                 session.manage(tree_flatten((paged.input, paged.args, paged.kwargs))[0])
                 out, grads = _run(op, paged, grad)
         except Exception as e:
@@ -159,20 +164,22 @@ def check_op(op, max_samples: int) -> dict:
             else:
                 counts["failed"] += 1
                 failures.append("output or gradient differs from plain and from a pass-through mode")
-        if session.stats()["faults"] == 0 and any(isinstance(t, torch.Tensor) and t.numel()
-                                                  for t in tree_flatten(paged.input)[0]):
+        st = session.stats()
+        if st["faults"] == 0 and any(isinstance(t, torch.Tensor) and t.numel()
+                                     for t in tree_flatten(paged.input)[0]):
             counts["no_faults"] += 1
+        counts["recomputes"] += st["recomputes"]
     return {"op": op.name, **counts, "failures": failures[:3]}
 
 
-def _child(indices: list[int], max_samples: int) -> None:
+def _child(indices: list[int], max_samples: int, recipes: bool) -> None:
     from torch.testing._internal.common_methods_invocations import op_db
 
     for i in indices:
-        print(json.dumps(check_op(op_db[i], max_samples)), flush=True)
+        print(json.dumps(check_op(op_db[i], max_samples, recipes)), flush=True)
 
 
-def sweep(first: int | None, max_samples: int, slice_size: int = 20) -> list[dict]:
+def sweep(first: int | None, max_samples: int, slice_size: int = 20, recipes: bool = False) -> list[dict]:
     from torch.testing._internal.common_methods_invocations import op_db
 
     n = len(op_db) if first is None else min(first, len(op_db))
@@ -181,7 +188,8 @@ def sweep(first: int | None, max_samples: int, slice_size: int = 20) -> list[dic
         todo = list(range(start, min(start + slice_size, n)))
         while todo:
             r = subprocess.run([sys.executable, __file__, "--child", ",".join(map(str, todo)),
-                                "--max-samples", str(max_samples)], capture_output=True, text=True, timeout=1800)
+                                "--max-samples", str(max_samples)] + (["--recipes"] if recipes else []),
+                               capture_output=True, text=True, timeout=1800)
             done = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
             rows += done
             todo = todo[len(done):]
@@ -211,6 +219,8 @@ def summary(rows: list[dict]) -> dict:
         "samples_passed_nondeterministic": total["passed_nondeterministic"],
         "samples_failed": total["failed"],
         "samples_invalid_in_plain_run": total["plain_error"], "samples_without_faults": total["no_faults"],
+        "pages_recomputed": sum(r.get("recomputes", 0) for r in rows),
+        "operators_with_recomputes": sum(1 for r in rows if r.get("recomputes")),
     }
 
 
@@ -220,6 +230,8 @@ def main() -> int:
     ap.add_argument("--max-samples", type=int, default=8)
     ap.add_argument("--json", default=None, help="write every row here")
     ap.add_argument("--ops", default=None, help="only these OpInfo names, comma-separated")
+    ap.add_argument("--recipes", action="store_true",
+                    help="give every output a recipe (no size threshold): dropped pages are computed again")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.ops is not None:
@@ -228,9 +240,9 @@ def main() -> int:
         names = set(args.ops.split(","))
         args.child = ",".join(str(i) for i, op in enumerate(op_db) if op.name in names)
     if args.child is not None:
-        _child([int(i) for i in args.child.split(",")], args.max_samples)
+        _child([int(i) for i in args.child.split(",")], args.max_samples, args.recipes)
         return 0
-    rows = sweep(args.first, args.max_samples)
+    rows = sweep(args.first, args.max_samples, recipes=args.recipes)
     if args.json:
         with open(args.json, "w") as f:
             for r in rows:

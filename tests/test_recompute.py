@@ -161,3 +161,18 @@ def test_training_with_recipes_is_bit_identical(name):
     assert st["drops"] > 0 and st["recomputes"] > 0, st
     assert st["peak_device_bytes"] <= budget
 
+
+
+def test_views_with_math_bits_are_not_rebuilt_from_their_storage():
+    # clone() of a conjugate view: a view rebuilt from the storage would lose
+    # the conjugate bit and the page would come back unconjugated.
+    torch.manual_seed(0)
+    x = torch.randn(64, 64, dtype=torch.complex64)
+
+    def prog(x):
+        h = x * 2.0
+        return [h.conj().clone() + 0.0, h._neg_view().clone() + 0.0, h.clone() + 0.0]
+
+    ref, got, st = _run(prog, x)
+    _equal(ref, got)
+    assert st["drops"] > 0 and st["recomputes"] > 0, st

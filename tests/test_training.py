@@ -222,3 +222,20 @@ def test_pages_made_before_pressure_get_stable_keys_when_it_begins():
         total = sum(float(t.sum()) for t in early + late)
     ref = sum(float(t.sum()) for t in early + late)
     assert total == ref
+
+
+def test_prefetching_ahead_does_not_push_out_pages_needed_sooner():
+    """A tight budget whose prediction window needs more than the budget
+    holds: prefetched pages must not evict pages needed before them (without
+    the cap on unused prefetched bytes: about 900 wasted prefetches a step and
+    1.8x the bytes of demand paging)."""
+    make = (models.resnet, models.resnet_batches, models.classify)
+    ref = train(*make, 4)
+    budget = 12 << 20
+    got = train(*make, 4, budget=budget)
+    lru = train(*make, 4, budget=budget, policy="lru")
+    assert_identical(ref, got)
+    st, st_lru = got[3], lru[3]
+    assert st["prefetch_hits"] > 0 and st["evictions"] > 0, st
+    assert st["wasted_prefetches"] <= st["prefetches"] // 20, st
+    assert st["bytes_to_device"] <= 1.1 * st_lru["bytes_to_device"], (st["bytes_to_device"], st_lru["bytes_to_device"])

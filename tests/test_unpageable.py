@@ -65,3 +65,17 @@ def test_host_reads_fault_in_and_numpy_views_stay_valid():
         assert np.array_equal(view, expected)
         stats = session.stats()
     assert stats["unpageable_pages"] >= 1 and stats["evictions"] > 0
+
+
+def test_sparse_csr_argument_on_the_full_path():
+    # Output-size estimates are cached by the arguments' strides; a sparse
+    # CSR tensor has none (found by the OpInfo sweep: sparse.mm raised).
+    torch.manual_seed(0)
+    a = torch.randn(8, 8).relu().to_sparse_csr()
+    b = torch.randn(8, 4)
+    ref = torch.sparse.mm(a, b)
+    with deepum.oversubscribe(1 << 30, "cpu", stress=True) as session:
+        torch.ones(4).add(1)  # the first eviction starts pressure: the full path from here
+        assert session.pager.pressure
+        got = torch.sparse.mm(a, b) + 0.0
+    assert torch.equal(ref, got)

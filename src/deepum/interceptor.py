@@ -634,6 +634,8 @@ _META_CACHE_MAX = 1 << 16
 def _meta_key(x):
     """What a meta run of an operator sees of an argument, hashable; TypeError if it cannot be."""
     if isinstance(x, torch.Tensor):
+        if x.layout != torch.strided:
+            raise TypeError("no strides (sparse): estimated without the cache")
         return (x.dtype, x.shape, x.stride())
     if isinstance(x, (list, tuple)):
         return tuple(_meta_key(y) for y in x)

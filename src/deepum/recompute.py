@@ -13,7 +13,9 @@ Re-running an operator gives the same bits when its kernel is deterministic
 and it reads the same bits. So a recipe is recorded only for operators
 tagged ``pointwise`` (or ``_to_copy``) and not ``nondeterministic_seeded``,
 whose every tensor argument is a managed page (kept as the page and the
-view's geometry; Python scalars arrive as numbers and are kept as they are),
+view's geometry; Python scalars arrive as numbers and are kept as they are)
+and a plain strided view (no conjugate or negative bit, which a view rebuilt
+from the storage would lose),
 and only for an output that covers its whole storage. The pager then keeps three
 invariants (see pager.py):
 
@@ -39,6 +41,7 @@ from .core.pages import DEAD, Page
 MAX_DEPTH = 4
 
 _ALWAYS = {torch.ops.aten._to_copy.default}
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def recomputable(func: torch._ops.OpOverload) -> bool:
@@ -114,6 +117,10 @@ def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_
 
     def keep(x):
         if isinstance(x, torch.Tensor):
+            if x.is_conj() or x.is_neg() or x._is_zerotensor() or type(x) not in _PLAIN:
+                # A view rebuilt from its storage would lose these bits (the
+                # OpInfo sweep caught clone() of a conjugate view).
+                return None
             page = page_of(x)
             if page is None:
                 # Memory the engine does not watch for writes (Python
