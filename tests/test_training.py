@@ -227,8 +227,8 @@ def test_pages_made_before_pressure_get_stable_keys_when_it_begins():
 def test_prefetching_ahead_does_not_push_out_pages_needed_sooner():
     """A tight budget whose prediction window needs more than the budget
     holds: prefetched pages must not evict pages needed before them (without
-    the cap on unused prefetched bytes: about 900 wasted prefetches a step and
-    1.8x the bytes of demand paging)."""
+    the cap on unused prefetched bytes, benchmarks/prefetch_cap_cpu.py moves
+    1.8x the bytes of demand paging and wastes a third of its prefetches)."""
     make = (models.resnet, models.resnet_batches, models.classify)
     ref = train(*make, 4)
     budget = 12 << 20

@@ -1,6 +1,7 @@
 """Tensors deepum cannot page stay resident, are counted, and are never corrupted."""
 
 import numpy as np
+import pytest
 import torch
 
 import deepum
@@ -67,6 +68,7 @@ def test_host_reads_fault_in_and_numpy_views_stay_valid():
     assert stats["unpageable_pages"] >= 1 and stats["evictions"] > 0
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 def test_sparse_csr_argument_on_the_full_path():
     # Output-size estimates are cached by the arguments' strides; a sparse
     # CSR tensor has none (found by the OpInfo sweep: sparse.mm raised).

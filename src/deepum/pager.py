@@ -138,10 +138,10 @@ class Pager:
         # Bytes prefetched and not used yet may not pass prefetch_cap: the
         # window can need more than the budget holds, and then each page
         # fetched far ahead pushes out one needed sooner, which is fetched
-        # again. Measured on the cpu device (a 24-block CNN under 12 MiB,
-        # three steps): without a cap 2,772 wasted prefetches and 1.8x lru's
-        # bytes in; a cap of a quarter of the limit, 100 and 1.33x; an
-        # eighth, none wasted and lru's bytes, with 2,763 prefetch hits.
+        # again (benchmarks/prefetch_cap_cpu.py, six steps of a 24-block CNN
+        # under 12 MiB: without a cap 1,588 wasted prefetches and 1.8x lru's
+        # bytes in; a quarter of the limit, 508 and 1.33x; an eighth, none
+        # wasted and lru's bytes, with 1,274 prefetch hits).
         self.unused_prefetch_bytes = 0
         self.prefetch_cap = limit // 8
         self.lock = threading.RLock()
