@@ -216,6 +216,7 @@ class PagingMode(TorchDispatchMode):
         pager = self.pager
         is_managed = self._is_managed
         pages: list[Page] = []
+        written: list[Page] = []
         with pager.lock:
             if pager.dead:
                 pager.reap()
@@ -235,7 +236,7 @@ class PagingMode(TorchDispatchMode):
                     if p is None:
                         continue
                 if i < nw:
-                    p.dirty = True  # never evicted before pressure: no host copy to void
+                    written.append(p)  # never evicted before pressure: no host copy to void
                 p.pins += 1
                 pages.append(p)
         try:
@@ -247,7 +248,7 @@ class PagingMode(TorchDispatchMode):
             if plan.comm:
                 self._hold_for_comm(out, pages)
             table = pager.table
-            for p in pages[:nw]:
+            for p in written:
                 storage = p.ref()
                 if storage is not None and storage.nbytes() != p.nbytes:
                     table.resize(p, storage.nbytes())
