@@ -688,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-bytes", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--fits-bytes", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
-                   help="a session option for the deepum and lru cases (e.g. freeze_gc=false, "
+                   help="a session option for the deepum and lru cases (e.g. recompute=false, "
                         "expandable_segments=false, lookahead=16); repeatable")
     args = p.parse_args(argv)
     device = torch.device(args.device)
