@@ -28,7 +28,8 @@ def summary(stats: dict) -> str:
         f"deepum: policy {stats['policy']}, budget {_fmt_bytes(stats['budget_bytes'])}, "
         f"peak device {_fmt_bytes(stats['peak_device_bytes'])}, {stats['managed_pages']} pages managed at exit",
         f"  {stats['ops']} operators, {stats['faults']} faults, {stats['evictions']} evictions "
-        f"({stats['writebacks']} written back, {stats['dropped_clean']} dropped clean)",
+        f"({stats['writebacks']} written back, {stats['dropped_clean']} dropped clean, "
+        f"{stats.get('drops', 0)} dropped to be recomputed; {stats.get('recomputes', 0)} recomputed)",
         f"  moved {_fmt_bytes(stats['bytes_to_device'])} to the device, "
         f"{_fmt_bytes(stats['bytes_to_host'])} to the host; stalled {stats['stall_seconds']:.3f} s",
     ]
