@@ -159,6 +159,8 @@ def test_training_with_recipes_is_bit_identical(name):
     assert_identical(ref, got)
     st = got[3]
     assert st["drops"] > 0 and st["recomputes"] > 0, st
+    # Each eviction is exactly one of: copied out, dropped clean, dropped to be recomputed.
+    assert st["evictions"] == st["writebacks"] + st["dropped_clean"] + st["drops"], st
     assert st["peak_device_bytes"] <= budget
 
 

@@ -366,6 +366,7 @@ class Pager:
         """Copy the dirty ones out (or drop those with a recipe), then free the device memory of all."""
         st = self.stats_
         live, dirty, arriving = [], [], []
+        drops = 0
         for page in pages:
             storage = page.ref()
             if storage is None:  # died since; its callback is queued
@@ -376,7 +377,7 @@ class Pager:
                 arriving.append(page)
             if page.dirty or page.host is None:
                 if page.recipe is not None and self.recompute and self._drop(page):
-                    st.drops += 1
+                    drops += 1
                 else:
                     dirty.append((storage, page))
         if arriving:
@@ -392,7 +393,8 @@ class Pager:
             self.transfers.save(dirty)
             st.writebacks += len(dirty)
             st.bytes_to_host += sum(p.nbytes for _, p in dirty)
-        st.dropped_clean += len(live) - len(dirty)
+        st.drops += drops
+        st.dropped_clean += len(live) - len(dirty) - drops
         for storage, page in live:
             page.dirty = False
             self.transfers.free(storage)
