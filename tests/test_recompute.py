@@ -178,3 +178,18 @@ def test_views_with_math_bits_are_not_rebuilt_from_their_storage():
     ref, got, st = _run(prog, x)
     _equal(ref, got)
     assert st["drops"] > 0 and st["recomputes"] > 0, st
+
+
+def test_pages_numpy_can_write_are_not_recipe_inputs():
+    np = pytest.importorskip("numpy")
+    arr = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
+    with _session() as s:
+        s.pager.recompute_min_bytes = 0
+        x = torch.from_numpy(arr)  # shares arr's memory: written by numpy, unseen
+        y = x * 2.0
+        expected = torch.from_numpy(arr * 2.0)
+        arr[:] = 0.0
+        got = y + 0.0  # y was evicted after its operator; it must not be recomputed from zeros
+        st = s.stats()
+    assert torch.equal(got, expected)
+    assert st["evictions"] > 0, st

@@ -122,9 +122,11 @@ def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_
                 # OpInfo sweep caught clone() of a conjugate view).
                 return None
             page = page_of(x)
-            if page is None:
+            if page is None or not page.pageable:
                 # Memory the engine does not watch for writes (Python
-                # scalars arrive as numbers, not tensors, at this level).
+                # scalars arrive as numbers, not tensors, at this level), or
+                # may not see them: an unpageable page can be memory numpy
+                # shares and writes without an operator.
                 return None
             if page not in inputs:
                 inputs.append(page)
