@@ -20,33 +20,27 @@ import sys
 import time
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import deepum
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gpu_check  # noqa: E402
+from opinfo_sweep import _PassThrough as PassThrough  # noqa: E402
 
 
-class PassThrough(TorchDispatchMode):
-    @classmethod
-    def _should_skip_dynamo(cls):
-        return False
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        return func(*args, **(kwargs or {}))
-
-
-def per_op_us(n=20000):
-    x = torch.randn(16, device="cuda")
-    y = torch.randn(16, device="cuda")
+def per_op_us(n=20000, device="cuda"):
+    """Microseconds per tiny addition (the CPU side of an operator)."""
+    x = torch.randn(16, device=device)
+    y = torch.randn(16, device=device)
     for _ in range(100):
         torch.add(x, y)
-    torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(n):
         torch.add(x, y)
-    torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
     return (time.perf_counter() - t0) / n * 1e6
 
 

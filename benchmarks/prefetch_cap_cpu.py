@@ -7,28 +7,22 @@ A 24-block residual CNN (batch 16 x 3 x 32 x 32, AdamW) trains 6 steps under
 quarter and of an eighth of the limit (the default). Prints the traffic.
 """
 
+import os
+import sys
+
 import torch
-from torch import nn
 
 import deepum
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from tests.models import resnet  # noqa: E402  (the model the test of the cap trains)
 
 torch.set_num_threads(1)
 
 
-class Block(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.c1, self.b1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-        self.c2, self.b2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-
-    def forward(self, x):
-        return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
-
-
 def run(policy: str, cap_divisor: int | None) -> dict:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), *[Block(32) for _ in range(24)],
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    model = resnet()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     with deepum.oversubscribe(12 << 20, "cpu", policy=policy) as s:

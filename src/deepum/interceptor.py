@@ -212,33 +212,12 @@ class PagingMode(TorchDispatchMode):
         See [Note: before pressure]. Once resident bytes pass three quarters
         of the limit (or anything is evicted) the full path takes over.
         """
-        tensors, nw = plan.collect(args, kwargs)
         pager = self.pager
-        is_managed = self._is_managed
-        pages: list[Page] = []
-        written: list[Page] = []
         with pager.lock:
-            if pager.dead:
-                pager.reap()
-            if pager.held:
-                pager.release_held()
-            get = pager.table.pages.get
-            for i, t in enumerate(tensors):
-                if not is_managed(t):
-                    continue
-                try:
-                    s = t.untyped_storage()
-                except (RuntimeError, NotImplementedError):
-                    continue
-                p = get(s._cdata)
-                if p is None:
-                    p = self._first_seen(t, s, func, i)
-                    if p is None:
-                        continue
-                if i < nw:
-                    written.append(p)  # never evicted before pressure: no host copy to void
+            # Written pages were never evicted before pressure: no host copy to void.
+            pages, written = self._gather(plan, func, args, kwargs)
+            for p in pages:
                 p.pins += 1
-                pages.append(p)
         try:
             out = self._call(plan, func, args, kwargs, 0, pages)
         finally:
@@ -268,35 +247,44 @@ class PagingMode(TorchDispatchMode):
                 page.skey = self.skeys(("quiet", page.key))
                 live[page.skey] = page
 
-    def _dispatch(self, plan, func, types, args, kwargs):
+    def _gather(self, plan, func, args, kwargs) -> tuple[list[Page], list[Page]]:
+        """The operator's pages (each once) and those it writes; retires dead pages first.
+
+        Called under the pager's lock. A storage never seen becomes a page.
+        """
+        pager = self.pager
+        if pager.dead:
+            pager.reap()
+        if pager.held:
+            pager.release_held()
         tensors, nw = plan.collect(args, kwargs)
+        is_managed = self._is_managed
+        get = pager.table.pages.get
+        found: dict[int, Page] = {}
+        written: list[Page] = []
+        for i, t in enumerate(tensors):
+            if not is_managed(t):
+                continue
+            try:
+                s = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):  # sparse and other storage-less kinds
+                continue
+            p = get(s._cdata)
+            if p is None:
+                p = self._first_seen(t, s, func, i)
+                if p is None:
+                    continue
+            found[p.key] = p
+            if i < nw:
+                written.append(p)
+        return list(found.values()), written
+
+    def _dispatch(self, plan, func, types, args, kwargs):
         pager = self.pager
         is_managed = self._is_managed
         with pager.lock:
-            if pager.dead:
-                pager.reap()
-            if pager.held:
-                pager.release_held()
-            get = pager.table.pages.get
-            found: dict[int, Page] = {}
-            written: list[Page] = []
-            for i, t in enumerate(tensors):
-                if not is_managed(t):
-                    continue
-                try:
-                    s = t.untyped_storage()
-                except (RuntimeError, NotImplementedError):  # sparse and other storage-less kinds
-                    continue
-                p = get(s._cdata)
-                if p is None:
-                    p = self._first_seen(t, s, func, i)
-                    if p is None:
-                        continue
-                found[p.key] = p
-                if i < nw:
-                    written.append(p)
-            if found:
-                pages = list(found.values())
+            pages, written = self._gather(plan, func, args, kwargs)
+            if pages:
                 eid = self.eids((plan, *[p.skey for p in pages]))
             elif plan.factory and self._factory_here(kwargs):
                 pages = []
