@@ -16,7 +16,7 @@ import time
 import torch
 
 import deepum
-from deepum.interceptor import PagingMode
+from deepum.engine.intercept.mode import PagingMode
 
 
 def run(steps: int = 3) -> list[float]:

@@ -7,7 +7,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import deepum
-from deepum import transfer
+from deepum.engine import movers as transfer
 
 from . import models
 from .helpers import unconstrained_peak
@@ -117,7 +117,7 @@ def test_budget_below_one_operator_names_it_and_loses_nothing():
 
 def count_ops(monkeypatch):
     """Count operators entering deepum; returns the live counter."""
-    from deepum.interceptor import PagingMode
+    from deepum.engine.intercept.mode import PagingMode
 
     count = {"ops": 0}
     original = PagingMode.__torch_dispatch__
@@ -219,8 +219,8 @@ def test_keyboard_interrupt_inside_the_engine(monkeypatch, where):
     """Interrupted anywhere, the engine leaves every tensor as a plain run stopped there."""
     import random
 
-    from deepum.interceptor import PagingMode
-    from deepum.pager import Pager
+    from deepum.engine.intercept.mode import PagingMode
+    from deepum.engine.pager import Pager
 
     mlp_budget()
     total = _ops_in_deepum_run()

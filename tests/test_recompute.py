@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import deepum
-from deepum.recompute import MAX_DEPTH
+from deepum.engine.remat import MAX_DEPTH
 
 from .helpers import assert_identical, train
 

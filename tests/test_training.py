@@ -207,7 +207,7 @@ def test_output_size_estimates_are_shared_by_metadata():
 
 
 def test_pages_made_before_pressure_get_stable_keys_when_it_begins():
-    from deepum.interceptor import QUIET_SKEY
+    from deepum.engine.intercept.mode import QUIET_SKEY
 
     with deepum.oversubscribe(64 << 20, "cpu") as s:
         early = [torch.randn(256, 1024) for _ in range(8)]  # 8 MiB: the quiet path

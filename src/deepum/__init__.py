@@ -5,6 +5,7 @@ tensor storages are the pages, and a correlation prefetcher moves them between
 device and pinned host memory ahead of need.
 """
 
+from .api.session import Session, current, disable, enable, oversubscribe
 from .errors import (
     BudgetError,
     BudgetTooSmallError,
@@ -14,7 +15,6 @@ from .errors import (
     UnmanagedMemoryError,
     UnsupportedError,
 )
-from .session import Session, current, disable, enable, oversubscribe
 
 __version__ = "0.1.0"
 

@@ -367,7 +367,7 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
     import psutil
 
     import deepum
-    from deepum.pager import _Energy
+    from deepum.engine.pager import _Energy
 
     row = {"model": model, "method": method, "budget_bytes": budget, "device": str(device),
            "torch": torch.__version__, "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

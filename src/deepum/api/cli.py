@@ -8,8 +8,8 @@ import os
 import runpy
 import sys
 
+from ..errors import DeepUMError
 from . import session as _session
-from .errors import DeepUMError
 from .status import StatusLine
 
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.set_defaults(fn=None)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        from .bench import main as bench_main
+        from ..bench import main as bench_main
         return bench_main(argv[1:])
     args = parser.parse_args(argv)
     return args.fn(args)

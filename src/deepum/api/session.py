@@ -19,12 +19,12 @@ from typing import Any
 import torch
 import torch.optim.optimizer as _optim
 
-from .core.budget import parse_budget
-from .core.pages import Kind
-from .errors import BudgetError, UnsupportedError
-from .interceptor import HostReadMode, PagingMode
-from .pager import Pager
-from .trace import TraceRecorder
+from ..core.budget import parse_budget
+from ..core.pages import Kind
+from ..engine.intercept.mode import HostReadMode, PagingMode
+from ..engine.pager import Pager
+from ..engine.telemetry import TraceRecorder
+from ..errors import BudgetError, UnsupportedError
 
 log = logging.getLogger("deepum")
 POLICIES = ("deepum", "lru")

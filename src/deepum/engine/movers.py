@@ -31,8 +31,8 @@ from collections import defaultdict, deque
 
 import torch
 
-from .core.pages import Page
-from .errors import HostMemoryError
+from ..core.pages import Page
+from ..errors import HostMemoryError
 
 
 def byte_view(storage: torch.UntypedStorage) -> torch.Tensor:

@@ -46,12 +46,12 @@ from collections import deque
 
 import torch
 
-from .core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, PageTable, State
-from .core.policy import make_policy
-from .errors import BudgetTooSmallError, RestoreError
-from .recompute import MAX_DEPTH
-from .trace import TraceRecorder, now_us
-from .transfer import make_transfers
+from ..core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, PageTable, State
+from ..core.policy import make_policy
+from ..errors import BudgetTooSmallError, RestoreError
+from .movers import make_transfers
+from .remat import MAX_DEPTH
+from .telemetry import TraceRecorder, now_us
 
 log = logging.getLogger("deepum")
 _NO_RANGE = contextlib.nullcontext()

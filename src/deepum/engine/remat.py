@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from .core.pages import DEAD, Page
+from ..core.pages import DEAD, Page
 
 MAX_DEPTH = 4
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 
-from .core.pages import Kind
+from ..core.pages import Kind
 
 KIND_NAMES = [k.name.lower() for k in Kind]
 _TRACKS = {"operators": 1, "faults": 2, "prefetches": 3, "evictions": 4}

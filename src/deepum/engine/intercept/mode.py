@@ -38,12 +38,12 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .core.correlation import Interner
-from .core.pages import DEAD, Kind, Page
-from .errors import BudgetTooSmallError, UnmanagedMemoryError, UnsupportedError
-from .pager import Pager
-from .recompute import recomputable, record
-from .trace import now_us
+from ...core.correlation import Interner
+from ...core.pages import DEAD, Kind, Page
+from ...errors import BudgetTooSmallError, UnmanagedMemoryError, UnsupportedError
+from ..pager import Pager
+from ..remat import recomputable, record
+from ..telemetry import now_us
 
 aten = torch.ops.aten
 

@@ -1,0 +1,1 @@
+"""What a user calls: sessions, the command line, the live status line."""

@@ -1,0 +1,1 @@
+"""The torch and CUDA glue: executes what the core decides (never imports api, report or bench)."""

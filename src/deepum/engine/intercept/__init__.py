@@ -1,0 +1,1 @@
+"""The dispatch modes that see every operator and every host read."""

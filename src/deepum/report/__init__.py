@@ -1,0 +1,1 @@
+"""Rendering what a session recorded: summaries, Chrome traces, plots."""
