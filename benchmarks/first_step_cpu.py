@@ -16,7 +16,8 @@ import time
 import torch
 
 import deepum
-from deepum.engine.intercept.mode import PagingMode
+from deepum.engine.intercept import mode
+from deepum.engine.intercept.estimate import estimate
 
 
 def run(steps: int = 3) -> list[float]:
@@ -54,7 +55,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     run(1)  # imports and first-call costs out of the way
     results = {"metadata cache": (chain(), run())}
-    PagingMode._estimate_cached = lambda self, plan, func, args, kwargs: self._estimate(plan, func, args, kwargs)
+    mode.estimate_cached = lambda cache, plan, func, args, kwargs: estimate(plan, func, args, kwargs)
     results["meta run per ID"] = (chain(), run())
     print(f"torch {torch.__version__}, 1 thread")
     for name, (us, steps) in results.items():

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 import deepum
-from deepum.engine.remat import MAX_DEPTH
+from deepum.core.config import THRESHOLDS
 
 from .helpers import assert_identical, train
+
+MAX_DEPTH = THRESHOLDS.recipe_max_depth
 
 
 def _session(**kw):

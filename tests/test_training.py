@@ -207,7 +207,7 @@ def test_output_size_estimates_are_shared_by_metadata():
 
 
 def test_pages_made_before_pressure_get_stable_keys_when_it_begins():
-    from deepum.engine.intercept.mode import QUIET_SKEY
+    from deepum.engine.intercept.register import QUIET_SKEY
 
     with deepum.oversubscribe(64 << 20, "cpu") as s:
         early = [torch.randn(256, 1024) for _ in range(8)]  # 8 MiB: the quiet path
@@ -215,7 +215,7 @@ def test_pages_made_before_pressure_get_stable_keys_when_it_begins():
         pages = [pager.table.get(t.untyped_storage()._cdata) for t in early]
         assert not pager.pressure and {p.skey for p in pages} == {QUIET_SKEY}
         late = [torch.randn(256, 1024) for _ in range(80)]  # past the budget: pressure, evictions
-        assert pager.pressure and pager.stats_.evictions > 0
+        assert pager.pressure and pager.counters.evictions > 0
         keys = [p.skey for p in pages]
         assert min(keys) >= 0 and len(set(keys)) == len(keys)
         assert all(pager.live[p.skey] is p for p in pages)

@@ -261,8 +261,8 @@ class _PhaseBytes:
         self._last = self._now()
 
     def _now(self) -> tuple[int, int]:
-        st = self.pager.stats_
-        return st.bytes_to_device, st.bytes_to_host
+        pr = self.pager.progress()
+        return pr.bytes_to_device, pr.bytes_to_host
 
     def __call__(self, phase: str) -> None:
         now = self._now()
@@ -367,7 +367,7 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
     import psutil
 
     import deepum
-    from deepum.engine.pager import _Energy
+    from deepum.engine.energy import Energy
 
     row = {"model": model, "method": method, "budget_bytes": budget, "device": str(device),
            "torch": torch.__version__, "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -424,7 +424,7 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
                 row["note"] = "optimizer states and step on the CPU"
             phases = _PhaseBytes(session.pager) if method in PAGED else None
             step = standard_step(work, opt or adamw(work.model, device), wrap, phases)
-        energy = _Energy.open(device)  # the same counter deepum's stats use
+        energy = Energy.open(device)  # the same counter deepum's stats use
         times, before = [], {}
         proc = psutil.Process()
         host_peak = proc.memory_info().rss

@@ -7,27 +7,12 @@ program owns is lost by an error from deepum.
 
 from __future__ import annotations
 
+from .core.errors import BudgetError, BudgetTooSmallError, DeepUMError, OptionError, fmt_bytes
 
-class DeepUMError(RuntimeError):
-    """Base class of every error deepum raises on purpose."""
-
-
-class BudgetError(DeepUMError, ValueError):
-    """The budget cannot be parsed, is not positive, or exceeds the device."""
-
-
-class BudgetTooSmallError(DeepUMError):
-    """One operator needs more device memory at once than the budget allows."""
-
-    def __init__(self, op: str, needed: int, limit: int, budget: int) -> None:
-        self.op, self.needed, self.limit, self.budget = op, needed, limit, budget
-        super().__init__(
-            f"operator {op} needs {_fmt(needed)} of device memory at once "
-            f"(its inputs and outputs), but the budget of {_fmt(budget)} leaves "
-            f"{_fmt(limit)} for tensors. Raise the budget to at least "
-            f"{_fmt(needed + (budget - limit))}, or make this operator smaller "
-            "(a smaller batch or sequence length). No tensor was changed."
-        )
+__all__ = [
+    "BudgetError", "BudgetTooSmallError", "DeviceUnavailableError", "DeepUMError", "HostMemoryError",
+    "OptionError", "RestoreError", "UnmanagedMemoryError", "UnsupportedError",
+]
 
 
 class UnmanagedMemoryError(DeepUMError):
@@ -36,8 +21,8 @@ class UnmanagedMemoryError(DeepUMError):
     def __init__(self, op: str, needed: int, managed: int, budget: int) -> None:
         self.op, self.needed = op, needed
         super().__init__(
-            f"operator {op} could not allocate within the budget of {_fmt(budget)} although "
-            f"it needs only {_fmt(needed)} and deepum holds {_fmt(managed)} of pages: the rest is "
+            f"operator {op} could not allocate within the budget of {fmt_bytes(budget)} although "
+            f"it needs only {fmt_bytes(needed)} and deepum holds {fmt_bytes(managed)} of pages: the rest is "
             "memory deepum cannot evict (tensors no operator inside the session has touched, "
             "allocations from other libraries, or fragmentation). Enter the session before "
             "creating the model and optimizer, keep adopt=True, or leave more headroom with "
@@ -51,7 +36,7 @@ class HostMemoryError(DeepUMError, MemoryError):
     def __init__(self, nbytes: int, pinned: bool, cause: BaseException | str | None) -> None:
         kind = "pinned host memory" if pinned else "host memory"
         super().__init__(
-            f"could not allocate {_fmt(nbytes)} of {kind} to evict a page "
+            f"could not allocate {fmt_bytes(nbytes)} of {kind} to evict a page "
             f"({cause}). Free host memory, raise the device budget so fewer "
             "pages leave the device, or lower the locked-memory limit's use by "
             "other processes. The page stayed on the device; nothing was lost."
@@ -64,7 +49,7 @@ class RestoreError(DeepUMError):
     def __init__(self, pending: int, pending_bytes: int, cause: BaseException | None) -> None:
         self.pending, self.pending_bytes = pending, pending_bytes
         super().__init__(
-            f"leaving deepum, {pending} evicted tensors ({_fmt(pending_bytes)}) "
+            f"leaving deepum, {pending} evicted tensors ({fmt_bytes(pending_bytes)}) "
             f"do not fit back on the device ({cause}). Their data is intact in "
             "host memory, held by this session: free device memory (delete "
             "tensors you no longer need) and call session.restore(), or keep "
@@ -76,8 +61,17 @@ class UnsupportedError(DeepUMError):
     """A setting or environment that deepum cannot run under."""
 
 
-def _fmt(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n} B"
+
+class DeviceUnavailableError(UnsupportedError):
+    """The device asked for does not exist here.
+
+    ``advice`` is what to do in the API's words; ``cli_message`` says the same
+    for the command line, where the device is chosen with ``--device``.
+    """
+
+    def __init__(self, asked: str, why: str) -> None:
+        self.asked = asked
+        self.why = why
+        self.advice = "use device='cpu'"
+        self.cli_message = f"{why}; use --device cpu"
+        super().__init__(f"{why}; {self.advice}")

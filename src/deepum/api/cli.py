@@ -77,7 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                 recompute=not args.no_recompute,
                                 trace=bool(args.trace or args.plot))
     except (DeepUMError, ValueError) as e:
-        print(f"deepum run: {e}", file=sys.stderr)
+        # Errors that name an API argument say it the command line's way here.
+        print(f"deepum run: {getattr(e, 'cli_message', e)}", file=sys.stderr)
         return 2
     sys.argv = [script, *args.args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))

@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import gc
 import logging
+import numbers
 import os
 import threading
 from collections.abc import Iterator
@@ -20,15 +21,18 @@ import torch
 import torch.optim.optimizer as _optim
 
 from ..core.budget import parse_budget
+from ..core.config import POLICIES, Config
 from ..core.pages import Kind
-from ..engine.intercept.mode import HostReadMode, PagingMode
+from ..engine.intercept.host_reads import HostReadMode
+from ..engine.intercept.mode import PagingMode
 from ..engine.pager import Pager
 from ..engine.telemetry import TraceRecorder
-from ..errors import BudgetError, UnsupportedError
+from ..errors import BudgetError, DeviceUnavailableError, OptionError, UnsupportedError
+from ..report.chrome import write_chrome_trace
+from ..report.plots import plot_memory
 
 log = logging.getLogger("deepum")
-POLICIES = ("deepum", "lru")
-_CAP_SLACK = 64 << 20
+__all__ = ["POLICIES", "Config", "Session", "current", "disable", "enable", "oversubscribe"]
 _active: Session | None = None  # the session whose interceptor is installed
 
 
@@ -44,15 +48,55 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda":
+    if not isinstance(device, (str, torch.device)):
+        raise OptionError(f"device {device!r} has type {type(device).__name__}; give 'cuda', 'cuda:N' or "
+                          "'cpu' (a str or a torch.device)")
+    try:
+        asked = torch.device(device)
+    except RuntimeError as e:
+        raise OptionError(f"device {device!r} cannot be parsed ({e}); give 'cuda', 'cuda:N' or 'cpu'") from None
+    if asked.type == "cuda":
         if not torch.cuda.is_available():
-            raise UnsupportedError("device 'cuda' was asked for, but CUDA is not available here; use device='cpu'")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    elif device.type != "cpu":
+            raise DeviceUnavailableError(str(device), f"device {str(device)!r} was asked for, but CUDA is "
+                                                      "not available here")
+        if asked.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        count = torch.cuda.device_count()
+        if asked.index >= count:
+            raise DeviceUnavailableError(str(device), f"device {str(device)!r} was asked for, but this "
+                                         f"machine has {count} CUDA device{'s' if count != 1 else ''} "
+                                         f"(cuda:0 to cuda:{count - 1})")
+        return asked
+    if asked.type != "cpu":
         raise UnsupportedError(f"device {device} is not supported; deepum pages 'cuda' and 'cpu' devices")
-    return device
+    return asked
+
+
+def _budget_value(budget: object) -> object:
+    """numpy and other numbers as the int or float they stand for (bools stay, to be refused)."""
+    if isinstance(budget, (bool, int, float, str)):
+        return budget
+    if isinstance(budget, numbers.Integral):
+        return int(budget)
+    if isinstance(budget, numbers.Real):
+        return float(budget)
+    return budget
+
+
+def _reserve_bytes(config: Config, budget: int, total: int, device: torch.device) -> int:
+    th = config.thresholds
+    reserve = config.reserve
+    if reserve is None:
+        return min(th.of(th.reserve, budget), th.reserve_max) if device.type == "cuda" else 0
+    if isinstance(reserve, str):
+        try:
+            reserve = parse_budget(reserve, total)
+        except BudgetError as e:
+            raise BudgetError(f"reserve {config.reserve!r}: {e}") from None
+    if not 0 <= reserve < budget:
+        raise BudgetError(f"reserve {config.reserve!r} ({reserve} bytes) must be at least 0 and below the "
+                          f"budget of {budget} bytes")
+    return reserve
 
 
 def device_memory(device: torch.device) -> int:
@@ -123,39 +167,23 @@ class Session:
     """
 
     def __init__(self, budget: int | float | str, device: str | torch.device | None = None,
-                 *, policy: str = "deepum", prefetch: bool = True, lookahead: int = 64,
-                 recompute: bool = True,
-                 reserve: int | None = None, headroom: int | None = None,
-                 expandable_segments: bool = True, adopt: bool | None = None,
-                 freeze_gc: bool = False, trace: bool = False, track_kinds: bool | None = None,
-                 stress: bool = False) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"policy {policy!r} is unknown; choose one of {', '.join(POLICIES)}")
-        if lookahead < 1:
-            raise ValueError("lookahead must be at least 1")
+                 config: Config | None = None, **options: Any) -> None:
+        if config is not None and options:
+            raise OptionError("give the options either as a Config or as keywords, not both")
+        if config is not None and not isinstance(config, Config):
+            raise OptionError(f"config must be a deepum Config, not {type(config).__name__}")
+        self.config = config if config is not None else Config.from_options(**options)
         self.device = _resolve_device(device)
         self.total = device_memory(self.device)
-        self.budget = parse_budget(budget, self.total)
-        if reserve is None:
-            reserve = min(self.budget // 8, 2 << 30) if self.device.type == "cuda" else 0
-        if not 0 <= reserve < self.budget:
-            raise BudgetError(f"reserve {reserve} must be at least 0 and below the budget {self.budget}")
-        self.limit = self.budget - reserve
-        self.policy = policy
-        self.prefetch = prefetch
-        self.lookahead = lookahead
-        self.recompute = recompute
-        self.headroom = headroom
-        self.expandable_segments = expandable_segments
+        self.budget = parse_budget(_budget_value(budget), self.total)
+        self.limit = self.budget - _reserve_bytes(self.config, self.budget, self.total, self.device)
+        cfg = self.config
         # On the cpu device every host tensor of the process would be in
         # scope, data loaders' buffers and arrays numpy shares included, so
         # adoption is for CUDA only unless asked for.
-        self.adopt = (self.device.type == "cuda") if adopt is None else adopt
-        self.freeze_gc = freeze_gc
+        self.adopt = (self.device.type == "cuda") if cfg.adopt is None else cfg.adopt
+        self.track_kinds = cfg.trace if cfg.track_kinds is None else cfg.track_kinds
         self._froze_gc = False
-        self.trace = trace
-        self.stress = stress
-        self.track_kinds = trace if track_kinds is None else track_kinds
         self._kind_hooks: list = []
         self.pager: Pager | None = None
         self._mode: PagingMode | None = None
@@ -176,63 +204,66 @@ class Session:
                 "a deepum session is already active in this process (deepum run, deepum.enable() "
                 "or an enclosing oversubscribe()); sessions do not nest. Use the outer session, "
                 "or leave it first.")
-        self.pager = Pager(self.device, self.budget, self.limit, self.policy,
-                           self.lookahead, self.prefetch, self.headroom)
+        cfg = self.config
+        # A session used again starts from nothing: its stats are the new run's.
+        self._final_stats = None
+        self.pager = Pager(self.device, self.budget, self.limit, cfg)
         self._mode = PagingMode(self.pager)
         if self.adopt:
-            # type(), not isinstance(): some module proxies warn when their
-            # __class__ is read.
-            tensor = torch.Tensor
-            self._mode.adopt(o for o in gc.get_objects() if issubclass(type(o), tensor))
-            table = self.pager.table
-            if table.resident_bytes > table.limit:
-                self.pager.make_room(table.resident_bytes - table.limit)
-            # Memory held before the session is not a peak of the session's.
-            table.peak_resident_bytes = table.resident_bytes
+            self._adopt_existing()
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            # Pages come and go in every size; expandable segments keep the
-            # caching allocator from fragmenting under a hard cap. It applies
-            # to segments made from now on, hence the empty_cache after it.
-            if self.expandable_segments:
-                _set_allocator_settings("expandable_segments:True")
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            # The allocator itself enforces the budget: an allocation past it
-            # raises OutOfMemoryError inside the operator, which the
-            # interceptor answers by evicting and retrying.
-            # The cap sits a little under the budget: the allocator rounds
-            # segment growth up, and reserved memory must never pass the budget.
-            cap = max(self.budget - _CAP_SLACK, self.budget // 2)
-            torch.cuda.set_per_process_memory_fraction(cap / self.total, self.device)
-            self._fraction_set = True
-            held = torch.cuda.memory_reserved(self.device)
-            if held > cap:
-                # Segments reserved before the session and still partly in use
-                # cannot be returned; they stay until what uses them is freed.
-                log.warning("%d bytes of device memory were reserved before the session and cannot be "
-                            "released, above the budget's cap of %d bytes: enter the session before "
-                            "creating the model, or call torch.cuda.empty_cache() after freeing tensors",
-                            held, cap)
-        if self.trace:
-            self.pager.trace = TraceRecorder(self.budget, self.limit)
-        self.pager.stress = self.stress
-        self.pager.recompute = self.recompute
+            self._cap_allocator()
         self._install_kind_hooks()
-        if self.freeze_gc and hasattr(gc, "freeze"):
+        if cfg.freeze_gc and hasattr(gc, "freeze"):
             gc.collect()
             gc.freeze()
             self._froze_gc = True
         self._mode.__enter__()
-        # See [Note: host reads] in interceptor.py.
+        # See [Note: host reads] in engine/intercept/host_reads.py.
         self._host_reads = HostReadMode(self.pager) if self.device.type == "cpu" else None
         if self._host_reads is not None:
             self._host_reads.__enter__()
         _active = self
         log.info("deepum session on %s: budget %d bytes (%d for pages), policy %s%s",
-                 self.device, self.budget, self.limit, self.policy,
-                 "" if self.prefetch else ", no prefetch")
+                 self.device, self.budget, self.limit, cfg.policy,
+                 "" if cfg.prefetch else ", no prefetch")
         return self
+
+    def _adopt_existing(self) -> None:
+        # type(), not isinstance(): some module proxies warn when their
+        # __class__ is read.
+        tensor = torch.Tensor
+        self._mode.adopt(o for o in gc.get_objects() if issubclass(type(o), tensor))
+        table = self.pager.table
+        if table.resident_bytes > table.limit:
+            self.pager.make_room(table.resident_bytes - table.limit)
+        # Memory held before the session is not a peak of the session's.
+        table.peak_resident_bytes = table.resident_bytes
+
+    def _cap_allocator(self) -> None:
+        torch.cuda.synchronize(self.device)
+        # Pages come and go in every size; expandable segments keep the
+        # caching allocator from fragmenting under a hard cap. It applies
+        # to segments made from now on, hence the empty_cache after it.
+        if self.config.expandable_segments:
+            _set_allocator_settings("expandable_segments:True")
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        # The allocator itself enforces the budget: an allocation past it
+        # raises OutOfMemoryError inside the operator, which the
+        # interceptor answers by evicting and retrying.
+        # The cap sits a little under the budget (Thresholds.cap_slack).
+        cap = max(self.budget - self.config.thresholds.cap_slack, self.budget // 2)
+        torch.cuda.set_per_process_memory_fraction(cap / self.total, self.device)
+        self._fraction_set = True
+        held = torch.cuda.memory_reserved(self.device)
+        if held > cap:
+            # Segments reserved before the session and still partly in use
+            # cannot be returned; they stay until what uses them is freed.
+            log.warning("%d bytes of device memory were reserved before the session and cannot be "
+                        "released, above the budget's cap of %d bytes: enter the session before "
+                        "creating the model, or call torch.cuda.empty_cache() after freeing tensors",
+                        held, cap)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         global _active
@@ -342,7 +373,7 @@ class Session:
         pager, mode = self.pager, self._mode
 
         def page_of(t):
-            if not isinstance(t, torch.Tensor) or not mode._is_managed(t) or t.layout != torch.strided:
+            if not isinstance(t, torch.Tensor) or not mode.is_managed(t) or t.layout != torch.strided:
                 return None
             try:
                 return pager.table.get(t.untyped_storage()._cdata)
@@ -371,7 +402,7 @@ class Session:
 
         def after_step(optimizer, args, kwargs):
             classify(optimizer, args, kwargs)
-            pager.stats_.optimizer_steps += 1  # the "step" of joules per step
+            pager.counters.optimizer_steps += 1  # the "step" of joules per step
 
         self._kind_hooks = [_optim.register_optimizer_step_pre_hook(classify),
                             _optim.register_optimizer_step_post_hook(after_step)]
@@ -392,11 +423,11 @@ class Session:
 
     def export_trace(self, path: str) -> None:
         """Write the recorded trace as Chrome trace-event JSON (Perfetto, chrome://tracing)."""
-        self._recorder().write(path)
+        write_chrome_trace(self._recorder(), path)
 
     def plot_memory(self, path: str, title: str = "") -> None:
         """Draw device residency over the recorded run, stacked by page kind, to a PNG."""
-        self._recorder().plot(path, title)
+        plot_memory(self._recorder(), path, title)
 
     def _recorder(self) -> TraceRecorder:
         if self.pager is None or self.pager.trace is None:
@@ -443,13 +474,17 @@ def enable(budget: int | float | str, device: str | torch.device | None = None,
     return session
 
 
-def disable() -> dict[str, Any]:
-    """Stop paging, bring every tensor back to the device, and return the final stats."""
+def disable() -> dict[str, Any] | None:
+    """Stop paging, bring every tensor back to the device, and return the final stats.
+
+    Returns None when deepum was not enabled (nothing ran, so there are no
+    stats; an empty dict would read as a run that did nothing).
+    """
     global _global
     with _global_lock:
         session, _global = _global, None
     if session is None:
-        return {}
+        return None
     session.__exit__(None, None, None)
     return session.stats()
 

@@ -51,15 +51,15 @@ class StatusLine:
             pager = self.session.pager
             if pager is None:
                 continue
-            st, table = pager.stats_, pager.table
-            now = (time.perf_counter(), st.ops, st.faults, st.bytes_to_device, st.bytes_to_host,
-                   pager.transfers.stall_seconds)
+            pr = pager.progress()
+            now = (time.perf_counter(), pr.ops, pr.faults, pr.bytes_to_device, pr.bytes_to_host,
+                   pr.stall_seconds)
             if last is not None:
                 dt = max(now[0] - last[0], 1e-9)
                 line = (f"deepum: {now[1]} ops | {(now[2] - last[2]) / dt:.0f} faults/s | "
                         f"in {_gb((now[3] - last[3]) / dt)} GB/s, out {_gb((now[4] - last[4]) / dt)} GB/s | "
                         f"stall {100 * (now[5] - last[5]) / dt:.0f}% | "
-                        f"resident {table.resident_bytes / 2**30:.2f}/{pager.budget / 2**30:.2f} GiB")
+                        f"resident {pr.resident_bytes / 2**30:.2f}/{pr.budget_bytes / 2**30:.2f} GiB")
                 self.stream.write("\r" + line + "\x1b[K")
                 self.stream.flush()
             last = now

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import BudgetError
+from .errors import BudgetError
 
 _UNITS = {
     "": 1, "b": 1,

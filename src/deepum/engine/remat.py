@@ -17,7 +17,7 @@ view's geometry; Python scalars arrive as numbers and are kept as they are)
 and a plain strided view (no conjugate or negative bit, which a view rebuilt
 from the storage would lose),
 and only for an output that covers its whole storage. The pager then keeps three
-invariants (see pager.py):
+invariants (see :class:`Remat` below):
 
 * the inputs hold the bits they had: before an operator writes a page, the
   pages whose recipes read it are rebuilt if dropped, and their recipes
@@ -26,7 +26,7 @@ invariants (see pager.py):
 * the inputs exist: dropping a page holds its inputs' storages until it is
   rebuilt or dies;
 * the chain is short: a page whose rebuild would need more than
-  :data:`MAX_DEPTH` dropped pages rebuilt first is copied out instead.
+  ``Thresholds.recipe_max_depth`` (core/config.py) dropped pages rebuilt first is copied out instead.
 
 A recipe runs below autocast and autograd, as the original call did (the
 interceptor sits below both), so it calls the same kernel.
@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import torch
 
-from ..core.pages import DEAD, Page
-
-MAX_DEPTH = 4
+from ..core import lineage
+from ..core.pages import ARRIVING, DEAD, EVICTED, Page
+from ..errors import BudgetTooSmallError
+from .retry import evict_for_retry
+from .telemetry import profiler_range
 
 _ALWAYS = {torch.ops.aten._to_copy.default}
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -150,3 +152,107 @@ def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_
     if not inputs:
         return None  # a factory: nothing it depends on is tracked
     return Recipe(func, tuple(new_args), new_kwargs, index, inputs)
+
+
+# --------------------------------------------------------------- the engine side
+
+# [Note: dropping instead of copying]
+# A page with a recipe (see recompute.py) is evicted without a copy while its
+# recipe's inputs exist, and rebuilt on the compute stream when needed
+# (:meth:`Pager.rebuild`): the inputs first (faulted or rebuilt in turn), then
+# the operator again. Three invariants make the bits the same: a write to a
+# page first rebuilds the dropped pages that read it and voids its readers'
+# recipes (:meth:`Pager.before_write`); a page written after it was made loses
+# its recipe; a dropped page holds its inputs' storages alive until it is
+# rebuilt or dies.
+
+
+class Remat:
+    """The part of :class:`~deepum.engine.pager.Pager` that drops pages and rebuilds them.
+
+    The graph's bookkeeping (inputs, readers, depth) is core/lineage.py; this
+    side makes the bytes: it holds inputs alive, runs recipes and evicts to make room.
+    """
+
+    def attach_recipe(self, page: Page, recipe) -> None:
+        """``page`` can be computed again by ``recipe`` (recompute.Recipe)."""
+        lineage.attach(page, recipe)
+
+    def void(self, page: Page) -> None:
+        """Forget a resident page's recipe (its inputs or its bytes changed)."""
+        lineage.detach(page)
+
+    def _drop(self, page: Page) -> bool:
+        """Evict ``page`` by its recipe if its inputs allow; False to copy it out instead."""
+        recipe = page.recipe
+        if not recipe.usable():
+            self.void(page)
+            return False
+        # An input dropped, or being dropped in the same batch, holds its own inputs.
+        depth = lineage.drop_depth(recipe)
+        if depth > self.recipe_max_depth:
+            return False
+        recipe.depth = depth
+        recipe.held = [q.ref() for q in recipe.inputs]
+        return True
+
+    def before_write(self, page: Page) -> None:
+        """``page`` is about to be written: recipes that read it, and its own, stop being exact."""
+        for reader in lineage.readers(page):
+            if reader.dropped:
+                self.rebuild(reader)
+            self.void(reader)
+        if page.recipe is not None:
+            self.void(page)
+
+    def rebuild(self, page: Page) -> None:
+        """Compute a dropped page again on the compute stream (its inputs made resident first)."""
+        recipe = page.recipe
+        inputs = recipe.inputs
+        for q in inputs:
+            q.pins += 1
+        try:
+            for q in inputs:
+                if q.dropped:
+                    self.rebuild(q)
+            evicted = [q for q in inputs if q.state == EVICTED]
+            # The page, and the operator's own output until it is copied over.
+            need = sum(q.nbytes for q in evicted) + 2 * page.nbytes
+            if need > self.table.limit:
+                raise BudgetTooSmallError(f"recomputing {recipe.func}", need, self.table.limit, self.budget)
+            short = need - self.table.room()
+            if short > 0:
+                self.make_room(short)
+            if evicted:
+                self.fault(evicted)
+            arriving = [q for q in inputs if q.state == ARRIVING]
+            if arriving:
+                self._arrive(arriving)
+            storage = page.ref()
+            while True:
+                self.table.arriving(page)
+                self.table.reserved_bytes += page.nbytes
+                try:
+                    with profiler_range("deepum::recompute"):
+                        storage.resize_(page.nbytes)
+                        recipe.run_into(storage, self.device)
+                    break
+                except torch.OutOfMemoryError as e:
+                    self._unarrive([(storage, page)])
+                    evict_for_retry(self, f"recomputing {recipe.func}", 2 * page.nbytes,
+                                    2 * page.nbytes, e)
+                except BaseException:
+                    self._unarrive([(storage, page)])
+                    raise
+                finally:
+                    self.table.reserved_bytes -= page.nbytes
+            self.table.arrived(page)
+            page.ready = None
+            page.dirty = True  # no host copy: the next eviction drops or copies it again
+            recipe.held = None
+            for q in inputs:
+                self.table.touch(q)
+            self.counters.recomputes += 1
+        finally:
+            for q in inputs:
+                q.pins -= 1

@@ -1,4 +1,4 @@
-"""What the pager did, over time: a Chrome trace and a memory picture.
+"""What the pager did: its counters, its stats, and the trace recorder (no rendering: see report/).
 
 The recorder is off unless a session asks for it, and then costs one list
 append per event. Timestamps are host times at which the pager issued work
@@ -11,17 +11,56 @@ chrome://tracing load.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import time
+from typing import NamedTuple
+
+import torch
 
 from ..core.pages import Kind
 
 KIND_NAMES = [k.name.lower() for k in Kind]
-_TRACKS = {"operators": 1, "faults": 2, "prefetches": 3, "evictions": 4}
+TRACKS = {"operators": 1, "faults": 2, "prefetches": 3, "evictions": 4}
+_NO_RANGE = contextlib.nullcontext()
 
 
 def now_us() -> float:
     return time.perf_counter_ns() / 1000.0
+
+
+def profiler_range(name: str):
+    """A torch.profiler range while a profiler records, so deepum's work shows in its trace."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        return torch.profiler.record_function(name)
+    return _NO_RANGE
+
+
+class Stats:
+    """Counters the pager keeps; :meth:`Telemetry.stats` turns them into a dict."""
+
+    __slots__ = (
+        "faults", "evictions", "writebacks", "dropped_clean", "bytes_to_device",
+        "bytes_to_host", "prefetches", "prefetch_hits", "late_prefetches",
+        "wasted_prefetches", "oom_retries", "overshoots", "ops", "dead_pages",
+        "unpageable_pages", "chunked_ops", "optimizer_steps", "comm_holds", "drops",
+        "recomputes",
+    )
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+
+class Progress(NamedTuple):
+    """What a live display reads while a session runs (cheap: no harvest, no dict)."""
+
+    ops: int
+    faults: int
+    bytes_to_device: int
+    bytes_to_host: int
+    stall_seconds: float
+    resident_bytes: int
+    budget_bytes: int
 
 
 class TraceRecorder:
@@ -49,59 +88,48 @@ class TraceRecorder:
     def counter(self, ts: float, kind_bytes: list[int]) -> None:
         self.counters.append((ts, tuple(kind_bytes)))
 
-    # ---------------------------------------------------------------- output
 
-    def chrome(self) -> dict:
-        events = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "deepum"}}]
-        for track, tid in _TRACKS.items():
-            events.append({"ph": "M", "pid": 1, "tid": tid, "name": "thread_name", "args": {"name": track}})
-        for ts, dur, track, name, args in self.slices:
-            events.append({"ph": "X", "pid": 1, "tid": _TRACKS[track], "ts": ts - self.t0,
-                           "dur": max(dur, 0.001), "name": name, "cat": track, "args": args})
-        for ts, by_kind in self.counters:
-            args = {name: b for name, b in zip(KIND_NAMES, by_kind)}
-            events.append({"ph": "C", "pid": 1, "ts": ts - self.t0, "name": "resident bytes", "args": args})
-            events.append({"ph": "C", "pid": 1, "ts": ts - self.t0, "name": "budget",
-                           "args": {"budget": self.budget, "limit": self.limit}})
-        events.sort(key=lambda e: e.get("ts", -1))
-        return {"traceEvents": events, "displayTimeUnit": "ms"}
+class Telemetry:
+    """The part of :class:`~deepum.engine.pager.Pager` that reports what it did."""
 
-    def write(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.chrome(), f)
+    def progress(self) -> Progress:
+        """The running totals a status line or a benchmark samples."""
+        c = self.counters
+        return Progress(c.ops, c.faults, c.bytes_to_device, c.bytes_to_host,
+                        self.transfers.stall_seconds, self.table.resident_bytes, self.budget)
 
-    def plot(self, path: str, title: str = "") -> None:
-        """Device residency over time, stacked by page kind, with the budget and fault/prefetch marks."""
-        import matplotlib
+    def _pages_by_kind(self) -> dict[str, int]:
+        counts = dict.fromkeys((k.name.lower() for k in Kind), 0)
+        for page in self.table.pages.values():
+            counts[page.kind.name.lower()] += 1
+        return counts
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        if not self.counters:
-            raise ValueError("the trace has no samples: run some operators with tracing on first")
-        ts = [(t - self.t0) / 1000.0 for t, _ in self.counters]
-        gib, unit = (float(1 << 30), "GiB") if self.budget >= 1 << 30 else (float(1 << 20), "MiB")
-        layers = [[c[k] / gib for _, c in self.counters] for k in range(len(Kind))]
-        order = [Kind.PARAMETER, Kind.GRADIENT, Kind.OPTIMIZER_STATE, Kind.ACTIVATION, Kind.OTHER]
-        colors = {Kind.PARAMETER: "#4C72B0", Kind.GRADIENT: "#DD8452", Kind.OPTIMIZER_STATE: "#55A868",
-                  Kind.ACTIVATION: "#C44E52", Kind.OTHER: "#8C8C8C"}
-        fig, ax = plt.subplots(figsize=(11, 4.5))
-        ax.stackplot(ts, [layers[k] for k in order], colors=[colors[k] for k in order],
-                     labels=[KIND_NAMES[k].replace("_", " ") for k in order], step="post", alpha=0.9)
-        ax.axhline(self.budget / gib, color="black", linewidth=1.2, label="budget")
-        ax.axhline(self.limit / gib, color="black", linewidth=0.8, linestyle="--", label="limit for pages")
-        top = max(self.budget / gib, max(sum(c) for _, c in self.counters) / gib) * 1.08
-        for t, kind in self.marks:
-            y = top * (0.985 if kind == "faults" else 0.955)
-            ax.plot((t - self.t0) / 1000.0, y, marker="|", color="#C44E52" if kind == "faults" else "#4C72B0",
-                    markersize=6)
-        ax.plot([], [], marker="|", linestyle="", color="#C44E52", label="fault")
-        ax.plot([], [], marker="|", linestyle="", color="#4C72B0", label="prefetch")
-        ax.set_ylim(0, top)
-        ax.set_xlabel("time (ms, host)")
-        ax.set_ylabel(f"resident on device ({unit})")
-        ax.set_title(title or "deepum: device residency by page kind")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+    def stats(self) -> dict:
+        self.transfers.harvest()
+        st = self.counters
+        out = {name: getattr(st, name) for name in Stats.__slots__}
+        if self.energy is not None:
+            out["energy_joules"] = self.energy.joules()
+            if st.optimizer_steps:
+                out["energy_joules_per_step"] = out["energy_joules"] / st.optimizer_steps
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_reserved(self.device)
+        else:
+            peak = self.table.peak_resident_bytes
+        out.update(
+            peak_device_bytes=peak,
+            peak_managed_bytes=self.table.peak_resident_bytes,
+            resident_bytes=self.table.resident_bytes,
+            budget_bytes=self.budget,
+            limit_bytes=self.table.limit,
+            managed_pages=len(self.table),
+            unpageable_bytes=self.table.unpageable_bytes,
+            host_bytes=self.transfers.pool.held_bytes,
+            peak_host_bytes=self.transfers.pool.peak_held_bytes,
+            stall_seconds=self.transfers.stall_seconds,
+            resident_bytes_by_kind={k.name.lower(): self.table.kind_bytes[k] for k in Kind},
+            pages_by_kind=self._pages_by_kind(),
+            policy=self.policy.name,
+            prediction_accuracy=self.policy.accuracy,
+        )
+        return out

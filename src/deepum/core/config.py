@@ -1,0 +1,125 @@
+"""Every policy knob of the engine, in one place.
+
+:class:`Thresholds` holds the numbers the engine decides by (each documented
+where it is declared); :class:`Config` holds a session's options, validated
+once at construction so that a wrong type or value is refused with one clear
+message before anything runs. Both are pure data: the engine reads them, it
+never writes them.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field, fields
+
+from .errors import OptionError
+
+POLICIES = ("deepum", "lru")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The engine's thresholds, as fractions of the limit (budget minus reserve) or counts."""
+
+    # Room kept free after each operator (pre-eviction), so the next one's
+    # outputs rarely have to evict on the critical path. Session(headroom=)
+    # overrides it in bytes.
+    headroom: float = 1 / 16
+    # Bytes prefetched and not yet used may not pass this share of the limit:
+    # the window can need more than the budget holds, and then each page
+    # fetched far ahead pushes out one needed sooner, which is fetched again
+    # (benchmarks/prefetch_cap_cpu.py; figures in docs/BENCHMARKS.md).
+    prefetch_cap: float = 1 / 8
+    # Prediction and prefetching start once this share of the limit is
+    # resident (or anything is evicted); below it operators take the quiet path.
+    pressure: float = 3 / 4
+    # Window operators the prefetcher examines per operator (bounds its CPU cost).
+    scan_ops: int = 8
+    # After an allocator out-of-memory error an operator evicts at least this
+    # share of the limit before it retries.
+    oom_retry: float = 1 / 16
+    # A foreach or fused operator is split into slices of at most this share
+    # of the pageable limit.
+    chunk: float = 1 / 2
+    # Outputs smaller than this get no recipe: a copy is cheap for them.
+    recipe_min_bytes: int = 64 << 10
+    # A dropped page's recipe may read dropped pages at most this deep, so
+    # that rebuilding one page rebuilds a bounded number of others first.
+    recipe_max_depth: int = 4
+    # On CUDA the allocator is capped this many bytes under the budget: it
+    # rounds segment growth up, and reserved memory must never pass the budget.
+    cap_slack: int = 64 << 20
+    # Default reserve on CUDA: this share of the budget, at most reserve_max bytes.
+    reserve: float = 1 / 8
+    reserve_max: int = 2 << 30
+
+    def of(self, share: float, limit: int) -> int:
+        """``share`` of ``limit`` in whole bytes (exact for the powers-of-two shares above)."""
+        return int(limit * share)
+
+
+THRESHOLDS = Thresholds()
+
+
+@dataclass(frozen=True)
+class Config:
+    """A session's options (see :class:`deepum.Session` for what each does)."""
+
+    policy: str = "deepum"
+    prefetch: bool = True
+    lookahead: int = 64
+    recompute: bool = True
+    # Bytes, or a size string such as "256MiB"; None: the default for the device.
+    reserve: int | str | None = None
+    headroom: int | None = None
+    expandable_segments: bool = True
+    adopt: bool | None = None
+    freeze_gc: bool = False
+    trace: bool = False
+    track_kinds: bool | None = None
+    stress: bool = False
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise OptionError(f"policy {self.policy!r} is unknown; choose one of {', '.join(POLICIES)}")
+        for name in ("prefetch", "recompute", "expandable_segments", "freeze_gc", "trace", "stress"):
+            _check_bool(name, getattr(self, name), optional=False)
+        for name in ("adopt", "track_kinds"):
+            _check_bool(name, getattr(self, name), optional=True)
+        object.__setattr__(self, "lookahead", _check_int("lookahead", self.lookahead, 1))
+        if self.headroom is not None:
+            object.__setattr__(self, "headroom", _check_int("headroom", self.headroom, 0))
+        reserve = self.reserve
+        if reserve is not None and not isinstance(reserve, str):
+            object.__setattr__(self, "reserve", _check_int("reserve", reserve, 0, sizes=True))
+        if not isinstance(self.thresholds, Thresholds):
+            raise OptionError(f"thresholds must be a deepum.core.config.Thresholds, not "
+                              f"{type(self.thresholds).__name__}")
+
+    @classmethod
+    def from_options(cls, **options: object) -> Config:
+        """The options given as keywords; an unknown name is refused, naming the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise OptionError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                              f"the options are {', '.join(sorted(known))}")
+        return cls(**options)  # type: ignore[arg-type]
+
+
+def _check_bool(name: str, value: object, optional: bool) -> None:
+    if isinstance(value, bool) or (optional and value is None):
+        return
+    allowed = "True, False or None" if optional else "True or False"
+    raise OptionError(f"option {name}={value!r} must be {allowed}, not {type(value).__name__}")
+
+
+def _check_int(name: str, value: object, least: int, sizes: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        also = ", or a size string such as '256MiB'" if sizes else ""
+        raise OptionError(f"option {name}={value!r} must be a whole number of at least {least}{also}, "
+                          f"not {type(value).__name__}")
+    if value < least:
+        raise OptionError(f"option {name}={value!r} must be at least {least}")
+    return int(value)

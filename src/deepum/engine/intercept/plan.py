@@ -1,0 +1,139 @@
+"""Per-overload analysis, done once: which arguments are tensors, which are written, what the
+operator can do (allocate, be retried, be recomputed); and the argument helpers the paths share."""
+
+from __future__ import annotations
+
+import torch
+
+from ..remat import recomputable
+
+# Operators that write arguments their schema does not mark as written:
+# batch norm updates running_mean and running_var (arguments 3 and 4) in
+# training mode.
+_UNANNOTATED_WRITES = {
+    "aten::native_batch_norm": (3, 4),
+    "aten::cudnn_batch_norm": (3, 4),
+    "aten::miopen_batch_norm": (3, 4),
+}
+
+Tensor = torch.Tensor
+_PAGEABLE_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+class OpPlan:
+    """What the interceptor needs to know about one operator overload, computed once."""
+
+    __slots__ = ("func", "name", "slots", "n_written", "list_slots", "foreach",
+                 "fresh", "factory", "retry_safe", "comm", "recomputable")
+
+    def __init__(self, func: torch._ops.OpOverload) -> None:
+        schema = func._schema
+        self.func = func
+        self.name = str(func)
+        extra = _UNANNOTATED_WRITES.get(schema.name, ())
+        written, read, lists = [], [], []
+        pos = 0
+        for i, arg in enumerate(schema.arguments):
+            kind = tensor_kind(arg.type)
+            # Positional arguments come in args by index; keyword-only ones
+            # come in kwargs by name.
+            index = 10**6 if arg.kwarg_only else pos
+            if not arg.kwarg_only:
+                pos += 1
+            if isinstance(arg.type, torch.ListType):
+                lists.append((index, arg.name))
+            if kind is None:
+                continue
+            is_write = bool(arg.alias_info is not None and arg.alias_info.is_write) or i in extra
+            (written if is_write else read).append((index, arg.name, kind == "list"))
+        self.slots = tuple(written + read)
+        self.n_written = len(written)
+        self.list_slots = tuple(lists)
+        base = schema.name.split("::")[-1]
+        self.foreach = base.startswith(("_foreach_", "_fused_")) and bool(lists)
+        # Can the operator allocate new storages? Returns without alias
+        # annotation can; views and in-place returns cannot.
+        self.fresh = any(r.alias_info is None and tensor_kind(r.type) is not None
+                         for r in schema.returns)
+        self.factory = any(a.name == "device" for a in schema.arguments)
+        # Collectives return before the communication ends (a Work handle).
+        self.comm = schema.name.startswith("c10d::")
+        # After an out-of-memory error a functional operator has changed
+        # nothing and can run again; one that writes its arguments may have
+        # written some of them. Batch norm is the exception: its kernels
+        # allocate every output before they touch the running statistics.
+        annotated_write = any(a.alias_info is not None and a.alias_info.is_write
+                              for a in schema.arguments)
+        self.retry_safe = not annotated_write
+        self.recomputable = self.fresh and not annotated_write and recomputable(func)
+
+    def collect(self, args: tuple, kwargs: dict) -> tuple[list, int]:
+        """The tensor arguments, written ones first, and how many are written."""
+        out = []
+        nargs = len(args)
+        nw = 0
+        for k, (index, name, is_list) in enumerate(self.slots):
+            if k == self.n_written:
+                nw = len(out)
+            v = args[index] if index < nargs else kwargs.get(name)
+            if v is None:
+                continue
+            if is_list:
+                out.extend(x for x in v if isinstance(x, Tensor))
+            elif isinstance(v, Tensor):
+                # Python scalars can stand where the schema says Tensor.
+                out.append(v)
+        if self.n_written == len(self.slots):
+            nw = len(out)
+        return out, nw
+
+
+def tensor_kind(t: torch._C.JitType) -> str | None:
+    if isinstance(t, torch.OptionalType):
+        t = t.getElementType()
+    if isinstance(t, torch.TensorType):
+        return "tensor"
+    if isinstance(t, torch.ListType):
+        e = t.getElementType()
+        if isinstance(e, torch.OptionalType):
+            e = e.getElementType()
+        if isinstance(e, torch.TensorType):
+            return "list"
+    return None
+
+
+def pageable(t: torch.Tensor, s: torch.UntypedStorage) -> bool:
+    """Can this storage be freed and re-allocated in place without anyone noticing?"""
+    # A ZeroTensor (autograd's allocation-free zeros) has a storage with a
+    # size and no memory: there is nothing to copy out.
+    return (type(t) in _PAGEABLE_TYPES and s.resizable() and not t.is_quantized
+            and not t.is_nested and t.layout == torch.strided and not t._is_zerotensor())
+
+
+def hashable(x):
+    if isinstance(x, (list, tuple)):
+        return tuple(hashable(y) for y in x)
+    if isinstance(x, dict):
+        return tuple(sorted((k, hashable(v)) for k, v in x.items()))
+    try:
+        hash(x)
+    except TypeError:
+        return id(x)
+    return x
+
+
+def logical_nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def flat_outputs(out):
+    if isinstance(out, torch.Tensor):
+        yield out
+    elif isinstance(out, (tuple, list)):
+        for x in out:
+            if isinstance(x, torch.Tensor):
+                yield x
+            elif isinstance(x, (tuple, list)):
+                for y in x:
+                    if isinstance(y, torch.Tensor):
+                        yield y

@@ -1,0 +1,113 @@
+"""Making pages: storages seen for the first time, outputs, tensors adopted at entry.
+
+Each page gets its stable key here (see [Note: execution IDs and stable keys]
+in mode.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...core.pages import Kind, Page
+from ..remat import record
+from .plan import flat_outputs, pageable
+
+QUIET = -3  # the execution ID of every operator run on the quiet path
+QUIET_SKEY = -1
+
+
+class Registration:
+    """The part of :class:`~deepum.engine.intercept.mode.PagingMode` that turns storages into pages."""
+
+    def _name_quiet_pages(self) -> None:
+        """Pressure begins: pages made on the quiet path get stable keys of their own."""
+        live = self.pager.live
+        for page in self.pager.table.pages.values():
+            if page.skey == QUIET_SKEY:
+                page.skey = self.skeys(("quiet", page.key))
+                live[page.skey] = page
+
+    def adopt(self, tensors) -> int:
+        """Make pages of tensors that exist before the session (a model, its optimizer).
+
+        Without this they would become pages only when an operator first
+        touches them, and until then they would hold budget the pager cannot
+        see or free. Returns the number of pages made.
+        """
+        n = 0
+        with self.pager.lock:
+            for t in tensors:
+                if not self.is_managed(t) or t.layout != torch.strided:
+                    continue
+                try:
+                    s = t.untyped_storage()
+                except (RuntimeError, NotImplementedError):
+                    continue
+                if s._cdata in self.pager.table.pages or s.nbytes() == 0 or s.device != self.device:
+                    continue
+                kind = Kind.PARAMETER if isinstance(t, torch.nn.Parameter) else Kind.OTHER
+                self.pager.register(s, self.skeys(("param", len(self.skeys))), pageable(t, s), kind)
+                n += 1
+        return n
+
+    def _first_seen(self, t: torch.Tensor, s: torch.UntypedStorage, func, i: int) -> Page | None:
+        """A storage no operator has used yet: a parameter, a new batch, ..."""
+        nbytes = s.nbytes()
+        if nbytes == 0 or s.device != self.device:
+            return None
+        if isinstance(t, torch.nn.Parameter):
+            # Parameters live for the whole run: their identity is their role.
+            skey = self.skeys(("param", len(self.skeys)))
+        else:
+            skey = self.skeys(("ext", self.prev_plan, self.plans[func], i, tuple(t.shape), t.dtype))
+        kind = Kind.PARAMETER if isinstance(t, torch.nn.Parameter) else Kind.OTHER
+        return self.pager.register(s, skey, pageable(t, s), kind, preexisting=True)
+
+    def _register_outputs(self, out, eid: int, call: tuple | None = None) -> int:
+        """Make new storages among the outputs pages; return their bytes.
+
+        ``call``: (func, args, kwargs) of a recomputable operator; large new
+        pages get a recipe (recompute.py).
+        """
+        pager = self.pager
+        get = pager.table.pages.get
+        is_managed = self.is_managed
+        new = 0
+        for i, t in enumerate(flat_outputs(out)):
+            if not is_managed(t):
+                continue
+            try:
+                s = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):
+                continue
+            key = s._cdata
+            p = get(key)
+            if p is not None:
+                if p.ref() is s:
+                    continue  # an alias of a page we know
+                pager.retire(p)  # the old storage died during this operator
+            nbytes = s.nbytes()
+            if nbytes == 0 or s.device != self.device:
+                continue
+            skey = QUIET_SKEY if eid == QUIET else self.skeys(("born", eid, i))
+            p = pager.register(s, skey, pageable(t, s))
+            new += nbytes
+            if call is not None and nbytes >= pager.recompute_min_bytes and p.pageable:
+                recipe = record(*call, i, t, self.page_of)
+                if recipe is not None:
+                    pager.attach_recipe(p, recipe)
+        return new
+
+    def page_of(self, t: torch.Tensor) -> Page | None:
+        if not self.is_managed(t) or t.layout != torch.strided:
+            return None
+        try:
+            return self.pager.table.pages.get(t.untyped_storage()._cdata)
+        except (RuntimeError, NotImplementedError):
+            return None
+
+    def _factory_here(self, kwargs: dict) -> bool:
+        dev = kwargs.get("device")
+        if dev is None:
+            return self.device.type == "cpu"
+        return torch.device(dev).type == self.device.type

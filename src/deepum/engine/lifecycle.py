@@ -1,0 +1,171 @@
+"""Pages' lives: birth (register), death (the storage's weak-reference callback, then retire),
+collectives' holds, and restore at exit.
+
+[Note: what the page table holds]
+Only weak references to storages (``Page.ref``). When the program frees a
+storage, the weak reference's callback queues the page and the next operator
+retires it (:meth:`Pager.reap`): its host copy goes back to the pool and it is
+never copied anywhere again. Pages touched by a running operator are pinned
+and are never victims.
+
+[Note: interruption]
+An eviction first copies the page out and only then frees the device memory,
+so at every instant either the device or the host holds the page's bytes.
+:meth:`Pager.restore_all` trusts the storage's real size, not the page state,
+so it repairs a page whose eviction was interrupted half way (an exception or
+KeyboardInterrupt between the two steps).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from ..core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, State
+from ..errors import RestoreError
+
+
+class StorageRef(weakref.ref):
+    """A weak reference to a storage that knows its page (for the death callback)."""
+
+    __slots__ = ("page",)
+
+
+class Lifecycle:
+    """The part of :class:`~deepum.engine.pager.Pager` that makes, retires and restores pages."""
+
+    def register(self, storage: torch.UntypedStorage, skey: int, pageable: bool,
+                 kind: Kind = Kind.OTHER, preexisting: bool = False) -> Page:
+        """A storage the engine has not seen: make it a resident page.
+
+        ``preexisting``: the memory was allocated where no operator was
+        intercepted (C++ internals, before the session); it counts towards the
+        peak only after the next operator has made room.
+        """
+        page = Page(storage._cdata, storage.nbytes(), skey, pageable)
+        page.kind = self.skey_kind.get(skey, kind)
+        ref = StorageRef(storage, self._on_death)
+        ref.page = page
+        page.ref = ref
+        self.table.add(page, count_peak=not preexisting)
+        if skey >= 0:  # negative: no stable key yet (made before pressure)
+            self.live[skey] = page
+        if not pageable:
+            self.counters.unpageable_pages += 1
+        return page
+
+    def set_kind(self, page: Page, kind: Kind) -> None:
+        self.table.set_kind(page, kind)
+        if page.skey >= 0:
+            self.skey_kind[page.skey] = kind
+
+    def _on_death(self, ref: StorageRef) -> None:
+        # Runs wherever the storage died (any thread, inside any operator):
+        # only queue it; the next operator retires it under the lock.
+        if not self.closed:
+            self.dead.append(ref)
+
+    def reap(self) -> None:
+        """Retire pages whose storages the program freed."""
+        dead = self.dead
+        while dead:
+            self.retire(dead.popleft().page)
+
+    def retire(self, page: Page) -> None:
+        if page.state == State.DEAD:
+            return
+        if page.prefetched:
+            page.prefetched = False
+            self.unused_prefetch_bytes -= page.nbytes
+            self.counters.wasted_prefetches += 1
+        if page.recipe is not None:
+            self.void(page)
+        if page.readers:
+            # Readers' recipes need this page: none of them is dropped (a
+            # dropped reader holds the storage alive), so they just lose them.
+            for reader in list(page.readers):
+                self.void(reader)
+        self.transfers.release_host(page)
+        self.table.retire(page)
+        if self.live.get(page.skey) is page:
+            del self.live[page.skey]
+        self.counters.dead_pages += 1
+
+    def hold(self, work: object, pages: list[Page]) -> None:
+        """Pin ``pages`` until ``work`` (a collective's handle) completes."""
+        for p in pages:
+            p.pins += 1
+        self.held.append((work, pages))
+        self.counters.comm_holds += 1
+
+    def release_held(self, wait: bool = False) -> None:
+        keep = []
+        for work, pages in self.held:
+            if wait:
+                work.wait()
+            if wait or work.is_completed():
+                self.unpin(pages)
+            else:
+                keep.append((work, pages))
+        self.held = keep
+
+    def restore_all(self) -> None:
+        """Bring every live page back to the device; RestoreError if they do not fit."""
+        self.release_held(wait=True)
+        self.reap()
+        pending, arriving, dropped = [], [], []
+        for page in list(self.table.pages.values()):
+            storage = page.ref()
+            if storage is None:
+                self.retire(page)
+                continue
+            page.pins = 0  # no operator runs any more
+            if page.state == ARRIVING:
+                arriving.append(page)
+            elif page.dropped:
+                dropped.append(page)
+            elif page.host is not None and storage.nbytes() == 0 and page.nbytes:
+                # Holding the storage keeps it alive until it is back.
+                pending.append((storage, page))
+        if arriving:
+            self._arrive(arriving)
+        # Everything comes back: nothing is to be evicted to make room.
+        self.table.limit = max(self.table.limit, 1 << 62)
+        for i, page in enumerate(dropped):
+            try:
+                if page.dropped:  # a rebuild of another may have brought it
+                    self.rebuild(page)
+                    self.restored += 1
+            except Exception as e:
+                rest = dropped[i:] + [p for _, p in pending]
+                raise RestoreError(len(rest), sum(p.nbytes for p in rest), e) from e
+        for i, (storage, page) in enumerate(pending):
+            try:
+                if page.state == RESIDENT and storage.nbytes() == page.nbytes:
+                    continue  # faulted in as a dropped page's input
+                if page.state != EVICTED:  # an eviction interrupted half way
+                    self.table.evicted(page)
+                self.table.arriving(page)
+                try:
+                    self.transfers.load([(storage, page)], prefetch=False)
+                except BaseException:
+                    self._unarrive([(storage, page)])
+                    raise
+                self.table.arrived(page)
+                self.restored += 1
+            except Exception as e:
+                rest = [p for _, p in pending[i:]]
+                raise RestoreError(len(rest), sum(p.nbytes for p in rest), e) from e
+        self.transfers.synchronize()
+
+    def close(self) -> None:
+        """Forget every page (after restore_all) and give host memory back."""
+        self.transfers.synchronize()
+        self.closed = True
+        self.dead.clear()
+        for page in list(self.table.pages.values()):
+            self.transfers.release_host(page)
+        self.table.pages.clear()
+        self.live.clear()
+        self.transfers.pool.clear()
