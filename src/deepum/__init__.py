@@ -5,12 +5,14 @@ tensor storages are the pages, and a correlation prefetcher moves them between
 device and pinned host memory ahead of need.
 """
 
-from .api.session import Session, current, disable, enable, oversubscribe
+from .api.session import Config, Session, current, disable, enable, oversubscribe
 from .errors import (
     BudgetError,
     BudgetTooSmallError,
     DeepUMError,
+    DeviceUnavailableError,
     HostMemoryError,
+    OptionError,
     RestoreError,
     UnmanagedMemoryError,
     UnsupportedError,
@@ -21,8 +23,11 @@ __version__ = "0.1.0"
 __all__ = [
     "BudgetError",
     "BudgetTooSmallError",
+    "Config",
     "DeepUMError",
+    "DeviceUnavailableError",
     "HostMemoryError",
+    "OptionError",
     "RestoreError",
     "Session",
     "UnmanagedMemoryError",

@@ -18,11 +18,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.optim.optimizer as _optim
 
 from ..core.budget import parse_budget
 from ..core.config import POLICIES, Config
-from ..core.pages import Kind
 from ..engine.intercept.host_reads import HostReadMode
 from ..engine.intercept.mode import PagingMode
 from ..engine.pager import Pager
@@ -30,6 +28,7 @@ from ..engine.telemetry import TraceRecorder
 from ..errors import BudgetError, DeviceUnavailableError, OptionError, UnsupportedError
 from ..report.chrome import write_chrome_trace
 from ..report.plots import plot_memory
+from .kinds import install_kind_hooks, remove_kind_hooks
 
 log = logging.getLogger("deepum")
 __all__ = ["POLICIES", "Config", "Session", "current", "disable", "enable", "oversubscribe"]
@@ -213,7 +212,7 @@ class Session:
             self._adopt_existing()
         if self.device.type == "cuda":
             self._cap_allocator()
-        self._install_kind_hooks()
+        self._kind_hooks = install_kind_hooks(self.pager, self._mode, self.track_kinds)
         if cfg.freeze_gc and hasattr(gc, "freeze"):
             gc.collect()
             gc.freeze()
@@ -275,7 +274,8 @@ class Session:
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.__exit__(None, None, None)
-        self._remove_kind_hooks()
+        hooks, self._kind_hooks = self._kind_hooks, []
+        remove_kind_hooks(hooks)
         self._release_budget()
         if self._froze_gc:
             gc.unfreeze()
@@ -367,57 +367,6 @@ class Session:
         return n
 
     # ------------------------------------------------------------ kinds
-
-    def _install_kind_hooks(self) -> None:
-        """Learn what pages hold: saved for backward, or a parameter's gradient and state."""
-        pager, mode = self.pager, self._mode
-
-        def page_of(t):
-            if not isinstance(t, torch.Tensor) or not mode.is_managed(t) or t.layout != torch.strided:
-                return None
-            try:
-                return pager.table.get(t.untyped_storage()._cdata)
-            except (RuntimeError, NotImplementedError):
-                return None
-
-        def pack(t):
-            page = page_of(t)
-            if page is not None and page.kind == Kind.OTHER:
-                with pager.lock:
-                    pager.set_kind(page, Kind.ACTIVATION)
-            return t
-
-        def classify(optimizer, args, kwargs):
-            with pager.lock:
-                for group in optimizer.param_groups:
-                    for p in group["params"]:
-                        for t, kind in ((p, Kind.PARAMETER), (p.grad, Kind.GRADIENT)):
-                            page = page_of(t)
-                            if page is not None:
-                                pager.set_kind(page, kind)
-                        for v in optimizer.state.get(p, {}).values():
-                            page = page_of(v)
-                            if page is not None:
-                                pager.set_kind(page, Kind.OPTIMIZER_STATE)
-
-        def after_step(optimizer, args, kwargs):
-            classify(optimizer, args, kwargs)
-            pager.counters.optimizer_steps += 1  # the "step" of joules per step
-
-        self._kind_hooks = [_optim.register_optimizer_step_pre_hook(classify),
-                            _optim.register_optimizer_step_post_hook(after_step)]
-        if self.track_kinds:
-            saved = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-            saved.__enter__()
-            self._kind_hooks.append(saved)
-
-    def _remove_kind_hooks(self) -> None:
-        hooks, self._kind_hooks = self._kind_hooks, []
-        for hook in reversed(hooks):
-            if hasattr(hook, "remove"):
-                hook.remove()
-            else:
-                hook.__exit__(None, None, None)
 
     # ------------------------------------------------------------ trace
 

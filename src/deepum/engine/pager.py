@@ -25,12 +25,13 @@ from collections import deque
 import torch
 
 from ..core.config import Config
-from ..core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, PageTable
+from ..core.pages import ARRIVING, EVICTED, Kind, Page, PageTable
 from ..core.policy import make_policy
 from ..errors import BudgetTooSmallError
 from .energy import Energy
 from .lifecycle import Lifecycle, StorageRef
 from .movers import make_transfers
+from .prefetch import Prefetcher
 from .remat import Remat
 from .retry import evict_for_retry
 from .telemetry import Stats, Telemetry, TraceRecorder, now_us, profiler_range
@@ -38,7 +39,7 @@ from .telemetry import Stats, Telemetry, TraceRecorder, now_us, profiler_range
 log = logging.getLogger("deepum")
 
 
-class Pager(Lifecycle, Remat, Telemetry):
+class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
     """The fault path: begin/end of an operator, eviction, faults and prefetches."""
 
     def __init__(self, device: torch.device, budget: int, limit: int, config: Config) -> None:
@@ -272,56 +273,6 @@ class Pager(Lifecycle, Remat, Telemetry):
         if self.trace is not None:
             self.trace.transfer("faults", t0, now_us(), pages)
 
-    def _prefetch_ahead(self, eid: int) -> None:
-        """DeepUM's chained prefetch: fetch what the predicted operators need, in order."""
-        policy, table = self.policy, self.table
-        policy.observe(eid)
-        batch = []
-        for distance, page in policy.prefetch_plan(self.scan_ops):
-            if page.state != EVICTED:
-                continue
-            if page.host is None:
-                # Dropped: computed early only from inputs already here; else on demand.
-                if all(q.state == RESIDENT for q in page.recipe.inputs):
-                    short = 2 * page.nbytes + self.headroom - table.room()
-                    if short > 0 and not self.make_room(short, protect_window=True):
-                        policy.rewind(distance)
-                        break
-                    self.rebuild(page)
-                continue
-            storage = page.ref()
-            if storage is None:
-                continue
-            if self.unused_prefetch_bytes + page.nbytes > self.prefetch_cap:
-                # Enough fetched ahead and not used yet: more would push out
-                # pages needed sooner (Thresholds.prefetch_cap). Resume here later.
-                policy.rewind(distance)
-                break
-            short = page.nbytes + self.headroom - table.room()
-            if short > 0 and not self.make_room(short, protect_window=True):
-                policy.rewind(distance)
-                break
-            table.arriving(page)  # reserves its bytes before the next decision
-            batch.append((storage, page))
-        if not batch:
-            return
-        t0 = now_us() if self.trace is not None else 0.0
-        try:
-            with profiler_range("deepum::prefetch"):
-                self.transfers.load(batch, prefetch=True)
-        except torch.OutOfMemoryError:
-            # Fragmentation: the bytes are free but not in one piece. The pages
-            # will be faulted in when needed; a prefetch is only a hint.
-            self._unarrive(batch)
-            return
-        st = self.counters
-        for _, page in batch:
-            page.prefetched = True
-            self.unused_prefetch_bytes += page.nbytes
-        st.prefetches += len(batch)
-        st.bytes_to_device += sum(p.nbytes for _, p in batch)
-        if self.trace is not None:
-            self.trace.transfer("prefetches", t0, now_us(), [p for _, p in batch])
 
     def _arrive(self, pages: list[Page]) -> None:
         late = self.transfers.wait(pages)

@@ -1,0 +1,66 @@
+"""Page kinds (parameter, gradient, optimizer state, activation) learned from hooks, for the
+stats and the memory picture."""
+
+from __future__ import annotations
+
+import torch
+import torch.optim.optimizer as optimizer_hooks
+
+from ..core.pages import Kind
+from ..engine.intercept.mode import PagingMode
+from ..engine.pager import Pager
+
+
+def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool) -> list:
+    """Learn what pages hold: saved for backward, or a parameter's gradient and state.
+
+    Returns the hooks, for :func:`remove_kind_hooks`.
+    """
+
+    def page_of(t):
+        if not isinstance(t, torch.Tensor) or not mode.is_managed(t) or t.layout != torch.strided:
+            return None
+        try:
+            return pager.table.get(t.untyped_storage()._cdata)
+        except (RuntimeError, NotImplementedError):
+            return None
+
+    def pack(t):
+        page = page_of(t)
+        if page is not None and page.kind == Kind.OTHER:
+            with pager.lock:
+                pager.set_kind(page, Kind.ACTIVATION)
+        return t
+
+    def classify(optimizer, args, kwargs):
+        with pager.lock:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    for t, kind in ((p, Kind.PARAMETER), (p.grad, Kind.GRADIENT)):
+                        page = page_of(t)
+                        if page is not None:
+                            pager.set_kind(page, kind)
+                    for v in optimizer.state.get(p, {}).values():
+                        page = page_of(v)
+                        if page is not None:
+                            pager.set_kind(page, Kind.OPTIMIZER_STATE)
+
+    def after_step(optimizer, args, kwargs):
+        classify(optimizer, args, kwargs)
+        pager.counters.optimizer_steps += 1  # the "step" of joules per step
+
+    hooks = [optimizer_hooks.register_optimizer_step_pre_hook(classify),
+             optimizer_hooks.register_optimizer_step_post_hook(after_step)]
+    if track_kinds:
+        saved = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        saved.__enter__()
+        hooks.append(saved)
+    return hooks
+
+
+def remove_kind_hooks(hooks: list) -> None:
+    for hook in reversed(hooks):
+        if hasattr(hook, "remove"):
+            hook.remove()
+        else:
+            hook.__exit__(None, None, None)
