@@ -195,3 +195,171 @@ def test_pages_numpy_can_write_are_not_recipe_inputs():
         st = s.stats()
     assert torch.equal(got, expected)
     assert st["evictions"] > 0, st
+
+
+# ---------------------------------------------------------------- general recipes
+
+def _dropped_funcs(pager) -> set[str]:
+    return {p.recipe.func.__name__.split(".")[0] for p in pager.table.pages.values()
+            if p.dropped and p.recipe is not None}
+
+
+def _block(x, p):
+    """A transformer block's forward: every kind of operator the recipes now cover."""
+    h = torch.nn.functional.layer_norm(x, (x.shape[-1],), p["ln_w"], p["ln_b"])
+    q, k, v = torch.nn.functional.linear(h, p["qkv"]).chunk(3, dim=-1)
+    q, k, v = (t.unflatten(-1, (4, -1)).transpose(1, 2) for t in (q, k, v))
+    a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    x = x + torch.nn.functional.linear(a.transpose(1, 2).flatten(2), p["proj"])
+    s = torch.softmax(x, dim=-1) + torch.log_softmax(x, dim=-1)
+    e = torch.nn.functional.embedding(p["ids"], p["emb"])
+    return x * s + e
+
+
+def test_matmuls_norms_softmax_attention_and_embedding_are_replayed_bit_identically():
+    torch.manual_seed(0)
+    p = {"ln_w": torch.randn(64), "ln_b": torch.randn(64), "qkv": torch.randn(192, 64),
+         "proj": torch.randn(64, 64), "emb": torch.randn(50, 64), "ids": torch.randint(0, 50, (2, 32))}
+    params = [v for k, v in p.items() if k != "ids"]
+    for t in params:
+        t.requires_grad_(True)
+    x = torch.randn(2, 32, 64, requires_grad=True)
+
+    def step(x):
+        for t in (x, *params):
+            t.grad = None
+        out = _block(x, p)
+        out.square().sum().backward()
+        return [out.detach(), x.grad, *[t.grad for t in params]]
+
+    ref = step(x)
+    with _session() as s:
+        s.pager.recompute_min_bytes = 0
+        torch.ones(1).add(1)  # pressure begins after the first operator (stress)
+        out = _block(x, p)
+        dropped = _dropped_funcs(s.pager)
+        del out
+        got = [g.clone() for g in step(x)]
+        st = s.stats()
+    _equal(ref, got)
+    assert st["recomputes"] > 0, st
+    for name in ("native_layer_norm", "mm", "_softmax", "_log_softmax", "embedding"):
+        assert name in dropped, (name, dropped)
+    assert any("scaled_dot_product" in n or n in ("bmm", "baddbmm") for n in dropped), dropped
+
+
+def test_dropout_replays_with_the_generator_state_it_saw():
+    torch.manual_seed(0)
+    x = torch.randn(64, 128, requires_grad=True)
+    w = torch.randn(128, 128, requires_grad=True)
+
+    def step(x, w):
+        x.grad = w.grad = None
+        torch.manual_seed(7)
+        # native_dropout is what dropout runs on CUDA (on the CPU, a bernoulli_ mask).
+        h = torch.native_dropout(x @ w, 0.3, True)[0]
+        out = (torch.native_dropout(torch.tanh(h), 0.2, True)[0] @ w).sum()
+        out.backward()
+        return [out.detach(), x.grad, w.grad, torch.rand(3)]  # the generator moves on as in plain
+
+    ref, got, st = _run(step, x, w)
+    _equal(ref, got)
+    assert st["drops"] > 0 and st["recomputes"] > 0, st
+
+
+def test_dropout_pages_are_dropped_not_copied():
+    torch.manual_seed(0)
+    x = torch.randn(64, 128)
+    with _session() as s:
+        s.pager.recompute_min_bytes = 0
+        y = torch.native_dropout(x * 1.0, 0.5, True)[0]
+        page = s.pager.table.get(y.untyped_storage()._cdata)
+        assert page.dropped and page.recipe.rng is not None
+        torch.manual_seed(123)  # moving the generator must not change the rebuilt page
+        got = y + 0.0
+    torch.manual_seed(0)
+    x = torch.randn(64, 128)
+    ref = torch.native_dropout(x * 1.0, 0.5, True)[0]
+    assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("op", [
+    torch.ops.aten.scatter_add.default, torch.ops.aten.index_add.default,
+    torch.ops.aten.index_put.default, torch.ops.aten.embedding_dense_backward.default,
+    torch.ops.aten.native_layer_norm_backward.default, torch.ops.aten.cumsum.default,
+    torch.ops.aten._embedding_bag.default, torch.ops.aten.nonzero.default,
+])
+def test_nondeterministic_and_backward_operators_are_never_replayed(op):
+    from deepum.engine.remat import recomputable
+
+    assert not recomputable(op)
+
+
+def test_scatter_add_outputs_get_no_recipe_and_are_copied():
+    torch.manual_seed(0)
+    src, idx = torch.randn(64, 128), torch.randint(0, 64, (64, 128))
+
+    def prog(src, idx):
+        y = torch.zeros(64, 128).scatter_add(0, idx, src)
+        return [y + 0.0]
+
+    ref, got, st = _run(prog, src, idx)
+    _equal(ref, got)
+    with _session() as s:
+        s.pager.recompute_min_bytes = 0
+        y = torch.zeros(64, 128).scatter_add(0, idx, src)
+        page = s.pager.table.get(y.untyped_storage()._cdata)
+        assert page.recipe is None and not page.dropped and page.host is not None
+
+
+def test_an_intermediate_the_program_freed_is_kept_as_a_lineage_node():
+    # The fp32 layer-norm output is freed once cast; the cast's recipe reads it,
+    # so it lives on (no program reference), dropped to no memory by its own recipe.
+    torch.manual_seed(0)
+    x, w, b = torch.randn(64, 128), torch.randn(128), torch.randn(128)
+
+    def prog(x, w, b):
+        h = torch.nn.functional.layer_norm(x * 1.0, (128,), w, b).to(torch.float64)
+        junk = [torch.randn(64, 128) for _ in range(4)]
+        return [h + 0.0, *junk]
+
+    torch.manual_seed(1)
+    ref = prog(x, w, b)
+    with _session() as s:
+        s.pager.recompute_min_bytes = 0
+        torch.ones(1).add(1)  # pressure begins after the first operator (stress)
+        torch.manual_seed(1)
+        h = torch.nn.functional.layer_norm(x * 1.0, (128,), w, b).to(torch.float64)
+        page = s.pager.table.get(h.untyped_storage()._cdata)
+        (ln,) = [q for q in page.recipe.inputs if q.recipe is not None]
+        assert torch._C._storage_Use_Count(ln.key) == 1  # only the recipe holds it
+        assert page.dropped and ln.dropped  # both dropped: no copy of either
+        junk = [torch.randn(64, 128) for _ in range(4)]
+        got = [t + 0.0 for t in (h, *junk)]
+        st = s.stats()
+    _equal(ref, got)
+    assert st["recomputes"] >= 2, st
+
+
+def test_a_lineage_node_without_a_recipe_is_released_not_copied():
+    torch.manual_seed(0)
+    src, idx = torch.randn(256, 128), torch.randint(0, 256, (256, 128))
+    with deepum.oversubscribe(1 << 20, "cpu") as s:
+        s.pager.recompute_min_bytes = 0
+        outs = []
+        for _ in range(12):
+            t = torch.zeros(256, 128).scatter_add(0, idx, src)  # no recipe (atomics on GPUs)
+            outs.append(torch.sigmoid(t))  # reads t, which dies here but for the recipe
+        ref = [torch.sigmoid(torch.zeros(256, 128).scatter_add(0, idx, src))] * 12
+        st = s.stats()
+        got = [o + 0.0 for o in outs]
+    assert st["lineage_released"] > 0 and st["evictions"] > 0, st
+    _equal(ref, got)
+
+
+def test_an_input_batch_copied_in_is_named_by_its_role_not_its_identity():
+    from deepum.engine.intercept.plan import hashable as _hashable
+
+    a, b = torch.randn(4, 8), torch.randn(4, 8)
+    assert _hashable((a, 1)) == _hashable((b, 1))
+    assert _hashable((a,)) != _hashable((torch.randn(4, 9),))

@@ -45,7 +45,7 @@ class Thresholds:
     recipe_min_bytes: int = 64 << 10
     # A dropped page's recipe may read dropped pages at most this deep, so
     # that rebuilding one page rebuilds a bounded number of others first.
-    recipe_max_depth: int = 4
+    recipe_max_depth: int = 8
     # On CUDA the allocator is capped this many bytes under the budget: it
     # rounds segment growth up, and reserved memory must never pass the budget.
     cap_slack: int = 64 << 20

@@ -8,13 +8,15 @@ step and measures chains; it moves no bytes (engine/remat.py does that).
 ``page.recipe.inputs`` lists the pages a recipe reads; each input lists the
 pages whose recipes read it in ``input.readers``. ``attach`` and ``detach``
 are the only writers of both, so an edge exists in one direction exactly when
-it exists in the other. ``recipe.held`` is set while the page is dropped
-(the engine holds the inputs' storages then), and ``recipe.depth`` is how
-many dropped pages a rebuild runs through, the page itself included.
+it exists in the other. ``recipe.held`` holds the inputs' storages for as
+long as the recipe exists (lineage nodes: engine/remat.py), and
+``recipe.depth`` is how many dropped pages a rebuild runs through, the page
+itself included.
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Any, Protocol
 
 
@@ -45,11 +47,11 @@ def readers(page: Node) -> list:
     return list(page.readers or ())
 
 
-def drop_depth(recipe: Any) -> int:
+def drop_depth(recipe: Any, dropping: Container) -> int:
     """How deep a rebuild of a page dropped by ``recipe`` would go.
 
-    An input dropped, or being dropped in the same batch, holds its own inputs,
-    so its depth counts.
+    ``dropping``: pages being dropped in the same batch (not yet marked
+    evicted); they count as dropped.
     """
     return 1 + max((q.recipe.depth for q in recipe.inputs
-                    if q.recipe is not None and q.recipe.held is not None), default=0)
+                    if q.recipe is not None and (q.dropped or q in dropping)), default=0)

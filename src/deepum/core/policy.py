@@ -113,14 +113,16 @@ class DeepUMPolicy(LruPolicy):
             self._cursor = 0
 
     def choose_victims(self, need: int, *, protect_window: bool = False) -> list[Page]:
-        window = self.predictor.window_pages
+        window, live = self.predictor.window_pages, self.live
         chosen, got, in_window = [], 0, []
         for page in self.table.lru():
             if got >= need:
                 return chosen
             if page.pins:
                 continue
-            if page.skey in window:
+            # A page that no longer plays its role (an older page of the same
+            # stable key, kept only as a recipe's input) is no window page.
+            if page.skey in window and live.get(page.skey) is page:
                 in_window.append(page)
             else:
                 chosen.append(page)

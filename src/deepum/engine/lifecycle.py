@@ -26,6 +26,9 @@ from ..core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, State
 from ..errors import RestoreError
 
 
+_use_count = torch._C._storage_Use_Count
+
+
 class StorageRef(weakref.ref):
     """A weak reference to a storage that knows its page (for the death callback)."""
 
@@ -82,8 +85,9 @@ class Lifecycle:
         if page.recipe is not None:
             self.void(page)
         if page.readers:
-            # Readers' recipes need this page: none of them is dropped (a
-            # dropped reader holds the storage alive), so they just lose them.
+            # A recipe holds its inputs' storages, so a page with readers dies
+            # only when released on purpose (remat.py, [Note: lineage]):
+            # whatever readers are left lose their recipes.
             for reader in list(page.readers):
                 self.void(reader)
         self.transfers.release_host(page)
@@ -114,22 +118,7 @@ class Lifecycle:
         """Bring every live page back to the device; RestoreError if they do not fit."""
         self.release_held(wait=True)
         self.reap()
-        pending, arriving, dropped = [], [], []
-        for page in list(self.table.pages.values()):
-            storage = page.ref()
-            if storage is None:
-                self.retire(page)
-                continue
-            page.pins = 0  # no operator runs any more
-            if page.state == ARRIVING:
-                arriving.append(page)
-            elif page.dropped:
-                dropped.append(page)
-            elif page.host is not None and storage.nbytes() == 0 and page.nbytes:
-                # Holding the storage keeps it alive until it is back.
-                pending.append((storage, page))
-        if arriving:
-            self._arrive(arriving)
+        pending, dropped = self._to_restore()
         # Everything comes back: nothing is to be evicted to make room.
         self.table.limit = max(self.table.limit, 1 << 62)
         for i, page in enumerate(dropped):
@@ -157,7 +146,33 @@ class Lifecycle:
             except Exception as e:
                 rest = [p for _, p in pending[i:]]
                 raise RestoreError(len(rest), sum(p.nbytes for p in rest), e) from e
+        # Recipes end with the session: lineage nodes die with them.
+        for page in list(self.table.pages.values()):
+            if page.recipe is not None:
+                self.void(page)
         self.transfers.synchronize()
+
+    def _to_restore(self) -> tuple[list, list[Page]]:
+        """(storage, page) pairs to copy back and dropped pages to rebuild; arrivals finished."""
+        pending, arriving, dropped = [], [], []
+        for page in list(self.table.pages.values()):
+            storage = page.ref()
+            if storage is None:
+                self.retire(page)
+                continue
+            page.pins = 0  # no operator runs any more
+            if page.state == ARRIVING:
+                arriving.append(page)
+            elif page.readers and _use_count(page.key) == 1:
+                continue  # a lineage node: nothing of the program's will see it again
+            elif page.dropped:
+                dropped.append(page)
+            elif page.host is not None and storage.nbytes() == 0 and page.nbytes:
+                # Holding the storage keeps it alive until it is back.
+                pending.append((storage, page))
+        if arriving:
+            self._arrive(arriving)
+        return pending, dropped
 
     def close(self) -> None:
         """Forget every page (after restore_all) and give host memory back."""

@@ -26,6 +26,7 @@ Two engines with one interface: :class:`HostTransfers` for the ``cpu`` device
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict, deque
 
@@ -147,6 +148,17 @@ class HostTransfers:
         self.device = device
         self.pool = HostPool(pin=False)
         self.stall_seconds = 0.0
+        self.recompute_seconds = 0.0
+
+    @contextlib.contextmanager
+    def timed(self, what: str):
+        """Add the time of the block to ``<what>_seconds`` (device time on CUDA)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            name = f"{what}_seconds"
+            setattr(self, name, getattr(self, name) + time.perf_counter() - t0)
 
     def save(self, items: list) -> None:
         """Copy each page to its host buffer (taking one if it has none)."""
@@ -227,11 +239,12 @@ class CudaTransfers(HostTransfers):
         self.device = device
         self.pool = HostPool(pin=True)
         self.stall_seconds = 0.0
+        self.recompute_seconds = 0.0
         self.streams_ = _StreamSwitch(device)
         # High priority for copies in: compute is waiting for them sooner or later.
         self.h2d = torch.cuda.Stream(device, priority=-1)
         self.d2h = torch.cuda.Stream(device)
-        self._timed: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._timed: list[tuple[torch.cuda.Event, torch.cuda.Event, str]] = []
         # Prefetch batches still copying: (event, storages kept alive until it completes).
         self._inflight: deque[tuple[torch.cuda.Event, list]] = deque()
 
@@ -286,7 +299,7 @@ class CudaTransfers(HostTransfers):
         if prefetch:
             self._inflight.append((event, [storage for storage, _ in items]))
         else:
-            self._timed.append((start, event))
+            self._timed.append((start, event, "stall_seconds"))
         for _, page in items:
             page.ready = event
 
@@ -304,9 +317,21 @@ class CudaTransfers(HostTransfers):
         if late:
             end = torch.cuda.Event(enable_timing=True)
             end.record(compute)
-            self._timed.append((start, end))
+            self._timed.append((start, end, "stall_seconds"))
         # Keep the events: a host buffer is reused only after its copy.
         return len(late)
+
+    @contextlib.contextmanager
+    def timed(self, what: str):
+        compute = self.streams_.current()
+        start = torch.cuda.Event(enable_timing=True)
+        start.record(compute)
+        try:
+            yield
+        finally:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record(compute)
+            self._timed.append((start, end, f"{what}_seconds"))
 
     def release_finished(self) -> None:
         """Drop the references that kept prefetched storages alive during their copy."""
@@ -319,13 +344,13 @@ class CudaTransfers(HostTransfers):
         self._inflight.clear()
 
     def harvest(self) -> None:
-        """Add the timed stalls whose events have completed to stall_seconds."""
+        """Add the timed stalls and recomputes whose events have completed to their counters."""
         keep = []
-        for start, end in self._timed:
+        for start, end, name in self._timed:
             if end.query():
-                self.stall_seconds += start.elapsed_time(end) / 1000.0
+                setattr(self, name, getattr(self, name) + start.elapsed_time(end) / 1000.0)
             else:
-                keep.append((start, end))
+                keep.append((start, end, name))
         self._timed = keep
 
 

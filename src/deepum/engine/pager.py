@@ -35,6 +35,7 @@ from .prefetch import Prefetcher
 from .remat import Remat
 from .retry import evict_for_retry
 from .telemetry import Stats, Telemetry, TraceRecorder, now_us, profiler_range
+from .timing import OpTimer
 
 log = logging.getLogger("deepum")
 
@@ -63,6 +64,10 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         self.recompute = config.recompute
         self.recompute_min_bytes = th.recipe_min_bytes
         self.recipe_max_depth = th.recipe_max_depth
+        # Device seconds of each execution ID, sampled (what a rebuild costs).
+        self.op_seconds: dict[int, float] = {}
+        self.timer = OpTimer(device, self.op_seconds.__setitem__)
+        self.writeback_bytes: dict[str, int] = {}
         self.unused_prefetch_bytes = 0
         self.lock = threading.RLock()
         self.dead: deque[StorageRef] = deque()
@@ -204,7 +209,10 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         """Copy the dirty ones out (or drop those with a recipe), then free the device memory of all."""
         st = self.counters
         live, dirty, arriving = [], [], []
-        drops = 0
+        dropping: set[Page] = set()  # dropped in this batch, not yet marked evicted
+        # Lineage nodes first: releasing one voids its readers' recipes, which
+        # must happen before any of those readers is chosen to be dropped.
+        pages = [p for p in pages if not (p.readers and p.recipe is None and self._release_lineage(p))]
         for page in pages:
             storage = page.ref()
             if storage is None:  # died since; its callback is queued
@@ -214,8 +222,9 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             if page.state == ARRIVING:
                 arriving.append(page)
             if page.dirty or page.host is None:
-                if page.recipe is not None and self.recompute and self._drop(page):
-                    drops += 1
+                if page.recipe is not None and self.recompute and self._drop(page, dropping):
+                    dropping.add(page)
+                    st.bytes_dropped += page.nbytes
                 else:
                     dirty.append((storage, page))
         if arriving:
@@ -231,8 +240,9 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             self.transfers.save(dirty)
             st.writebacks += len(dirty)
             st.bytes_to_host += sum(p.nbytes for _, p in dirty)
-        st.drops += drops
-        st.dropped_clean += len(live) - len(dirty) - drops
+            self._note_writebacks(dirty)
+        st.drops += len(dropping)
+        st.dropped_clean += len(live) - len(dirty) - len(dropping)
         for storage, page in live:
             page.dirty = False
             self.transfers.free(storage)

@@ -1,32 +1,36 @@
 """Recipes: a page dropped without a copy, rebuilt by running its operator again.
 
-Copying a page out and back costs two trips over the host link; for a page
-that one cheap operator computed from pages that are still around, running
-that operator again costs one kernel on the device and no link time. A GELU
-written as a chain of elementwise operators (GPT-2's ``gelu_new``) saves four
-tensors of the MLP's width for backward, three of them products of the other
-two and a constant; autocast's bf16 copies of the weights are functions of
-the fp32 parameters.
+Copying a page out and back costs two trips over the host link; running the
+operator that made it costs one kernel on the device. On the GPUs deepum
+targets the link moves tens of GB/s and the device hundreds of TFLOP/s, so
+almost every activation is cheaper to recompute than to copy: casts and
+pointwise outputs by far, matmuls and attention too. Copying remains for
+pages no recipe can rebuild exactly.
 
 [Note: when a recipe is exact]
 Re-running an operator gives the same bits when its kernel is deterministic
-and it reads the same bits. So a recipe is recorded only for operators
-tagged ``pointwise`` (or ``_to_copy``) and not ``nondeterministic_seeded``,
-whose every tensor argument is a managed page (kept as the page and the
-view's geometry; Python scalars arrive as numbers and are kept as they are)
-and a plain strided view (no conjugate or negative bit, which a view rebuilt
-from the storage would lose),
-and only for an output that covers its whole storage. The pager then keeps three
+and it reads the same bits. So a recipe is recorded for any functional
+operator (no argument written, fresh outputs) that is not listed as
+nondeterministic on the device (:data:`NEVER_REPLAYED`: kernels that
+accumulate with atomics, and every backward kernel), whose tensor arguments
+are managed pages (kept as the page and the view's geometry) or tiny
+unmanaged constants (copied into the recipe), and only for an output that
+covers its whole storage. Operators that draw random numbers
+(``nondeterministic_seeded``) replay with the generator state captured just
+before they ran, as torch.utils.checkpoint does. The pager then keeps three
 invariants (see :class:`Remat` below):
 
 * the inputs hold the bits they had: before an operator writes a page, the
   pages whose recipes read it are rebuilt if dropped, and their recipes
   voided (:meth:`Pager.before_write`); a page written after it was made
   loses its own recipe;
-* the inputs exist: dropping a page holds its inputs' storages until it is
-  rebuilt or dies;
-* the chain is short: a page whose rebuild would need more than
-  ``Thresholds.recipe_max_depth`` (core/config.py) dropped pages rebuilt first is copied out instead.
+* the inputs exist: a recipe holds its inputs' storages from the moment it
+  is recorded, so an intermediate the program frees stays as a *lineage
+  node* (DTR's term): a page only recipes hold, which eviction drops to no
+  memory at all when it has a recipe of its own ([Note: lineage] below);
+* the chain is bounded: a page whose rebuild would need more than
+  ``Thresholds.recipe_max_depth`` (core/config.py) dropped pages rebuilt
+  first is copied out instead.
 
 A recipe runs below autocast and autograd, as the original call did (the
 interceptor sits below both), so it calls the same kernel.
@@ -42,16 +46,66 @@ from ..errors import BudgetTooSmallError
 from .retry import evict_for_retry
 from .telemetry import profiler_range
 
-_ALWAYS = {torch.ops.aten._to_copy.default}
+# Small unmanaged tensors a recipe may copy and keep (scalars moved to a
+# device, CPU scalar tensors handed to CUDA operators).
+_CONST_MAX_BYTES = 4096
+
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+_use_count = torch._C._storage_Use_Count
+_WITHOUT_STATS = {torch.ops.aten.native_batch_norm.default}
+
+# Forward kernels whose results can differ from run to run on a GPU (they
+# accumulate with atomics, or order a reduction by thread timing), and
+# operators that return no fresh tensor worth rebuilding. Matched by the
+# operator's base name, so every overload is covered.
+NEVER_REPLAYED = frozenset({
+    "index_put", "_index_put_impl", "_unsafe_index_put", "index_add", "index_copy",
+    "index_reduce", "scatter", "scatter_add", "scatter_reduce", "put", "take_along_dim_backward",
+    "embedding_bag", "_embedding_bag", "_embedding_bag_forward_only", "histc", "bincount",
+    "histogram", "kthvalue", "median", "nanmedian", "mode", "cumsum", "cumprod", "logcumsumexp",
+    "_local_scalar_dense", "item", "nonzero", "nonzero_static", "unique", "_unique", "_unique2",
+    "unique_consecutive", "unique_dim", "masked_select", "_ctc_loss", "ctc_loss",
+    "nll_loss2d_forward", "grid_sampler_3d", "_fused_dropout", "rrelu_with_noise",
+    "_cudnn_rnn", "_thnn_fused_lstm_cell", "_thnn_fused_gru_cell", "mkldnn_rnn_layer",
+    "_pin_memory", "lift_fresh", "lift_fresh_copy", "_to_dense", "to_sparse",
+    "_nested_tensor_from_mask", "_assert_async", "_functional_assert_async",
+})
+
+_SEEDED = getattr(torch.Tag, "nondeterministic_seeded", None)
+_BITWISE = getattr(torch.Tag, "nondeterministic_bitwise", None)
 
 
 def recomputable(func: torch._ops.OpOverload) -> bool:
     """Can this operator's outputs be rebuilt by running it again (given the conditions above)?"""
-    tags = func.tags
-    if any(getattr(torch.Tag, name, None) in tags for name in ("nondeterministic_seeded", "nondeterministic_bitwise")):
+    schema = func._schema
+    base = schema.name.split("::")[-1]
+    if schema.name.startswith(("c10d::", "_c10d_functional::", "profiler::")):
         return False
-    return torch.Tag.pointwise in tags or func in _ALWAYS
+    if base in NEVER_REPLAYED or "backward" in base or base.startswith(("_foreach_", "_fused_")):
+        return False
+    return _BITWISE is None or _BITWISE not in func.tags
+
+
+def seeded(func: torch._ops.OpOverload) -> bool:
+    """Does the operator draw random numbers (its replay needs the generator's state)?"""
+    return _SEEDED is not None and _SEEDED in func.tags
+
+
+def _attention_dropout(func, args: tuple, kwargs: dict) -> bool:
+    """Attention with dropout returns the generator's seed and offset as outputs
+    and reads them back in backward: such a call is not replayed."""
+    for i, a in enumerate(func._schema.arguments):
+        if a.name == "dropout_p":
+            p = args[i] if i < len(args) else kwargs.get("dropout_p", 0.0)
+            return bool(p)
+    return False
+
+
+def capture_rng(device: torch.device):
+    """The default generator's state on ``device`` (taken before a seeded operator runs)."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    return torch.get_rng_state()
 
 
 class _In:
@@ -72,31 +126,53 @@ class _In:
                                                                     self.stride)
 
 
+class _Const:
+    """A small unmanaged tensor argument, copied when the recipe was recorded."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.value = t.clone()
+
+
 class Recipe:
-    """How to rebuild one page: an operator, its arguments, which output."""
+    """How to rebuild one page: an operator, its arguments, which output.
 
-    __slots__ = ("func", "args", "kwargs", "index", "inputs", "held", "depth")
+    ``held`` keeps the inputs' storages alive for as long as the recipe may
+    be needed (see [Note: lineage] below); :meth:`Remat.void` lets go.
+    """
 
-    def __init__(self, func, args: tuple, kwargs: dict, index: int, inputs: list[Page]) -> None:
+    __slots__ = ("func", "args", "kwargs", "index", "inputs", "held", "depth", "rng", "eid")
+
+    def __init__(self, func, args: tuple, kwargs: dict, index: int, inputs: list[Page],
+                 rng=None, eid: int = -1) -> None:
         self.func = func
         self.args = args
         self.kwargs = kwargs
         self.index = index
         self.inputs = inputs  # the pages read, each once
-        # While the page is dropped: its inputs' storages, kept alive.
-        self.held: list | None = None
+        self.held: list | None = [q.ref() for q in inputs]
         self.depth = 1
+        self.rng = rng
+        self.eid = eid  # the execution ID that made the page (its cost is that operator's)
 
     def usable(self) -> bool:
         """Are the inputs still there to rebuild from?"""
-        return all(q.state != DEAD and q.ref() is not None for q in self.inputs)
+        return self.held is not None and all(q.state != DEAD and s is not None
+                                             for q, s in zip(self.inputs, self.held))
 
     def run_into(self, storage: torch.UntypedStorage, device: torch.device) -> None:
         """Run the operator again and put its output's bytes into ``storage`` (already sized)."""
         def arg(x):
-            return x.tensor(device) if isinstance(x, _In) else x
+            if isinstance(x, _In):
+                return x.tensor(device)
+            if isinstance(x, _Const):
+                return x.value
+            if isinstance(x, list):
+                return [arg(y) for y in x]
+            return x
 
-        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        with torch.no_grad(), torch.autocast(device.type, enabled=False), _replaying(self.rng, device):
             out = self.func(*[arg(a) for a in self.args], **{k: arg(v) for k, v in self.kwargs.items()})
             if isinstance(out, (tuple, list)):
                 out = out[self.index]
@@ -108,63 +184,117 @@ class Recipe:
             dst.copy_(torch.empty(0, dtype=torch.uint8, device=device).set_(src))
 
 
-def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_of) -> Recipe | None:
+class _replaying:
+    """Run with the generator state a seeded operator saw, then put the current one back."""
+
+    __slots__ = ("state", "device", "saved")
+
+    def __init__(self, state, device: torch.device) -> None:
+        self.state, self.device = state, device
+
+    def __enter__(self) -> None:
+        if self.state is None:
+            return
+        cuda = self.device.type == "cuda"
+        self.saved = torch.cuda.get_rng_state(self.device) if cuda else torch.get_rng_state()
+        (torch.cuda.set_rng_state(self.state, self.device) if cuda else torch.set_rng_state(self.state))
+
+    def __exit__(self, *exc) -> None:
+        if self.state is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(self.saved, self.device)
+        else:
+            torch.set_rng_state(self.saved)
+
+
+def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_of,
+           rng=None, eid: int = -1) -> Recipe | None:
     """A recipe for output ``index`` (``out``), or None when it would not be exact.
 
     ``page_of(t)`` returns the managed page of a tensor, or None.
     """
     if out.storage_offset() != 0 or out.numel() * out.element_size() != out.untyped_storage().nbytes():
         return None
+    if _attention_dropout(func, args, kwargs):
+        return None
     inputs: list[Page] = []
+    missing = object()
 
     def keep(x):
         if isinstance(x, torch.Tensor):
             if x.is_conj() or x.is_neg() or x._is_zerotensor() or type(x) not in _PLAIN:
                 # A view rebuilt from its storage would lose these bits (the
                 # OpInfo sweep caught clone() of a conjugate view).
-                return None
+                return missing
+            if x.layout != torch.strided:
+                return missing
             page = page_of(x)
-            if page is None or not page.pageable:
-                # Memory the engine does not watch for writes (Python
-                # scalars arrive as numbers, not tensors, at this level), or
-                # may not see them: an unpageable page can be memory numpy
-                # shares and writes without an operator.
-                return None
+            if page is None:
+                if x.numel() * x.element_size() <= _CONST_MAX_BYTES and not x.requires_grad:
+                    return _Const(x)
+                return missing
+            if not page.pageable:
+                # Memory the engine may not see written (numpy can share an
+                # unpageable page and write it without an operator).
+                return missing
             if page not in inputs:
                 inputs.append(page)
             return _In(page, x)
         if isinstance(x, (list, tuple)) and any(isinstance(y, torch.Tensor) for y in x):
-            return None  # tensor lists: not a pointwise operator's shape
+            kept = [keep(y) if y is not None else None for y in x]
+            return missing if any(k is missing for k in kept) else kept
         return x
 
     new_args = []
     for a in args:
         k = keep(a)
-        if k is None and a is not None:
+        if k is missing:
             return None
         new_args.append(k)
     new_kwargs = {}
     for name, v in kwargs.items():
         k = keep(v)
-        if k is None and v is not None:
+        if k is missing:
             return None
         new_kwargs[name] = k
     if not inputs:
         return None  # a factory: nothing it depends on is tracked
-    return Recipe(func, tuple(new_args), new_kwargs, index, inputs)
+    if func in _WITHOUT_STATS:
+        # Training-mode batch norm also updates the running statistics
+        # (arguments 3 and 4), which its output does not read: the replay
+        # leaves them out so they are updated once, and no recipe reads them.
+        if len(new_args) < 6 or not new_args[5]:
+            return None  # eval mode: the output reads the running statistics
+        new_args[3] = new_args[4] = None
+        inputs = [q for q in inputs if any(isinstance(a, _In) and a.page is q for a in new_args)]
+    return Recipe(func, tuple(new_args), new_kwargs, index, inputs, rng, eid)
 
 
 # --------------------------------------------------------------- the engine side
 
 # [Note: dropping instead of copying]
-# A page with a recipe (see recompute.py) is evicted without a copy while its
-# recipe's inputs exist, and rebuilt on the compute stream when needed
-# (:meth:`Pager.rebuild`): the inputs first (faulted or rebuilt in turn), then
-# the operator again. Three invariants make the bits the same: a write to a
-# page first rebuilds the dropped pages that read it and voids its readers'
-# recipes (:meth:`Pager.before_write`); a page written after it was made loses
-# its recipe; a dropped page holds its inputs' storages alive until it is
-# rebuilt or dies.
+# A page with a recipe is evicted without a copy while its recipe's inputs
+# exist, and rebuilt on the compute stream when needed (:meth:`Remat.rebuild`):
+# the inputs first (faulted or rebuilt in turn), then the operator again.
+# Three invariants make the bits the same: a write to a page first rebuilds
+# the dropped pages that read it and voids its readers' recipes
+# (:meth:`Remat.before_write`); a page written after it was made loses its
+# recipe; a recipe holds its inputs' storages alive for as long as it exists.
+#
+# [Note: lineage]
+# The program frees most intermediates right after the operator that reads
+# them (a layer norm's fp32 output, once autocast has cast it to bf16), yet a
+# recipe that reads one needs its bits. So a recipe holds the storages of its
+# inputs, and such an intermediate lives on as a page only recipes hold: a
+# lineage node (DTR's term). The storage's use count tells (one reference:
+# the wrapper the recipes hold). Nothing touches a lineage node again, so it
+# soon reaches the victims; eviction then drops it to no memory when it has a
+# recipe of its own, or, when it has none and no reader is dropped, voids its
+# readers' recipes and lets it die (:meth:`Remat._release_lineage`) rather
+# than copying it. A rebuild that needs a dropped lineage node rebuilds it
+# first, like any dropped input. At exit lineage nodes are not brought back;
+# voiding every recipe lets them die.
 
 
 class Remat:
@@ -179,21 +309,41 @@ class Remat:
         lineage.attach(page, recipe)
 
     def void(self, page: Page) -> None:
-        """Forget a resident page's recipe (its inputs or its bytes changed)."""
+        """Forget a page's recipe (its inputs or its bytes changed) and let go of its inputs."""
+        page.recipe.held = None
         lineage.detach(page)
 
-    def _drop(self, page: Page) -> bool:
-        """Evict ``page`` by its recipe if its inputs allow; False to copy it out instead."""
+    def _release_lineage(self, page: Page) -> bool:
+        """Let a lineage node with no recipe die instead of copying it; False to keep it.
+
+        See [Note: lineage]. Only pages no program tensor refers to any more
+        qualify, and only while none of their readers is dropped (a dropped
+        reader needs the bytes); small ones are kept, as recipes that read
+        them save more than they cost.
+        """
+        if page.nbytes < self.recompute_min_bytes or page.pins:
+            return False
+        if _use_count(page.key) != 1 or any(r.dropped for r in page.readers):
+            return False
+        for reader in lineage.readers(page):
+            self.void(reader)
+        self.retire(page)
+        self.counters.lineage_released += 1
+        return True
+
+    def _drop(self, page: Page, dropping: set[Page]) -> bool:
+        """Evict ``page`` by its recipe if its inputs allow; False to copy it out instead.
+
+        ``dropping``: pages dropped in the same batch, not yet marked evicted.
+        """
         recipe = page.recipe
         if not recipe.usable():
             self.void(page)
             return False
-        # An input dropped, or being dropped in the same batch, holds its own inputs.
-        depth = lineage.drop_depth(recipe)
+        depth = lineage.drop_depth(recipe, dropping)
         if depth > self.recipe_max_depth:
             return False
         recipe.depth = depth
-        recipe.held = [q.ref() for q in recipe.inputs]
         return True
 
     def before_write(self, page: Page) -> None:
@@ -207,6 +357,12 @@ class Remat:
 
     def rebuild(self, page: Page) -> None:
         """Compute a dropped page again on the compute stream (its inputs made resident first)."""
+        # Held here so that the page cannot die half way (a lineage node lives
+        # only through its readers' recipes, which evictions below may void).
+        storage = page.ref()
+        if storage is None:
+            self.retire(page)
+            return
         recipe = page.recipe
         inputs = recipe.inputs
         for q in inputs:
@@ -228,12 +384,11 @@ class Remat:
             arriving = [q for q in inputs if q.state == ARRIVING]
             if arriving:
                 self._arrive(arriving)
-            storage = page.ref()
             while True:
                 self.table.arriving(page)
                 self.table.reserved_bytes += page.nbytes
                 try:
-                    with profiler_range("deepum::recompute"):
+                    with profiler_range("deepum::recompute"), self.transfers.timed("recompute"):
                         storage.resize_(page.nbytes)
                         recipe.run_into(storage, self.device)
                     break
@@ -249,7 +404,6 @@ class Remat:
             self.table.arrived(page)
             page.ready = None
             page.dirty = True  # no host copy: the next eviction drops or copies it again
-            recipe.held = None
             for q in inputs:
                 self.table.touch(q)
             self.counters.recomputes += 1

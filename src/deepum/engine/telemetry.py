@@ -43,7 +43,7 @@ class Stats:
         "bytes_to_host", "prefetches", "prefetch_hits", "late_prefetches",
         "wasted_prefetches", "oom_retries", "overshoots", "ops", "dead_pages",
         "unpageable_pages", "chunked_ops", "optimizer_steps", "comm_holds", "drops",
-        "recomputes",
+        "recomputes", "bytes_dropped", "lineage_released",
     )
 
     def __init__(self) -> None:
@@ -98,6 +98,13 @@ class Telemetry:
         return Progress(c.ops, c.faults, c.bytes_to_device, c.bytes_to_host,
                         self.transfers.stall_seconds, self.table.resident_bytes, self.budget)
 
+    def _note_writebacks(self, items: list) -> None:
+        """Why each page went over the link: what it holds, or a recipe refused."""
+        bytes_ = self.writeback_bytes
+        for _, p in items:
+            why = "recipe too deep" if p.recipe is not None else p.kind.name.lower()
+            bytes_[why] = bytes_.get(why, 0) + p.nbytes
+
     def _pages_by_kind(self) -> dict[str, int]:
         counts = dict.fromkeys((k.name.lower() for k in Kind), 0)
         for page in self.table.pages.values():
@@ -127,6 +134,8 @@ class Telemetry:
             host_bytes=self.transfers.pool.held_bytes,
             peak_host_bytes=self.transfers.pool.peak_held_bytes,
             stall_seconds=self.transfers.stall_seconds,
+            recompute_seconds=self.transfers.recompute_seconds,
+            writeback_bytes_by_reason=dict(self.writeback_bytes),
             resident_bytes_by_kind={k.name.lower(): self.table.kind_bytes[k] for k in Kind},
             pages_by_kind=self._pages_by_kind(),
             policy=self.policy.name,

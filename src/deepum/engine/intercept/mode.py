@@ -44,6 +44,7 @@ from ..retry import evict_for_retry
 from ..telemetry import now_us
 from .chunking import Chunking
 from .estimate import estimate_cached
+from ..remat import capture_rng
 from .plan import OpPlan, flat_outputs, hashable
 from .register import QUIET, Registration
 
@@ -213,18 +214,21 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
             return out
         if chunks is not None:
             return self._run_chunks(func, types, args, kwargs, chunks)
+        call = self._recipe_call(plan, func, args, kwargs)
+        token = pager.timer.start(eid) if call is not None else None
         try:
             out = self._call(plan, func, args, kwargs, est, pages)
         except BaseException:
             with pager.lock:
                 pager.unpin(pages, est)
             raise
+        if token is not None:
+            pager.timer.stop(token)
         with pager.lock:
             pager.unpin(pages, est)
             if plan.comm:
                 self._hold_for_comm(out, pages)
-            recipes = plan.recomputable and pager.recompute and pager.pressure
-            new = self._register_outputs(out, eid, (func, args, kwargs) if recipes else None) if plan.fresh else 0
+            new = self._register_outputs(out, eid, call) if plan.fresh else 0
             # The largest output seen: an ID whose output size varies with an
             # argument that is not part of it (a size list) is never underestimated twice.
             if new > est:
@@ -252,6 +256,22 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                     continue
                 if not work.is_completed():
                     self.pager.hold(work, pages)
+
+    def _recipe_call(self, plan: OpPlan, func, args, kwargs) -> tuple | None:
+        """(func, args, kwargs, generator state) for the recipes of this call's outputs, or None.
+
+        Taken before the operator runs: a random operator replays with the
+        generator state it saw (engine/remat.py).
+        """
+        pager = self.pager
+        if not (plan.recomputable and pager.recompute and pager.pressure):
+            return None
+        rng = None
+        if plan.seeded:
+            if kwargs.get("generator") is not None:
+                return None  # a private generator: its state is not the default one
+            rng = capture_rng(self.device)
+        return (func, args, kwargs, rng)
 
     def _finish(self, plan: OpPlan, eid: int, written: list[Page]) -> None:
         self.pager.counters.ops += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..remat import recomputable
+from ..remat import recomputable, seeded
 
 # Operators that write arguments their schema does not mark as written:
 # batch norm updates running_mean and running_var (arguments 3 and 4) in
@@ -16,6 +16,10 @@ _UNANNOTATED_WRITES = {
     "aten::miopen_batch_norm": (3, 4),
 }
 
+# Of those, operators whose outputs do not depend on what they write, so a
+# replay can leave the written arguments out (engine/remat.py).
+_REPLAY_WITHOUT_STATS = {"aten::native_batch_norm"}
+
 Tensor = torch.Tensor
 _PAGEABLE_TYPES = (torch.Tensor, torch.nn.Parameter)
 
@@ -24,7 +28,7 @@ class OpPlan:
     """What the interceptor needs to know about one operator overload, computed once."""
 
     __slots__ = ("func", "name", "slots", "n_written", "list_slots", "foreach",
-                 "fresh", "factory", "retry_safe", "comm", "recomputable")
+                 "fresh", "factory", "retry_safe", "comm", "recomputable", "seeded")
 
     def __init__(self, func: torch._ops.OpOverload) -> None:
         schema = func._schema
@@ -65,7 +69,10 @@ class OpPlan:
         annotated_write = any(a.alias_info is not None and a.alias_info.is_write
                               for a in schema.arguments)
         self.retry_safe = not annotated_write
-        self.recomputable = self.fresh and not annotated_write and recomputable(func)
+        self.recomputable = (self.fresh and not annotated_write and recomputable(func)
+                             and (not extra or schema.name in _REPLAY_WITHOUT_STATS))
+        # Replaying a random operator needs the generator state it saw.
+        self.seeded = self.recomputable and seeded(func)
 
     def collect(self, args: tuple, kwargs: dict) -> tuple[list, int]:
         """The tensor arguments, written ones first, and how many are written."""
@@ -111,6 +118,11 @@ def pageable(t: torch.Tensor, s: torch.UntypedStorage) -> bool:
 
 
 def hashable(x):
+    if isinstance(x, torch.Tensor):
+        # What an operator with no managed input is named by: a fresh host
+        # batch copied in each step is the same role each step, whatever its
+        # identity (tensors hash by identity, which made a new ID per step).
+        return ("tensor", x.dtype, tuple(x.shape), x.device.type)
     if isinstance(x, (list, tuple)):
         return tuple(hashable(y) for y in x)
     if isinstance(x, dict):

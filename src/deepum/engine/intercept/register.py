@@ -66,7 +66,7 @@ class Registration:
     def _register_outputs(self, out, eid: int, call: tuple | None = None) -> int:
         """Make new storages among the outputs pages; return their bytes.
 
-        ``call``: (func, args, kwargs) of a recomputable operator; large new
+        ``call``: (func, args, kwargs, generator state) of a recomputable operator; large new
         pages get a recipe (recompute.py).
         """
         pager = self.pager
@@ -93,7 +93,8 @@ class Registration:
             p = pager.register(s, skey, pageable(t, s))
             new += nbytes
             if call is not None and nbytes >= pager.recompute_min_bytes and p.pageable:
-                recipe = record(*call, i, t, self.page_of)
+                func, args, kwargs, rng = call
+                recipe = record(func, args, kwargs, i, t, self.page_of, rng, eid)
                 if recipe is not None:
                     pager.attach_recipe(p, recipe)
         return new
