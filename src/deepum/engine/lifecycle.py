@@ -25,7 +25,6 @@ import torch
 from ..core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, State
 from ..errors import RestoreError
 
-
 _use_count = torch._C._storage_Use_Count
 
 

@@ -40,11 +40,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ...core.correlation import Interner
 from ...core.pages import Page
 from ..pager import Pager
+from ..remat import capture_rng
 from ..retry import evict_for_retry
 from ..telemetry import now_us
 from .chunking import Chunking
 from .estimate import estimate_cached
-from ..remat import capture_rng
 from .plan import OpPlan, flat_outputs, hashable
 from .register import QUIET, Registration
 
