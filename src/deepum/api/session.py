@@ -118,6 +118,11 @@ class Session:
         ("12GiB", "800MB"), or a fraction of the device's memory (0 < f <= 1).
     device:
         "cuda", "cuda:N" or "cpu"; defaults to the current CUDA device, else "cpu".
+    config:
+        A :class:`~deepum.core.config.Config` holding every option below (and
+        the engine's thresholds), or None to build one from the keywords; an
+        option of the wrong type or value raises :class:`~deepum.errors.OptionError`
+        here, before anything runs.
     policy:
         "deepum" (correlation prefetching and pre-eviction) or "lru" (demand
         paging with least-recently-used eviction).
@@ -162,7 +167,8 @@ class Session:
     reserve:
         Bytes of the budget kept for memory deepum cannot see (kernel
         workspaces, allocator rounding and fragmentation). Default: on CUDA
-        an eighth of the budget, at most 2 GiB; on CPU nothing.
+        an eighth of the budget, at most 2 GiB (Thresholds.reserve,
+        reserve_max); on CPU nothing. An int or a size string such as "256MiB".
     """
 
     def __init__(self, budget: int | float | str, device: str | torch.device | None = None,

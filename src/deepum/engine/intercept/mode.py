@@ -11,7 +11,7 @@ Interception costs CPU time on every operator, and models with many short
 kernels feel it (see docs/DESIGN.md). So: all schema analysis happens once
 per operator overload (:class:`OpPlan`); arguments are read by schema position,
 without pytree; storages are looked up by their C++ address in one dict; and
-until memory is tight (three quarters of the limit, or a first eviction) the
+until memory is tight (Thresholds.pressure of the limit, or a first eviction) the
 predictor and the prefetcher are skipped altogether.
 
 [Note: execution IDs and stable keys]
@@ -115,7 +115,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
     def _dispatch_quiet(self, plan, func, args, kwargs):
         """Before memory is tight: pages are made, pinned and counted, nothing else.
 
-        See [Note: before pressure]. Once resident bytes pass three quarters
+        See [Note: before pressure]. Once resident bytes pass Thresholds.pressure
         of the limit (or anything is evicted) the full path takes over.
         """
         pager = self.pager
