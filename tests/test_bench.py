@@ -120,7 +120,7 @@ def _loader_run(budget=None):
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
 
     stats = None
     if budget is None:
@@ -260,6 +260,19 @@ def test_plot_shows_methods_without_a_device_peak():
     assert ax.get_ylim()[1] >= 2.0 * 1.1 - 1e-9  # fitted to the data: ckpt runs at twice plain's rate
     assert "MiB" in ax.get_xlabel()
     plt.close(fig)
+
+
+def test_rows_script_prints_the_new_per_step_figures():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rows", ROOT / "benchmarks" / "rows.py")
+    rows = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rows)
+    text = rows.line({"model": "m", "method": "deepum", "step_bytes_to_device": 2e9, "step_bytes_to_host": 1e9,
+                      "step_prefetches": 7, "step_faults": 1, "step_bytes_dropped": 3e9,
+                      "step_recompute_seconds": 0.012, "planned_share": 0.875})
+    assert "GB dropped 3.00" in text and "recompute 12.0ms" in text and "planned 88%" in text
+    assert "pf/hits/late/faults/drops/recomp 7/0/0/1/0/0" in text
 
 
 # ------------------------------------------------------------------ the one-call GPU script

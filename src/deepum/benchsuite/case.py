@@ -138,13 +138,33 @@ def identity_check(name: str, device: torch.device, steps: int) -> dict:
             "losses": l1, "ok": deterministic and same and peak1 <= budget and stats["evictions"] > 0}
 
 
-def _energy(device: torch.device):
-    """The GPU's energy counter deepum's stats use, or None."""
-    try:
-        from deepum.pager import _Energy as energy_cls
-    except ImportError:  # the engine renamed it; the row goes without joules
-        return None
-    return energy_cls.open(device)
+class EnergyCounter:
+    """Joules the GPU used since this was opened, from NVML's energy counter (as deepum's stats count them)."""
+
+    def __init__(self, nvml, handle) -> None:
+        self.nvml, self.handle = nvml, handle
+        self.start = nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+
+    @classmethod
+    def open(cls, device: torch.device) -> EnergyCounter | None:
+        if device.type != "cuda":
+            return None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            # NVML numbers devices as the driver does; under CUDA_VISIBLE_DEVICES
+            # CUDA's index may differ, so match by PCI address where torch has it.
+            props = torch.cuda.get_device_properties(device)
+            if hasattr(props, "pci_bus_id"):
+                address = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+                return cls(pynvml, pynvml.nvmlDeviceGetHandleByPciBusId(address))
+            return cls(pynvml, pynvml.nvmlDeviceGetHandleByIndex(device.index or 0))
+        except Exception:  # no NVML, no permission, no energy counter: the row goes without joules
+            return None
+
+    def joules(self) -> float:
+        return (self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) - self.start) / 1000.0
 
 
 def _build_step(model: str, method: str, device: torch.device, session):
@@ -163,7 +183,7 @@ def _timed_steps(step, work: Workload, device: torch.device, session, phases, wa
     """Run warm-up and measured steps; the batch of each is made before its clock starts, as a loader would."""
     import psutil
 
-    energy = _energy(device)
+    energy = EnergyCounter.open(device)
     times, before, joules0, fourth = [], {}, None, None
     proc = psutil.Process()
     host_peak = proc.memory_info().rss
