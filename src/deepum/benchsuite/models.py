@@ -117,8 +117,8 @@ MODELS: dict[str, tuple[Callable, str]] = {
                  "0.85B parameters, batch 4 x 2048"),
     "vit-l16": (lambda: _vit("large", 224, 16, 24, 1024, 16, 128),
                 "ViT-L/16 (timm vit_large_patch16_224, else torchvision vit_l_16 shape), batch 128"),
-    "t5-large": (lambda: _hf_t5(24, 1024, 2816, 16, 32128, 512, 16),
-                 "HF T5 encoder-decoder, 24+24 layers, d=1024, gated-GELU 2816, batch 16 x 512"),
+    "t5-large": (lambda: _hf_t5(24, 1024, 2816, 16, 32128, 512, 12),
+                 "HF T5 encoder-decoder, 24+24 layers, d=1024, gated-GELU 2816, 0.75B parameters, batch 12 x 512 (128 decoder tokens)"),
     "wide-gpt": (lambda: _hf_gpt2(4, 4096, 32, 50304, 2048, 4), "HF GPT-2, 4 layers, d=4096, batch 4 x 2048"),
     "resnet152": (lambda: _resnet(128), "torchvision ResNet-152, batch 128, channels_last"),
     # The model-dominated ladder: parameters, gradients and AdamW states
