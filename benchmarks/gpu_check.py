@@ -53,7 +53,7 @@ def make_case(name: str):
     opt = bench.adamw(work.model, dev)
 
     def step(i, wrap=None):
-        return bench.standard_step(work, opt, wrap)(i)
+        return bench.standard_step(work, opt, wrap)(work.host_batch(i))
 
     return work.model, opt, step
 

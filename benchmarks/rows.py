@@ -24,9 +24,15 @@ def line(r: dict) -> str:
         parts.append(f"GB in/out {r['step_bytes_to_device'] / 1e9:.1f}/{r['step_bytes_to_host'] / 1e9:.1f}")
         for phase, (i, o) in r.get("step_phase_bytes", {}).items():
             parts.append(f"{phase} {i / 1e9:.1f}/{o / 1e9:.1f}")
-        parts.append("hits/late/faults/drops/recomp " + "/".join(
-            str(round(r.get(f"step_{k}", 0))) for k in ("prefetch_hits", "late_prefetches", "faults", "drops",
-                                                         "recomputes")))
+        parts.append("pf/hits/late/faults/drops/recomp " + "/".join(
+            str(round(r.get(f"step_{k}", 0))) for k in ("prefetches", "prefetch_hits", "late_prefetches", "faults",
+                                                         "drops", "recomputes")))
+        if "step_bytes_dropped" in r:
+            parts.append(f"GB dropped {r['step_bytes_dropped'] / 1e9:.2f}")
+        if "step_recompute_seconds" in r:
+            parts.append(f"recompute {r['step_recompute_seconds'] * 1e3:.1f}ms")
+    if r.get("planned_share") is not None:
+        parts.append(f"planned {r['planned_share']:.0%}")
     for k in ("bit_identical", "drops", "recomputes", "evictions", "ok", "error", "skipped"):
         if k in r:
             parts.append(f"{k}={str(r[k])[:120]}")

@@ -1,0 +1,178 @@
+"""One call on a GPU machine: a chosen list of bench cases, a log, results.jsonl and a short table.
+
+    python benchmarks/gpu_round.py --cases llama-1b:plain,llama-1b:deepum:0.5,llama-1b:ckpt \
+        --time-budget 500 [--old-src /path/to/other/src] [--warmup 3 --steps 3]
+
+A case is MODEL:METHOD[:FRACTION]; FRACTION (of the model's unconstrained
+peak) is for deepum and lru. Each case runs in its own process through the
+bench's case machinery (``deepum.benchsuite.case.run_case``); the plain case
+of each model runs first whether listed or not, since fractions need its
+peak. With ``--old-src DIR`` every deepum and lru case runs a second time
+with the engine imported from DIR (another commit's src/), the harness still
+this tree's, labelled "old" in the table. A case is skipped once starting it
+would overrun ``--time-budget`` seconds (judged by the slowest case so far).
+Output goes to $OUT (default ./out): results.jsonl, round.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.join(os.path.dirname(HERE), "src")
+PAGED = ("deepum", "lru")
+
+
+def _load_harness():
+    """This tree's bench harness as a package of its own, so the engine may come from elsewhere."""
+    path = os.path.join(SRC, "deepum", "benchsuite")
+    spec = importlib.util.spec_from_file_location("benchsuite", os.path.join(path, "__init__.py"),
+                                                  submodule_search_locations=[path])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchsuite"] = module
+    spec.loader.exec_module(module)
+    from benchsuite.case import run_case  # noqa: PLC0415  (loaded just above)
+
+    return run_case
+
+
+def child(argv: list[str]) -> int:
+    """A case in this process: one JSON line."""
+    import torch
+
+    model, method, budget, device, warmup, steps = argv
+    run_case = _load_harness()
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", 0)
+    row = run_case(model, method, int(budget) if budget != "-" else None, dev, int(steps), int(warmup))
+    print(json.dumps(row), flush=True)
+    return 0
+
+
+def run_child(args, model: str, method: str, budget: int | None, src: str, log) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", model, method,
+           str(budget) if budget is not None else "-", args.device, str(args.warmup), str(args.steps)]
+    env = {**os.environ, "PYTHONPATH": src}
+    t0 = time.time()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"model": model, "method": method, "error": f"timed out after {args.case_timeout} s"}
+    log.write(f"=== {model} {method} {budget} src={src} rc={r.returncode} {time.time() - t0:.1f}s\n")
+    log.write(r.stdout[-4000:] + r.stderr[-8000:] + "\n")
+    log.flush()
+    for line in reversed(r.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    err = [ln for ln in r.stderr.strip().splitlines() if ln.strip()] or [f"exit code {r.returncode}"]
+    named = [ln for ln in err if "Error" in ln or "error:" in ln]
+    return {"model": model, "method": method, "error": (named or err)[-1][:300]}
+
+
+def parse_cases(spec: str) -> list[tuple[str, str, float | None]]:
+    out = []
+    for item in spec.split(","):
+        parts = item.strip().split(":")
+        if len(parts) not in (2, 3):
+            raise SystemExit(f"gpu_round: case {item!r}: write MODEL:METHOD or MODEL:METHOD:FRACTION")
+        frac = float(parts[2]) if len(parts) == 3 else None
+        if parts[1] in PAGED and frac is None:
+            raise SystemExit(f"gpu_round: case {item!r}: {parts[1]} needs a budget fraction (e.g. :0.5)")
+        out.append((parts[0], parts[1], frac))
+    return out
+
+
+def plan(cases, old_src: str | None) -> list[tuple[str, str, float | None, str]]:
+    """Cases in run order with their source label: each model's plain first."""
+    out = []
+    for model in dict.fromkeys(m for m, _, _ in cases):
+        out.append((model, "plain", None, "new"))
+        for m, method, frac in cases:
+            if m != model or method == "plain":
+                continue
+            out.append((model, method, frac, "new"))
+            if old_src and method in PAGED:
+                out.append((model, method, frac, "old"))
+    return out
+
+
+def _cell(value, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) else "-"
+
+
+def short_table(rows: list[dict]) -> str:
+    """model, method, budget, ms/step, x plain, peak GiB, planned share, drops/step, bytes copied/step."""
+    plain = {r["model"]: r["median_s"] for r in rows if r["method"] == "plain" and "median_s" in r}
+    lines = [f"{'src':4} {'model':14} {'method':15} {'budget':7} {'ms/step':>9} {'x plain':>7} {'peak GiB':>8} "
+             f"{'planned':>7} {'drops/st':>8} {'GB in+out/st':>12}"]
+    for r in rows:
+        budget = f"{r['fraction']:.3g}" if r.get("fraction") is not None else "-"
+        head = f"{r.get('src', 'new'):4} {r['model']:14} {r['method']:15} {budget:7}"
+        if "median_s" not in r:
+            lines.append(f"{head} {r.get('skipped') or r.get('error', '?')}"[:160])
+            continue
+        base = plain.get(r["model"])
+        peak = r.get("peak_device_bytes")
+        moved = (r["step_bytes_to_device"] + r["step_bytes_to_host"]) / 1e9 if "step_bytes_to_device" in r else None
+        lines.append(f"{head} {r['median_s'] * 1e3:9.1f} {_cell(r['median_s'] / base if base else None, '7.2f')} "
+                     f"{_cell(peak / 2**30 if peak else None, '8.2f')} {_cell(r.get('planned_share'), '7.0%')} "
+                     f"{_cell(r.get('step_drops'), '8.0f')} {_cell(moved, '12.2f')}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return child(argv[1:])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", required=True, help="MODEL:METHOD[:FRACTION], comma-separated")
+    p.add_argument("--time-budget", type=float, default=500, help="seconds for the whole round")
+    p.add_argument("--old-src", default=None, help="another copy of src/ whose engine the paged cases also run")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--case-timeout", type=int, default=300)
+    args = p.parse_args(argv)
+    if args.old_src and not os.path.isdir(os.path.join(args.old_src, "deepum")):
+        raise SystemExit(f"gpu_round: --old-src {args.old_src}: no deepum package there; give the src/ folder")
+    out = os.environ.get("OUT") or "out"
+    os.makedirs(out, exist_ok=True)
+    rows = run_round(args, parse_cases(args.cases), out)
+    print(short_table(rows), flush=True)
+    return 0
+
+
+def run_round(args, cases, out: str) -> list[dict]:
+    """Run the planned cases within the time budget, appending each row to $OUT/results.jsonl."""
+    start, slowest, rows, peaks = time.time(), 0.0, [], {}
+    with open(os.path.join(out, "results.jsonl"), "a") as results, open(os.path.join(out, "round.log"), "a") as log:
+        for model, method, frac, label in plan(cases, args.old_src):
+            row = {"model": model, "method": method, "fraction": frac, "src": label}
+            if time.time() - start + slowest > args.time_budget:
+                row["skipped"] = f"time budget of {args.time_budget:.0f} s would be exceeded"
+            elif frac is not None and model not in peaks:
+                row["skipped"] = "no unconstrained peak to scale"
+            else:
+                budget = int(peaks[model] * frac) if frac is not None else None
+                t0 = time.time()
+                src = args.old_src if label == "old" else SRC
+                row.update(run_child(args, model, method, budget, src, log), fraction=frac, src=label)
+                slowest = max(slowest, time.time() - t0)
+                if method == "plain" and row.get("peak_device_bytes"):
+                    peaks[model] = row["peak_device_bytes"]
+            rows.append(row)
+            results.write(json.dumps(row) + "\n")
+            results.flush()
+            print(short_table([r for r in rows if r["model"] == model]).splitlines()[-1], flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""One bench case, run in the process that calls it: a row of measurements."""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import time
+
+import torch
+
+from .models import Workload, adamw, standard_step
+from .peers import Skip, deepspeed_step, prepare
+
+PAGED = ("deepum", "lru")
+DEEPSPEED = ("zero2-offload", "zero3-offload", "zero3-offload-ckpt")
+
+# Per-step deltas of session.stats() reported for paged cases; keys the
+# engine does not have yet are left out of the row.
+STEP_COUNTERS = ("bytes_to_device", "bytes_to_host", "bytes_dropped", "recompute_seconds", "faults",
+                 "prefetches", "prefetch_hits", "late_prefetches", "wasted_prefetches", "evictions",
+                 "stall_seconds", "drops", "recomputes")
+
+
+class PhaseBytes:
+    """Bytes the pager moved each way in each phase of the step (forward, backward, optimizer).
+
+    Counted when a copy is issued, so a prefetch issued late in the forward
+    for the backward counts in the forward.
+    """
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.reset()
+
+    def reset(self) -> None:
+        self.bytes: dict[str, list[int]] = {}
+        self._last = self._now()
+
+    def _now(self) -> tuple[int, int]:
+        st = self.session.stats()
+        return st.get("bytes_to_device", 0), st.get("bytes_to_host", 0)
+
+    def __call__(self, phase: str) -> None:
+        now = self._now()
+        acc = self.bytes.setdefault(phase, [0, 0])
+        acc[0] += now[0] - self._last[0]
+        acc[1] += now[1] - self._last[1]
+        self._last = now
+
+
+class GcClock:
+    """Time the garbage collector spends, per generation (a per-operator engine makes garbage)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self._t0 = None
+        self.on = False  # counting starts after the warm-up
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        elif self._t0 is not None:
+            self.seconds[info["generation"]] += time.perf_counter() - self._t0
+            self.count[info["generation"]] += 1
+            self._t0 = None
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def link_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> dict:
+    """Pinned host<->device copy rates in GB/s: median of 5 copies of 1 GiB each way."""
+    dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    out = {}
+    for name, dst, src in (("h2d", dev, host), ("d2h", host, dev)):
+        dst.copy_(src, non_blocking=True)
+        sync(device)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            dst.copy_(src, non_blocking=True)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        out[f"{name}_GBps"] = nbytes / statistics.median(times) / 1e9
+    return out
+
+
+def identity_check(name: str, device: torch.device, steps: int) -> dict:
+    """Plain twice (is the reference itself deterministic?) and deepum at a third of the peak."""
+    import deepum
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+
+    def train(budget=None):
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        session = deepum.oversubscribe(budget or 1.0, device) if budget or device.type == "cpu" else None
+        if session:
+            session.__enter__()
+        try:
+            work = Workload(name, device, device)
+            step = standard_step(work, adamw(work.model, device))
+            losses = [step(work.host_batch(i)).item() for i in range(steps)]
+        finally:
+            if session:
+                session.__exit__(None, None, None)
+        stats = session.stats() if session else {}  # taken before the exit's restore
+        peak = stats["peak_device_bytes"] if session else torch.cuda.max_memory_reserved(device)
+        params = [p.detach().cpu() for p in work.model.parameters()]
+        return losses, params, stats, peak
+
+    l0, p0, _, peak0 = train()
+    l0b, p0b, _, _ = train()
+    deterministic = l0 == l0b and all(torch.equal(a, b) for a, b in zip(p0, p0b))
+    budget = peak0 // 3
+    l1, p1, stats, peak1 = train(budget)
+    same = l0 == l1 and all(torch.equal(a, b) for a, b in zip(p0, p1))
+    return {"reference_deterministic": deterministic, "bit_identical": same, "unconstrained_peak": peak0,
+            "budget_bytes": budget, "peak_device_bytes": peak1, "fits": peak1 <= budget,
+            "evictions": stats["evictions"], "faults": stats["faults"], "prefetches": stats["prefetches"],
+            "drops": stats.get("drops", 0), "recomputes": stats.get("recomputes", 0),
+            "losses": l1, "ok": deterministic and same and peak1 <= budget and stats["evictions"] > 0}
+
+
+class EnergyCounter:
+    """Joules the GPU used since this was opened, from NVML's energy counter (as deepum's stats count them)."""
+
+    def __init__(self, nvml, handle) -> None:
+        self.nvml, self.handle = nvml, handle
+        self.start = nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+
+    @classmethod
+    def open(cls, device: torch.device) -> EnergyCounter | None:
+        if device.type != "cuda":
+            return None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            # NVML numbers devices as the driver does; under CUDA_VISIBLE_DEVICES
+            # CUDA's index may differ, so match by PCI address where torch has it.
+            props = torch.cuda.get_device_properties(device)
+            if hasattr(props, "pci_bus_id"):
+                address = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+                return cls(pynvml, pynvml.nvmlDeviceGetHandleByPciBusId(address))
+            return cls(pynvml, pynvml.nvmlDeviceGetHandleByIndex(device.index or 0))
+        except Exception:  # no NVML, no permission, no energy counter: the row goes without joules
+            return None
+
+    def joules(self) -> float:
+        return (self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) - self.start) / 1000.0
+
+
+def _build_step(model: str, method: str, device: torch.device, session):
+    """(step taking a host batch, workload, note, phase counter) for a non-DeepSpeed method."""
+    if method in DEEPSPEED:
+        step, work, note = deepspeed_step(model, method, device)
+        return step, work, note, None
+    work = Workload(model, device, device)
+    prep = prepare(method, work, device)
+    phases = PhaseBytes(session) if method in PAGED else None
+    step = standard_step(work, prep.opt or adamw(work.model, device), prep.wrap, phases, prep.model)
+    return step, work, prep.note, phases
+
+
+def _timed_steps(step, work: Workload, device: torch.device, session, phases, warmup: int, steps: int) -> dict:
+    """Run warm-up and measured steps; the batch of each is made before its clock starts, as a loader would."""
+    import psutil
+
+    energy = EnergyCounter.open(device)
+    times, before, joules0, fourth = [], {}, None, None
+    proc = psutil.Process()
+    host_peak = proc.memory_info().rss
+    with GcClock() as gc_clock:
+        for i in range(warmup + steps):
+            if i == warmup:
+                before = session.stats() if session else {}
+                joules0 = energy.joules() if energy else None
+                gc_clock.on = True
+                if phases:
+                    phases.reset()
+            if i == 3 and session is not None:
+                fourth = session.stats()
+            batch = work.host_batch(i)
+            sync(device)
+            t0 = time.perf_counter()
+            step(batch)
+            sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+            host_peak = max(host_peak, proc.memory_info().rss)
+    end = session.stats() if session else {}
+    out = {"times_s": times, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+           "samples_per_s": work.batch / statistics.median(times), "peak_host_bytes": host_peak,
+           "step_gc_s": sum(gc_clock.seconds) / steps, "step_full_gcs": gc_clock.count[2] / steps,
+           "_before": before, "_end": end, "_fourth": fourth}
+    if energy and joules0 is not None:
+        out["joules_per_step"] = (energy.joules() - joules0) / steps
+    # Read before the session's exit brings every page back to the device.
+    out["peak_device_bytes"] = (torch.cuda.max_memory_reserved(device) if device.type == "cuda"
+                                else end.get("peak_device_bytes"))
+    return out
+
+
+def planned_share(since: dict | None, end: dict) -> float | None:
+    """Share of page-ins that were planned (prefetched or recomputed) rather than demand faults."""
+    if since is None:
+        return None
+    planned = sum(end.get(k, 0) - since.get(k, 0) for k in ("prefetches", "recomputes"))
+    demand = planned + end.get("faults", 0) - since.get("faults", 0)
+    return planned / demand if demand else None
+
+
+def paged_fields(before: dict, end: dict, steps: int, fourth: dict | None = None) -> dict:
+    """Per-step figures from two session.stats() readings (the measured steps only).
+
+    ``planned_share`` counts from ``fourth``, the reading as the fourth step
+    began (None when the run had no fourth step).
+    """
+    row = {}
+    for k in STEP_COUNTERS:
+        if k in end:
+            row[f"step_{k}"] = (end[k] - before.get(k, 0)) / steps
+    row["planned_share"] = planned_share(fourth, end)
+    row["prediction_accuracy"] = end.get("prediction_accuracy")
+    return row
+
+
+def run_case(model: str, method: str, budget: int | None, device: torch.device,
+             steps: int, warmup: int, fits_budget: int | None = None, options: dict | None = None) -> dict:
+    """Run one case in this process and return its row."""
+    row = {"model": model, "method": method, "budget_bytes": budget, "device": str(device),
+           "torch": torch.__version__, "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "date": time.strftime("%Y-%m-%d")}
+    if method == "identity":
+        row.update(identity_check(model, device, steps))
+        return row
+    if method == "link":
+        row.update(link_bandwidth(device), card_bytes=torch.cuda.get_device_properties(device).total_memory)
+        return row
+    try:
+        row.update(_measured(model, method, budget, device, steps, warmup, options))
+    except Skip as e:
+        row["skipped"] = str(e)
+        return row
+    bound = budget if budget is not None else fits_budget
+    if bound is not None and row.get("peak_device_bytes") is not None:  # no measure: no verdict
+        row["fits"] = row["peak_device_bytes"] <= bound
+    return row
+
+
+def _measured(model: str, method: str, budget: int | None, device: torch.device, steps: int, warmup: int,
+              options: dict | None) -> dict:
+    import deepum
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    session = None
+    if method in PAGED or (method == "plain" and device.type == "cpu"):
+        # On the cpu device the engine's own count is the memory measure, so
+        # the plain case runs under a budget that never binds. The model is
+        # built inside the session, as a user whose model does not fit would.
+        session = deepum.oversubscribe(budget or 1.0, device, policy="lru" if method == "lru" else "deepum",
+                                       **(options or {}))
+        session.__enter__()
+    try:
+        step, work, note, phases = _build_step(model, method, device, session)
+        out = _timed_steps(step, work, device, session, phases, warmup, steps)
+    finally:
+        if session is not None:
+            session.__exit__(None, None, None)
+    before, end, fourth = out.pop("_before"), out.pop("_end"), out.pop("_fourth")
+    if note:
+        out["note"] = note
+    if method in PAGED:
+        out.update(paged_fields(before, end, steps, fourth))
+        if phases:
+            out["step_phase_bytes"] = {k: [b / steps for b in v] for k, v in phases.bytes.items()}
+    return out
