@@ -1,0 +1,374 @@
+"""The offline planner: keep, drop-and-recompute, or copy-out-and-prefetch-back.
+
+From one recorded step (:class:`~.steptrace.StepTrace`) the planner decides,
+for every page at every point of the step, whether it stays on the device, is
+dropped and rebuilt from its recipe when next used, or is copied to the host
+and prefetched back in time. It is a greedy simulation of the step, in the
+spirit of Belady's optimal replacement and of Capuchin (Peng et al., ASPLOS
+2020), with DTR's cost per byte.
+
+The rule
+--------
+Walk the operators in order, keeping the set of resident pages. Before op
+``t`` runs, its *working set* must be resident: the pages it uses, the pages
+it creates, and, for each dropped page it uses, the pages that page's recipe
+reads (rebuilt first if they are dropped too). If that does not fit the limit,
+evict pages that op ``t`` does not need, one at a time:
+
+1. Look at the ``candidates`` resident pages whose next use is furthest
+   ahead (Belady: a page needed last is the cheapest to be without).
+2. Price each one's two ways out. *Drop*: its rebuild seconds, plus those of
+   its dropped inputs. *Copy*: the seconds the compute would stall because the
+   link cannot move the page out and back in before its next use. The link is
+   booked as a fluid (:mod:`.linkcap`): the copy out takes capacity right after
+   the eviction, the copy in right before the next use; whatever does not fit
+   is a stall. A copy the link can hide costs nothing.
+3. Take the page with the least ``cost / (bytes x distance to next use)``
+   (ties: furthest next use), the cheaper way (ties: drop). Book its copy on
+   the link; its prefetch starts at the first slot its copy in was booked in.
+
+A prefetch that comes due adds its page to the device (and may evict pages
+needed later than it; if only pages needed sooner are left, the prefetch
+waits a slot). A dropped page holds the pages its recipe reads: they may then
+be dropped themselves (a chain, at most :data:`MAX_DEPTH` deep) but not copied,
+and if the program frees one it stays, holding memory, until no dropped page
+needs it (DTR's lineage). A write to a page first rebuilds the dropped pages
+whose recipes read it, and ends its own recipe and those of its readers.
+
+So recompute time is spent only where the link cannot hide a copy, and then
+on the pages that free the most bytes per second of recompute: casts and
+pointwise outputs before matmuls and attention.
+
+A worked example
+----------------
+Three ops of 1 s each, a link of 2 bytes/s each way, a limit of 8 bytes.
+Op 0 creates A (4 B, a matmul output, rebuild 1 s); op 1 reads A and creates
+B (4 B, a cast, rebuild 0.01 s); op 2 reads B, creates C (4 B, no recipe) and
+frees B; op 3 reads A and C. Before op 2 the working set {B, C} and A make
+12 B, so one page that op 2 does not need must go: only A. Copying A out and
+back moves 4 B each way, 4 s of link, with 1 s of compute (op 2) before its
+use: about 3 s of stall. Dropping it costs 1 s. So the plan drops A after
+op 1 and rebuilds it for op 3 (``evictions == {1: [(A, DROP)]}``). Put five
+1 s ops between op 2 and op 3 and the copy hides: the plan copies A out after
+op 1 and starts its prefetch after op 5, two ops ahead of its use, and
+recomputes nothing. With a limit of 6 B, op 1 alone needs 8 B: the plan
+records ``short_op == 1, short_bytes == 2``.
+
+Cost: each eviction looks at ``candidates`` pages (a heap keyed by next use)
+and books the link in O(log n); the whole plan is O((ops + pages) log n).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from .costs import DEFAULT_LINK_BPS
+from .linkcap import LinkCapacity
+from .remat_policy import Action
+from .replay import FAR, NEVER, SimResult, simulate, uses_by_page
+from .steptrace import Fetch, OpSpec, PageSpec, Plan, StepTrace
+
+__all__ = ["Action", "Fetch", "OpSpec", "PageSpec", "Plan", "SimResult", "StepTrace", "plan_step",
+           "simulate"]
+
+MAX_DEPTH = 8
+NEW, RES, ARR, OUT, DROP, GONE = range(6)
+
+
+def plan_step(trace: StepTrace, limit: int, h2d_Bps: float = DEFAULT_LINK_BPS,
+              d2h_Bps: float = DEFAULT_LINK_BPS, *, candidates: int = 16) -> Plan:
+    """Plan one step under ``limit`` bytes with the link's bandwidth each way."""
+    if limit <= 0 or h2d_Bps <= 0 or d2h_Bps <= 0 or candidates < 1:
+        raise ValueError("limit, bandwidths and candidates must be positive")
+    trace.validate()
+    return _Sweep(trace, limit, h2d_Bps, d2h_Bps, candidates).run()
+
+
+class _Sweep:
+    def __init__(self, trace: StepTrace, limit: int, h2d: float, d2h: float, k: int) -> None:
+        self.ops, self.spec, self.limit, self.k = trace.ops, trace.pages, limit, k
+        self.n = n = len(trace.ops)
+        seconds = [op.seconds for op in trace.ops]
+        self.h2d_Bps, self.d2h_Bps = h2d, d2h
+        self.h2d, self.d2h = LinkCapacity(seconds, h2d), LinkCapacity(seconds, d2h)
+        self.plan = Plan(limit, seconds, {p: s.nbytes for p, s in trace.pages.items()}, h2d, d2h,
+                         resident=[0] * n, stats={"candidates": 0, "evictions": 0, "demand": 0})
+        self.uses, self.tail = uses_by_page(trace)
+        self.ptr = dict.fromkeys(self.spec, 0)
+        born = {p for op in trace.ops for p in op.creates}
+        self.state = {p: (NEW if p in born else RES if s.resident or not s.pageable else OUT)
+                      for p, s in self.spec.items()}
+        self.dirty = {p: s.dirty or p in born for p, s in self.spec.items()}
+        self.broken: set[int] = set()          # recipes ended by a write
+        self.dead: set[int] = set()            # freed by the program, held by a dropped reader
+        self.pending: dict[int, set[int]] = {}  # page -> dropped pages whose recipes read it
+        self.depth: dict[int, int] = {}
+        self.readers: dict[int, list[int]] = {}
+        for p, s in self.spec.items():
+            for q in s.recipe_inputs:
+                self.readers.setdefault(q, []).append(p)
+        self.mem = sum(s.nbytes for p, s in self.spec.items() if self.state[p] == RES)
+        self.heap: list[tuple[int, int, int]] = []
+        self.key: dict[int, int] = {}
+        self.seq = 0
+        self.due: dict[int, list[Fetch]] = {}  # op index -> prefetches that start before it
+        self.fetch_of: dict[int, Fetch] = {}
+
+    # ------------------------------------------------------------ next uses
+    def own_next(self, p: int) -> int:
+        u, i = self.uses[p], self.ptr[p]
+        return u[i] if i < len(u) else self.tail[p]
+
+    def next_use(self, p: int) -> int:
+        nu = self.own_next(p)
+        for r in self.pending.get(p, ()):
+            nu = min(nu, self.next_use(r))
+        return nu
+
+    def push(self, p: int) -> None:
+        if self.state[p] == RES and self.spec[p].pageable:
+            nu = self.key[p] = self.next_use(p)
+            self.seq += 1
+            heapq.heappush(self.heap, (-nu, self.seq, p))
+
+    # ------------------------------------------------------------ the sweep
+    def run(self) -> Plan:
+        for p, s in self.spec.items():
+            if self.state[p] == OUT:
+                self.book_fetch(p, -2, 0, self.own_next(p))
+            self.push(p)
+        for t in range(self.n):
+            self.start_due(t)
+            need = self.working_set(t)
+            extra = sum(self.spec[p].nbytes for p in need if self.state[p] in (OUT, DROP))
+            extra += sum(self.spec[p].nbytes for p in self.ops[t].creates)
+            short = self.mem + extra - self.limit
+            if short > 0:
+                short = self.make_room(t, need, short)
+            if short > 0 and self.plan.short_op is None:
+                self.plan.short_op, self.plan.short_bytes = t, short
+            self.execute(t, need)
+            self.plan.resident[t] = self.mem
+            self.retire(t, need)
+        return self.plan
+
+    def start_due(self, t: int) -> None:
+        for f in self.due.pop(t, ()):
+            p = f.pid
+            if self.state[p] == OUT and self.fetch_of.get(p) is f:
+                self.state[p] = ARR
+                self.mem += self.spec[p].nbytes
+                self.plan.prefetches.setdefault(t - 1, []).append(p)
+                f.start = t - 1
+
+    def working_set(self, t: int) -> set[int]:
+        op: OpSpec = self.ops[t]
+        need = set(op.uses)
+        for w in op.writes:
+            need.update(r for r in self.pending.get(w, ()) if self.state[r] == DROP)
+        stack = [p for p in need if self.state[p] == DROP]
+        while stack:
+            for q in self.spec[stack.pop()].recipe_inputs:
+                if q not in need:
+                    need.add(q)
+                    if self.state[q] == DROP:
+                        stack.append(q)
+        return need
+
+    def make_room(self, t: int, need: set[int], short: int) -> int:
+        arriving = sorted((p for p in self.plan.prefetches.get(t - 1, ()) if p not in need),
+                          key=self.own_next)
+        while short > 0:
+            best = self.pick(t, need)
+            if arriving and (best is None or best[0] < self.own_next(arriving[-1])):
+                p = arriving.pop()
+                self.unstart(t, p)
+                short -= self.spec[p].nbytes
+                continue
+            if best is None:
+                break
+            self.evict(t, best[1], best[2], best[0])
+            short -= self.spec[best[1]].nbytes
+        return short
+
+    def unstart(self, t: int, p: int) -> None:
+        """A prefetch due now does not fit: it waits a slot."""
+        self.state[p] = OUT
+        self.mem -= self.spec[p].nbytes
+        self.plan.prefetches[t - 1].remove(p)
+        self.due.setdefault(t + 1, []).append(self.fetch_of[p])
+
+    def pick(self, t: int, need: set[int]) -> tuple[int, int, Action] | None:
+        """The best victim among the ``k`` furthest-used: (next use, page, action)."""
+        seen, back, best = 0, [], None
+        while self.heap and seen < self.k:
+            entry = heapq.heappop(self.heap)
+            nu, p = -entry[0], entry[2]
+            if self.state[p] != RES or self.key.get(p) != nu:
+                continue
+            back.append(entry)
+            if p in need:
+                continue
+            seen += 1
+            priced = self.price(t, p, nu)
+            if priced is not None and (best is None or priced[0] < best[0]):
+                best = (priced[0], nu, p, priced[1])
+        self.plan.stats["candidates"] += seen
+        for entry in back:
+            if best is None or entry[2] != best[2]:
+                heapq.heappush(self.heap, entry)
+        return None if best is None else (best[1], best[2], best[3])
+
+    def price(self, t: int, p: int, nu: int) -> tuple[float, Action] | None:
+        """(h, action) for evicting p before op t; None if it cannot go."""
+        b = self.spec[p].nbytes
+        drop = self.drop_cost(p)
+        copy = None if self.pending.get(p) else self.copy_stall(t, p, nu)
+        if drop is None and copy is None:
+            return None
+        if drop is not None and (copy is None or drop <= copy):
+            cost, action = drop, Action.DROP
+        else:
+            cost, action = copy, Action.COPY
+        if nu >= NEVER:
+            return 0.0, action
+        return cost / (max(b, 1) * max(1, nu - t)), action
+
+    def drop_cost(self, p: int) -> float | None:
+        s = self.spec[p]
+        if s.rebuild_seconds is None or p in self.broken:
+            return None
+        if self.own_next(p) >= self.n and self.own_next(p) < NEVER:
+            return None  # needed by a later step: its inputs may not last that long
+        cost, depth = s.rebuild_seconds, 1
+        for q in s.recipe_inputs:
+            st = self.state[q]
+            if st == DROP:
+                c = self.drop_cost_dropped(q)
+                if c is None:
+                    return None
+                cost += c
+                depth = max(depth, self.depth[q] + 1)
+            elif st not in (RES, ARR):
+                return None
+        return cost if depth <= MAX_DEPTH else None
+
+    def drop_cost_dropped(self, q: int) -> float | None:
+        s = self.spec[q]
+        cost = s.rebuild_seconds or 0.0
+        for r in s.recipe_inputs:
+            if self.state[r] == DROP:
+                c = self.drop_cost_dropped(r)
+                if c is None:
+                    return None
+                cost += c
+        return cost
+
+    def copy_stall(self, t: int, p: int, nu: int) -> float:
+        b = self.spec[p].nbytes
+        stall, ready = 0.0, t + 1
+        if self.dirty[p]:
+            e, deficit = self.d2h.fill_point(t, b)
+            stall += deficit / self.d2h_Bps
+            ready = max(ready, e + 1)
+        if nu < self.n:
+            stall += max(0, b - self.h2d.free(ready, nu)) / self.h2d_Bps
+        return stall
+
+    def evict(self, t: int, p: int, action: Action, nu: int) -> None:
+        b = self.spec[p].nbytes
+        self.plan.evictions.setdefault(t - 1, []).append((p, action))
+        self.plan.stats["evictions"] += 1
+        self.mem -= b
+        if action == Action.DROP:
+            self.state[p] = DROP
+            self.depth[p] = 1 + max((self.depth[q] for q in self.spec[p].recipe_inputs
+                                     if self.state[q] == DROP), default=0)
+            for q in self.spec[p].recipe_inputs:
+                self.pending.setdefault(q, set()).add(p)
+                self.push(q)
+            return
+        self.state[p] = OUT
+        ready = t + 1
+        if self.dirty[p]:
+            ready = max(ready, self.d2h.take_forward(t, b) + 1)
+            self.dirty[p] = False
+        if nu < self.n:
+            self.book_fetch(p, t - 1, ready, nu)
+
+    def book_fetch(self, p: int, evicted: int, ready: int, nu: int) -> None:
+        """Book p's copy in before op nu, no earlier than slot ``ready``."""
+        if nu >= self.n:
+            return
+        lo = max(ready, evicted + 2, 0)
+        first = self.h2d.take_backward(nu, lo, self.spec[p].nbytes)
+        start = min(max(first, lo), nu)
+        self.fetch_of[p] = f = Fetch(p, start - 1, nu, evicted)
+        self.plan.fetches.append(f)
+        self.due.setdefault(start, []).append(f)
+
+    # ----------------------------------------------------- running an op
+    def execute(self, t: int, need: set[int]) -> None:
+        op = self.ops[t]
+        for p in need:
+            st = self.state[p]
+            if st == DROP:
+                self.plan.recompute_seconds += self.spec[p].rebuild_seconds or 0.0
+                self.dirty[p] = True
+            elif st == OUT:
+                # Not brought in by a prefetch in time: fetched on demand.
+                self.plan.prefetches.setdefault(t - 1, []).append(p)
+                self.plan.stats["demand"] += 1
+                f = self.fetch_of.pop(p, None)
+                if f is not None:
+                    f.start = t - 1
+                else:
+                    self.plan.fetches.append(Fetch(p, t - 1, t, t - 2))
+            if st in (DROP, OUT):
+                self.mem += self.spec[p].nbytes
+            self.state[p] = RES
+        for p in op.creates:
+            self.state[p] = RES
+            self.mem += self.spec[p].nbytes
+        for w in op.writes:
+            self.dirty[w] = True
+            self.broken.add(w)
+            self.broken.update(r for r in self.readers.get(w, ()) if self.state[r] != NEW)
+
+    def retire(self, t: int, need: set[int]) -> None:
+        for p in need:
+            if p in self.uses and self.ptr[p] < len(self.uses[p]) and self.uses[p][self.ptr[p]] == t:
+                self.ptr[p] += 1
+        for p in need:
+            if self.depth.pop(p, None) is not None:
+                self.unhold(p)
+        for p in self.ops[t].frees:
+            self.dead.add(p)
+            if self.state[p] == DROP:
+                self.depth.pop(p, None)
+                self.unhold(p)
+            if not self.pending.get(p):
+                self.release(p)
+        for p in (*need, *self.ops[t].creates):
+            self.push(p)
+
+    def unhold(self, r: int) -> None:
+        """Dropped page r was rebuilt or died: its recipe's inputs are free of it."""
+        for q in self.spec[r].recipe_inputs:
+            held = self.pending.get(q)
+            if held is None:
+                continue
+            held.discard(r)
+            if not held:
+                del self.pending[q]
+                if q in self.dead:
+                    if self.depth.pop(q, None) is not None:
+                        self.unhold(q)
+                    self.release(q)
+                else:
+                    self.push(q)
+
+    def release(self, p: int) -> None:
+        if self.state[p] in (RES, ARR):
+            self.mem -= self.spec[p].nbytes
+        self.state[p] = GONE
