@@ -65,7 +65,7 @@ import heapq
 from .costs import DEFAULT_LINK_BPS
 from .linkcap import LinkCapacity
 from .remat_policy import Action
-from .replay import FAR, NEVER, SimResult, simulate, uses_by_page
+from .replay import NEVER, SimResult, simulate, uses_by_page
 from .steptrace import Fetch, OpSpec, PageSpec, Plan, StepTrace
 
 __all__ = ["Action", "Fetch", "OpSpec", "PageSpec", "Plan", "SimResult", "StepTrace", "plan_step",
@@ -133,7 +133,7 @@ class _Sweep:
 
     # ------------------------------------------------------------ the sweep
     def run(self) -> Plan:
-        for p, s in self.spec.items():
+        for p in self.spec:
             if self.state[p] == OUT:
                 self.book_fetch(p, -2, 0, self.own_next(p))
             self.push(p)
