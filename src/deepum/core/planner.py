@@ -230,9 +230,8 @@ class _Sweep:
             cost, action = drop, Action.DROP
         else:
             cost, action = copy, Action.COPY
-        if nu >= NEVER:
-            return 0.0, action
-        return cost / (max(b, 1) * max(1, nu - t)), action
+        # Pages not needed again this step are priced as if used two steps on.
+        return cost / (max(b, 1) * max(1, min(nu, 2 * self.n) - t)), action
 
     def drop_cost(self, p: int) -> float | None:
         s = self.spec[p]

@@ -70,6 +70,8 @@ class _Replay:
         self.dropped: set[int] = set()
         self.broken: set[int] = set()
         self.dead: set[int] = set()
+        # Rebuilt this op: they let go of their recipes' inputs once it ran.
+        self.rebuilt: list[int] = []
         self.dirty = {p: s.dirty or p in born for p, s in self.spec.items()}
         self.arrive: dict[int, float] = {}
         self.out_done: dict[int, float] = {}
@@ -126,7 +128,7 @@ class _Replay:
             for q in s.recipe_inputs:
                 self.bring(q, t)
             self.dropped.discard(p)
-            self.unhold(p)
+            self.rebuilt.append(p)
             self.r.recompute_seconds += s.rebuild_seconds
             self.now += s.rebuild_seconds
             self.dirty[p] = True
@@ -195,6 +197,9 @@ def simulate(trace: StepTrace, plan: Plan, limit: int, h2d_Bps: float | None = N
             sim.dirty[w] = True
             sim.broken.add(w)
             sim.broken.update(q for q in readers.get(w, ()) if q not in sim.unborn)
+        for p in sim.rebuilt:
+            sim.unhold(p)
+        sim.rebuilt.clear()
         for p in op.frees:
             sim.dead.add(p)
             if not sim.holders.get(p):
