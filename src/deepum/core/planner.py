@@ -60,7 +60,9 @@ and books the link in O(log n); the whole plan is O((ops + pages) log n).
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import itertools
 
 from .costs import DEFAULT_LINK_BPS
 from .linkcap import LinkCapacity
@@ -72,27 +74,36 @@ __all__ = ["Action", "Fetch", "OpSpec", "PageSpec", "Plan", "SimResult", "StepTr
            "simulate"]
 
 MAX_DEPTH = 8
+LINK_PRICE = 0.1
 NEW, RES, ARR, OUT, DROP, GONE = range(6)
 
 
 def plan_step(trace: StepTrace, limit: int, h2d_Bps: float = DEFAULT_LINK_BPS,
-              d2h_Bps: float = DEFAULT_LINK_BPS, *, candidates: int = 16) -> Plan:
-    """Plan one step under ``limit`` bytes with the link's bandwidth each way."""
-    if limit <= 0 or h2d_Bps <= 0 or d2h_Bps <= 0 or candidates < 1:
-        raise ValueError("limit, bandwidths and candidates must be positive")
+              d2h_Bps: float = DEFAULT_LINK_BPS, *, candidates: int = 16,
+              link_price: float = LINK_PRICE) -> Plan:
+    """Plan one step under ``limit`` bytes with the link's bandwidth each way.
+
+    ``candidates``: pages priced per eviction (the furthest used);
+    ``link_price``: the share of a copy's link time charged even when the
+    copy hides (see the module's rule, step 2).
+    """
+    if limit <= 0 or h2d_Bps <= 0 or d2h_Bps <= 0 or candidates < 1 or link_price < 0:
+        raise ValueError("limit, bandwidths and candidates must be positive, link_price >= 0")
     trace.validate()
-    return _Sweep(trace, limit, h2d_Bps, d2h_Bps, candidates).run()
+    return _Sweep(trace, limit, h2d_Bps, d2h_Bps, candidates, link_price).run()
 
 
 class _Sweep:
-    def __init__(self, trace: StepTrace, limit: int, h2d: float, d2h: float, k: int) -> None:
+    def __init__(self, trace: StepTrace, limit: int, h2d: float, d2h: float, k: int,
+                 link_price: float) -> None:
         self.ops, self.spec, self.limit, self.k = trace.ops, trace.pages, limit, k
         self.n = n = len(trace.ops)
         seconds = [op.seconds for op in trace.ops]
         self.h2d_Bps, self.d2h_Bps = h2d, d2h
         self.h2d, self.d2h = LinkCapacity(seconds, h2d), LinkCapacity(seconds, d2h)
         self.plan = Plan(limit, seconds, {p: s.nbytes for p, s in trace.pages.items()}, h2d, d2h,
-                         resident=[0] * n, stats={"candidates": 0, "evictions": 0, "demand": 0})
+                         resident=[0] * n,
+                         stats={"candidates": 0, "evictions": 0, "demand": 0, "postponed": 0})
         self.uses, self.tail = uses_by_page(trace)
         self.ptr = dict.fromkeys(self.spec, 0)
         born = {p for op in trace.ops for p in op.creates}
@@ -112,6 +123,9 @@ class _Sweep:
         self.key: dict[int, int] = {}
         self.seq = 0
         self.due: dict[int, list[Fetch]] = {}  # op index -> prefetches that start before it
+        self.flying: list[tuple[int, int, Fetch]] = []  # started, not yet used; furthest use first
+        self.cum = list(itertools.accumulate(seconds, initial=0.0))
+        self.link_price = link_price
         self.fetch_of: dict[int, Fetch] = {}
 
     # ------------------------------------------------------------ next uses
@@ -160,6 +174,8 @@ class _Sweep:
                 self.mem += self.spec[p].nbytes
                 self.plan.prefetches.setdefault(t - 1, []).append(p)
                 f.start = t - 1
+                self.seq += 1
+                heapq.heappush(self.flying, (-f.use, self.seq, f))
 
     def working_set(self, t: int) -> set[int]:
         op: OpSpec = self.ops[t]
@@ -176,14 +192,12 @@ class _Sweep:
         return need
 
     def make_room(self, t: int, need: set[int], short: int) -> int:
-        arriving = sorted((p for p in self.plan.prefetches.get(t - 1, ()) if p not in need),
-                          key=self.own_next)
         while short > 0:
             best = self.pick(t, need)
-            if arriving and (best is None or best[0] < self.own_next(arriving[-1])):
-                p = arriving.pop()
-                self.unstart(t, p)
-                short -= self.spec[p].nbytes
+            flying = self.furthest_flying(need)
+            if flying is not None and (best is None or best[0] < flying.use):
+                self.cancel(t, flying)
+                short -= self.spec[flying.pid].nbytes
                 continue
             if best is None:
                 break
@@ -191,12 +205,35 @@ class _Sweep:
             short -= self.spec[best[1]].nbytes
         return short
 
-    def unstart(self, t: int, p: int) -> None:
-        """A prefetch due now does not fit: it waits a slot."""
+    def furthest_flying(self, need: set[int]) -> Fetch | None:
+        """The prefetch in flight whose page is needed last (not by op t)."""
+        aside, found = [], None
+        while self.flying:
+            f = self.flying[0][2]
+            if self.state[f.pid] != ARR or self.fetch_of.get(f.pid) is not f:
+                heapq.heappop(self.flying)
+            elif f.pid in need:
+                aside.append(heapq.heappop(self.flying))
+            else:
+                found = f
+                break
+        for entry in aside:
+            heapq.heappush(self.flying, entry)
+        return found
+
+    def cancel(self, t: int, f: Fetch) -> None:
+        """A prefetch holds memory that pages needed sooner lack: it starts
+        again as late as its copy alone allows."""
+        p, b = f.pid, self.spec[f.pid].nbytes
         self.state[p] = OUT
-        self.mem -= self.spec[p].nbytes
-        self.plan.prefetches[t - 1].remove(p)
-        self.due.setdefault(t + 1, []).append(self.fetch_of[p])
+        self.mem -= b
+        for j in range(f.start + 1, t):
+            self.plan.resident[j] -= b
+        self.plan.prefetches[f.start].remove(p)
+        target = self.cum[f.use] - b / self.h2d_Bps
+        start = min(max(t + 1, bisect.bisect_right(self.cum, target) - 1), f.use)
+        self.due.setdefault(start, []).append(f)
+        self.plan.stats["postponed"] += 1
 
     def pick(self, t: int, need: set[int]) -> tuple[int, int, Action] | None:
         """The best victim among the ``k`` furthest-used: (next use, page, action)."""
@@ -215,8 +252,7 @@ class _Sweep:
                 best = (priced[0], nu, p, priced[1])
         self.plan.stats["candidates"] += seen
         for entry in back:
-            if best is None or entry[2] != best[2]:
-                heapq.heappush(self.heap, entry)
+            heapq.heappush(self.heap, entry)
         return None if best is None else (best[1], best[2], best[3])
 
     def price(self, t: int, p: int, nu: int) -> tuple[float, Action] | None:
@@ -264,15 +300,18 @@ class _Sweep:
         return cost
 
     def copy_stall(self, t: int, p: int, nu: int) -> float:
+        """Seconds of stall the copy out and back would cause, plus its link price."""
         b = self.spec[p].nbytes
-        stall, ready = 0.0, t + 1
+        stall, ready, link = 0.0, t + 1, 0.0
         if self.dirty[p]:
             e, deficit = self.d2h.fill_point(t, b)
             stall += deficit / self.d2h_Bps
             ready = max(ready, e + 1)
+            link += b / self.d2h_Bps
         if nu < self.n:
             stall += max(0, b - self.h2d.free(ready, nu)) / self.h2d_Bps
-        return stall
+            link += b / self.h2d_Bps
+        return stall + self.link_price * link
 
     def evict(self, t: int, p: int, action: Action, nu: int) -> None:
         b = self.spec[p].nbytes
