@@ -126,6 +126,7 @@ class _Sweep:
         self.flying: list[tuple[int, int, Fetch]] = []  # started, not yet used; furthest use first
         self.cum = list(itertools.accumulate(seconds, initial=0.0))
         self.link_price = link_price
+        self.started: dict[int, Fetch] = {}
         self.fetch_of: dict[int, Fetch] = {}
 
     # ------------------------------------------------------------ next uses
@@ -164,6 +165,7 @@ class _Sweep:
             self.execute(t, need)
             self.plan.resident[t] = self.mem
             self.retire(t, need)
+        self.plan.fetches = list(self.started.values())
         return self.plan
 
     def start_due(self, t: int) -> None:
@@ -174,6 +176,7 @@ class _Sweep:
                 self.mem += self.spec[p].nbytes
                 self.plan.prefetches.setdefault(t - 1, []).append(p)
                 f.start = t - 1
+                self.started[id(f)] = f
                 self.seq += 1
                 heapq.heappush(self.flying, (-f.use, self.seq, f))
 
@@ -230,6 +233,7 @@ class _Sweep:
         for j in range(f.start + 1, t):
             self.plan.resident[j] -= b
         self.plan.prefetches[f.start].remove(p)
+        del self.started[id(f)]
         target = self.cum[f.use] - b / self.h2d_Bps
         start = min(max(t + 1, bisect.bisect_right(self.cum, target) - 1), f.use)
         self.due.setdefault(start, []).append(f)
@@ -258,7 +262,7 @@ class _Sweep:
     def price(self, t: int, p: int, nu: int) -> tuple[float, Action] | None:
         """(h, action) for evicting p before op t; None if it cannot go."""
         b = self.spec[p].nbytes
-        drop = self.drop_cost(p)
+        drop = self.drop_cost(p, t, nu)
         copy = None if self.pending.get(p) else self.copy_stall(t, p, nu)
         if drop is None and copy is None:
             return None
@@ -269,7 +273,7 @@ class _Sweep:
         # Pages not needed again this step are priced as if used two steps on.
         return cost / (max(b, 1) * max(1, min(nu, 2 * self.n) - t)), action
 
-    def drop_cost(self, p: int) -> float | None:
+    def drop_cost(self, p: int, t: int, nu: int) -> float | None:
         s = self.spec[p]
         if s.rebuild_seconds is None or p in self.broken:
             return None
@@ -284,6 +288,12 @@ class _Sweep:
                     return None
                 cost += c
                 depth = max(depth, self.depth[q] + 1)
+            elif st == OUT and nu < self.n:
+                # On the host: it must come back by nu instead of its own use.
+                f = self.fetch_of.get(q)
+                if f is None or f.use > nu:
+                    b = self.spec[q].nbytes
+                    cost += max(0, b - self.h2d.free(t + 1, nu)) / self.h2d_Bps
             elif st not in (RES, ARR):
                 return None
         return cost if depth <= MAX_DEPTH else None
@@ -325,14 +335,27 @@ class _Sweep:
             for q in self.spec[p].recipe_inputs:
                 self.pending.setdefault(q, set()).add(p)
                 self.push(q)
+            self.inputs_back_by(t, p, self.next_use(p))
             return
         self.state[p] = OUT
+        self.fetch_of.pop(p, None)
         ready = t + 1
         if self.dirty[p]:
             ready = max(ready, self.d2h.take_forward(t, b) + 1)
             self.dirty[p] = False
         if nu < self.n:
             self.book_fetch(p, t - 1, ready, nu)
+
+    def inputs_back_by(self, t: int, p: int, nu: int) -> None:
+        """The inputs on the host of dropped page p (and of its dropped inputs)
+        come back by op nu, when p is rebuilt."""
+        for q in self.spec[p].recipe_inputs:
+            if self.state[q] == DROP:
+                self.inputs_back_by(t, q, nu)
+            elif self.state[q] == OUT and nu < self.n:
+                f = self.fetch_of.get(q)
+                if f is None or f.use > nu:
+                    self.book_fetch(q, t - 1, t + 1, nu)
 
     def book_fetch(self, p: int, evicted: int, ready: int, nu: int) -> None:
         """Book p's copy in before op nu, no earlier than slot ``ready``."""
@@ -342,7 +365,6 @@ class _Sweep:
         first = self.h2d.take_backward(nu, lo, self.spec[p].nbytes)
         start = min(max(first, lo), nu)
         self.fetch_of[p] = f = Fetch(p, start - 1, nu, evicted)
-        self.plan.fetches.append(f)
         self.due.setdefault(start, []).append(f)
 
     # ----------------------------------------------------- running an op
@@ -358,10 +380,10 @@ class _Sweep:
                 self.plan.prefetches.setdefault(t - 1, []).append(p)
                 self.plan.stats["demand"] += 1
                 f = self.fetch_of.pop(p, None)
-                if f is not None:
-                    f.start = t - 1
-                else:
-                    self.plan.fetches.append(Fetch(p, t - 1, t, t - 2))
+                if f is None:
+                    f = Fetch(p, t - 1, t, t - 2)
+                f.start = t - 1
+                self.started[id(f)] = f
             if st in (DROP, OUT):
                 self.mem += self.spec[p].nbytes
             self.state[p] = RES
