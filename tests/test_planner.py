@@ -290,6 +290,49 @@ class TestPlanner:
         assert sim.recompute_seconds < 0.05 * compute
         assert sim.stall_seconds < 0.1 * compute
 
+    def test_cheap_pages_are_dropped_even_while_the_link_is_idle(self):
+        def plan_for(link_price):
+            t = Builder()
+            pw = t.out(POINTWISE_S, (), 16 * MB, "pointwise")
+            for _ in range(20):
+                t.op(MATMUL_S, creates=(new := t.page(16 * MB),), frees=(new,))
+            t.op(MATMUL_S, uses=(pw,), frees=(pw,))
+            return plan_step(t.trace(), 16 * MB, 25e9, 25e9, link_price=link_price), pw
+
+        plan, pw = plan_for(0.1)
+        assert actions(plan) == [(pw, Action.DROP)]
+        # Priced at the stall alone, a copy that hides costs nothing and wins.
+        plan, pw = plan_for(0.0)
+        assert actions(plan) == [(pw, Action.COPY)]
+
+    def test_a_page_whose_input_went_to_the_host_can_be_dropped(self):
+        t = Builder()
+        m = t.out(MATMUL_S, (), 16 * MB, "matmul")
+        c = t.out(POINTWISE_S, (m,), 16 * MB, "pointwise")
+        f1 = t.page(16 * MB)
+        t.op(MATMUL_S, creates=(f1,), frees=(f1,))  # m (used last) goes to the host
+        f2, f3 = t.page(16 * MB), t.page(16 * MB)
+        t.op(MATMUL_S, creates=(f2, f3), frees=(f2, f3))  # then c must go too
+        for _ in range(2):
+            t.op(MATMUL_S)
+        t.op(MATMUL_S, uses=(c,), frees=(c,))  # op 6: c is rebuilt from m
+        for _ in range(100):
+            t.op(MATMUL_S)
+        t.op(MATMUL_S, uses=(m,), frees=(m,))
+        trace = t.trace()
+        plan = plan_step(trace, 32 * MB, 100e9, 100e9)
+        assert (m, Action.COPY) in actions(plan) and (c, Action.DROP) in actions(plan)
+        assert any(f.pid == m and f.use == 6 for f in plan.fetches)
+        sim = check_fits(trace, plan, 32 * MB)
+        assert sim.recompute_seconds == POINTWISE_S and sim.stall_seconds == 0
+
+    def test_a_prefetch_in_flight_gives_way_to_pages_needed_sooner(self):
+        trace = transformer(layers=30, chain=10).trace()
+        limit = unconstrained_peak(trace) // 2
+        plan = plan_step(trace, limit, 25e9, 25e9)
+        assert plan.stats["postponed"] > 0
+        check_fits(trace, plan, limit)
+
     def test_budget_under_the_working_set_names_the_op_and_bytes(self):
         t = Builder()
         a = t.out(1e-3, (), 6 * MB, "matmul")

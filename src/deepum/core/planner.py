@@ -19,25 +19,33 @@ evict pages that op ``t`` does not need, one at a time:
    ahead (Belady: a page needed last is the cheapest to be without).
 2. Price each one's two ways out. *Drop*: its rebuild seconds, plus those of
    its dropped inputs. *Copy*: the seconds the compute would stall because the
-   link cannot move the page out and back in before its next use. The link is
-   booked as a fluid (:mod:`.linkcap`): the copy out takes capacity right after
-   the eviction, the copy in right before the next use; whatever does not fit
-   is a stall. A copy the link can hide costs nothing.
+   link cannot move the page out and back in before its next use, plus
+   ``link_price`` (a tenth) of the link time the round trip takes. The link
+   is booked as a fluid (:mod:`.linkcap`): the copy out takes capacity right
+   after the eviction, the copy in right before the next use; whatever does
+   not fit is a stall. The link price is there because the sweep is greedy:
+   link time spent now is link time a page evicted later may lack, so a page
+   that rebuilds in less than a tenth of its round trip (a cast, a pointwise
+   output) is dropped even while the link is idle, and one that rebuilds in
+   more (a matmul output) is copied.
 3. Take the page with the least ``cost / (bytes x distance to next use)``
    (ties: furthest next use), the cheaper way (ties: drop). Book its copy on
    the link; its prefetch starts at the first slot its copy in was booked in.
 
-A prefetch that comes due adds its page to the device (and may evict pages
-needed later than it; if only pages needed sooner are left, the prefetch
-waits a slot). A dropped page holds the pages its recipe reads: they may then
-be dropped themselves (a chain, at most :data:`MAX_DEPTH` deep) but not copied,
-and if the program frees one it stays, holding memory, until no dropped page
-needs it (DTR's lineage). A write to a page first rebuilds the dropped pages
-whose recipes read it, and ends its own recipe and those of its readers.
+A prefetch in flight holds device memory from its start. When room is short
+and the only pages left to evict are needed sooner than a page in flight, that
+prefetch gives way: it starts again as late as its copy alone allows.
 
-So recompute time is spent only where the link cannot hide a copy, and then
-on the pages that free the most bytes per second of recompute: casts and
-pointwise outputs before matmuls and attention.
+A dropped page holds the pages its recipe reads. Those may then be dropped
+themselves (a chain, at most :data:`MAX_DEPTH` deep) but not copied; one
+already on the host is booked to come back by the rebuild. If the program
+frees an input held so, it stays, holding memory, until no dropped page needs
+it (DTR's lineage). A write to a page first rebuilds the dropped pages whose
+recipes read it, and ends its own recipe and those of its readers.
+
+So recompute time goes where copies would stall the compute or eat link time
+that dearer pages need: casts and pointwise outputs first, matmuls and
+attention last.
 
 A worked example
 ----------------
@@ -49,7 +57,8 @@ frees B; op 3 reads A and C. Before op 2 the working set {B, C} and A make
 back moves 4 B each way, 4 s of link, with 1 s of compute (op 2) before its
 use: about 3 s of stall. Dropping it costs 1 s. So the plan drops A after
 op 1 and rebuilds it for op 3 (``evictions == {1: [(A, DROP)]}``). Put five
-1 s ops between op 2 and op 3 and the copy hides: the plan copies A out after
+1 s ops between op 2 and op 3 and the copy hides (it costs only its link price,
+0.4 s, under the 1 s rebuild): the plan copies A out after
 op 1 and starts its prefetch after op 5, two ops ahead of its use, and
 recomputes nothing. With a limit of 6 B, op 1 alone needs 8 B: the plan
 records ``short_op == 1, short_bytes == 2``.
