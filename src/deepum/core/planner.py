@@ -72,6 +72,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+from collections.abc import Callable
 
 from .costs import DEFAULT_LINK_BPS
 from .linkcap import LinkCapacity
@@ -102,14 +103,99 @@ def plan_step(trace: StepTrace, limit: int, h2d_Bps: float = DEFAULT_LINK_BPS,
     return _Sweep(trace, limit, h2d_Bps, d2h_Bps, candidates, link_price).run()
 
 
-class _Sweep:
+class _Prices:
+    """The pricing half of the sweep: what evicting a page would cost, and the
+    link bookings that decide it (the state it reads is :class:`_Sweep`'s)."""
+
+    spec: dict[int, PageSpec]
+    state: dict[int, int]
+    dirty: dict[int, bool]
+    broken: set[int]
+    pending: dict[int, set[int]]
+    depth: dict[int, int]
+    fetch_of: dict[int, Fetch]
+    n: int
+    own_next: Callable[[int], int]
+
+    def __init__(self, trace: StepTrace, h2d: float, d2h: float, link_price: float) -> None:
+        seconds = [op.seconds for op in trace.ops]
+        self.h2d_Bps, self.d2h_Bps = h2d, d2h
+        self.h2d, self.d2h = LinkCapacity(seconds, h2d), LinkCapacity(seconds, d2h)
+        self.cum = list(itertools.accumulate(seconds, initial=0.0))
+        self.link_price = link_price
+
+    def price(self, t: int, p: int, nu: int) -> tuple[float, Action] | None:
+        """(h, action) for evicting p before op t; None if it cannot go."""
+        b = self.spec[p].nbytes
+        drop = self.drop_cost(p, t, nu)
+        copy = None if self.pending.get(p) else self.copy_stall(t, p, nu)
+        if drop is None and copy is None:
+            return None
+        if drop is not None and (copy is None or drop <= copy):
+            cost, action = drop, Action.DROP
+        else:
+            cost, action = copy, Action.COPY
+        # Pages not needed again this step are priced as if used two steps on.
+        return cost / (max(b, 1) * max(1, min(nu, 2 * self.n) - t)), action
+
+    def drop_cost(self, p: int, t: int, nu: int) -> float | None:
+        s = self.spec[p]
+        if s.rebuild_seconds is None or p in self.broken:
+            return None
+        if self.own_next(p) >= self.n and self.own_next(p) < NEVER:
+            return None  # needed by a later step: its inputs may not last that long
+        cost, depth = s.rebuild_seconds, 1
+        for q in s.recipe_inputs:
+            st = self.state[q]
+            if st == DROP:
+                c = self.drop_cost_dropped(q)
+                if c is None:
+                    return None
+                cost += c
+                depth = max(depth, self.depth[q] + 1)
+            elif st == OUT and nu < self.n:
+                # On the host: it must come back by nu instead of its own use.
+                f = self.fetch_of.get(q)
+                if f is None or f.use > nu:
+                    b = self.spec[q].nbytes
+                    cost += max(0, b - self.h2d.free(t + 1, nu)) / self.h2d_Bps
+            elif st not in (RES, ARR):
+                return None
+        return cost if depth <= MAX_DEPTH else None
+
+    def drop_cost_dropped(self, q: int) -> float | None:
+        s = self.spec[q]
+        cost = s.rebuild_seconds or 0.0
+        for r in s.recipe_inputs:
+            if self.state[r] == DROP:
+                c = self.drop_cost_dropped(r)
+                if c is None:
+                    return None
+                cost += c
+        return cost
+
+    def copy_stall(self, t: int, p: int, nu: int) -> float:
+        """Seconds of stall the copy out and back would cause, plus its link price."""
+        b = self.spec[p].nbytes
+        stall, ready, link = 0.0, t + 1, 0.0
+        if self.dirty[p]:
+            e, deficit = self.d2h.fill_point(t, b)
+            stall += deficit / self.d2h_Bps
+            ready = max(ready, e + 1)
+            link += b / self.d2h_Bps
+        if nu < self.n:
+            stall += max(0, b - self.h2d.free(ready, nu)) / self.h2d_Bps
+            link += b / self.h2d_Bps
+        return stall + self.link_price * link
+
+
+class _Sweep(_Prices):
     def __init__(self, trace: StepTrace, limit: int, h2d: float, d2h: float, k: int,
                  link_price: float) -> None:
         self.ops, self.spec, self.limit, self.k = trace.ops, trace.pages, limit, k
         self.n = n = len(trace.ops)
+        super().__init__(trace, h2d, d2h, link_price)
         seconds = [op.seconds for op in trace.ops]
-        self.h2d_Bps, self.d2h_Bps = h2d, d2h
-        self.h2d, self.d2h = LinkCapacity(seconds, h2d), LinkCapacity(seconds, d2h)
         self.plan = Plan(limit, seconds, {p: s.nbytes for p, s in trace.pages.items()}, h2d, d2h,
                          resident=[0] * n,
                          stats={"candidates": 0, "evictions": 0, "demand": 0, "postponed": 0})
@@ -133,8 +219,6 @@ class _Sweep:
         self.seq = 0
         self.due: dict[int, list[Fetch]] = {}  # op index -> prefetches that start before it
         self.flying: list[tuple[int, int, Fetch]] = []  # started, not yet used; furthest use first
-        self.cum = list(itertools.accumulate(seconds, initial=0.0))
-        self.link_price = link_price
         self.started: dict[int, Fetch] = {}
         self.fetch_of: dict[int, Fetch] = {}
 
@@ -267,70 +351,6 @@ class _Sweep:
         for entry in back:
             heapq.heappush(self.heap, entry)
         return None if best is None else (best[1], best[2], best[3])
-
-    def price(self, t: int, p: int, nu: int) -> tuple[float, Action] | None:
-        """(h, action) for evicting p before op t; None if it cannot go."""
-        b = self.spec[p].nbytes
-        drop = self.drop_cost(p, t, nu)
-        copy = None if self.pending.get(p) else self.copy_stall(t, p, nu)
-        if drop is None and copy is None:
-            return None
-        if drop is not None and (copy is None or drop <= copy):
-            cost, action = drop, Action.DROP
-        else:
-            cost, action = copy, Action.COPY
-        # Pages not needed again this step are priced as if used two steps on.
-        return cost / (max(b, 1) * max(1, min(nu, 2 * self.n) - t)), action
-
-    def drop_cost(self, p: int, t: int, nu: int) -> float | None:
-        s = self.spec[p]
-        if s.rebuild_seconds is None or p in self.broken:
-            return None
-        if self.own_next(p) >= self.n and self.own_next(p) < NEVER:
-            return None  # needed by a later step: its inputs may not last that long
-        cost, depth = s.rebuild_seconds, 1
-        for q in s.recipe_inputs:
-            st = self.state[q]
-            if st == DROP:
-                c = self.drop_cost_dropped(q)
-                if c is None:
-                    return None
-                cost += c
-                depth = max(depth, self.depth[q] + 1)
-            elif st == OUT and nu < self.n:
-                # On the host: it must come back by nu instead of its own use.
-                f = self.fetch_of.get(q)
-                if f is None or f.use > nu:
-                    b = self.spec[q].nbytes
-                    cost += max(0, b - self.h2d.free(t + 1, nu)) / self.h2d_Bps
-            elif st not in (RES, ARR):
-                return None
-        return cost if depth <= MAX_DEPTH else None
-
-    def drop_cost_dropped(self, q: int) -> float | None:
-        s = self.spec[q]
-        cost = s.rebuild_seconds or 0.0
-        for r in s.recipe_inputs:
-            if self.state[r] == DROP:
-                c = self.drop_cost_dropped(r)
-                if c is None:
-                    return None
-                cost += c
-        return cost
-
-    def copy_stall(self, t: int, p: int, nu: int) -> float:
-        """Seconds of stall the copy out and back would cause, plus its link price."""
-        b = self.spec[p].nbytes
-        stall, ready, link = 0.0, t + 1, 0.0
-        if self.dirty[p]:
-            e, deficit = self.d2h.fill_point(t, b)
-            stall += deficit / self.d2h_Bps
-            ready = max(ready, e + 1)
-            link += b / self.d2h_Bps
-        if nu < self.n:
-            stall += max(0, b - self.h2d.free(ready, nu)) / self.h2d_Bps
-            link += b / self.h2d_Bps
-        return stall + self.link_price * link
 
     def evict(self, t: int, p: int, action: Action, nu: int) -> None:
         b = self.spec[p].nbytes
