@@ -1,5 +1,7 @@
 """Costs, the recompute-first online policy and the offline planner, on synthetic traces (no torch)."""
 
+import random
+
 import pytest
 
 from deepum.core.costs import D2H, H2D, Costs
@@ -433,6 +435,48 @@ class TestPlanner:
         t.op(1.0, uses=(a,))
         with pytest.raises(ValueError, match="op 1 .* uses page 0 .* after it is freed"):
             plan_step(t.trace(), MB)
+
+
+def random_trace(rng, n_ops=60):
+    """Random pages, uses, writes, frees and recipes (a recipe reads its op's inputs)."""
+    pages, ops, alive = {}, [], []
+    for k in range(5):
+        pages[k] = PageSpec(rng.randint(1, 8), resident=rng.random() < 0.8, dirty=rng.random() < 0.5)
+        alive.append(k)
+    for i in range(n_ops):
+        uses = tuple(rng.sample(alive, min(len(alive), rng.randint(0, 3))))
+        writes = tuple(p for p in uses if rng.random() < 0.1)
+        creates = []
+        for _ in range(rng.randint(0, 2)):
+            droppable = rng.random() < 0.6
+            pid = len(pages)
+            pages[pid] = PageSpec(rng.randint(1, 8),
+                                  rebuild_seconds=rng.choice([0.0, 1e-5, 1e-3]) if droppable else None,
+                                  recipe_inputs=uses if droppable else ())
+            creates.append(pid)
+        made = [p for p in alive if p >= 5 and p not in uses]
+        frees = tuple(rng.sample(made, min(len(made), rng.randint(0, 2)))) if rng.random() < 0.5 else ()
+        ops.append(OpSpec(i, rng.choice([1e-5, 1e-3]), uses, tuple(creates), frees, writes))
+        alive = [p for p in alive + creates if p not in frees]
+    return StepTrace(ops, pages)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_traces_replay_within_the_limit(seed):
+    # Writes to recipe inputs, lineage through freed pages, pages starting on
+    # the host, tight limits: a plan that says it fits replays without error,
+    # within the limit at every op.
+    rng = random.Random(seed)
+    trace = random_trace(rng)
+    peak = unconstrained_peak(trace)
+    for fraction in (0.9, 0.6, 0.4, 0.25):
+        limit = max(1, int(peak * fraction))
+        plan = plan_step(trace, limit, rng.choice([10.0, 1000.0]), 1000.0)
+        sim = simulate(trace, plan, limit)
+        if plan.fits:
+            assert sim.over_limit == [] and max(plan.resident) <= limit
+        else:
+            assert plan.short_bytes > 0
 
 
 class TestLinkCapacity:

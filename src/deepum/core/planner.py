@@ -114,6 +114,7 @@ class _Prices:
     pending: dict[int, set[int]]
     depth: dict[int, int]
     fetch_of: dict[int, Fetch]
+    writes_now: set[int]
     n: int
     own_next: Callable[[int], int]
 
@@ -140,8 +141,8 @@ class _Prices:
 
     def drop_cost(self, p: int, t: int, nu: int) -> float | None:
         s = self.spec[p]
-        if s.rebuild_seconds is None or p in self.broken:
-            return None
+        if s.rebuild_seconds is None or p in self.broken or self.writes_now.intersection(s.recipe_inputs):
+            return None  # (a write by op t would rebuild it at once, and end its recipe)
         if self.own_next(p) >= self.n and self.own_next(p) < NEVER:
             return None  # needed by a later step: its inputs may not last that long
         cost, depth = s.rebuild_seconds, 1
@@ -221,6 +222,7 @@ class _Sweep(_Prices):
         self.flying: list[tuple[int, int, Fetch]] = []  # started, not yet used; furthest use first
         self.started: dict[int, Fetch] = {}
         self.fetch_of: dict[int, Fetch] = {}
+        self.writes_now: set[int] = set()
 
     # ------------------------------------------------------------ next uses
     def own_next(self, p: int) -> int:
@@ -247,6 +249,7 @@ class _Sweep(_Prices):
             self.push(p)
         for t in range(self.n):
             self.start_due(t)
+            self.writes_now = set(self.ops[t].writes)
             need = self.working_set(t)
             extra = sum(self.spec[p].nbytes for p in need if self.state[p] in (OUT, DROP))
             extra += sum(self.spec[p].nbytes for p in self.ops[t].creates)
@@ -433,10 +436,9 @@ class _Sweep(_Prices):
                 self.unhold(p)
         for p in self.ops[t].frees:
             self.dead.add(p)
-            if self.state[p] == DROP:
-                self.depth.pop(p, None)
-                self.unhold(p)
-            if not self.pending.get(p):
+            if not self.pending.get(p):  # else a lineage node, holding its own inputs
+                if self.depth.pop(p, None) is not None:
+                    self.unhold(p)
                 self.release(p)
         for p in (*need, *self.ops[t].creates):
             self.push(p)
