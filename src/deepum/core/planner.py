@@ -40,8 +40,10 @@ A dropped page holds the pages its recipe reads. Those may then be dropped
 themselves (a chain, at most :data:`MAX_DEPTH` deep) but not copied; one
 already on the host is booked to come back by the rebuild. If the program
 frees an input held so, it stays, holding memory, until no dropped page needs
-it (DTR's lineage). A write to a page first rebuilds the dropped pages whose
-recipes read it, and ends its own recipe and those of its readers.
+it (DTR's lineage); a freed page that is itself dropped keeps holding its own
+inputs. A write to a page first rebuilds the dropped pages whose recipes read
+it, and ends its own recipe and those of its readers; so a page whose recipe
+reads what op ``t`` writes is never dropped to make room for op ``t``.
 
 So recompute time goes where copies would stall the compute or eat link time
 that dearer pages need: casts and pointwise outputs first, matmuls and
