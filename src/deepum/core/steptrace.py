@@ -107,8 +107,9 @@ class Plan:
 
     ``evictions[i]``: (page ID, Action) pairs to evict after op i;
     ``prefetches[i]``: page IDs whose copy in starts after op i (i = -1:
-    before the first op). ``resident[i]``: planned bytes on the device while
-    op i runs. ``short_op``/``short_bytes``: the first operator whose working
+    before the first op); ``fetches``: the same copies in as :class:`Fetch`
+    records (what :meth:`note_late` moves). ``resident[i]``: planned bytes on
+    the device while op i runs. ``short_op``/``short_bytes``: the first operator whose working
     set does not fit the limit, and by how much (None/0 when the plan fits).
     """
 
