@@ -335,6 +335,16 @@ class TestPlanner:
         assert plan.stats["postponed"] > 0
         check_fits(trace, plan, limit)
 
+    def test_prefetches_of_one_slot_are_issued_soonest_needed_first(self):
+        trace = transformer(layers=30, chain=10).trace()
+        plan = plan_step(trace, unconstrained_peak(trace) // 3, 25e9, 25e9)
+        use = {(f.start, f.pid): f.use for f in plan.fetches}
+        crowded = [i for i, pids in plan.prefetches.items() if len(pids) > 1]
+        assert crowded
+        for i in crowded:
+            uses = [use[i, p] for p in plan.prefetches[i]]
+            assert uses == sorted(uses)
+
     def test_budget_under_the_working_set_names_the_op_and_bytes(self):
         t = Builder()
         a = t.out(1e-3, (), 6 * MB, "matmul")

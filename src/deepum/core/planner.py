@@ -264,6 +264,10 @@ class _Sweep(_Prices):
             self.plan.resident[t] = self.mem
             self.retire(t, need)
         self.plan.fetches = list(self.started.values())
+        # The link serves copies in the order they are issued: soonest needed first.
+        use = {(f.start, f.pid): f.use for f in self.plan.fetches}
+        for i, pids in self.plan.prefetches.items():
+            pids.sort(key=lambda p, i=i: use.get((i, p), self.n))
         return self.plan
 
     def start_due(self, t: int) -> None:
