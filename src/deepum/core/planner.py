@@ -1,0 +1,471 @@
+"""The offline planner: keep, drop-and-recompute, or copy-out-and-prefetch-back.
+
+From one recorded step (:class:`~.steptrace.StepTrace`) the planner decides,
+for every page at every point of the step, whether it stays on the device, is
+dropped and rebuilt from its recipe when next used, or is copied to the host
+and prefetched back in time. It is a greedy simulation of the step, in the
+spirit of Belady's optimal replacement and of Capuchin (Peng et al., ASPLOS
+2020), with DTR's cost per byte.
+
+The rule
+--------
+Walk the operators in order, keeping the set of resident pages. Before op
+``t`` runs, its *working set* must be resident: the pages it uses, the pages
+it creates, and, for each dropped page it uses, the pages that page's recipe
+reads (rebuilt first if they are dropped too). If that does not fit the limit,
+evict pages that op ``t`` does not need, one at a time:
+
+1. Look at the ``candidates`` resident pages whose next use is furthest
+   ahead (Belady: a page needed last is the cheapest to be without).
+2. Price each one's two ways out. *Drop*: its rebuild seconds, plus those of
+   its dropped inputs. *Copy*: the seconds the compute would stall because the
+   link cannot move the page out and back in before its next use, plus
+   ``link_price`` (a tenth) of the link time the round trip takes. The link
+   is booked as a fluid (:mod:`.linkcap`): the copy out takes capacity right
+   after the eviction, the copy in right before the next use; whatever does
+   not fit is a stall. The link price is there because the sweep is greedy:
+   link time spent now is link time a page evicted later may lack, so a page
+   that rebuilds in less than a tenth of its round trip (a cast, a pointwise
+   output) is dropped even while the link is idle, and one that rebuilds in
+   more (a matmul output) is copied.
+3. Take the page with the least ``cost / (bytes x distance to next use)``
+   (ties: furthest next use), the cheaper way (ties: drop). Book its copy on
+   the link; its prefetch starts at the first slot its copy in was booked in.
+
+A prefetch in flight holds device memory from its start. When room is short
+and the only pages left to evict are needed sooner than a page in flight, that
+prefetch gives way: it starts again as late as its copy alone allows.
+
+A dropped page holds the pages its recipe reads. Those may then be dropped
+themselves (a chain, at most :data:`MAX_DEPTH` deep) but not copied; one
+already on the host is booked to come back by the rebuild. If the program
+frees an input held so, it stays, holding memory, until no dropped page needs
+it (DTR's lineage); a freed page that is itself dropped keeps holding its own
+inputs. A write to a page first rebuilds the dropped pages whose recipes read
+it, and ends its own recipe and those of its readers; so a page whose recipe
+reads what op ``t`` writes is never dropped to make room for op ``t``.
+
+So recompute time goes where copies would stall the compute or eat link time
+that dearer pages need: casts and pointwise outputs first, matmuls and
+attention last.
+
+A worked example
+----------------
+Three ops of 1 s each, a link of 2 bytes/s each way, a limit of 8 bytes.
+Op 0 creates A (4 B, a matmul output, rebuild 1 s); op 1 reads A and creates
+B (4 B, a cast, rebuild 0.01 s); op 2 reads B, creates C (4 B, no recipe) and
+frees B; op 3 reads A and C. Before op 2 the working set {B, C} and A make
+12 B, so one page that op 2 does not need must go: only A. Copying A out and
+back moves 4 B each way, 4 s of link, with 1 s of compute (op 2) before its
+use: about 3 s of stall. Dropping it costs 1 s. So the plan drops A after
+op 1 and rebuilds it for op 3 (``evictions == {1: [(A, DROP)]}``). Put five
+1 s ops between op 2 and op 3 and the copy hides (it costs only its link price,
+0.4 s, under the 1 s rebuild): the plan copies A out after
+op 1 and starts its prefetch after op 5, two ops ahead of its use, and
+recomputes nothing. With a limit of 6 B, op 1 alone needs 8 B: the plan
+records ``short_op == 1, short_bytes == 2``.
+
+Cost: each eviction looks at ``candidates`` pages (a heap keyed by next use)
+and books the link in O(log n); the whole plan is O((ops + pages) log n).
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+from collections.abc import Callable
+
+from .costs import DEFAULT_LINK_BPS
+from .linkcap import LinkCapacity
+from .remat_policy import Action
+from .replay import NEVER, SimResult, simulate, uses_by_page
+from .steptrace import Fetch, OpSpec, PageSpec, Plan, StepTrace
+
+__all__ = ["Action", "Fetch", "OpSpec", "PageSpec", "Plan", "SimResult", "StepTrace", "plan_step",
+           "simulate"]
+
+MAX_DEPTH = 8
+LINK_PRICE = 0.1
+NEW, RES, ARR, OUT, DROP, GONE = range(6)
+
+
+def plan_step(trace: StepTrace, limit: int, h2d_Bps: float = DEFAULT_LINK_BPS,
+              d2h_Bps: float = DEFAULT_LINK_BPS, *, candidates: int = 16,
+              link_price: float = LINK_PRICE) -> Plan:
+    """Plan one step under ``limit`` bytes with the link's bandwidth each way.
+
+    ``candidates``: pages priced per eviction (the furthest used);
+    ``link_price``: the share of a copy's link time charged even when the
+    copy hides (see the module's rule, step 2).
+    """
+    if limit <= 0 or h2d_Bps <= 0 or d2h_Bps <= 0 or candidates < 1 or link_price < 0:
+        raise ValueError("limit, bandwidths and candidates must be positive, link_price >= 0")
+    trace.validate()
+    return _Sweep(trace, limit, h2d_Bps, d2h_Bps, candidates, link_price).run()
+
+
+class _Prices:
+    """The pricing half of the sweep: what evicting a page would cost, and the
+    link bookings that decide it (the state it reads is :class:`_Sweep`'s)."""
+
+    spec: dict[int, PageSpec]
+    state: dict[int, int]
+    dirty: dict[int, bool]
+    broken: set[int]
+    pending: dict[int, set[int]]
+    depth: dict[int, int]
+    fetch_of: dict[int, Fetch]
+    writes_now: set[int]
+    n: int
+    own_next: Callable[[int], int]
+
+    def __init__(self, trace: StepTrace, h2d: float, d2h: float, link_price: float) -> None:
+        seconds = [op.seconds for op in trace.ops]
+        self.h2d_Bps, self.d2h_Bps = h2d, d2h
+        self.h2d, self.d2h = LinkCapacity(seconds, h2d), LinkCapacity(seconds, d2h)
+        self.cum = list(itertools.accumulate(seconds, initial=0.0))
+        self.link_price = link_price
+
+    def price(self, t: int, p: int, nu: int) -> tuple[float, Action] | None:
+        """(h, action) for evicting p before op t; None if it cannot go."""
+        b = self.spec[p].nbytes
+        drop = self.drop_cost(p, t, nu)
+        copy = None if self.pending.get(p) else self.copy_stall(t, p, nu)
+        if drop is None and copy is None:
+            return None
+        if drop is not None and (copy is None or drop <= copy):
+            cost, action = drop, Action.DROP
+        else:
+            cost, action = copy, Action.COPY
+        # Pages not needed again this step are priced as if used two steps on.
+        return cost / (max(b, 1) * max(1, min(nu, 2 * self.n) - t)), action
+
+    def drop_cost(self, p: int, t: int, nu: int) -> float | None:
+        s = self.spec[p]
+        if s.rebuild_seconds is None or p in self.broken or self.writes_now.intersection(s.recipe_inputs):
+            return None  # (a write by op t would rebuild it at once, and end its recipe)
+        if self.own_next(p) >= self.n and self.own_next(p) < NEVER:
+            return None  # needed by a later step: its inputs may not last that long
+        cost, depth = s.rebuild_seconds, 1
+        for q in s.recipe_inputs:
+            st = self.state[q]
+            if st == DROP:
+                c = self.drop_cost_dropped(q)
+                if c is None:
+                    return None
+                cost += c
+                depth = max(depth, self.depth[q] + 1)
+            elif st == OUT and nu < self.n:
+                # On the host: it must come back by nu instead of its own use.
+                f = self.fetch_of.get(q)
+                if f is None or f.use > nu:
+                    b = self.spec[q].nbytes
+                    cost += max(0, b - self.h2d.free(t + 1, nu)) / self.h2d_Bps
+            elif st not in (RES, ARR):
+                return None
+        return cost if depth <= MAX_DEPTH else None
+
+    def drop_cost_dropped(self, q: int) -> float | None:
+        s = self.spec[q]
+        cost = s.rebuild_seconds or 0.0
+        for r in s.recipe_inputs:
+            if self.state[r] == DROP:
+                c = self.drop_cost_dropped(r)
+                if c is None:
+                    return None
+                cost += c
+        return cost
+
+    def copy_stall(self, t: int, p: int, nu: int) -> float:
+        """Seconds of stall the copy out and back would cause, plus its link price."""
+        b = self.spec[p].nbytes
+        stall, ready, link = 0.0, t + 1, 0.0
+        if self.dirty[p]:
+            e, deficit = self.d2h.fill_point(t, b)
+            stall += deficit / self.d2h_Bps
+            ready = max(ready, e + 1)
+            link += b / self.d2h_Bps
+        if nu < self.n:
+            stall += max(0, b - self.h2d.free(ready, nu)) / self.h2d_Bps
+            link += b / self.h2d_Bps
+        return stall + self.link_price * link
+
+
+class _Sweep(_Prices):
+    def __init__(self, trace: StepTrace, limit: int, h2d: float, d2h: float, k: int,
+                 link_price: float) -> None:
+        self.ops, self.spec, self.limit, self.k = trace.ops, trace.pages, limit, k
+        self.n = n = len(trace.ops)
+        super().__init__(trace, h2d, d2h, link_price)
+        seconds = [op.seconds for op in trace.ops]
+        self.plan = Plan(limit, seconds, {p: s.nbytes for p, s in trace.pages.items()}, h2d, d2h,
+                         resident=[0] * n,
+                         stats={"candidates": 0, "evictions": 0, "demand": 0, "postponed": 0})
+        self.uses, self.tail = uses_by_page(trace)
+        self.ptr = dict.fromkeys(self.spec, 0)
+        born = {p for op in trace.ops for p in op.creates}
+        self.state = {p: (NEW if p in born else RES if s.resident or not s.pageable else OUT)
+                      for p, s in self.spec.items()}
+        self.dirty = {p: s.dirty or p in born for p, s in self.spec.items()}
+        self.broken: set[int] = set()          # recipes ended by a write
+        self.dead: set[int] = set()            # freed by the program, held by a dropped reader
+        self.pending: dict[int, set[int]] = {}  # page -> dropped pages whose recipes read it
+        self.depth: dict[int, int] = {}
+        self.readers: dict[int, list[int]] = {}
+        for p, s in self.spec.items():
+            for q in s.recipe_inputs:
+                self.readers.setdefault(q, []).append(p)
+        self.mem = sum(s.nbytes for p, s in self.spec.items() if self.state[p] == RES)
+        self.heap: list[tuple[int, int, int]] = []
+        self.key: dict[int, int] = {}
+        self.seq = 0
+        self.due: dict[int, list[Fetch]] = {}  # op index -> prefetches that start before it
+        self.flying: list[tuple[int, int, Fetch]] = []  # started, not yet used; furthest use first
+        self.started: dict[int, Fetch] = {}
+        self.fetch_of: dict[int, Fetch] = {}
+        self.writes_now: set[int] = set()
+
+    # ------------------------------------------------------------ next uses
+    def own_next(self, p: int) -> int:
+        u, i = self.uses[p], self.ptr[p]
+        return u[i] if i < len(u) else self.tail[p]
+
+    def next_use(self, p: int) -> int:
+        nu = self.own_next(p)
+        for r in self.pending.get(p, ()):
+            nu = min(nu, self.next_use(r))
+        return nu
+
+    def push(self, p: int) -> None:
+        if self.state[p] == RES and self.spec[p].pageable:
+            nu = self.key[p] = self.next_use(p)
+            self.seq += 1
+            heapq.heappush(self.heap, (-nu, self.seq, p))
+
+    # ------------------------------------------------------------ the sweep
+    def run(self) -> Plan:
+        for p in self.spec:
+            if self.state[p] == OUT:
+                self.book_fetch(p, -2, 0, self.own_next(p))
+            self.push(p)
+        for t in range(self.n):
+            self.start_due(t)
+            self.writes_now = set(self.ops[t].writes)
+            need = self.working_set(t)
+            extra = sum(self.spec[p].nbytes for p in need if self.state[p] in (OUT, DROP))
+            extra += sum(self.spec[p].nbytes for p in self.ops[t].creates)
+            short = self.mem + extra - self.limit
+            if short > 0:
+                short = self.make_room(t, need, short)
+            if short > 0 and self.plan.short_op is None:
+                self.plan.short_op, self.plan.short_bytes = t, short
+            self.execute(t, need)
+            self.plan.resident[t] = self.mem
+            self.retire(t, need)
+        self.plan.fetches = list(self.started.values())
+        # The link serves copies in the order they are issued: soonest needed first.
+        use = {(f.start, f.pid): f.use for f in self.plan.fetches}
+        for i, pids in self.plan.prefetches.items():
+            pids.sort(key=lambda p, i=i: use.get((i, p), self.n))
+        return self.plan
+
+    def start_due(self, t: int) -> None:
+        for f in self.due.pop(t, ()):
+            p = f.pid
+            if self.state[p] == OUT and self.fetch_of.get(p) is f:
+                self.state[p] = ARR
+                self.mem += self.spec[p].nbytes
+                self.plan.prefetches.setdefault(t - 1, []).append(p)
+                f.start = t - 1
+                self.started[id(f)] = f
+                self.seq += 1
+                heapq.heappush(self.flying, (-f.use, self.seq, f))
+
+    def working_set(self, t: int) -> set[int]:
+        op: OpSpec = self.ops[t]
+        need = set(op.uses)
+        for w in op.writes:
+            need.update(r for r in self.pending.get(w, ()) if self.state[r] == DROP)
+        stack = [p for p in need if self.state[p] == DROP]
+        while stack:
+            for q in self.spec[stack.pop()].recipe_inputs:
+                if q not in need:
+                    need.add(q)
+                    if self.state[q] == DROP:
+                        stack.append(q)
+        return need
+
+    def make_room(self, t: int, need: set[int], short: int) -> int:
+        while short > 0:
+            best = self.pick(t, need)
+            flying = self.furthest_flying(need)
+            if flying is not None and (best is None or best[0] < flying.use):
+                self.cancel(t, flying)
+                short -= self.spec[flying.pid].nbytes
+                continue
+            if best is None:
+                break
+            self.evict(t, best[1], best[2], best[0])
+            short -= self.spec[best[1]].nbytes
+        return short
+
+    def furthest_flying(self, need: set[int]) -> Fetch | None:
+        """The prefetch in flight whose page is needed last (not by op t)."""
+        aside, found = [], None
+        while self.flying:
+            f = self.flying[0][2]
+            if self.state[f.pid] != ARR or self.fetch_of.get(f.pid) is not f:
+                heapq.heappop(self.flying)
+            elif f.pid in need:
+                aside.append(heapq.heappop(self.flying))
+            else:
+                found = f
+                break
+        for entry in aside:
+            heapq.heappush(self.flying, entry)
+        return found
+
+    def cancel(self, t: int, f: Fetch) -> None:
+        """A prefetch holds memory that pages needed sooner lack: it starts
+        again as late as its copy alone allows."""
+        p, b = f.pid, self.spec[f.pid].nbytes
+        self.state[p] = OUT
+        self.mem -= b
+        for j in range(f.start + 1, t):
+            self.plan.resident[j] -= b
+        self.plan.prefetches[f.start].remove(p)
+        del self.started[id(f)]
+        target = self.cum[f.use] - b / self.h2d_Bps
+        start = min(max(t + 1, bisect.bisect_right(self.cum, target) - 1), f.use)
+        self.due.setdefault(start, []).append(f)
+        self.plan.stats["postponed"] += 1
+
+    def pick(self, t: int, need: set[int]) -> tuple[int, int, Action] | None:
+        """The best victim among the ``k`` furthest-used: (next use, page, action)."""
+        seen, back, best = 0, [], None
+        while self.heap and seen < self.k:
+            entry = heapq.heappop(self.heap)
+            nu, p = -entry[0], entry[2]
+            if self.state[p] != RES or self.key.get(p) != nu:
+                continue
+            back.append(entry)
+            if p in need:
+                continue
+            seen += 1
+            priced = self.price(t, p, nu)
+            if priced is not None and (best is None or priced[0] < best[0]):
+                best = (priced[0], nu, p, priced[1])
+        self.plan.stats["candidates"] += seen
+        for entry in back:
+            heapq.heappush(self.heap, entry)
+        return None if best is None else (best[1], best[2], best[3])
+
+    def evict(self, t: int, p: int, action: Action, nu: int) -> None:
+        b = self.spec[p].nbytes
+        self.plan.evictions.setdefault(t - 1, []).append((p, action))
+        self.plan.stats["evictions"] += 1
+        self.mem -= b
+        if action == Action.DROP:
+            self.state[p] = DROP
+            self.depth[p] = 1 + max((self.depth[q] for q in self.spec[p].recipe_inputs
+                                     if self.state[q] == DROP), default=0)
+            for q in self.spec[p].recipe_inputs:
+                self.pending.setdefault(q, set()).add(p)
+                self.push(q)
+            self.inputs_back_by(t, p, self.next_use(p))
+            return
+        self.state[p] = OUT
+        self.fetch_of.pop(p, None)
+        ready = t + 1
+        if self.dirty[p]:
+            ready = max(ready, self.d2h.take_forward(t, b) + 1)
+            self.dirty[p] = False
+        if nu < self.n:
+            self.book_fetch(p, t - 1, ready, nu)
+
+    def inputs_back_by(self, t: int, p: int, nu: int) -> None:
+        """The inputs on the host of dropped page p (and of its dropped inputs)
+        come back by op nu, when p is rebuilt."""
+        for q in self.spec[p].recipe_inputs:
+            if self.state[q] == DROP:
+                self.inputs_back_by(t, q, nu)
+            elif self.state[q] == OUT and nu < self.n:
+                f = self.fetch_of.get(q)
+                if f is None or f.use > nu:
+                    self.book_fetch(q, t - 1, t + 1, nu)
+
+    def book_fetch(self, p: int, evicted: int, ready: int, nu: int) -> None:
+        """Book p's copy in before op nu, no earlier than slot ``ready``."""
+        if nu >= self.n:
+            return
+        lo = max(ready, evicted + 2, 0)
+        first = self.h2d.take_backward(nu, lo, self.spec[p].nbytes)
+        start = min(max(first, lo), nu)
+        self.fetch_of[p] = f = Fetch(p, start - 1, nu, evicted)
+        self.due.setdefault(start, []).append(f)
+
+    # ----------------------------------------------------- running an op
+    def execute(self, t: int, need: set[int]) -> None:
+        op = self.ops[t]
+        for p in need:
+            st = self.state[p]
+            if st == DROP:
+                self.plan.recompute_seconds += self.spec[p].rebuild_seconds or 0.0
+                self.dirty[p] = True
+            elif st == OUT:
+                # Not brought in by a prefetch in time: fetched on demand.
+                self.plan.prefetches.setdefault(t - 1, []).append(p)
+                self.plan.stats["demand"] += 1
+                f = self.fetch_of.pop(p, None)
+                if f is None:
+                    f = Fetch(p, t - 1, t, t - 2)
+                f.start = t - 1
+                self.started[id(f)] = f
+            if st in (DROP, OUT):
+                self.mem += self.spec[p].nbytes
+            self.state[p] = RES
+        for p in op.creates:
+            self.state[p] = RES
+            self.mem += self.spec[p].nbytes
+        for w in op.writes:
+            self.dirty[w] = True
+            self.broken.add(w)
+            self.broken.update(r for r in self.readers.get(w, ()) if self.state[r] != NEW)
+
+    def retire(self, t: int, need: set[int]) -> None:
+        for p in need:
+            if p in self.uses and self.ptr[p] < len(self.uses[p]) and self.uses[p][self.ptr[p]] == t:
+                self.ptr[p] += 1
+        for p in need:
+            if self.depth.pop(p, None) is not None:
+                self.unhold(p)
+        for p in self.ops[t].frees:
+            self.dead.add(p)
+            if not self.pending.get(p):  # else a lineage node, holding its own inputs
+                if self.depth.pop(p, None) is not None:
+                    self.unhold(p)
+                self.release(p)
+        for p in (*need, *self.ops[t].creates):
+            self.push(p)
+
+    def unhold(self, r: int) -> None:
+        """Dropped page r was rebuilt or died: its recipe's inputs are free of it."""
+        for q in self.spec[r].recipe_inputs:
+            held = self.pending.get(q)
+            if held is None:
+                continue
+            held.discard(r)
+            if not held:
+                del self.pending[q]
+                if q in self.dead:
+                    if self.depth.pop(q, None) is not None:
+                        self.unhold(q)
+                    self.release(q)
+                else:
+                    self.push(q)
+
+    def release(self, p: int) -> None:
+        if self.state[p] in (RES, ARR):
+            self.mem -= self.spec[p].nbytes
+        self.state[p] = GONE

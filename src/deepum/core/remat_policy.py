@@ -1,0 +1,141 @@
+"""The online victim choice of recompute-first paging (DTR's heuristic).
+
+Before a plan exists (:mod:`.planner`), and wherever the program departs from
+one, victims are chosen online. :class:`DeepUMPolicy` picks the least recently
+used page outside the prediction window: it counts neither what the page costs
+to bring back nor how many bytes it frees, so it copies a 4 MB matmul output
+and a 4 MB cast alike, and both cost the same link time. Most activation bytes
+are casts and pointwise outputs that the device rebuilds in microseconds, while
+the link is the bottleneck; so :class:`RecomputeFirstPolicy` ranks victims as
+DTR does (Kirisame et al., "Dynamic Tensor Rematerialization", 2021)::
+
+    h(page) = cost(page) / (bytes(page) * staleness(page))
+
+lowest first, where staleness is the number of operators since the page was
+last used (pages used long ago are likely needed late, as LRU assumes) and::
+
+    cost = min(rebuild_seconds(page),              -> Action.DROP
+               d2h(bytes) if dirty + h2d(bytes))   -> Action.COPY
+
+A page that cannot be rebuilt (``rebuild_seconds`` returns None) is always
+COPY; a clean page (its host copy is current) costs only the copy back.
+Pages the prediction window needs are still protected exactly as DeepUM
+protects them, and still go last, furthest next use first.
+
+The glue supplies ``rebuild_seconds(page)``: it knows the page's recipe, the
+operator's cost (:class:`~.costs.Costs`) and which of the recipe's inputs are
+dropped themselves (DTR's evicted-neighbourhood cost: their rebuilds count
+too). It calls :meth:`RecomputeFirstPolicy.note_use` with the pages each
+operator uses, and :meth:`RecomputeFirstPolicy.action` for each victim it
+evicts.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from enum import IntEnum
+from weakref import WeakKeyDictionary
+
+from .correlation import PageCorrelation, SuccessorTable
+from .costs import D2H, H2D, Costs
+from .pages import Page, PageTable
+from .policy import DeepUMPolicy
+
+
+class Action(IntEnum):
+    """How a victim leaves the device."""
+
+    DROP = 0  # free it now, run its recipe again when it is next used
+    COPY = 1  # write it back to the host if dirty, then free it; copy it in later
+
+
+RebuildSeconds = Callable[[Page], "float | None"]
+
+
+class RecomputeFirstPolicy(DeepUMPolicy):
+    """DeepUM's prediction and prefetch window, with DTR's victim ranking.
+
+    ``rebuild_seconds(page)`` returns the seconds to compute the page again,
+    including dropped inputs that must be rebuilt first, or None if it cannot
+    be dropped. ``max_candidates`` bounds the pages ranked per call (the least
+    recently used ones; DTR samples for the same reason); None ranks all.
+    """
+
+    name = "recompute"
+
+    def __init__(self, table: PageTable, lookahead: int, live: dict[int, Page], costs: Costs,
+                 rebuild_seconds: RebuildSeconds, *, max_candidates: int | None = None,
+                 successors: SuccessorTable | None = None,
+                 pages: PageCorrelation | None = None) -> None:
+        super().__init__(table, lookahead, live, successors, pages)
+        self.costs = costs
+        self.rebuild_seconds = rebuild_seconds
+        self.max_candidates = max_candidates
+        # Operators observed so far, and when each page was last used: a
+        # weak map, so a page the glue retires is forgotten with it.
+        self.clock = 0
+        self._last_use: WeakKeyDictionary[Page, int] = WeakKeyDictionary()
+
+    def observe(self, eid: int) -> None:
+        super().observe(eid)
+        self.clock += 1
+
+    def note_use(self, pages: Iterable[Page]) -> None:
+        """The operator now running uses ``pages`` (reads or writes)."""
+        now = self.clock
+        for page in pages:
+            self._last_use[page] = now
+
+    def staleness(self, page: Page) -> int:
+        """Operators since the page was last used (at least 1); a page never
+        noted counts from the start."""
+        return self.clock - self._last_use.get(page, 0) + 1
+
+    def copy_cost(self, page: Page) -> float:
+        out = 0.0 if (not page.dirty and page.host is not None) else self.costs.copy_seconds(page.nbytes, D2H)
+        return out + self.costs.copy_seconds(page.nbytes, H2D)
+
+    def cost(self, page: Page) -> tuple[float, Action]:
+        """The cheaper way to free the page, and what it costs in seconds."""
+        copy = self.copy_cost(page)
+        rebuild = self.rebuild_seconds(page)
+        if rebuild is not None and rebuild <= copy:
+            return rebuild, Action.DROP
+        return copy, Action.COPY
+
+    def action(self, page: Page) -> Action:
+        """How to evict ``page`` (the glue asks this for each victim)."""
+        return self.cost(page)[1]
+
+    def score(self, page: Page) -> float:
+        """DTR's h: seconds to bring it back per byte freed per operator of staleness."""
+        return self.cost(page)[0] / (max(page.nbytes, 1) * self.staleness(page))
+
+    def choose_victims(self, need: int, *, protect_window: bool = False) -> list[Page]:
+        window = self.predictor.window_pages
+        ranked, in_window = [], []
+        for page in self.table.lru():
+            if page.pins:
+                continue
+            if page.skey in window:
+                in_window.append(page)
+            elif self.max_candidates is None or len(ranked) < self.max_candidates:
+                ranked.append((self.score(page), len(ranked), page))
+        # Lowest h first; ties keep LRU order (the index breaks them).
+        chosen, got = [], 0
+        heapq.heapify(ranked)
+        while ranked and got < need:
+            page = heapq.heappop(ranked)[2]
+            chosen.append(page)
+            got += page.nbytes
+        if got >= need or protect_window:
+            return chosen
+        far = self.predictor.lookahead + 1
+        in_window.sort(key=lambda p: -(self.predictor.next_use(p.skey) or far))
+        for page in in_window:
+            if got >= need:
+                break
+            chosen.append(page)
+            got += page.nbytes
+        return chosen

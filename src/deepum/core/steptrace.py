@@ -1,0 +1,165 @@
+"""One recorded training step, and a plan for it (the planner's input and output).
+
+The glue records a step as a :class:`StepTrace`: the operators in order, each
+with the page IDs it uses, creates and frees, and per page its size, whether
+it was resident when the step began, and, if it can be dropped, what
+rebuilding it costs and which pages its recipe reads. Page IDs are small ints
+the glue chooses (stable keys interned per step work well); a :class:`Plan`
+names pages by the same IDs and operators by their index in the step.
+
+Slots: "after op i" for i in -1 .. n-1, where -1 is "before the first
+operator". An eviction after op i frees its bytes for op i + 1; a prefetch
+started after op i holds device memory from op i + 1 on and moves while ops
+i + 1, i + 2, ... compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .remat_policy import Action
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    """One page of the step.
+
+    ``resident``: on the device when the step begins (pages the step creates
+    ignore it). ``rebuild_seconds``: seconds to compute the page again from
+    ``recipe_inputs`` (page IDs, which must be on the device, or rebuilt
+    first, when it is rebuilt); None: it cannot be dropped. ``dirty``: no
+    current host copy at step start. ``pageable``: False for pages that never
+    leave the device.
+    """
+
+    nbytes: int
+    resident: bool = True
+    rebuild_seconds: float | None = None
+    recipe_inputs: tuple[int, ...] = ()
+    dirty: bool = True
+    pageable: bool = True
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One operator: its execution ID, device seconds, and its pages.
+
+    ``uses``: pages it reads or writes (they must be resident while it runs);
+    ``writes``: those of ``uses`` it writes in place (a write breaks the
+    recipes that read the page and the page's own); ``creates``: its new
+    output pages; ``frees``: pages the program frees after it.
+    """
+
+    eid: int
+    seconds: float
+    uses: tuple[int, ...] = ()
+    creates: tuple[int, ...] = ()
+    frees: tuple[int, ...] = ()
+    writes: tuple[int, ...] = ()
+
+
+@dataclass
+class StepTrace:
+    ops: list[OpSpec]
+    pages: dict[int, PageSpec]
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first operator and page that do not add up."""
+        born = {pid for op in self.ops for pid in op.creates}
+        alive = {pid for pid in self.pages if pid not in born}
+        for i, op in enumerate(self.ops):
+            for pid in (*op.uses, *op.creates, *op.frees):
+                if pid not in self.pages:
+                    raise ValueError(f"op {i} (eid {op.eid}) names page {pid}, which has no PageSpec")
+            for pid in op.uses:
+                if pid not in alive:
+                    raise ValueError(f"op {i} (eid {op.eid}) uses page {pid} before it exists or after it is freed")
+            bad = set(op.writes) - set(op.uses)
+            if bad:
+                raise ValueError(f"op {i} (eid {op.eid}) writes pages {sorted(bad)} it does not list in uses")
+            for pid in op.creates:
+                if pid in alive:
+                    raise ValueError(f"op {i} (eid {op.eid}) creates page {pid}, which already exists")
+                alive.add(pid)
+            for pid in op.frees:
+                if pid not in alive:
+                    raise ValueError(f"op {i} (eid {op.eid}) frees page {pid}, which is not alive")
+                alive.discard(pid)
+        for pid, spec in self.pages.items():
+            if spec.nbytes < 0:
+                raise ValueError(f"page {pid} has negative size {spec.nbytes}")
+
+
+@dataclass
+class Fetch:
+    """One planned copy in: started after op ``start``, needed by op ``use``;
+    its copy out was started after op ``evicted`` (-2: it began the step on the host)."""
+
+    pid: int
+    start: int
+    use: int
+    evicted: int
+
+
+@dataclass
+class Plan:
+    """What to do after each operator of the step.
+
+    ``evictions[i]``: (page ID, Action) pairs to evict after op i;
+    ``prefetches[i]``: page IDs whose copy in starts after op i (i = -1:
+    before the first op); ``fetches``: the same copies in as :class:`Fetch`
+    records (what :meth:`note_late` moves). ``resident[i]``: planned bytes on
+    the device while op i runs. ``short_op``/``short_bytes``: the first operator whose working
+    set does not fit the limit, and by how much (None/0 when the plan fits).
+    """
+
+    limit: int
+    seconds: list[float]
+    nbytes: dict[int, int]
+    h2d_Bps: float
+    d2h_Bps: float
+    evictions: dict[int, list[tuple[int, Action]]] = field(default_factory=dict)
+    prefetches: dict[int, list[int]] = field(default_factory=dict)
+    fetches: list[Fetch] = field(default_factory=list)
+    resident: list[int] = field(default_factory=list)
+    recompute_seconds: float = 0.0
+    short_op: int | None = None
+    short_bytes: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fits(self) -> bool:
+        return self.short_op is None
+
+    def evictions_after(self, i: int) -> list[tuple[int, Action]]:
+        return self.evictions.get(i, [])
+
+    def prefetches_after(self, i: int) -> list[int]:
+        return self.prefetches.get(i, [])
+
+    def note_late(self, pid: int, seconds: float | None = None) -> bool:
+        """A prefetch of ``pid`` arrived ``seconds`` late (Capuchin's feedback):
+        start each of its copies in earlier by that much compute (default: its
+        lead again), as far as the limit allows at every op it now spans and
+        no earlier than its copy out. Returns whether any moved."""
+        moved = False
+        for f in self.fetches:
+            if f.pid == pid:
+                moved |= self._advance(f, seconds)
+        return moved
+
+    def _advance(self, f: Fetch, seconds: float | None) -> bool:
+        b = self.nbytes[f.pid]
+        want = seconds if seconds is not None else sum(self.seconds[f.start + 1:f.use])
+        new, got = f.start, 0.0
+        while got < want and new - 1 > f.evicted and self.resident[new] + b <= self.limit:
+            got += self.seconds[new]
+            new -= 1
+        if new == f.start:
+            return False
+        for j in range(new + 1, f.start + 1):
+            self.resident[j] += b
+        self.prefetches[f.start].remove(f.pid)
+        self.prefetches.setdefault(new, []).append(f.pid)
+        f.start = new
+        return True
