@@ -19,6 +19,14 @@ from .helpers import assert_identical, train
 MAX_DEPTH = THRESHOLDS.recipe_max_depth
 
 
+def _all_recipes(s) -> None:
+    """Recipes for pages of every size, and rebuilding priced as free against copying:
+    the tests' tensors are small, and these tests are about the bits of a rebuild."""
+    s.pager.recompute_min_bytes = 0
+    s.pager.rebuild_overhead_s = 0.0
+    s.pager.costs.launch_s = 0.0
+
+
 def _session(**kw):
     return deepum.oversubscribe(1 << 30, "cpu", stress=True, **kw)
 
@@ -27,7 +35,7 @@ def _run(fn, *args, **kw):
     """fn(*args) plain and under a stress session with recipes for every size."""
     ref = fn(*args)
     with _session(**kw) as s:
-        s.pager.recompute_min_bytes = 0
+        _all_recipes(s)
         got = fn(*args)
         got = [g.clone() for g in got]
     return ref, got, s.stats()
@@ -116,7 +124,7 @@ def test_a_dropped_page_keeps_its_dead_inputs():
     torch.manual_seed(1)
     ref = prog(x, w)
     with _session() as s:
-        s.pager.recompute_min_bytes = 0
+        _all_recipes(s)
         torch.manual_seed(1)
         got = [g.clone() for g in prog(x, w)]
         st = s.stats()
@@ -136,7 +144,7 @@ def test_chains_longer_than_the_depth_limit_are_copied_beyond_it():
 
     ref = chain(x)
     with _session() as s:
-        s.pager.recompute_min_bytes = 0
+        _all_recipes(s)
         outs = chain(x)
         pages = [s.pager.table.get(o.untyped_storage()._cdata) for o in outs]
         dropped = [p.dropped for p in pages]
@@ -186,7 +194,7 @@ def test_pages_numpy_can_write_are_not_recipe_inputs():
     np = pytest.importorskip("numpy")
     arr = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
     with _session() as s:
-        s.pager.recompute_min_bytes = 0
+        _all_recipes(s)
         x = torch.from_numpy(arr)  # shares arr's memory: written by numpy, unseen
         y = x * 2.0
         expected = torch.from_numpy(arr * 2.0)
@@ -234,7 +242,7 @@ def test_matmuls_norms_softmax_attention_and_embedding_are_replayed_bit_identica
 
     ref = step(x)
     with _session() as s:
-        s.pager.recompute_min_bytes = 0
+        _all_recipes(s)
         torch.ones(1).add(1)  # pressure begins after the first operator (stress)
         out = _block(x, p)
         dropped = _dropped_funcs(s.pager)
@@ -271,7 +279,7 @@ def test_dropout_pages_are_dropped_not_copied():
     torch.manual_seed(0)
     x = torch.randn(64, 128)
     with _session() as s:
-        s.pager.recompute_min_bytes = 0
+        _all_recipes(s)
         y = torch.native_dropout(x * 1.0, 0.5, True)[0]
         page = s.pager.table.get(y.untyped_storage()._cdata)
         assert page.dropped and page.recipe.rng is not None
@@ -306,7 +314,7 @@ def test_scatter_add_outputs_get_no_recipe_and_are_copied():
     ref, got, st = _run(prog, src, idx)
     _equal(ref, got)
     with _session() as s:
-        s.pager.recompute_min_bytes = 0
+        _all_recipes(s)
         y = torch.zeros(64, 128).scatter_add(0, idx, src)
         page = s.pager.table.get(y.untyped_storage()._cdata)
         assert page.recipe is None and not page.dropped and page.host is not None
@@ -326,7 +334,7 @@ def test_an_intermediate_the_program_freed_is_kept_as_a_lineage_node():
     torch.manual_seed(1)
     ref = prog(x, w, b)
     with _session() as s:
-        s.pager.recompute_min_bytes = 0
+        _all_recipes(s)
         torch.ones(1).add(1)  # pressure begins after the first operator (stress)
         torch.manual_seed(1)
         h = torch.nn.functional.layer_norm(x * 1.0, (128,), w, b).to(torch.float64)
@@ -344,8 +352,11 @@ def test_an_intermediate_the_program_freed_is_kept_as_a_lineage_node():
 def test_a_lineage_node_without_a_recipe_is_released_not_copied():
     torch.manual_seed(0)
     src, idx = torch.randn(256, 128), torch.randint(0, 256, (256, 128))
-    with deepum.oversubscribe(1 << 20, "cpu") as s:
-        s.pager.recompute_min_bytes = 0
+    # lru: victims in age order, so each scatter_add output goes before the
+    # sigmoid that reads it (the ranking policy may drop the reader first,
+    # and a dropped reader keeps its input).
+    with deepum.oversubscribe(1 << 20, "cpu", policy="lru") as s:
+        _all_recipes(s)
         outs = []
         for _ in range(12):
             t = torch.zeros(256, 128).scatter_add(0, idx, src)  # no recipe (atomics on GPUs)

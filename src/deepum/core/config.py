@@ -46,6 +46,16 @@ class Thresholds:
     # A dropped page's recipe may read dropped pages at most this deep, so
     # that rebuilding one page rebuilds a bounded number of others first.
     recipe_max_depth: int = 8
+    # Victims ranked per eviction by the recompute-first policy (the least
+    # recently used ones; DTR samples candidates for the same reason).
+    victim_candidates: int = 16
+    # Host time a rebuild costs beyond its kernels (recording, views, the
+    # copy into the page), added to each operator's device time.
+    rebuild_host_s: float = 30e-6
+    # The host link the cpu tier prices copies at. Its test models are small,
+    # so a slow modelled link makes them take the decisions (drop rather than
+    # copy) that a GPU's host link makes for the pages of large models.
+    cpu_link_Bps: float = 1e9
     # On CUDA the allocator is capped this many bytes under the budget: it
     # rounds segment growth up, and reserved memory must never pass the budget.
     cap_slack: int = 64 << 20

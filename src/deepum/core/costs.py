@@ -121,6 +121,10 @@ class Costs:
         nbytes = self._bytes.get(eid)
         if nbytes is None:
             return None
+        return self.fallback_seconds(nbytes)
+
+    def fallback_seconds(self, nbytes: int) -> float:
+        """What an operator never timed that made ``nbytes`` is assumed to take ([Note: fallback cost])."""
         return self.launch_s + 3 * nbytes / self.memory_Bps
 
 

@@ -18,8 +18,17 @@ operator and decides how many it needs.
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 from .correlation import PageCorrelation, Predictor, SuccessorTable
 from .pages import EVICTED, Page, PageTable
+
+
+class Action(IntEnum):
+    """How a victim leaves the device."""
+
+    DROP = 0  # free it now, run its recipe again when it is next used
+    COPY = 1  # write it back to the host if dirty, then free it; copy it in later
 
 
 class LruPolicy:
@@ -42,6 +51,13 @@ class LruPolicy:
 
     def on_evict(self, page: Page) -> None:
         pass
+
+    def note_use(self, pages) -> None:
+        """The operator now running uses ``pages`` (policies that weigh staleness keep it)."""
+
+    def action(self, page: Page) -> Action:
+        """How to evict ``page``: drop it whenever its recipe allows (the engine checks that)."""
+        return Action.DROP
 
     def choose_victims(self, need: int, *, protect_window: bool = False) -> list[Page]:
         """Unpinned resident pages, in the order they should go, totalling >= ``need``.

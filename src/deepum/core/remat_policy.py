@@ -34,21 +34,12 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable
-from enum import IntEnum
 from weakref import WeakKeyDictionary
 
 from .correlation import PageCorrelation, SuccessorTable
 from .costs import D2H, H2D, Costs
 from .pages import Page, PageTable
-from .policy import DeepUMPolicy
-
-
-class Action(IntEnum):
-    """How a victim leaves the device."""
-
-    DROP = 0  # free it now, run its recipe again when it is next used
-    COPY = 1  # write it back to the host if dirty, then free it; copy it in later
-
+from .policy import Action, DeepUMPolicy
 
 RebuildSeconds = Callable[[Page], "float | None"]
 
@@ -113,20 +104,35 @@ class RecomputeFirstPolicy(DeepUMPolicy):
         return self.cost(page)[0] / (max(page.nbytes, 1) * self.staleness(page))
 
     def choose_victims(self, need: int, *, protect_window: bool = False) -> list[Page]:
-        window = self.predictor.window_pages
-        ranked, in_window = [], []
+        window, live = self.predictor.window_pages, self.live
+        ranked, rest, in_window = [], [], []
+        cap = self.max_candidates
+        found = 0  # bytes among ranked and rest
         for page in self.table.lru():
             if page.pins:
                 continue
-            if page.skey in window:
+            # A page that no longer plays its role (an older page of the same
+            # stable key, kept only as a recipe's input) is no window page.
+            if page.skey in window and live.get(page.skey) is page:
                 in_window.append(page)
-            elif self.max_candidates is None or len(ranked) < self.max_candidates:
+                continue
+            if cap is None or len(ranked) < cap:
                 ranked.append((self.score(page), len(ranked), page))
+            elif found >= need:
+                break  # enough candidates: the rest of the table is not scanned
+            else:
+                rest.append(page)  # beyond the ranked ones: least recently used first
+            found += page.nbytes
         # Lowest h first; ties keep LRU order (the index breaks them).
         chosen, got = [], 0
         heapq.heapify(ranked)
         while ranked and got < need:
             page = heapq.heappop(ranked)[2]
+            chosen.append(page)
+            got += page.nbytes
+        for page in rest:
+            if got >= need:
+                break
             chosen.append(page)
             got += page.nbytes
         if got >= need or protect_window:

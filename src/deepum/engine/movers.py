@@ -333,6 +333,24 @@ class CudaTransfers(HostTransfers):
             end.record(compute)
             self._timed.append((start, end, f"{what}_seconds"))
 
+    def measure_link(self, nbytes: int = 64 << 20) -> tuple[float, float]:
+        """Bytes per second host to device and back, through the pinned pool and these streams."""
+        host = self.pool.take(nbytes)
+        dev = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        rates = []
+        for stream, dst, src in ((self.h2d, dev, host), (self.d2h, host, dev)):
+            with torch.cuda.stream(stream):
+                dst.copy_(src, non_blocking=True)  # warm-up
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record(stream)
+                dst.copy_(src, non_blocking=True)
+                end.record(stream)
+            end.synchronize()
+            rates.append(nbytes / max(start.elapsed_time(end) / 1000.0, 1e-9))
+        self.pool.give(host)
+        del dev
+        return rates[0], rates[1]
+
     def release_finished(self) -> None:
         """Drop the references that kept prefetched storages alive during their copy."""
         inflight = self._inflight

@@ -25,8 +25,10 @@ from collections import deque
 import torch
 
 from ..core.config import Config
+from ..core.costs import Costs
 from ..core.pages import ARRIVING, EVICTED, Kind, Page, PageTable
-from ..core.policy import make_policy
+from ..core.policy import Action, make_policy
+from ..core.remat_policy import RecomputeFirstPolicy
 from ..errors import BudgetTooSmallError
 from .energy import Energy
 from .lifecycle import Lifecycle, StorageRef
@@ -51,9 +53,21 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         self.table = PageTable(limit)
         # Stable key -> the live page now playing that role (for the predictor).
         self.live: dict[int, Page] = {}
-        self.policy = make_policy(config.policy, self.table, config.lookahead, self.live)
+        self.costs = Costs()
+        if config.policy == "deepum" and config.recompute:
+            self.policy = RecomputeFirstPolicy(self.table, config.lookahead, self.live, self.costs,
+                                               self.rebuild_seconds,
+                                               max_candidates=th.victim_candidates)
+        else:
+            self.policy = make_policy(config.policy, self.table, config.lookahead, self.live)
         self.prefetch_enabled = config.prefetch and self.policy.prefetches
         self.transfers = make_transfers(device)
+        # The link's speed each way decides copy against rebuild (on the cpu
+        # tier a modelled one: see Thresholds.cpu_link_Bps and timing.py).
+        if device.type == "cuda":
+            self.costs.h2d_Bps, self.costs.d2h_Bps = self.transfers.measure_link()
+        else:
+            self.costs.h2d_Bps = self.costs.d2h_Bps = th.cpu_link_Bps
         self.counters = Stats()
         # The thresholds in bytes, computed once (see core/config.py for each).
         self.headroom = th.of(th.headroom, limit) if config.headroom is None else config.headroom
@@ -64,9 +78,9 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         self.recompute = config.recompute
         self.recompute_min_bytes = th.recipe_min_bytes
         self.recipe_max_depth = th.recipe_max_depth
+        self.rebuild_overhead_s = th.rebuild_host_s
         # Device seconds of each execution ID, sampled (what a rebuild costs).
-        self.op_seconds: dict[int, float] = {}
-        self.timer = OpTimer(device, self.op_seconds.__setitem__)
+        self.timer = OpTimer(device, self.costs.note_time)
         self.writeback_bytes: dict[str, int] = {}
         self.unused_prefetch_bytes = 0
         self.lock = threading.RLock()
@@ -103,6 +117,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             raise BudgetTooSmallError(str(op), working, table.limit, self.budget)
         for p in pages:
             p.pins += 1
+        self.policy.note_use(pages)
         try:
             missing = 0
             for p in pages:
@@ -210,6 +225,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         st = self.counters
         live, dirty, arriving = [], [], []
         dropping: set[Page] = set()  # dropped in this batch, not yet marked evicted
+        action = self.policy.action
         # Lineage nodes first: releasing one voids its readers' recipes, which
         # must happen before any of those readers is chosen to be dropped.
         pages = [p for p in pages if not (p.readers and p.recipe is None and self._release_lineage(p))]
@@ -222,7 +238,8 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             if page.state == ARRIVING:
                 arriving.append(page)
             if page.dirty or page.host is None:
-                if page.recipe is not None and self.recompute and self._drop(page, dropping):
+                if (page.recipe is not None and self.recompute and action(page) == Action.DROP
+                        and self._drop(page, dropping)):
                     dropping.add(page)
                     st.bytes_dropped += page.nbytes
                 else:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 
 from ..core import lineage
+from ..core.costs import H2D
 from ..core.pages import ARRIVING, DEAD, EVICTED, Page
 from ..errors import BudgetTooSmallError
 from .retry import evict_for_retry
@@ -321,15 +322,17 @@ class Remat:
         reader needs the bytes); small ones are kept, as recipes that read
         them save more than they cost.
         """
-        if page.nbytes < self.recompute_min_bytes or page.pins:
-            return False
-        if _use_count(page.key) != 1 or any(r.dropped for r in page.readers):
+        if not self._releasable(page):
             return False
         for reader in lineage.readers(page):
             self.void(reader)
         self.retire(page)
         self.counters.lineage_released += 1
         return True
+
+    def _releasable(self, page: Page) -> bool:
+        return (page.nbytes >= self.recompute_min_bytes and not page.pins
+                and _use_count(page.key) == 1 and not any(r.dropped for r in page.readers))
 
     def _drop(self, page: Page, dropping: set[Page]) -> bool:
         """Evict ``page`` by its recipe if its inputs allow; False to copy it out instead.
@@ -345,6 +348,37 @@ class Remat:
             return False
         recipe.depth = depth
         return True
+
+    def rebuild_seconds(self, page: Page) -> float | None:
+        """Seconds a rebuild of ``page`` would take, its dropped ancestors' and faults included;
+        None when it cannot be dropped (DTR's cost over the evicted neighbourhood).
+
+        What the recompute-first victim policy weighs against a copy.
+        """
+        recipe = page.recipe
+        if recipe is None:
+            # A lineage node that can be let go costs nothing to evict.
+            return 0.0 if page.readers and self._releasable(page) else None
+        if not self.recompute or recipe.held is None:
+            return None
+        costs, total = self.costs, 0.0
+        todo, seen = [page], {page}
+        while todo:
+            p = todo.pop()
+            r = p.recipe
+            own = costs.recompute_seconds(r.eid)
+            total += self.rebuild_overhead_s + (own if own is not None else costs.fallback_seconds(p.nbytes))
+            for q in r.inputs:
+                if q in seen:
+                    continue
+                seen.add(q)
+                if q.dropped:
+                    if len(seen) > self.recipe_max_depth * 4:
+                        return None  # too deep a neighbourhood: copy it instead
+                    todo.append(q)
+                elif q.state == EVICTED:
+                    total += costs.copy_seconds(q.nbytes, H2D)
+        return total
 
     def before_write(self, page: Page) -> None:
         """``page`` is about to be written: recipes that read it, and its own, stop being exact."""
