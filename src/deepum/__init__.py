@@ -7,6 +7,7 @@ device and pinned host memory ahead of need.
 
 from .errors import (
     BudgetError,
+    BudgetOvershootError,
     BudgetTooSmallError,
     DeepUMError,
     HostMemoryError,
@@ -14,12 +15,14 @@ from .errors import (
     UnmanagedMemoryError,
     UnsupportedError,
 )
+from .host_access import resident
 from .session import Session, current, disable, enable, oversubscribe
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BudgetError",
+    "BudgetOvershootError",
     "BudgetTooSmallError",
     "DeepUMError",
     "HostMemoryError",
@@ -31,4 +34,5 @@ __all__ = [
     "disable",
     "enable",
     "oversubscribe",
+    "resident",
 ]

@@ -30,6 +30,18 @@ class BudgetTooSmallError(DeepUMError):
         )
 
 
+class BudgetOvershootError(DeepUMError):
+    """Under ``strict``: an operator's outputs passed the budget's limit before deepum could make room."""
+
+    def __init__(self, op: str, over: int, budget: int) -> None:
+        self.op, self.over, self.budget = op, over, budget
+        super().__init__(
+            f"operator {op} made outputs {_fmt(over)} past the budget of {_fmt(budget)} "
+            "(its output size could not be told before it ran); deepum made room right after it, "
+            "no tensor was lost. Raise the budget by that much, or run without strict to count "
+            "overshoots in the stats (overshoots, overshoot_max_bytes) instead.")
+
+
 class UnmanagedMemoryError(DeepUMError):
     """The allocator is full of memory the pager cannot evict."""
 

@@ -80,7 +80,7 @@ class OpPlan:
     """What the interceptor needs to know about one operator overload, computed once."""
 
     __slots__ = ("func", "name", "slots", "n_written", "list_slots", "foreach",
-                 "fresh", "factory", "retry_safe", "comm", "recomputable")
+                 "fresh", "factory", "retry_safe", "comm", "recomputable", "sized")
 
     def __init__(self, func: torch._ops.OpOverload) -> None:
         schema = func._schema
@@ -122,6 +122,8 @@ class OpPlan:
                               for a in schema.arguments)
         self.retry_safe = not annotated_write
         self.recomputable = self.fresh and not annotated_write and recomputable(func)
+        # See [Note: sizes known before the run].
+        self.sized = self.fresh and (self.factory or schema.name in _UNRELIABLE_META)
 
     def collect(self, args: tuple, kwargs: dict) -> tuple[list, int]:
         """The tensor arguments, written ones first, and how many are written."""
@@ -197,7 +199,7 @@ class PagingMode(TorchDispatchMode):
         pager = self.pager
         trace = pager.trace
         if trace is None:
-            if pager.pressure or pager.stress:
+            if pager.pressure or pager.stress or plan.sized:
                 return self._dispatch(plan, func, types, args, kwargs)
             return self._dispatch_quiet(plan, func, args, kwargs)
         start = now_us()
@@ -236,7 +238,7 @@ class PagingMode(TorchDispatchMode):
             pager.stats_.ops += 1
             self.prev_plan = plan
             if table.resident_bytes * 4 > table.limit * 3:
-                pager.end(QUIET, [])  # starts pressure, makes room if outputs overshot
+                pager.end(QUIET, [], plan.name)  # starts pressure, makes room if outputs overshot
         return out
 
     def _name_quiet_pages(self) -> None:
@@ -265,9 +267,12 @@ class PagingMode(TorchDispatchMode):
         for i, t in enumerate(tensors):
             if not is_managed(t):
                 continue
+            if t.layout != torch.strided:
+                self._sparse_parts_resident(t, found)
+                continue
             try:
                 s = t.untyped_storage()
-            except (RuntimeError, NotImplementedError):  # sparse and other storage-less kinds
+            except (RuntimeError, NotImplementedError):  # other storage-less kinds
                 continue
             p = get(s._cdata)
             if p is None:
@@ -295,8 +300,11 @@ class PagingMode(TorchDispatchMode):
                 pages = None
             if pages is not None:
                 est = self.out_bytes.get(eid)
+                guessed = False
                 if est is None:  # first sight of this execution ID
                     est = self._estimate_cached(plan, func, args, kwargs) if plan.fresh else 0
+                    if est < 0:
+                        est, guessed = self._guess(pages), True
                     if pager.prefetch_enabled:
                         pager.policy.pages.record(eid, [p.skey for p in pages])
                 chunks = None
@@ -330,7 +338,7 @@ class PagingMode(TorchDispatchMode):
             new = self._register_outputs(out, eid, (func, args, kwargs) if recipes else None) if plan.fresh else 0
             # The largest output seen: an ID whose output size varies with an
             # argument that is not part of it (a size list) is never underestimated twice.
-            if new > est:
+            if new > est or guessed:
                 self.out_bytes[eid] = new
             elif eid not in self.out_bytes:
                 self.out_bytes[eid] = est
@@ -358,7 +366,7 @@ class PagingMode(TorchDispatchMode):
 
     def _finish(self, plan: OpPlan, eid: int, written: list[Page]) -> None:
         self.pager.stats_.ops += 1
-        self.pager.end(eid, written)
+        self.pager.end(eid, written, plan.name)
         self.prev_plan = plan
         self.last_eid = eid
 
@@ -434,6 +442,9 @@ class PagingMode(TorchDispatchMode):
         for i, t in enumerate(_flat_outputs(out)):
             if not is_managed(t):
                 continue
+            if t.layout != torch.strided:
+                self._sparse_parts_resident(t, None)
+                continue
             try:
                 s = t.untyped_storage()
             except (RuntimeError, NotImplementedError):
@@ -455,6 +466,30 @@ class PagingMode(TorchDispatchMode):
                 if recipe is not None:
                     pager.attach_recipe(p, recipe)
         return new
+
+    def _sparse_parts_resident(self, t: torch.Tensor, found: dict | None) -> None:
+        """A sparse tensor's index and value tensors stay resident and are counted.
+
+        C++ reaches them through the sparse tensor, not as operator
+        arguments (SparseAdam builds tensors from a gradient's indices with
+        ``grad.new``), so they can never be evicted. A part evicted while it
+        was an ordinary page (before it joined a sparse tensor) is faulted in
+        with the operator (``found``) and pinned for good next time.
+        """
+        pager = self.pager
+        for part in _sparse_parts(t):
+            s = part.untyped_storage()
+            p = pager.table.pages.get(s._cdata)
+            if p is None:
+                if s.nbytes() and s.device == self.device:
+                    pager.register(s, self.skeys(("sparse", len(self.skeys))), False)
+            elif p.pageable and p.state != DEAD:
+                if p.resident:
+                    pager.before_write(p)
+                    pager.table.make_unpageable(p)
+                    pager.stats_.unpageable_pages += 1
+                elif found is not None:
+                    found[p.key] = p
 
     def _page_of(self, t: torch.Tensor) -> Page | None:
         if not self._is_managed(t) or t.layout != torch.strided:
@@ -501,20 +536,34 @@ class PagingMode(TorchDispatchMode):
         return est
 
     def _estimate(self, plan: OpPlan, func, args, kwargs) -> int:
-        """Bytes of new storages the operator will return, from a run on meta tensors."""
+        """Bytes of new storages the operator will return, from a run on meta tensors; -1 if unknown."""
+        if plan.sized and not plan.factory:
+            return -1
         try:
             margs = _to_meta(args)
             mkwargs = {k: _to_meta(v) for k, v in kwargs.items()}
             inputs = {t.untyped_storage()._cdata for t in _flat_outputs(margs)}
             out = func(*margs, **mkwargs)
         except Exception:
-            return 0  # no meta kernel: learn the size after the first run
+            return -1  # no meta kernel (or sparse arguments): see _guess
         total = 0
         for t in _flat_outputs(out):
+            if t.layout != torch.strided:
+                total += _sparse_nbytes(t)
+                continue
             s = t.untyped_storage()
             if s._cdata not in inputs:
                 total += s.nbytes()
         return total
+
+    def _guess(self, pages: list[Page]) -> int:
+        """Room for the outputs of an operator whose size cannot be told beforehand: all there is.
+
+        See [Note: sizes known before the run]. The size it really made is
+        learned after the run, so this happens once per execution ID.
+        """
+        table = self.pager.table
+        return max(0, table.limit - table.unpageable_bytes - sum(p.nbytes for p in pages if p.pageable))
 
     # -------------------------------------------------------------- foreach
 
@@ -655,6 +704,48 @@ def _concat_results(results: list):
     if isinstance(first, tuple):
         return tuple([x for r in results for x in r[k]] for k in range(len(first)))
     raise UnsupportedError(f"cannot join chunked results of type {type(first).__name__}")
+
+
+# [Note: sizes known before the run]
+# An operator's outputs must fit before it runs, or the budget is passed.
+# The quiet path skips the estimate; that is safe only where the outputs are
+# small next to the quarter of the limit it keeps free. Two kinds are not:
+# factories (one call can make a tensor as large as the budget) and operators
+# whose meta kernel is known to under-state their outputs (the RNN layers:
+# their workspace is sized by the backend at run time). Both always take the
+# full path (plan.sized). Where no estimate exists (no meta kernel, sparse
+# arguments, the operators just named) the first run of an execution ID gets
+# all the room the budget has (_guess); later runs use the size it made.
+# Whatever still passes the limit is counted as an overshoot, and room is
+# made right after the operator (Pager.end).
+_UNRELIABLE_META = {
+    "aten::mkldnn_rnn_layer", "aten::mkldnn_rnn_layer_backward", "aten::_cudnn_rnn",
+    "aten::_cudnn_rnn_backward", "aten::miopen_rnn", "aten::miopen_rnn_backward",
+    "aten::_thnn_fused_lstm_cell", "aten::_thnn_fused_gru_cell",
+}
+
+
+def _sparse_nbytes(t: torch.Tensor) -> int:
+    """Bytes a sparse (or other storage-less) tensor holds, where its layout tells."""
+    return sum(x.nbytes for x in _sparse_parts(t))
+
+
+def _sparse_parts(t: torch.Tensor) -> tuple:
+    """The strided tensors inside a sparse tensor (indices, values); () for other layouts."""
+    try:
+        if t.layout == torch.sparse_coo:
+            return t._indices(), t._values()
+        return (t.values(), *_compressed_indices(t))
+    except (RuntimeError, NotImplementedError):
+        return ()
+
+
+def _compressed_indices(t: torch.Tensor) -> tuple:
+    if t.layout in (torch.sparse_csr, torch.sparse_bsr):
+        return t.crow_indices(), t.col_indices()
+    if t.layout in (torch.sparse_csc, torch.sparse_bsc):
+        return t.ccol_indices(), t.row_indices()
+    return ()
 
 
 # [Note: host reads]

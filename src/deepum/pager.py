@@ -48,7 +48,7 @@ import torch
 
 from .core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, PageTable, State
 from .core.policy import make_policy
-from .errors import BudgetTooSmallError, RestoreError
+from .errors import BudgetOvershootError, BudgetTooSmallError, RestoreError
 from .recompute import MAX_DEPTH
 from .trace import TraceRecorder, now_us
 from .transfer import make_transfers
@@ -110,7 +110,7 @@ class Stats:
         "bytes_to_host", "prefetches", "prefetch_hits", "late_prefetches",
         "wasted_prefetches", "oom_retries", "overshoots", "ops", "dead_pages",
         "unpageable_pages", "chunked_ops", "optimizer_steps", "comm_holds", "drops",
-        "recomputes",
+        "recomputes", "overshoot_max_bytes",
     )
 
     def __init__(self) -> None:
@@ -167,6 +167,8 @@ class Pager:
         # outputs smaller than recompute_min_bytes get no recipe.
         self.recompute = True
         self.recompute_min_bytes = 64 << 10
+        # Raise on an overshoot instead of counting it (Session(strict=True)).
+        self.strict = False
 
     # ------------------------------------------------------------------ pages
 
@@ -303,8 +305,12 @@ class Pager:
                 keep.append((work, pages))
         self.held = keep
 
-    def end(self, eid: int, written: list[Page]) -> None:
-        """After an operator: record writes, prefetch ahead, keep headroom."""
+    def end(self, eid: int, written: list[Page], op: str = "an operator") -> None:
+        """After an operator: record writes, prefetch ahead, keep headroom.
+
+        Raises BudgetOvershootError under ``strict`` when ``op``'s outputs
+        passed the limit (after room was made again: nothing is lost).
+        """
         for p in written:
             storage = p.ref()
             if storage is not None and storage.nbytes() != p.nbytes:
@@ -316,8 +322,7 @@ class Pager:
         table = self.table
         if table.resident_bytes > table.limit:
             # The operator's outputs were larger than estimated.
-            self.stats_.overshoots += 1
-            self.make_room(table.resident_bytes - table.limit)
+            self._overshoot(op, table.resident_bytes - table.limit)
         if not self.pressure and table.resident_bytes * 4 > table.limit * 3:
             self._pressure_begins()
         if self.prefetch_enabled and self.pressure:
@@ -332,6 +337,14 @@ class Pager:
             self.evict_unpinned()
         if self.trace is not None:
             self.trace.counter(now_us(), table.kind_bytes)
+
+    def _overshoot(self, op: str, over: int) -> None:
+        st = self.stats_
+        st.overshoots += 1
+        st.overshoot_max_bytes = max(st.overshoot_max_bytes, over)
+        self.make_room(over)
+        if self.strict:
+            raise BudgetOvershootError(op, over, self.budget)
 
     def _pressure_begins(self) -> None:
         log.info("memory pressure: %d bytes resident against a limit of %d; prediction and "

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 import torch.optim.optimizer as _optim
 
+from . import host_access
 from .core.budget import parse_budget
 from .core.pages import Kind
 from .errors import BudgetError, UnsupportedError
-from .interceptor import HostReadMode, PagingMode
+from .interceptor import PagingMode
 from .pager import Pager
 from .trace import TraceRecorder
 
@@ -95,6 +96,11 @@ class Session:
         through the garbage collector), so a model built before the session
         can be evicted before any operator touches it. Default: on for CUDA,
         off for the cpu device.
+    strict:
+        Raise :class:`~deepum.errors.BudgetOvershootError` when an
+        operator's outputs pass the limit (its size could not be told before
+        it ran), instead of making room right after it and counting the
+        overshoot (``overshoots``, ``overshoot_max_bytes`` in the stats).
     stress:
         Evict every page after every operator, so that every operator's
         inputs are faulted back in (for testing the engine, very slow).
@@ -128,7 +134,7 @@ class Session:
                  reserve: int | None = None, headroom: int | None = None,
                  expandable_segments: bool = True, adopt: bool | None = None,
                  freeze_gc: bool = False, trace: bool = False, track_kinds: bool | None = None,
-                 stress: bool = False) -> None:
+                 stress: bool = False, strict: bool = False) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy {policy!r} is unknown; choose one of {', '.join(POLICIES)}")
         if lookahead < 1:
@@ -155,11 +161,13 @@ class Session:
         self._froze_gc = False
         self.trace = trace
         self.stress = stress
+        self.strict = strict
         self.track_kinds = trace if track_kinds is None else track_kinds
         self._kind_hooks: list = []
         self.pager: Pager | None = None
         self._mode: PagingMode | None = None
-        self._host_reads: HostReadMode | None = None
+        self._host_reads: host_access.HostAccessMode | None = None
+        self._access: host_access.HostAccess | None = None
         self._final_stats: dict[str, Any] | None = None
         self._fraction_set = False
 
@@ -217,17 +225,20 @@ class Session:
         if self.trace:
             self.pager.trace = TraceRecorder(self.budget, self.limit)
         self.pager.stress = self.stress
+        self.pager.strict = self.strict
         self.pager.recompute = self.recompute
         self._install_kind_hooks()
         if self.freeze_gc and hasattr(gc, "freeze"):
             gc.collect()
             gc.freeze()
             self._froze_gc = True
+        host_access.keep_dynamo_out()
         self._mode.__enter__()
-        # See [Note: host reads] in interceptor.py.
-        self._host_reads = HostReadMode(self.pager) if self.device.type == "cpu" else None
-        if self._host_reads is not None:
-            self._host_reads.__enter__()
+        # See [Note: host access] in host_access.py.
+        self._access = host_access.HostAccess(self.pager, self._mode._is_managed)
+        self._host_reads = host_access.HostAccessMode(self._access)
+        self._host_reads.__enter__()
+        host_access.install(self._access)
         _active = self
         log.info("deepum session on %s: budget %d bytes (%d for pages), policy %s%s",
                  self.device, self.budget, self.limit, self.policy,
@@ -240,6 +251,7 @@ class Session:
             _active = None
         reads, self._host_reads = self._host_reads, None
         if reads is not None:
+            host_access.uninstall()
             reads.__exit__(None, None, None)
         mode, self._mode = self._mode, None
         if mode is not None:
@@ -266,7 +278,7 @@ class Session:
         mode = self._mode
         if mode is None:
             raise RuntimeError("attach() needs an active session: enter it first (with ... as session)")
-        with mode, (HostReadMode(self.pager) if self.device.type == "cpu" else contextlib.nullcontext()):
+        with mode, host_access.HostAccessMode(self._access):
             yield self
 
     def restore(self) -> None:
