@@ -18,9 +18,10 @@ ways:
   at any later time; a write through the alias therefore never leaves a
   stale host copy or an inexact recipe (both are voided first);
 * pointers (``data_ptr``, ``untyped_storage``, ``storage``): the page is
-  faulted in and stays pinned until the next torch function on the same
-  thread, because the pointer or storage is used right after the call (a
-  ``ctypes`` read, an identity check, ``storage.tolist()``);
+  faulted in and stays pinned until the same thread runs an operator on
+  other pages only, because the pointer or storage is used right after the
+  call (a ``ctypes`` read, an identity check, ``storage.tolist()``, whose
+  element reads are operators on the same storage);
 * serialization (torch.save in both formats, pickle, anything that reduces a
   tensor): ``Tensor._reduce_ex_internal`` is wrapped while a session is
   active so that the tensor it reduces is a host *snapshot* of the page (a
@@ -74,6 +75,9 @@ class HostAccess:
     def __init__(self, pager: Pager, is_managed) -> None:
         self.pager = pager
         self.is_managed = is_managed
+        # Pages pinned for a pointer or storage handed out, per thread; see hold().
+        self._held = threading.local()
+        self._holders = 0  # threads holding some
         # page key -> (operators run when taken, weak ref to the snapshot storage)
         self._snaps: dict[int, tuple[int, weakref.ref]] = {}
 
@@ -114,6 +118,36 @@ class HostAccess:
                         p.dirty = True
                         pager.transfers.release_host(p)
         return pages
+
+    def hold(self, op: object, tensors) -> None:
+        """Fault in and pin until this thread runs an operator on other pages only."""
+        pages = self.pin(op, tensors)
+        if not pages:
+            return
+        with self.pager.lock:
+            held = getattr(self._held, "pages", None)
+            if not held:
+                self._held.pages = held = {}
+                self._holders += 1
+                self.pager.host_holds = self._release_unless_used
+            for p in pages:
+                if p.key in held:
+                    self.pager.unpin([p])  # pinned once per hold
+                else:
+                    held[p.key] = p
+
+    def _release_unless_used(self, used: dict) -> None:
+        """An operator runs (under the pager's lock): holds of this thread it does not use end."""
+        held = getattr(self._held, "pages", None)
+        # An operator with no pages (a factory; reading a storage makes an
+        # empty tensor and sets it to the storage) does not end a hold.
+        if not held or not used or any(k in used for k in held):
+            return
+        self._held.pages = None
+        self.pager.unpin(list(held.values()))
+        self._holders -= 1
+        if self._holders == 0:
+            self.pager.host_holds = None
 
     def unpin(self, pages: list[Page]) -> None:
         if pages:
@@ -179,23 +213,16 @@ class HostAccessMode(TorchFunctionMode):
     def __init__(self, access: HostAccess) -> None:
         super().__init__()
         self.access = access
-        self._held = threading.local()  # pages pinned by a pointer, per thread
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if not _dynamo_kept_out and "torch._dynamo" in sys.modules:
             keep_dynamo_out()  # torch.compile was first called inside the session
         kwargs = kwargs or {}
-        held = getattr(self._held, "pages", None)
-        if held and func not in _POINTERS:
-            self._held.pages = None
-            self.access.unpin(held)
         if func not in _CAUGHT:
             return func(*args, **kwargs)
         tensors = _tensors(args, kwargs)
         if func in _POINTERS:
-            pages = self.access.pin(func, tensors)
-            if pages:
-                self._held.pages = (held or []) + pages
+            self.access.hold(func, tensors)
             return func(*args, **kwargs)
         pages = self.access.pin(func, tensors, alias=func in _ALIASES)
         try:

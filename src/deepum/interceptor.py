@@ -282,6 +282,8 @@ class PagingMode(TorchDispatchMode):
             found[p.key] = p
             if i < nw:
                 written.append(p)
+        if pager.host_holds is not None:  # pages pinned for a pointer (host_access.py)
+            pager.host_holds(found)
         return list(found.values()), written
 
     def _dispatch(self, plan, func, types, args, kwargs):

@@ -169,6 +169,8 @@ class Pager:
         self.recompute_min_bytes = 64 << 10
         # Raise on an overshoot instead of counting it (Session(strict=True)).
         self.strict = False
+        # Called with each operator's pages while a pointer pins pages (host_access.py).
+        self.host_holds = None
 
     # ------------------------------------------------------------------ pages
 
