@@ -218,7 +218,8 @@ class HostAccessMode(TorchFunctionMode):
         if not _dynamo_kept_out and "torch._dynamo" in sys.modules:
             keep_dynamo_out()  # torch.compile was first called inside the session
         kwargs = kwargs or {}
-        if func not in _CAUGHT:
+        if func not in _CAUGHT or self.access.pager.lock._is_owned():
+            # Not host access, or the engine itself (it holds the lock) looking at storages.
             return func(*args, **kwargs)
         tensors = _tensors(args, kwargs)
         if func in _POINTERS:

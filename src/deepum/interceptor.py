@@ -445,7 +445,7 @@ class PagingMode(TorchDispatchMode):
             if not is_managed(t):
                 continue
             if t.layout != torch.strided:
-                self._sparse_parts_resident(t, None)
+                new += self._sparse_parts_resident(t, None)
                 continue
             try:
                 s = t.untyped_storage()
@@ -469,7 +469,7 @@ class PagingMode(TorchDispatchMode):
                     pager.attach_recipe(p, recipe)
         return new
 
-    def _sparse_parts_resident(self, t: torch.Tensor, found: dict | None) -> None:
+    def _sparse_parts_resident(self, t: torch.Tensor, found: dict | None) -> int:
         """A sparse tensor's index and value tensors stay resident and are counted.
 
         C++ reaches them through the sparse tensor, not as operator
@@ -477,14 +477,17 @@ class PagingMode(TorchDispatchMode):
         ``grad.new``), so they can never be evicted. A part evicted while it
         was an ordinary page (before it joined a sparse tensor) is faulted in
         with the operator (``found``) and pinned for good next time.
+        Returns the bytes of parts seen for the first time.
         """
         pager = self.pager
+        new = 0
         for part in _sparse_parts(t):
             s = part.untyped_storage()
             p = pager.table.pages.get(s._cdata)
             if p is None:
                 if s.nbytes() and s.device == self.device:
                     pager.register(s, self.skeys(("sparse", len(self.skeys))), False)
+                    new += s.nbytes()
             elif p.pageable and p.state != DEAD:
                 if p.resident:
                     pager.before_write(p)
@@ -492,6 +495,7 @@ class PagingMode(TorchDispatchMode):
                     pager.stats_.unpageable_pages += 1
                 elif found is not None:
                     found[p.key] = p
+        return new
 
     def _page_of(self, t: torch.Tensor) -> Page | None:
         if not self._is_managed(t) or t.layout != torch.strided:

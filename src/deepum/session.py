@@ -357,7 +357,9 @@ class Session:
             if not isinstance(t, torch.Tensor) or not mode._is_managed(t) or t.layout != torch.strided:
                 return None
             try:
-                return pager.table.get(t.untyped_storage()._cdata)
+                # The engine's look-up, not host access (host_access.py).
+                with torch._C.DisableTorchFunction():
+                    return pager.table.get(t.untyped_storage()._cdata)
             except (RuntimeError, NotImplementedError):
                 return None
 
