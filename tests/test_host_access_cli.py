@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def _run(cmd, tmp):
-    r = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=600, cwd=tmp)
+    r = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
