@@ -304,6 +304,20 @@ def _no_deserializer(storage, location):
 torch.serialization.register_package(5, _tag, _no_deserializer)
 
 
+def enter(pager: Pager, is_managed) -> HostAccessMode:
+    """Start host access for a session (this thread); undo with :func:`leave`."""
+    keep_dynamo_out()
+    mode = HostAccessMode(HostAccess(pager, is_managed))
+    mode.__enter__()
+    install(mode.access)
+    return mode
+
+
+def leave(mode: HostAccessMode) -> None:
+    uninstall()
+    mode.__exit__(None, None, None)
+
+
 def install(access: HostAccess) -> None:
     """Reduce tensors through snapshots of their pages until :func:`uninstall`."""
     global _active

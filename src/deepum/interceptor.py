@@ -268,7 +268,7 @@ class PagingMode(TorchDispatchMode):
             if not is_managed(t):
                 continue
             if t.layout != torch.strided:
-                self._sparse_parts_resident(t, found)
+                _sparse_parts_resident(self, t, found)
                 continue
             try:
                 s = t.untyped_storage()
@@ -306,7 +306,7 @@ class PagingMode(TorchDispatchMode):
                 if est is None:  # first sight of this execution ID
                     est = self._estimate_cached(plan, func, args, kwargs) if plan.fresh else 0
                     if est < 0:
-                        est, guessed = self._guess(pages), True
+                        est, guessed = _guess(pager.table, pages), True
                     if pager.prefetch_enabled:
                         pager.policy.pages.record(eid, [p.skey for p in pages])
                 chunks = None
@@ -445,7 +445,7 @@ class PagingMode(TorchDispatchMode):
             if not is_managed(t):
                 continue
             if t.layout != torch.strided:
-                new += self._sparse_parts_resident(t, None)
+                new += _sparse_parts_resident(self, t, None)
                 continue
             try:
                 s = t.untyped_storage()
@@ -467,34 +467,6 @@ class PagingMode(TorchDispatchMode):
                 recipe = record(*call, i, t, self._page_of)
                 if recipe is not None:
                     pager.attach_recipe(p, recipe)
-        return new
-
-    def _sparse_parts_resident(self, t: torch.Tensor, found: dict | None) -> int:
-        """A sparse tensor's index and value tensors stay resident and are counted.
-
-        C++ reaches them through the sparse tensor, not as operator
-        arguments (SparseAdam builds tensors from a gradient's indices with
-        ``grad.new``), so they can never be evicted. A part evicted while it
-        was an ordinary page (before it joined a sparse tensor) is faulted in
-        with the operator (``found``) and pinned for good next time.
-        Returns the bytes of parts seen for the first time.
-        """
-        pager = self.pager
-        new = 0
-        for part in _sparse_parts(t):
-            s = part.untyped_storage()
-            p = pager.table.pages.get(s._cdata)
-            if p is None:
-                if s.nbytes() and s.device == self.device:
-                    pager.register(s, self.skeys(("sparse", len(self.skeys))), False)
-                    new += s.nbytes()
-            elif p.pageable and p.state != DEAD:
-                if p.resident:
-                    pager.before_write(p)
-                    pager.table.make_unpageable(p)
-                    pager.stats_.unpageable_pages += 1
-                elif found is not None:
-                    found[p.key] = p
         return new
 
     def _page_of(self, t: torch.Tensor) -> Page | None:
@@ -561,15 +533,6 @@ class PagingMode(TorchDispatchMode):
             if s._cdata not in inputs:
                 total += s.nbytes()
         return total
-
-    def _guess(self, pages: list[Page]) -> int:
-        """Room for the outputs of an operator whose size cannot be told beforehand: all there is.
-
-        See [Note: sizes known before the run]. The size it really made is
-        learned after the run, so this happens once per execution ID.
-        """
-        table = self.pager.table
-        return max(0, table.limit - table.unpageable_bytes - sum(p.nbytes for p in pages if p.pageable))
 
     # -------------------------------------------------------------- foreach
 
@@ -729,6 +692,44 @@ _UNRELIABLE_META = {
     "aten::_cudnn_rnn_backward", "aten::miopen_rnn", "aten::miopen_rnn_backward",
     "aten::_thnn_fused_lstm_cell", "aten::_thnn_fused_gru_cell",
 }
+
+
+def _sparse_parts_resident(mode: PagingMode, t: torch.Tensor, found: dict | None) -> int:
+    """A sparse tensor's index and value tensors stay resident and are counted.
+
+    C++ reaches them through the sparse tensor, not as operator
+    arguments (SparseAdam builds tensors from a gradient's indices with
+    ``grad.new``), so they can never be evicted. A part evicted while it
+    was an ordinary page (before it joined a sparse tensor) is faulted in
+    with the operator (``found``) and pinned for good next time.
+    Returns the bytes of parts seen for the first time.
+    """
+    pager = mode.pager
+    new = 0
+    for part in _sparse_parts(t):
+        s = part.untyped_storage()
+        p = pager.table.pages.get(s._cdata)
+        if p is None:
+            if s.nbytes() and s.device == mode.device:
+                pager.register(s, mode.skeys(("sparse", len(mode.skeys))), False)
+                new += s.nbytes()
+        elif p.pageable and p.state != DEAD:
+            if p.resident:
+                pager.before_write(p)
+                pager.table.make_unpageable(p)
+                pager.stats_.unpageable_pages += 1
+            elif found is not None:
+                found[p.key] = p
+    return new
+
+
+def _guess(table, pages: list[Page]) -> int:
+    """Room for the outputs of an operator whose size cannot be told beforehand: all there is.
+
+    See [Note: sizes known before the run]. The size it really made is
+    learned after the run, so this happens once per execution ID.
+    """
+    return max(0, table.limit - table.unpageable_bytes - sum(p.nbytes for p in pages if p.pageable))
 
 
 def _sparse_nbytes(t: torch.Tensor) -> int:

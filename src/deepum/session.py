@@ -97,10 +97,7 @@ class Session:
         can be evicted before any operator touches it. Default: on for CUDA,
         off for the cpu device.
     strict:
-        Raise :class:`~deepum.errors.BudgetOvershootError` when an
-        operator's outputs pass the limit (its size could not be told before
-        it ran), instead of making room right after it and counting the
-        overshoot (``overshoots``, ``overshoot_max_bytes`` in the stats).
+        Raise BudgetOvershootError on an overshoot instead of counting it.
     stress:
         Evict every page after every operator, so that every operator's
         inputs are faulted back in (for testing the engine, very slow).
@@ -167,7 +164,6 @@ class Session:
         self.pager: Pager | None = None
         self._mode: PagingMode | None = None
         self._host_reads: host_access.HostAccessMode | None = None
-        self._access: host_access.HostAccess | None = None
         self._final_stats: dict[str, Any] | None = None
         self._fraction_set = False
 
@@ -232,13 +228,8 @@ class Session:
             gc.collect()
             gc.freeze()
             self._froze_gc = True
-        host_access.keep_dynamo_out()
         self._mode.__enter__()
-        # See [Note: host access] in host_access.py.
-        self._access = host_access.HostAccess(self.pager, self._mode._is_managed)
-        self._host_reads = host_access.HostAccessMode(self._access)
-        self._host_reads.__enter__()
-        host_access.install(self._access)
+        self._host_reads = host_access.enter(self.pager, self._mode._is_managed)
         _active = self
         log.info("deepum session on %s: budget %d bytes (%d for pages), policy %s%s",
                  self.device, self.budget, self.limit, self.policy,
@@ -251,8 +242,7 @@ class Session:
             _active = None
         reads, self._host_reads = self._host_reads, None
         if reads is not None:
-            host_access.uninstall()
-            reads.__exit__(None, None, None)
+            host_access.leave(reads)
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.__exit__(None, None, None)
@@ -278,7 +268,7 @@ class Session:
         mode = self._mode
         if mode is None:
             raise RuntimeError("attach() needs an active session: enter it first (with ... as session)")
-        with mode, host_access.HostAccessMode(self._access):
+        with mode, host_access.HostAccessMode(self._host_reads.access):
             yield self
 
     def restore(self) -> None:
@@ -357,8 +347,7 @@ class Session:
             if not isinstance(t, torch.Tensor) or not mode._is_managed(t) or t.layout != torch.strided:
                 return None
             try:
-                # The engine's look-up, not host access (host_access.py).
-                with torch._C.DisableTorchFunction():
+                with torch._C.DisableTorchFunction():  # the engine's look-up, not host access
                     return pager.table.get(t.untyped_storage()._cdata)
             except (RuntimeError, NotImplementedError):
                 return None
