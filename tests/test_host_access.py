@@ -209,20 +209,36 @@ def test_sparse_embedding_with_sparse_adam():
 
 
 def test_torch_compile_inside_a_session():
+    """Before: Dynamo traced into the pager (InternalTorchDynamoError: RecursionError).
+
+    Under the interceptor the compiled function runs its operators eagerly, so
+    the bits are those of the eager model.
+    """
     if not hasattr(torch, "compile"):
         pytest.skip("no torch.compile")
-    torch.manual_seed(0)
-    m = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(6)])
-    x = torch.randn(64, 256)
-    ref = torch.compile(m)(x)
-    torch._dynamo.reset()
+
+    def run(paged):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(8)])
+        x = torch.randn(256, 512)
+        torch._dynamo.reset()
+        compiled = torch.compile(m) if paged else m
+        ctx = deepum.oversubscribe("6MiB", "cpu") if paged else None
+        if ctx is not None:
+            ctx.__enter__()
+        for _ in range(2):
+            compiled(x).sum().backward()
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+        return [p.grad for p in m.parameters()], ctx
+
+    ref, _ = run(False)
     try:
-        with deepum.oversubscribe("1MiB", "cpu") as s:
-            got = torch.compile(m)(x)
-    except deepum.UnsupportedError as e:
+        got, s = run(True)
+    except deepum.UnsupportedError as e:  # the other allowed outcome: at once, with the remedy
         assert "outside the session" in str(e)
         return
-    assert torch.equal(ref, got)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))
     assert s.stats()["evictions"] > 0
 
 
