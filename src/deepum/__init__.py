@@ -6,8 +6,10 @@ device and pinned host memory ahead of need.
 """
 
 from .api.session import Config, Session, current, disable, enable, oversubscribe
+from .engine.intercept.host_access import resident
 from .errors import (
     BudgetError,
+    BudgetOvershootError,
     BudgetTooSmallError,
     DeepUMError,
     DeviceUnavailableError,
@@ -22,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BudgetError",
+    "BudgetOvershootError",
     "BudgetTooSmallError",
     "Config",
     "DeepUMError",
@@ -36,4 +39,5 @@ __all__ = [
     "disable",
     "enable",
     "oversubscribe",
+    "resident",
 ]

@@ -10,9 +10,21 @@ from __future__ import annotations
 from .core.errors import BudgetError, BudgetTooSmallError, DeepUMError, OptionError, fmt_bytes
 
 __all__ = [
-    "BudgetError", "BudgetTooSmallError", "DeviceUnavailableError", "DeepUMError", "HostMemoryError",
+    "BudgetError", "BudgetOvershootError", "BudgetTooSmallError", "DeviceUnavailableError", "DeepUMError", "HostMemoryError",
     "OptionError", "RestoreError", "UnmanagedMemoryError", "UnsupportedError",
 ]
+
+
+class BudgetOvershootError(DeepUMError):
+    """Under ``strict``: an operator's outputs passed the budget's limit before deepum could make room."""
+
+    def __init__(self, op: str, over: int, budget: int) -> None:
+        self.op, self.over, self.budget = op, over, budget
+        super().__init__(
+            f"operator {op} made outputs {fmt_bytes(over)} past the budget of {fmt_bytes(budget)} "
+            "(its output size could not be told before it ran); deepum made room right after it, "
+            "no tensor was lost. Raise the budget by that much, or run without strict to count "
+            "overshoots in the stats (overshoots, overshoot_max_bytes) instead.")
 
 
 class UnmanagedMemoryError(DeepUMError):

@@ -43,6 +43,9 @@ def summary(stats: dict) -> str:
     if kinds and any(kinds.values()):
         lines.append("  resident by kind: " + ", ".join(
             f"{k.replace('_', ' ')} {_fmt_bytes(v)}" for k, v in kinds.items() if v))
+    if stats.get("overshoots"):
+        lines.append(f"  {stats['overshoots']} operators passed the budget before room was made "
+                     f"(the largest by {_fmt_bytes(stats['overshoot_max_bytes'])}); --strict makes this an error")
     if stats.get("unpageable_pages"):
         lines.append(f"  {stats['unpageable_pages']} tensors could not be paged and stayed resident "
                      f"({_fmt_bytes(stats['unpageable_bytes'])} at exit)")
@@ -60,6 +63,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lookahead", type=int, default=64, help="operators the prefetcher works ahead")
     p.add_argument("--no-recompute", action="store_true",
                    help="copy every evicted page out, also those an elementwise operator can remake")
+    p.add_argument("--strict", action="store_true",
+                   help="fail when an operator's outputs pass the budget instead of counting an overshoot")
     p.add_argument("--quiet", action="store_true", help="no summary at exit")
     p.add_argument("--stats", metavar="FILE", help="save the final stats as JSON (read with 'deepum report')")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome trace (Perfetto, chrome://tracing)")
@@ -74,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         sess = _session.Session(args.budget, args.device, policy=args.policy,
                                 prefetch=not args.no_prefetch, lookahead=args.lookahead,
-                                recompute=not args.no_recompute,
+                                recompute=not args.no_recompute, strict=args.strict,
                                 trace=bool(args.trace or args.plot))
     except (DeepUMError, ValueError) as e:
         # Errors that name an API argument say it the command line's way here.

@@ -21,7 +21,8 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool) -> lis
         if not isinstance(t, torch.Tensor) or not mode.is_managed(t) or t.layout != torch.strided:
             return None
         try:
-            return pager.table.get(t.untyped_storage()._cdata)
+            with torch._C.DisableTorchFunction():  # the engine's look-up, not host access
+                return pager.table.get(t.untyped_storage()._cdata)
         except (RuntimeError, NotImplementedError):
             return None
 

@@ -21,7 +21,7 @@ import torch
 
 from ..core.budget import parse_budget
 from ..core.config import POLICIES, Config
-from ..engine.intercept.host_reads import HostReadMode
+from ..engine.intercept import host_access
 from ..engine.intercept.mode import PagingMode
 from ..engine.pager import Pager
 from ..engine.telemetry import TraceRecorder
@@ -143,6 +143,8 @@ class Session:
         through the garbage collector), so a model built before the session
         can be evicted before any operator touches it. Default: on for CUDA,
         off for the cpu device.
+    strict:
+        Raise BudgetOvershootError on an overshoot instead of counting it.
     stress:
         Evict every page after every operator, so that every operator's
         inputs are faulted back in (for testing the engine, very slow).
@@ -192,7 +194,7 @@ class Session:
         self._kind_hooks: list = []
         self.pager: Pager | None = None
         self._mode: PagingMode | None = None
-        self._host_reads: HostReadMode | None = None
+        self._host_reads: host_access.HostAccessMode | None = None
         self._final_stats: dict[str, Any] | None = None
         self._fraction_set = False
 
@@ -224,10 +226,8 @@ class Session:
             gc.freeze()
             self._froze_gc = True
         self._mode.__enter__()
-        # See [Note: host reads] in engine/intercept/host_reads.py.
-        self._host_reads = HostReadMode(self.pager) if self.device.type == "cpu" else None
-        if self._host_reads is not None:
-            self._host_reads.__enter__()
+        # See [Note: host access] in engine/intercept/host_access.py.
+        self._host_reads = host_access.enter(self.pager, self._mode.is_managed)
         _active = self
         log.info("deepum session on %s: budget %d bytes (%d for pages), policy %s%s",
                  self.device, self.budget, self.limit, cfg.policy,
@@ -276,7 +276,7 @@ class Session:
             _active = None
         reads, self._host_reads = self._host_reads, None
         if reads is not None:
-            reads.__exit__(None, None, None)
+            host_access.leave(reads)
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.__exit__(None, None, None)
@@ -303,7 +303,7 @@ class Session:
         mode = self._mode
         if mode is None:
             raise RuntimeError("attach() needs an active session: enter it first (with ... as session)")
-        with mode, (HostReadMode(self.pager) if self.device.type == "cpu" else contextlib.nullcontext()):
+        with mode, host_access.HostAccessMode(self._host_reads.access):
             yield self
 
     def restore(self) -> None:

@@ -88,12 +88,14 @@ class Config:
     trace: bool = False
     track_kinds: bool | None = None
     stress: bool = False
+    strict: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise OptionError(f"policy {self.policy!r} is unknown; choose one of {', '.join(POLICIES)}")
-        for name in ("prefetch", "recompute", "expandable_segments", "freeze_gc", "trace", "stress"):
+        for name in ("prefetch", "recompute", "expandable_segments", "freeze_gc", "trace", "stress",
+                     "strict"):
             _check_bool(name, getattr(self, name), optional=False)
         for name in ("adopt", "track_kinds"):
             _check_bool(name, getattr(self, name), optional=True)

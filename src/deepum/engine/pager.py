@@ -29,7 +29,7 @@ from ..core.costs import Costs
 from ..core.pages import ARRIVING, EVICTED, Kind, Page, PageTable
 from ..core.policy import Action, make_policy
 from ..core.remat_policy import RecomputeFirstPolicy
-from ..errors import BudgetTooSmallError
+from ..errors import BudgetOvershootError, BudgetTooSmallError
 from .energy import Energy
 from .lifecycle import Lifecycle, StorageRef
 from .movers import make_transfers
@@ -83,6 +83,10 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         self.timer = OpTimer(device, self.costs.note_time)
         self.writeback_bytes: dict[str, int] = {}
         self.unused_prefetch_bytes = 0
+        # Raise on an overshoot instead of counting it (Session(strict=True)).
+        self.strict = config.strict
+        # Called with each operator's pages while a pointer pins pages (host_access.py).
+        self.host_holds = None
         self.lock = threading.RLock()
         self.dead: deque[StorageRef] = deque()
         # (work, pages) of collectives still communicating: the pages stay pinned.
@@ -161,8 +165,12 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         for p in pages:
             p.pins -= 1
 
-    def end(self, eid: int, written: list[Page]) -> None:
-        """After an operator: record writes, prefetch ahead, keep headroom."""
+    def end(self, eid: int, written: list[Page], op: str = "an operator") -> None:
+        """After an operator: record writes, prefetch ahead, keep headroom.
+
+        Raises BudgetOvershootError under ``strict`` when ``op``'s outputs
+        passed the limit (after room was made again: nothing is lost).
+        """
         for p in written:
             storage = p.ref()
             if storage is not None and storage.nbytes() != p.nbytes:
@@ -174,8 +182,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         table = self.table
         if table.resident_bytes > table.limit:
             # The operator's outputs were larger than estimated.
-            self.counters.overshoots += 1
-            self.make_room(table.resident_bytes - table.limit)
+            self._overshoot(op, table.resident_bytes - table.limit)
         if not self.pressure and table.resident_bytes > self.pressure_bytes:
             self._pressure_begins()
         if self.prefetch_enabled and self.pressure:
@@ -190,6 +197,14 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             self.evict_unpinned()
         if self.trace is not None:
             self.trace.counter(now_us(), table.kind_bytes)
+
+    def _overshoot(self, op: str, over: int) -> None:
+        st = self.counters
+        st.overshoots += 1
+        st.overshoot_max_bytes = max(st.overshoot_max_bytes, over)
+        self.make_room(over)
+        if self.strict:
+            raise BudgetOvershootError(op, over, self.budget)
 
     def _pressure_begins(self) -> None:
         log.info("memory pressure: %d bytes resident against a limit of %d; prediction and "

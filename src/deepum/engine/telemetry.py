@@ -43,7 +43,7 @@ class Stats:
         "bytes_to_host", "prefetches", "prefetch_hits", "late_prefetches",
         "wasted_prefetches", "oom_retries", "overshoots", "ops", "dead_pages",
         "unpageable_pages", "chunked_ops", "optimizer_steps", "comm_holds", "drops",
-        "recomputes", "bytes_dropped", "lineage_released",
+        "recomputes", "bytes_dropped", "lineage_released", "overshoot_max_bytes",
     )
 
     def __init__(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .plan import OpPlan, flat_outputs
+from .sparse import sparse_nbytes
 
 META_CACHE_MAX = 1 << 16
 
@@ -33,16 +34,21 @@ def estimate_cached(cache: dict, plan: OpPlan, func, args, kwargs) -> int:
 
 
 def estimate(plan: OpPlan, func, args, kwargs) -> int:
-    """Bytes of new storages the operator will return, from a run on meta tensors."""
+    """Bytes of new storages the operator will return, from a run on meta tensors; -1 if unknown."""
+    if plan.sized and not plan.factory:
+        return -1
     try:
         margs = to_meta(args)
         mkwargs = {k: to_meta(v) for k, v in kwargs.items()}
         inputs = {t.untyped_storage()._cdata for t in flat_outputs(margs)}
         out = func(*margs, **mkwargs)
     except Exception:
-        return 0  # no meta kernel: learn the size after the first run
+        return -1  # no meta kernel (or sparse arguments): see guess()
     total = 0
     for t in flat_outputs(out):
+        if t.layout != torch.strided:
+            total += sparse_nbytes(t)
+            continue
         s = t.untyped_storage()
         if s._cdata not in inputs:
             total += s.nbytes()
@@ -73,3 +79,24 @@ def to_meta(x):
     if isinstance(x, torch.device):
         return torch.device("meta")
     return x
+
+
+# [Note: sizes known before the run]
+# An operator's outputs must fit before it runs, or the budget is passed.
+# The quiet path skips the estimate; that is safe only where the outputs are
+# small next to the quarter of the limit it keeps free. Two kinds are not:
+# factories (one call can make a tensor as large as the budget) and operators
+# whose meta kernel is known to under-state their outputs (the RNN layers:
+# their workspace is sized by the backend at run time). Both always take the
+# full path (plan.sized; plan.py's UNRELIABLE_META). Where no estimate exists (no meta kernel, sparse
+# arguments, the operators just named) the first run of an execution ID gets
+# all the room the budget has (guess); later runs use the size it made.
+# Whatever still passes the limit is counted as an overshoot, and room is
+# made right after the operator (Pager.end).
+def guess(table, pages: list) -> int:
+    """Room for the outputs of an operator whose size cannot be told beforehand: all there is.
+
+    See [Note: sizes known before the run]. The size it really made is
+    learned after the run, so this happens once per execution ID.
+    """
+    return max(0, table.limit - table.unpageable_bytes - sum(p.nbytes for p in pages if p.pageable))

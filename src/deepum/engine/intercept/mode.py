@@ -44,9 +44,10 @@ from ..remat import capture_rng
 from ..retry import evict_for_retry
 from ..telemetry import now_us
 from .chunking import Chunking
-from .estimate import estimate_cached
+from .estimate import estimate_cached, guess
 from .plan import OpPlan, flat_outputs, hashable
 from .register import QUIET, Registration
+from .sparse import sparse_parts_resident
 
 # [Note: before pressure]
 # Until memory is tight nothing is evicted, so nothing needs predicting or
@@ -103,7 +104,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         pager = self.pager
         trace = pager.trace
         if trace is None:
-            if pager.pressure or pager.stress:
+            if pager.pressure or pager.stress or plan.sized:
                 return self._dispatch(plan, func, types, args, kwargs)
             return self._dispatch_quiet(plan, func, args, kwargs)
         start = now_us()
@@ -142,7 +143,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
             pager.counters.ops += 1
             self.prev_plan = plan
             if table.resident_bytes > pager.pressure_bytes:
-                pager.end(QUIET, [])  # starts pressure, makes room if outputs overshot
+                pager.end(QUIET, [], plan.name)  # starts pressure, makes room if outputs overshot
         return out
 
     def _gather(self, plan, func, args, kwargs) -> tuple[list[Page], list[Page]]:
@@ -163,9 +164,12 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         for i, t in enumerate(tensors):
             if not is_managed(t):
                 continue
+            if t.layout != torch.strided:
+                sparse_parts_resident(self, t, found)
+                continue
             try:
                 s = t.untyped_storage()
-            except (RuntimeError, NotImplementedError):  # sparse and other storage-less kinds
+            except (RuntimeError, NotImplementedError):  # other storage-less kinds
                 continue
             p = get(s._cdata)
             if p is None:
@@ -175,6 +179,8 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
             found[p.key] = p
             if i < nw:
                 written.append(p)
+        if pager.host_holds is not None:  # pages pinned for a pointer (host_access.py)
+            pager.host_holds(found)
         return list(found.values()), written
 
     def _dispatch(self, plan, func, types, args, kwargs):
@@ -193,8 +199,11 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                 pages = None
             if pages is not None:
                 est = self.out_bytes.get(eid)
+                guessed = False
                 if est is None:  # first sight of this execution ID
                     est = estimate_cached(self.meta_sizes, plan, func, args, kwargs) if plan.fresh else 0
+                    if est < 0:
+                        est, guessed = guess(pager.table, pages), True
                     if pager.prefetch_enabled:
                         pager.policy.pages.record(eid, [p.skey for p in pages])
                 chunks = None
@@ -231,7 +240,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
             new = self._register_outputs(out, eid, call) if plan.fresh else 0
             # The largest output seen: an ID whose output size varies with an
             # argument that is not part of it (a size list) is never underestimated twice.
-            if new > est:
+            if new > est or guessed:
                 self.out_bytes[eid] = new
             elif eid not in self.out_bytes:
                 self.out_bytes[eid] = est
@@ -275,7 +284,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
 
     def _finish(self, plan: OpPlan, eid: int, written: list[Page]) -> None:
         self.pager.counters.ops += 1
-        self.pager.end(eid, written)
+        self.pager.end(eid, written, plan.name)
         self.prev_plan = plan
         self.last_eid = eid
 

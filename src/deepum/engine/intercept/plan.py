@@ -16,6 +16,14 @@ _UNANNOTATED_WRITES = {
     "aten::miopen_batch_norm": (3, 4),
 }
 
+# Operators whose meta kernel under-states their outputs (the RNN layers:
+# the backend sizes their workspace at run time); see estimate.py.
+UNRELIABLE_META = {
+    "aten::mkldnn_rnn_layer", "aten::mkldnn_rnn_layer_backward", "aten::_cudnn_rnn",
+    "aten::_cudnn_rnn_backward", "aten::miopen_rnn", "aten::miopen_rnn_backward",
+    "aten::_thnn_fused_lstm_cell", "aten::_thnn_fused_gru_cell",
+}
+
 # Of those, operators whose outputs do not depend on what they write, so a
 # replay can leave the written arguments out (engine/remat.py).
 _REPLAY_WITHOUT_STATS = {"aten::native_batch_norm"}
@@ -28,7 +36,7 @@ class OpPlan:
     """What the interceptor needs to know about one operator overload, computed once."""
 
     __slots__ = ("func", "name", "slots", "n_written", "list_slots", "foreach",
-                 "fresh", "factory", "retry_safe", "comm", "recomputable", "seeded")
+                 "fresh", "factory", "retry_safe", "comm", "recomputable", "seeded", "sized")
 
     def __init__(self, func: torch._ops.OpOverload) -> None:
         schema = func._schema
@@ -73,6 +81,8 @@ class OpPlan:
                              and (not extra or schema.name in _REPLAY_WITHOUT_STATS))
         # Replaying a random operator needs the generator state it saw.
         self.seeded = self.recomputable and seeded(func)
+        # See [Note: sizes known before the run] in estimate.py.
+        self.sized = self.fresh and (self.factory or schema.name in UNRELIABLE_META)
 
     def collect(self, args: tuple, kwargs: dict) -> tuple[list, int]:
         """The tensor arguments, written ones first, and how many are written."""

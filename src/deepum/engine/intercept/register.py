@@ -11,6 +11,7 @@ import torch
 from ...core.pages import Kind, Page
 from ..remat import record
 from .plan import flat_outputs, pageable
+from .sparse import sparse_parts_resident
 
 QUIET = -3  # the execution ID of every operator run on the quiet path
 QUIET_SKEY = -1
@@ -67,7 +68,7 @@ class Registration:
         """Make new storages among the outputs pages; return their bytes.
 
         ``call``: (func, args, kwargs, generator state) of a recomputable operator; large new
-        pages get a recipe (recompute.py).
+        pages get a recipe (engine/remat.py).
         """
         pager = self.pager
         get = pager.table.pages.get
@@ -75,6 +76,9 @@ class Registration:
         new = 0
         for i, t in enumerate(flat_outputs(out)):
             if not is_managed(t):
+                continue
+            if t.layout != torch.strided:
+                new += sparse_parts_resident(self, t, None)
                 continue
             try:
                 s = t.untyped_storage()
