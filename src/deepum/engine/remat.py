@@ -346,6 +346,10 @@ class Remat:
         depth = lineage.drop_depth(recipe, dropping)
         if depth > self.recipe_max_depth:
             return False
+        # A rebuild holds its inputs, the page and the operator's own output
+        # at once: a page that could not be rebuilt under the limit is copied.
+        if sum(q.nbytes for q in recipe.inputs) + 2 * page.nbytes > self.table.limit:
+            return False
         recipe.depth = depth
         return True
 

@@ -258,7 +258,7 @@ def keep_dynamo_out() -> None:
     if dynamo is None or _dynamo_kept_out:
         return
     try:
-        dynamo.trace_rules.add(__package__)
+        dynamo.trace_rules.add(__package__.split(".")[0])  # all of deepum, not this folder
     except Exception as e:  # a Dynamo without trace_rules.add
         raise UnsupportedError(COMPILE_REMEDY) from e
     _dynamo_kept_out = True
