@@ -27,13 +27,13 @@ def _hf_bert(layers, d, heads, vocab, seq, batch):
     return BertForMaskedLM(cfg), ("mlm", vocab, batch, seq)
 
 
-def _hf_llama(layers, d, ff, heads, kv_heads, vocab, seq, batch):
+def _hf_llama(layers, d, ff, heads, kv_heads, vocab, seq, batch, attn="sdpa"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(num_hidden_layers=layers, hidden_size=d, intermediate_size=ff,
                       num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
                       max_position_embeddings=seq, hidden_act="silu", tie_word_embeddings=False,
-                      attn_implementation="sdpa")
+                      attn_implementation=attn)
     return LlamaForCausalLM(cfg), ("lm", vocab, batch, seq)
 
 
@@ -110,6 +110,9 @@ MODELS: dict[str, tuple[Callable, str]] = {
                  "ViT (timm, else torchvision, else HF), 2 layers, d=64, 32x32 images, patch 8, batch 8"),
     "gpt2-check": (lambda: _hf_gpt2(12, 768, 12, 50304, 512, 8, attn="eager"),
                    "HF GPT-2, 12 layers, d=768, eager attention, batch 8 x 512 (the CUDA bit-identity check)"),
+    "llama-check": (lambda: _hf_llama(8, 1024, 2816, 16, 4, 32000, 1024, 4, attn="eager"),
+                    "HF Llama, 8 layers, d=1024, SwiGLU 2816, 16/4 heads, eager attention, batch 4 x 1024 "
+                    "(the CUDA bit-identity check)"),
     "gpt2-medium": (lambda: _hf_gpt2(24, 1024, 16, 50304, 1024, 16), "HF GPT-2 medium, batch 16 x 1024"),
     "bert-large": (lambda: _hf_bert(24, 1024, 16, 30522, 512, 32), "HF BERT-large MLM, batch 32 x 512"),
     "llama-1b": (lambda: _hf_llama(16, 2048, 5632, 16, 4, 32000, 2048, 4),
