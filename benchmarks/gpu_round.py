@@ -46,19 +46,21 @@ def child(argv: list[str]) -> int:
     """A case in this process: one JSON line."""
     import torch
 
-    model, method, budget, device, warmup, steps = argv
+    model, method, budget, device, warmup, steps, options = argv
     run_case = _load_harness()
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", 0)
-    row = run_case(model, method, int(budget) if budget != "-" else None, dev, int(steps), int(warmup))
+    row = run_case(model, method, int(budget) if budget != "-" else None, dev, int(steps), int(warmup),
+                   options=json.loads(options) or None)
     print(json.dumps(row), flush=True)
     return 0
 
 
 def run_child(args, model: str, method: str, budget: int | None, src: str, log) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", model, method,
-           str(budget) if budget is not None else "-", args.device, str(args.warmup), str(args.steps)]
+           str(budget) if budget is not None else "-", args.device, str(args.warmup), str(args.steps),
+           json.dumps(args.session_options if src != args.old_src and method in PAGED else {})]
     env = {**os.environ, "PYTHONPATH": src}
     t0 = time.time()
     try:
@@ -74,6 +76,17 @@ def run_child(args, model: str, method: str, budget: int | None, src: str, log) 
     err = [ln for ln in r.stderr.strip().splitlines() if ln.strip()] or [f"exit code {r.returncode}"]
     named = [ln for ln in err if "Error" in ln or "error:" in ln]
     return {"model": model, "method": method, "error": (named or err)[-1][:300]}
+
+
+def _options(items: list[str]) -> dict:
+    """NAME=VALUE strings as session options (true/false and numbers converted)."""
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        low = value.lower()
+        out[name] = True if low == "true" else False if low == "false" else (
+            int(value) if value.isdigit() else value)
+    return out
 
 
 def parse_cases(spec: str) -> list[tuple[str, str, float | None]]:
@@ -139,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--case-timeout", type=int, default=300)
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a session option for this tree's paged cases (e.g. victims=age); repeatable")
     args = p.parse_args(argv)
+    args.session_options = _options(args.option)
     if args.old_src and not os.path.isdir(os.path.join(args.old_src, "deepum")):
         raise SystemExit(f"gpu_round: --old-src {args.old_src}: no deepum package there; give the src/ folder")
     out = os.environ.get("OUT") or "out"

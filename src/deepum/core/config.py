@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from .errors import OptionError
 
 POLICIES = ("deepum", "lru")
+VICTIMS = ("cost", "age")
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,17 @@ class Config:
     track_kinds: bool | None = None
     stress: bool = False
     strict: bool = False
+    # How the deepum policy picks victims: "cost" ranks them by rebuild or
+    # copy time per byte and staleness (DTR's h, core/remat_policy.py) and
+    # copies a page only when that is cheaper than a rebuild; "age" takes the
+    # least recently used outside the prediction window and drops every page
+    # whose recipe allows (DeepUM's choice, core/policy.py).
+    victims: str = "cost"
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
+        if self.victims not in VICTIMS:
+            raise OptionError(f"victims {self.victims!r} is unknown; choose one of {', '.join(VICTIMS)}")
         if self.policy not in POLICIES:
             raise OptionError(f"policy {self.policy!r} is unknown; choose one of {', '.join(POLICIES)}")
         for name in ("prefetch", "recompute", "expandable_segments", "freeze_gc", "trace", "stress",

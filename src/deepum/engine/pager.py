@@ -54,7 +54,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         # Stable key -> the live page now playing that role (for the predictor).
         self.live: dict[int, Page] = {}
         self.costs = Costs()
-        if config.policy == "deepum" and config.recompute:
+        if config.policy == "deepum" and config.recompute and config.victims == "cost":
             self.policy = RecomputeFirstPolicy(self.table, config.lookahead, self.live, self.costs,
                                                self.rebuild_seconds,
                                                max_candidates=th.victim_candidates)
