@@ -227,7 +227,7 @@ class Session:
             self._froze_gc = True
         self._mode.__enter__()
         # See [Note: host access] in engine/intercept/host_access.py.
-        self._host_reads = host_access.enter(self.pager, self._mode.is_managed)
+        self._host_reads = host_access.enter(self.pager, self._mode.is_managed, self.config.host_access)
         _active = self
         log.info("deepum session on %s: budget %d bytes (%d for pages), policy %s%s",
                  self.device, self.budget, self.limit, cfg.policy,
@@ -303,7 +303,8 @@ class Session:
         mode = self._mode
         if mode is None:
             raise RuntimeError("attach() needs an active session: enter it first (with ... as session)")
-        with mode, host_access.HostAccessMode(self._host_reads.access):
+        watch = host_access.HostAccessMode(self._host_reads.access) if self.config.host_access else None
+        with mode, (watch or contextlib.nullcontext()):
             yield self
 
     def restore(self) -> None:

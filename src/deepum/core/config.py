@@ -96,6 +96,11 @@ class Config:
     # least recently used outside the prediction window and drops every page
     # whose recipe allows (DeepUM's choice, core/policy.py).
     victims: str = "cost"
+    # Watch code that reads or writes tensor memory without an operator
+    # (torch.save, pickle, deepcopy, print, numpy, data pointers) and bring
+    # pages in for it (engine/intercept/host_access.py). Off saves a Python
+    # call per torch function for programs that never do so inside a session.
+    host_access: bool = True
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
@@ -104,7 +109,7 @@ class Config:
         if self.policy not in POLICIES:
             raise OptionError(f"policy {self.policy!r} is unknown; choose one of {', '.join(POLICIES)}")
         for name in ("prefetch", "recompute", "expandable_segments", "freeze_gc", "trace", "stress",
-                     "strict"):
+                     "strict", "host_access"):
             _check_bool(name, getattr(self, name), optional=False)
         for name in ("adopt", "track_kinds"):
             _check_bool(name, getattr(self, name), optional=True)

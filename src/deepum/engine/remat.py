@@ -311,6 +311,8 @@ class Remat:
 
     def void(self, page: Page) -> None:
         """Forget a page's recipe (its inputs or its bytes changed) and let go of its inputs."""
+        if page.recipe is None:  # voided already (a rebuild on the way evicted around it)
+            return
         page.recipe.held = None
         lineage.detach(page)
 

@@ -304,18 +304,26 @@ def _no_deserializer(storage, location):
 torch.serialization.register_package(5, _tag, _no_deserializer)
 
 
-def enter(pager: Pager, is_managed) -> HostAccessMode:
-    """Start host access for a session (this thread); undo with :func:`leave`."""
+def enter(pager: Pager, is_managed, watch: bool = True) -> HostAccessMode:
+    """Start host access for a session (this thread); undo with :func:`leave`.
+
+    ``watch=False`` (Session(host_access=False)) keeps serialization safe
+    but leaves the torch-function mode out: reads without an operator are
+    then the program's own business, and no torch function pays for them.
+    """
     keep_dynamo_out()
     mode = HostAccessMode(HostAccess(pager, is_managed))
-    mode.__enter__()
+    mode.watching = watch
+    if watch:
+        mode.__enter__()
     install(mode.access)
     return mode
 
 
 def leave(mode: HostAccessMode) -> None:
     uninstall()
-    mode.__exit__(None, None, None)
+    if mode.watching:
+        mode.__exit__(None, None, None)
 
 
 def install(access: HostAccess) -> None:
