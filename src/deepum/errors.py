@@ -7,27 +7,52 @@ program owns is lost by an error from deepum.
 
 from __future__ import annotations
 
+from .core.errors import BudgetError, DeepUMError
 
-class DeepUMError(RuntimeError):
-    """Base class of every error deepum raises on purpose."""
-
-
-class BudgetError(DeepUMError, ValueError):
-    """The budget cannot be parsed, is not positive, or exceeds the device."""
+__all__ = [
+    "BudgetError", "BudgetTooSmallError", "DeepUMError", "HostMemoryError", "RestoreError",
+    "UnmanagedMemoryError", "UnsupportedError",
+]
 
 
 class BudgetTooSmallError(DeepUMError):
-    """One operator needs more device memory at once than the budget allows."""
+    """One operator needs more device memory at once than the budget allows.
 
-    def __init__(self, op: str, needed: int, limit: int, budget: int) -> None:
+    ``inputs``: (kind, bytes) of the operator's pages, where the engine knows
+    them; the remedy depends on what is large (see _remedy).
+    """
+
+    def __init__(self, op: str, needed: int, limit: int, budget: int,
+                 inputs: list[tuple[str, int]] | tuple = ()) -> None:
         self.op, self.needed, self.limit, self.budget = op, needed, limit, budget
+        self.inputs = list(inputs)
         super().__init__(
             f"operator {op} needs {_fmt(needed)} of device memory at once "
             f"(its inputs and outputs), but the budget of {_fmt(budget)} leaves "
             f"{_fmt(limit)} for tensors. Raise the budget to at least "
-            f"{_fmt(needed + (budget - limit))}, or make this operator smaller "
-            "(a smaller batch or sequence length). No tensor was changed."
+            f"{_fmt(needed + (budget - limit))}, {_remedy(op, self.inputs, limit)}. "
+            "No tensor was changed."
         )
+
+
+_PARAMETER_KINDS = {"parameter", "gradient", "optimizer_state"}
+
+
+def _remedy(op: str, inputs: list[tuple[str, int]], limit: int) -> str:
+    """What else helps: only activations shrink with the batch."""
+    largest_kind, largest = max(inputs, key=lambda kb: kb[1], default=("other", 0))
+    if largest > limit:
+        what = "parameter" if largest_kind in _PARAMETER_KINDS else "tensor"
+        return (f"or split the single {what} of {_fmt(largest)}, larger than that alone, into "
+                "smaller ones (a smaller batch does not help)")
+    kinds = {k for k, _ in inputs}
+    if "optimizer_state" in kinds or op.startswith(("aten._foreach_", "aten._fused_")):
+        return ("or split the large parameter it updates into smaller ones: this is an optimizer "
+                "operator on one parameter, its gradient and its state, which a smaller batch does not shrink")
+    if kinds and kinds <= _PARAMETER_KINDS:
+        return ("or split the large parameter it works on into smaller ones "
+                "(a smaller batch does not shrink parameters)")
+    return "or make this operator smaller (a smaller batch or sequence length)"
 
 
 class UnmanagedMemoryError(DeepUMError):

@@ -110,7 +110,7 @@ class Stats:
         "bytes_to_host", "prefetches", "prefetch_hits", "late_prefetches",
         "wasted_prefetches", "oom_retries", "overshoots", "ops", "dead_pages",
         "unpageable_pages", "chunked_ops", "optimizer_steps", "comm_holds", "drops",
-        "recomputes",
+        "recomputes", "max_working_set_bytes",
     )
 
     def __init__(self) -> None:
@@ -130,6 +130,7 @@ class Pager:
         self.prefetch_enabled = prefetch and self.policy.prefetches
         self.transfers = make_transfers(device)
         self.stats_ = Stats()
+        self.max_working_set_op = ""
         # Room kept free after each operator, so the next one's outputs rarely
         # have to evict on the critical path.
         self.headroom = limit // 16 if headroom is None else headroom
@@ -238,8 +239,13 @@ class Pager:
         working = out_bytes
         for p in pages:
             working += p.nbytes
+        if working > self.stats_.max_working_set_bytes:
+            # The smallest budget that would do (deepum estimate).
+            self.stats_.max_working_set_bytes = working
+            self.max_working_set_op = str(op)
         if working > table.limit:
-            raise BudgetTooSmallError(str(op), working, table.limit, self.budget)
+            raise BudgetTooSmallError(str(op), working, table.limit, self.budget,
+                                      [(p.kind.name.lower(), p.nbytes) for p in pages])
         for p in pages:
             p.pins += 1
         try:
@@ -700,6 +706,7 @@ class Pager:
             stall_seconds=self.transfers.stall_seconds,
             resident_bytes_by_kind={k.name.lower(): self.table.kind_bytes[k] for k in Kind},
             pages_by_kind=self._pages_by_kind(),
+            max_working_set_op=self.max_working_set_op,
             policy=self.policy.name,
             prediction_accuracy=self.policy.accuracy,
         )

@@ -24,7 +24,7 @@ from .core.pages import Kind
 from .errors import BudgetError, UnsupportedError
 from .interceptor import HostReadMode, PagingMode
 from .pager import Pager
-from .trace import TraceRecorder
+from .trace import TraceRecorder, now_us
 
 log = logging.getLogger("deepum")
 POLICIES = ("deepum", "lru")
@@ -372,9 +372,20 @@ class Session:
         def after_step(optimizer, args, kwargs):
             classify(optimizer, args, kwargs)
             pager.stats_.optimizer_steps += 1  # the "step" of joules per step
+            if pager.trace is not None:
+                pager.trace.step(now_us())
+
+        def on_parameter(module, name, param):
+            # A parameter made inside the session is a parameter from birth,
+            # not only from the first optimizer step.
+            page = page_of(param)
+            if page is not None:
+                with pager.lock:
+                    pager.set_kind(page, Kind.PARAMETER)
 
         self._kind_hooks = [_optim.register_optimizer_step_pre_hook(classify),
-                            _optim.register_optimizer_step_post_hook(after_step)]
+                            _optim.register_optimizer_step_post_hook(after_step),
+                            torch.nn.modules.module.register_module_parameter_registration_hook(on_parameter)]
         if self.track_kinds:
             saved = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
             saved.__enter__()

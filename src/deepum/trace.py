@@ -34,6 +34,7 @@ class TraceRecorder:
         # (ts, resident bytes by kind)
         self.counters: list[tuple[float, tuple[int, ...]]] = []
         self.marks: list[tuple[float, str]] = []  # fault / prefetch instants for the picture
+        self.steps: list[float] = []  # when each optimizer step ended
 
     def op(self, name: str, eid: int, start: float, end: float) -> None:
         self.slices.append((start, end - start, "operators", name, {"eid": eid}))
@@ -49,6 +50,10 @@ class TraceRecorder:
     def counter(self, ts: float, kind_bytes: list[int]) -> None:
         self.counters.append((ts, tuple(kind_bytes)))
 
+    def step(self, ts: float) -> None:
+        """An optimizer step ended (the session's step hook)."""
+        self.steps.append(ts)
+
     # ---------------------------------------------------------------- output
 
     def chrome(self) -> dict:
@@ -63,6 +68,9 @@ class TraceRecorder:
             events.append({"ph": "C", "pid": 1, "ts": ts - self.t0, "name": "resident bytes", "args": args})
             events.append({"ph": "C", "pid": 1, "ts": ts - self.t0, "name": "budget",
                            "args": {"budget": self.budget, "limit": self.limit}})
+        for i, ts in enumerate(self.steps):
+            events.append({"ph": "i", "pid": 1, "tid": _TRACKS["operators"], "ts": ts - self.t0, "s": "p",
+                           "name": f"optimizer step {i + 1}"})
         events.sort(key=lambda e: e.get("ts", -1))
         return {"traceEvents": events, "displayTimeUnit": "ms"}
 
@@ -71,7 +79,12 @@ class TraceRecorder:
             json.dump(self.chrome(), f)
 
     def plot(self, path: str, title: str = "") -> None:
-        """Device residency over time, stacked by page kind, with the budget and fault/prefetch marks."""
+        """Device residency over time, stacked by page kind, with the budget, steps and fault/prefetch marks.
+
+        The y-axis is fitted to the residency: a budget far above it (one that
+        never binds) is named in the legend instead of squashing the data to a
+        line at 0. The format follows the suffix (.png, .svg, .pdf).
+        """
         import matplotlib
 
         matplotlib.use("Agg")
@@ -80,23 +93,31 @@ class TraceRecorder:
         if not self.counters:
             raise ValueError("the trace has no samples: run some operators with tracing on first")
         ts = [(t - self.t0) / 1000.0 for t, _ in self.counters]
-        gib, unit = (float(1 << 30), "GiB") if self.budget >= 1 << 30 else (float(1 << 20), "MiB")
-        layers = [[c[k] / gib for _, c in self.counters] for k in range(len(Kind))]
-        order = [Kind.PARAMETER, Kind.GRADIENT, Kind.OPTIMIZER_STATE, Kind.ACTIVATION, Kind.OTHER]
-        colors = {Kind.PARAMETER: "#4C72B0", Kind.GRADIENT: "#DD8452", Kind.OPTIMIZER_STATE: "#55A868",
-                  Kind.ACTIVATION: "#C44E52", Kind.OTHER: "#8C8C8C"}
+        peak = max(sum(c) for _, c in self.counters)
+        # The budget is drawn when it is near the data; else the axis would hide the data.
+        budget_shown = self.budget <= 2 * max(peak, 1)
+        top = max(peak, self.budget if budget_shown else 0, 1)
+        scale, unit = (float(1 << 30), "GiB") if top >= 1 << 30 else (
+            (float(1 << 20), "MiB") if top >= 1 << 20 else (1024.0, "KiB"))
+        top = top / scale * 1.08
         fig, ax = plt.subplots(figsize=(11, 4.5))
-        ax.stackplot(ts, [layers[k] for k in order], colors=[colors[k] for k in order],
-                     labels=[KIND_NAMES[k].replace("_", " ") for k in order], step="post", alpha=0.9)
-        ax.axhline(self.budget / gib, color="black", linewidth=1.2, label="budget")
-        ax.axhline(self.limit / gib, color="black", linewidth=0.8, linestyle="--", label="limit for pages")
-        top = max(self.budget / gib, max(sum(c) for _, c in self.counters) / gib) * 1.08
+        self._stack(ax, ts, scale)
+        if budget_shown:
+            ax.axhline(self.budget / scale, color="black", linewidth=1.2, label="budget")
+            if self.limit != self.budget:
+                ax.axhline(self.limit / scale, color="black", linewidth=0.8, linestyle="--", label="limit for pages")
+        else:
+            ax.plot([], [], linestyle="", label=f"budget {self.budget / (1 << 30):.3g} GiB (off the scale)")
+        for i, t in enumerate(self.steps):
+            ax.axvline((t - self.t0) / 1000.0, color="#333333", linewidth=0.7, linestyle=":",
+                       label="optimizer step" if i == 0 else None)
         for t, kind in self.marks:
             y = top * (0.985 if kind == "faults" else 0.955)
             ax.plot((t - self.t0) / 1000.0, y, marker="|", color="#C44E52" if kind == "faults" else "#4C72B0",
                     markersize=6)
-        ax.plot([], [], marker="|", linestyle="", color="#C44E52", label="fault")
-        ax.plot([], [], marker="|", linestyle="", color="#4C72B0", label="prefetch")
+        if self.marks:
+            ax.plot([], [], marker="|", linestyle="", color="#C44E52", label="fault")
+            ax.plot([], [], marker="|", linestyle="", color="#4C72B0", label="prefetch")
         ax.set_ylim(0, top)
         ax.set_xlabel("time (ms, host)")
         ax.set_ylabel(f"resident on device ({unit})")
@@ -105,3 +126,11 @@ class TraceRecorder:
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
+
+    def _stack(self, ax, ts: list[float], scale: float) -> None:
+        layers = [[c[k] / scale for _, c in self.counters] for k in range(len(Kind))]
+        order = [Kind.PARAMETER, Kind.GRADIENT, Kind.OPTIMIZER_STATE, Kind.ACTIVATION, Kind.OTHER]
+        colors = {Kind.PARAMETER: "#4C72B0", Kind.GRADIENT: "#DD8452", Kind.OPTIMIZER_STATE: "#55A868",
+                  Kind.ACTIVATION: "#C44E52", Kind.OTHER: "#8C8C8C"}
+        ax.stackplot(ts, [layers[k] for k in order], colors=[colors[k] for k in order],
+                     labels=[KIND_NAMES[k].replace("_", " ") for k in order], step="post", alpha=0.9)
