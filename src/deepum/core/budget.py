@@ -62,11 +62,12 @@ def _too_small(budget: int | float | str, nbytes: int) -> str:
     size = "one byte" if nbytes == 1 else f"{nbytes} bytes"
     bare = str(budget).strip()
     if _PATTERN.match(bare) and not _PATTERN.match(bare).group(2) and "." not in bare:
-        guess = f"did you mean '{bare}GiB' or a fraction like 0.5?"
+        unit = "GiB" if float(bare) < 64 else "MiB"  # devices hold tens of GiB
+        guess = f"did you mean '{bare}{unit}' or a fraction like 0.5?"
     else:
-        guess = "give a size with units such as '512MiB' or '12GiB', or a fraction like 0.5"
-    return (f"budget={budget!r} is {size}, under the 1 MiB that any training program needs, "
-            f"so surely a mistake; {guess}")
+        guess = "give a size such as '512MiB' or '12GiB', or a fraction like 0.5."
+    return (f"budget={budget!r} is {size}; {guess} A budget under 1 MiB is surely a mistake: "
+            "no training program fits in it")
 
 
 def _parse_string(text: str, total: int) -> int:
