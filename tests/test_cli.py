@@ -218,12 +218,13 @@ ESTIMATE = textwrap.dedent('''
     m = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 256))
     opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
     for i in range(10):
-        try:  # the estimate's stop is not an Exception a script swallows
+        try:  # the estimate's stop is not an Exception a script's handler catches
             m(torch.randn(512, 256)).square().mean().backward()
             opt.step()
             opt.zero_grad()
-        except Exception:
-            pass
+        except Exception as e:
+            print("caught", type(e).__name__)
+            raise
         print("step", i)
 ''')
 

@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), "")
     try:
         args = _parse(argv)
-        debug = debug or args.debug
+        debug = args.debug = debug or args.debug
         return {"run": cmd_run, "estimate": cmd_run, "report": cmd_report}[args.command](args)
     except (UsageError, DeepUMError) as e:
         if debug:
