@@ -90,12 +90,12 @@ def test_cli_stats_trace_plot_and_report(tmp_path):
     script = tmp_path / "s.py"
     script.write_text(
         "import torch\n"
-        "m = torch.nn.Sequential(*[torch.nn.Linear(128, 128) for _ in range(8)])\n"
+        "m = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(8)])\n"
         "o = torch.optim.SGD(m.parameters(), lr=0.1)\n"
         "for _ in range(3):\n"
-        "    m(torch.randn(64, 128)).square().mean().backward(); o.step(); o.zero_grad()\n")
+        "    m(torch.randn(64, 256)).square().mean().backward(); o.step(); o.zero_grad()\n")
     stats, trace, plot = tmp_path / "stats.json", tmp_path / "t.json", tmp_path / "m.png"
-    r = subprocess.run([sys.executable, "-m", "deepum", "run", "--device", "cpu", "--budget", "300KB",
+    r = subprocess.run([sys.executable, "-m", "deepum", "run", "--device", "cpu", "--budget", "1200KB",
                         "--stats", str(stats), "--trace", str(trace), "--plot", str(plot), str(script)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -136,10 +136,10 @@ def test_logging_under_the_deepum_logger(caplog):
 
 STATUS_SCRIPT = (
     "import time, torch\n"
-    "m = torch.nn.Sequential(*[torch.nn.Linear(128, 128) for _ in range(8)])\n"
+    "m = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(8)])\n"
     "t = time.time()\n"
     "while time.time() - t < 1.5:\n"
-    "    m(torch.randn(64, 128)).square().mean().backward()\n")
+    "    m(torch.randn(64, 256)).square().mean().backward()\n")
 
 
 def _run_status(tmp_path, tty: bool) -> str:
@@ -148,7 +148,7 @@ def _run_status(tmp_path, tty: bool) -> str:
 
     script = tmp_path / "s.py"
     script.write_text(STATUS_SCRIPT)
-    cmd = [sys.executable, "-m", "deepum", "run", "--device", "cpu", "--budget", "300KB", str(script)]
+    cmd = [sys.executable, "-m", "deepum", "run", "--device", "cpu", "--budget", "1200KB", str(script)]
     env = dict(os.environ, DEEPUM_STATUS_INTERVAL="0.1")
     if not tty:
         return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300).stderr

@@ -45,7 +45,7 @@ _OPTS = {
 def check(name, policy, opt=None, fraction=3):
     make_model, make_batches, loss_fn = CASES[name]
     ref = train(make_model, make_batches, loss_fn, STEPS, _OPTS[opt])
-    budget = _peak(name, opt) // fraction
+    budget = max(_peak(name, opt) // fraction, 1 << 20)  # 1 MiB: the smallest budget
     got = train(make_model, make_batches, loss_fn, STEPS, _OPTS[opt], budget=budget, policy=policy)
     assert_identical(ref, got)
     stats = got[3]
