@@ -142,12 +142,12 @@ STATUS_SCRIPT = (
     "    m(torch.randn(64, 256)).square().mean().backward()\n")
 
 
-def _run_status(tmp_path, tty: bool) -> str:
+def _run_status(tmp_path, tty: bool, text: str = STATUS_SCRIPT) -> str:
     import os
     import pty
 
     script = tmp_path / "s.py"
-    script.write_text(STATUS_SCRIPT)
+    script.write_text(text)
     cmd = [sys.executable, "-m", "deepum", "run", "--device", "cpu", "--budget", "1200KB", str(script)]
     env = dict(os.environ, DEEPUM_STATUS_INTERVAL="0.1")
     if not tty:
@@ -175,3 +175,48 @@ def test_status_line_on_a_terminal_only(tmp_path):
     piped = _run_status(tmp_path, tty=False)
     assert "faults/s" not in piped
     assert "deepum: policy" in piped  # the exit summary is still there
+
+
+PRINTING_SCRIPT = (
+    "import sys, time, torch\n"
+    "m = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(8)])\n"
+    "for i in range(25):\n"
+    "    m(torch.randn(64, 256)).square().mean().backward()\n"
+    "    print('step', i, 'loss', 0.5, flush=True)\n"
+    "    print('warn', i, file=sys.stderr, end='')\n"
+    "    time.sleep(0.05)\n"
+    "    print(file=sys.stderr)\n")
+
+
+def _screen_lines(raw: str) -> list[str]:
+    """The lines a terminal shows for ``raw``: carriage return and erase-to-end-of-line applied."""
+    lines, line, cur, i = [], [], 0, 0
+    while i < len(raw):
+        if raw.startswith("\x1b[K", i):
+            del line[cur:]
+            i += 3
+            continue
+        ch = raw[i]
+        if ch == "\r":
+            cur = 0
+        elif ch == "\n":
+            lines.append("".join(line))
+            line, cur = [], 0
+        else:
+            line[cur:cur + 1] = [ch]
+            cur += 1
+        i += 1
+    lines.append("".join(line))
+    return lines
+
+
+def test_status_line_never_splices_into_the_programs_output(tmp_path):
+    import re
+
+    raw = _run_status(tmp_path, tty=True, text=PRINTING_SCRIPT)
+    assert "faults/s" in raw and " MiB" in raw and "GiB" not in raw  # units that fit a MiB budget
+    shown = _screen_lines(raw)
+    printed = [x for x in shown if "step" in x or "warn" in x]
+    assert len(printed) > 10
+    for x in printed:
+        assert re.fullmatch(r"step \d+ loss 0\.5|warn \d+", x), x
