@@ -7,6 +7,7 @@ import sys
 import torch
 
 import deepum
+from deepum.core.pages import Kind
 
 from . import models
 from .helpers import unconstrained_peak
@@ -220,3 +221,36 @@ def test_status_line_never_splices_into_the_programs_output(tmp_path):
     assert len(printed) > 10
     for x in printed:
         assert re.fullmatch(r"step \d+ loss 0\.5|warn \d+", x), x
+
+
+def test_parameters_made_in_the_session_are_parameters_from_birth():
+    with deepum.oversubscribe(1.0, device="cpu") as session:
+        model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8))
+        model(torch.randn(4, 64))
+        kinds = session.stats()["pages_by_kind"]
+    assert kinds["parameter"] == len(list(model.parameters()))
+
+
+def test_plot_fits_the_data_and_marks_steps(tmp_path):
+    import matplotlib
+
+    with deepum.oversubscribe(1.0, device="cpu", trace=True) as session:  # a budget that never binds
+        model = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(4)])
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(3):
+            model(torch.randn(32, 256)).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    rec = session.pager.trace
+    assert len(rec.steps) == 3
+    steps = [e for e in session.pager.trace.chrome()["traceEvents"] if e["name"].startswith("optimizer step")]
+    assert len(steps) == 3
+    # Before the first step the parameters are drawn as parameters, not as "other".
+    first = [c for t, c in rec.counters if t < rec.steps[0]]
+    param_bytes = sum(p.numel() * 4 for p in model.parameters())
+    assert max(c[Kind.PARAMETER] for c in first) == param_bytes
+    path = tmp_path / "m.svg"
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text
+        session.plot_memory(str(path))
+    svg = path.read_text()
+    assert "resident on device (MiB)" in svg and "GiB (off the scale)" in svg and "optimizer step" in svg
