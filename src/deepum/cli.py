@@ -69,6 +69,31 @@ def summary(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def estimate_report(stats: dict, session, steps: int) -> str:
+    """What ``deepum estimate`` prints."""
+    from .estimate import smallest_budget
+
+    ran = stats.get("optimizer_steps", 0)
+    scope = (f"its first {ran} optimizer steps" if ran >= steps
+             else f"the whole run ({ran} optimizer steps)")
+    working = stats.get("max_working_set_bytes", 0)
+    if not working:
+        return f"deepum estimate: {scope} ran no operator on the device's memory; nothing to estimate"
+    cuda = session.device.type == "cuda"
+    need = smallest_budget(working, cuda)
+    lines = [
+        f"deepum estimate: over {scope}, on {session.device}:",
+        f"  unconstrained peak: {fmt_bytes(stats['peak_device_bytes'])} (no budget needed above it)",
+        f"  smallest budget that would have worked: {fmt_bytes(need)}, set by operator "
+        f"{stats.get('max_working_set_op') or '?'} ({fmt_bytes(working)} of inputs and outputs at once"
+        + (", plus the reserve for memory deepum cannot see)" if cuda else ")"),
+        "  (a budget near the smallest works but pages heavily: between the two, the larger the faster)",
+    ]
+    if stats.get("evictions"):
+        lines.insert(2, "  (the program did not fit the whole device: the peak is the device's, capped)")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ parsing
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -301,8 +326,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     stats = sess.stats()
     _write_outputs(args, sess, stats)
     if args.estimate:
-        from .estimate import report as estimate_report
-
         print(estimate_report(stats, sess, args.steps), file=sys.stderr)
     elif not args.quiet:
         print(summary(stats), file=sys.stderr)

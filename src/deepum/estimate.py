@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import torch.optim.optimizer as _optim
 
-from .status import fmt_bytes
-
 _MAX_RESERVE = 2 << 30
 
 
@@ -58,27 +56,4 @@ def smallest_budget(working_set: int, cuda: bool) -> int:
     if budget // 8 > _MAX_RESERVE:
         budget = working_set + _MAX_RESERVE
     return max(budget, 1 << 20)
-
-
-def report(stats: dict, session, steps: int) -> str:
-    """What ``deepum estimate`` prints."""
-    ran = stats.get("optimizer_steps", 0)
-    scope = (f"its first {ran} optimizer steps" if ran >= steps
-             else f"the whole run ({ran} optimizer steps)")
-    working = stats.get("max_working_set_bytes", 0)
-    if not working:
-        return f"deepum estimate: {scope} ran no operator on the device's memory; nothing to estimate"
-    cuda = session.device.type == "cuda"
-    need = smallest_budget(working, cuda)
-    lines = [
-        f"deepum estimate: over {scope}, on {session.device}:",
-        f"  unconstrained peak: {fmt_bytes(stats['peak_device_bytes'])} (no budget needed above it)",
-        f"  smallest budget that would have worked: {fmt_bytes(need)}, set by operator "
-        f"{stats.get('max_working_set_op') or '?'} ({fmt_bytes(working)} of inputs and outputs at once"
-        + (", plus the reserve for memory deepum cannot see)" if cuda else ")"),
-        "  (a budget near the smallest works but pages heavily: between the two, the larger the faster)",
-    ]
-    if stats.get("evictions"):
-        lines.insert(2, "  (the program did not fit the whole device: the peak is the device's, capped)")
-    return "\n".join(lines)
 

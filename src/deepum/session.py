@@ -65,6 +65,22 @@ def device_memory(device: torch.device) -> int:
         return 1 << 40
 
 
+def _mark_step(pager: Pager) -> None:
+    """An optimizer step ended: a mark on the trace's time line (the memory picture's step lines)."""
+    if pager.trace is not None:
+        pager.trace.step(now_us())
+
+
+def _parameter_hook(pager: Pager, page_of):
+    """Class a parameter as one when a module registers it, not only from the first optimizer step."""
+    def on_parameter(module, name, param):
+        page = page_of(param)
+        if page is not None:
+            with pager.lock:
+                pager.set_kind(page, Kind.PARAMETER)
+    return torch.nn.modules.module.register_module_parameter_registration_hook(on_parameter)
+
+
 class Session:
     """One budgeted run. Use it as a context manager, or through enable()/disable().
 
@@ -372,20 +388,11 @@ class Session:
         def after_step(optimizer, args, kwargs):
             classify(optimizer, args, kwargs)
             pager.stats_.optimizer_steps += 1  # the "step" of joules per step
-            if pager.trace is not None:
-                pager.trace.step(now_us())
-
-        def on_parameter(module, name, param):
-            # A parameter made inside the session is a parameter from birth,
-            # not only from the first optimizer step.
-            page = page_of(param)
-            if page is not None:
-                with pager.lock:
-                    pager.set_kind(page, Kind.PARAMETER)
+            _mark_step(pager)
 
         self._kind_hooks = [_optim.register_optimizer_step_pre_hook(classify),
                             _optim.register_optimizer_step_post_hook(after_step),
-                            torch.nn.modules.module.register_module_parameter_registration_hook(on_parameter)]
+                            _parameter_hook(pager, page_of)]
         if self.track_kinds:
             saved = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
             saved.__enter__()
