@@ -113,9 +113,14 @@ def test_adopting_a_model_larger_than_the_budget():
     """With adopt=True, tensors made before the session are pages from the start."""
     import deepum
 
-    ref = train(models.mlp, models.mlp_batches, models.classify, 2)
+    def wide():  # half of it is over the 1 MiB a budget needs at least
+        return torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(128, 1024), torch.nn.GELU(),
+                                                         torch.nn.Linear(1024, 128)) for _ in range(4)],
+                                   torch.nn.Linear(128, 10))
+
+    ref = train(wide, models.mlp_batches, models.classify, 2)
     torch.manual_seed(0)
-    model = models.mlp()
+    model = wide()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     budget = model_bytes // 2
@@ -146,7 +151,7 @@ def test_optimizer_over_parameters_each_near_the_budget(opt):
         "adamw_loop": lambda ps: torch.optim.AdamW(ps, foreach=False),
     }
     torch.manual_seed(0)
-    ps0 = [torch.randn(256, 128) for _ in range(6)] + [torch.randn(128) for _ in range(6)]
+    ps0 = [torch.randn(512, 128) for _ in range(6)] + [torch.randn(128) for _ in range(6)]
     gs = [torch.randn_like(p) for p in ps0]
 
     def run(budget):
@@ -167,7 +172,7 @@ def test_optimizer_over_parameters_each_near_the_budget(opt):
         ref, _ = run(None)
     except RuntimeError as e:
         pytest.skip(f"{opt} unavailable here: {e}")
-    got, stats = run(600_000)
+    got, stats = run(1_200_000)
     assert all(torch.equal(a, b) for a, b in zip(ref, got))
     assert stats["evictions"] > 0 and stats["writebacks"] > 0
 
