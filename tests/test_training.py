@@ -109,18 +109,20 @@ def test_model_built_inside_the_session():
     assert session.stats()["evictions"] > 0
 
 
+def _wide_mlp():
+    """models.mlp, wider: half of its parameters is over the 1 MiB a budget needs at least."""
+    return torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(128, 1024), torch.nn.GELU(),
+                                                     torch.nn.Linear(1024, 128)) for _ in range(4)],
+                               torch.nn.Linear(128, 10))
+
+
 def test_adopting_a_model_larger_than_the_budget():
     """With adopt=True, tensors made before the session are pages from the start."""
     import deepum
 
-    def wide():  # half of it is over the 1 MiB a budget needs at least
-        return torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(128, 1024), torch.nn.GELU(),
-                                                         torch.nn.Linear(1024, 128)) for _ in range(4)],
-                                   torch.nn.Linear(128, 10))
-
-    ref = train(wide, models.mlp_batches, models.classify, 2)
+    ref = train(_wide_mlp, models.mlp_batches, models.classify, 2)
     torch.manual_seed(0)
-    model = wide()
+    model = _wide_mlp()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     budget = model_bytes // 2
@@ -180,9 +182,9 @@ def test_optimizer_over_parameters_each_near_the_budget(opt):
 def test_manage_registers_a_model_and_optimizer_state():
     import deepum
 
-    ref = train(models.mlp, models.mlp_batches, models.classify, 2)
+    ref = train(_wide_mlp, models.mlp_batches, models.classify, 2)
     torch.manual_seed(0)
-    model = models.mlp()
+    model = _wide_mlp()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
     n_params = len(list(model.parameters()))
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
