@@ -61,7 +61,7 @@ def parse_budget(budget: int | float | str, total: int) -> int:
 def _too_small(budget: int | float | str, nbytes: int) -> str:
     size = "one byte" if nbytes == 1 else f"{nbytes} bytes"
     bare = str(budget).strip()
-    if _PATTERN.match(bare) and not _PATTERN.match(bare).group(2) and "." not in bare:
+    if _PATTERN.match(bare) and not _PATTERN.match(bare).group(2) and "." not in bare and float(bare) < 1024:
         unit = "GiB" if float(bare) < 64 else "MiB"  # devices hold tens of GiB
         guess = f"did you mean '{bare}{unit}' or a fraction like 0.5?"
     else:
