@@ -130,7 +130,9 @@ def check_op(op, max_samples: int, recipes: bool = False) -> dict:
             continue
         paged = _clone(sample)
         try:
-            with deepum.oversubscribe(1.0, "cpu", stress=True) as session:
+            # 'age' drops whenever a recipe allows; 'cost' would copy these small pages instead.
+            options = {"victims": "age"} if recipes else {}
+            with deepum.oversubscribe(1.0, "cpu", stress=True, **options) as session:
                 if recipes:
                     session.pager.recompute_min_bytes = 0
                 session.manage(tree_flatten((paged.input, paged.args, paged.kwargs))[0])

@@ -64,7 +64,7 @@ def test_threads_share_a_session_bit_identically(stress, device):
     # On CUDA each thread gets its own cuBLAS workspace (tens of MiB), memory
     # outside any page: the reserve keeps it out of the pages' share.
     reserve = THREADS * (48 << 20) if device == "cuda" else 0
-    budget = THREADS * footprint // 4 + reserve
+    budget = max(THREADS * footprint // 4, 1 << 20) + reserve  # 1 MiB: the smallest budget
     results: list = [None] * THREADS
     errors: list = []
     with deepum.oversubscribe(budget, device, stress=stress, reserve=reserve) as session:

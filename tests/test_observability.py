@@ -7,6 +7,8 @@ import sys
 import torch
 
 import deepum
+from deepum.core.pages import Kind
+from deepum.report.chrome import chrome_trace
 
 from . import models
 from .helpers import unconstrained_peak
@@ -90,12 +92,12 @@ def test_cli_stats_trace_plot_and_report(tmp_path):
     script = tmp_path / "s.py"
     script.write_text(
         "import torch\n"
-        "m = torch.nn.Sequential(*[torch.nn.Linear(128, 128) for _ in range(8)])\n"
+        "m = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(8)])\n"
         "o = torch.optim.SGD(m.parameters(), lr=0.1)\n"
         "for _ in range(3):\n"
-        "    m(torch.randn(64, 128)).square().mean().backward(); o.step(); o.zero_grad()\n")
+        "    m(torch.randn(64, 256)).square().mean().backward(); o.step(); o.zero_grad()\n")
     stats, trace, plot = tmp_path / "stats.json", tmp_path / "t.json", tmp_path / "m.png"
-    r = subprocess.run([sys.executable, "-m", "deepum", "run", "--device", "cpu", "--budget", "300KB",
+    r = subprocess.run([sys.executable, "-m", "deepum", "run", "--device", "cpu", "--budget", "1200KB",
                         "--stats", str(stats), "--trace", str(trace), "--plot", str(plot), str(script)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -136,19 +138,19 @@ def test_logging_under_the_deepum_logger(caplog):
 
 STATUS_SCRIPT = (
     "import time, torch\n"
-    "m = torch.nn.Sequential(*[torch.nn.Linear(128, 128) for _ in range(8)])\n"
+    "m = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(8)])\n"
     "t = time.time()\n"
     "while time.time() - t < 1.5:\n"
-    "    m(torch.randn(64, 128)).square().mean().backward()\n")
+    "    m(torch.randn(64, 256)).square().mean().backward()\n")
 
 
-def _run_status(tmp_path, tty: bool) -> str:
+def _run_status(tmp_path, tty: bool, text: str = STATUS_SCRIPT) -> str:
     import os
     import pty
 
     script = tmp_path / "s.py"
-    script.write_text(STATUS_SCRIPT)
-    cmd = [sys.executable, "-m", "deepum", "run", "--device", "cpu", "--budget", "300KB", str(script)]
+    script.write_text(text)
+    cmd = [sys.executable, "-m", "deepum", "run", "--device", "cpu", "--budget", "1200KB", str(script)]
     env = dict(os.environ, DEEPUM_STATUS_INTERVAL="0.1")
     if not tty:
         return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300).stderr
@@ -175,3 +177,81 @@ def test_status_line_on_a_terminal_only(tmp_path):
     piped = _run_status(tmp_path, tty=False)
     assert "faults/s" not in piped
     assert "deepum: policy" in piped  # the exit summary is still there
+
+
+PRINTING_SCRIPT = (
+    "import sys, time, torch\n"
+    "m = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(8)])\n"
+    "for i in range(25):\n"
+    "    m(torch.randn(64, 256)).square().mean().backward()\n"
+    "    print('step', i, 'loss', 0.5, flush=True)\n"
+    "    print('warn', i, file=sys.stderr, end='')\n"
+    "    time.sleep(0.05)\n"
+    "    print(file=sys.stderr)\n")
+
+
+def _screen_lines(raw: str) -> list[str]:
+    """The lines a terminal shows for ``raw``: carriage return and erase-to-end-of-line applied."""
+    lines, line, cur, i = [], [], 0, 0
+    while i < len(raw):
+        if raw.startswith("\x1b[K", i):
+            del line[cur:]
+            i += 3
+            continue
+        ch = raw[i]
+        if ch == "\r":
+            cur = 0
+        elif ch == "\n":
+            lines.append("".join(line))
+            line, cur = [], 0
+        else:
+            line[cur:cur + 1] = [ch]
+            cur += 1
+        i += 1
+    lines.append("".join(line))
+    return lines
+
+
+def test_status_line_never_splices_into_the_programs_output(tmp_path):
+    import re
+
+    raw = _run_status(tmp_path, tty=True, text=PRINTING_SCRIPT)
+    assert "faults/s" in raw and " MiB" in raw and "GiB" not in raw  # units that fit a MiB budget
+    shown = _screen_lines(raw)
+    printed = [x for x in shown if "step" in x or "warn" in x]
+    assert len(printed) > 10
+    for x in printed:
+        assert re.fullmatch(r"step \d+ loss 0\.5|warn \d+", x), x
+
+
+def test_parameters_made_in_the_session_are_parameters_from_birth():
+    with deepum.oversubscribe(1.0, device="cpu") as session:
+        model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8))
+        model(torch.randn(4, 64))
+        kinds = session.stats()["pages_by_kind"]
+    assert kinds["parameter"] == len(list(model.parameters()))
+
+
+def test_plot_fits_the_data_and_marks_steps(tmp_path):
+    import matplotlib
+
+    with deepum.oversubscribe(1.0, device="cpu", trace=True) as session:  # a budget that never binds
+        model = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(4)])
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(3):
+            model(torch.randn(32, 256)).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    rec = session.pager.trace
+    assert len(rec.steps) == 3
+    steps = [e for e in chrome_trace(rec)["traceEvents"] if e["name"].startswith("optimizer step")]
+    assert len(steps) == 3
+    # Before the first step the parameters are drawn as parameters, not as "other".
+    first = [c for t, c in rec.counters if t < rec.steps[0]]
+    param_bytes = sum(p.numel() * 4 for p in model.parameters())
+    assert max(c[Kind.PARAMETER] for c in first) == param_bytes
+    path = tmp_path / "m.svg"
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text
+        session.plot_memory(str(path))
+    svg = path.read_text()
+    assert "resident on device (MiB)" in svg and "GiB (off the scale)" in svg and "optimizer step" in svg

@@ -45,7 +45,7 @@ _OPTS = {
 def check(name, policy, opt=None, fraction=3):
     make_model, make_batches, loss_fn = CASES[name]
     ref = train(make_model, make_batches, loss_fn, STEPS, _OPTS[opt])
-    budget = _peak(name, opt) // fraction
+    budget = max(_peak(name, opt) // fraction, 1 << 20)  # 1 MiB: the smallest budget
     got = train(make_model, make_batches, loss_fn, STEPS, _OPTS[opt], budget=budget, policy=policy)
     assert_identical(ref, got)
     stats = got[3]
@@ -109,13 +109,20 @@ def test_model_built_inside_the_session():
     assert session.stats()["evictions"] > 0
 
 
+def _wide_mlp():
+    """models.mlp, wider: half of its parameters is over the 1 MiB a budget needs at least."""
+    return torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(128, 1024), torch.nn.GELU(),
+                                                     torch.nn.Linear(1024, 128)) for _ in range(4)],
+                               torch.nn.Linear(128, 10))
+
+
 def test_adopting_a_model_larger_than_the_budget():
     """With adopt=True, tensors made before the session are pages from the start."""
     import deepum
 
-    ref = train(models.mlp, models.mlp_batches, models.classify, 2)
+    ref = train(_wide_mlp, models.mlp_batches, models.classify, 2)
     torch.manual_seed(0)
-    model = models.mlp()
+    model = _wide_mlp()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     budget = model_bytes // 2
@@ -146,7 +153,7 @@ def test_optimizer_over_parameters_each_near_the_budget(opt):
         "adamw_loop": lambda ps: torch.optim.AdamW(ps, foreach=False),
     }
     torch.manual_seed(0)
-    ps0 = [torch.randn(256, 128) for _ in range(6)] + [torch.randn(128) for _ in range(6)]
+    ps0 = [torch.randn(512, 128) for _ in range(6)] + [torch.randn(128) for _ in range(6)]
     gs = [torch.randn_like(p) for p in ps0]
 
     def run(budget):
@@ -167,7 +174,7 @@ def test_optimizer_over_parameters_each_near_the_budget(opt):
         ref, _ = run(None)
     except RuntimeError as e:
         pytest.skip(f"{opt} unavailable here: {e}")
-    got, stats = run(600_000)
+    got, stats = run(1_200_000)
     assert all(torch.equal(a, b) for a, b in zip(ref, got))
     assert stats["evictions"] > 0 and stats["writebacks"] > 0
 
@@ -175,9 +182,9 @@ def test_optimizer_over_parameters_each_near_the_budget(opt):
 def test_manage_registers_a_model_and_optimizer_state():
     import deepum
 
-    ref = train(models.mlp, models.mlp_batches, models.classify, 2)
+    ref = train(_wide_mlp, models.mlp_batches, models.classify, 2)
     torch.manual_seed(0)
-    model = models.mlp()
+    model = _wide_mlp()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
     n_params = len(list(model.parameters()))
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

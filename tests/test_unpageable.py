@@ -12,17 +12,17 @@ def test_non_resizable_and_sparse_tensors_stay_put():
     fixed = torch.from_numpy(np.arange(4096, dtype=np.float32))  # storage not resizable
     indices = torch.tensor([[0, 1, 2], [2, 0, 1]])
     sparse = torch.sparse_coo_tensor(indices, torch.tensor([1.0, 2.0, 3.0]), (3, 3), check_invariants=True)
-    weights = [torch.randn(64, 64) for _ in range(32)]
+    weights = [torch.randn(128, 128) for _ in range(32)]
 
     def work():
         out = []
         for w in weights:
-            y = (w @ w) + fixed[:64]
+            y = (w @ w) + fixed[:128]
             out.append(float(y.sum()) + float(torch.sparse.mm(sparse, w[:3, :3]).sum()))
         return out
 
     ref = work()
-    with deepum.oversubscribe(200_000, device="cpu") as s:
+    with deepum.oversubscribe(1 << 20, device="cpu") as s:  # 1 MiB, the smallest budget
         got = work()
         got += work()
     stats = s.stats()

@@ -9,6 +9,7 @@ import torch.optim.optimizer as optimizer_hooks
 from ..core.pages import Kind
 from ..engine.intercept.mode import PagingMode
 from ..engine.pager import Pager
+from ..engine.telemetry import now_us
 
 
 def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool) -> list:
@@ -49,14 +50,32 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool) -> lis
     def after_step(optimizer, args, kwargs):
         classify(optimizer, args, kwargs)
         pager.counters.optimizer_steps += 1  # the "step" of joules per step
+        _mark_step(pager)
 
     hooks = [optimizer_hooks.register_optimizer_step_pre_hook(classify),
-             optimizer_hooks.register_optimizer_step_post_hook(after_step)]
+             optimizer_hooks.register_optimizer_step_post_hook(after_step),
+             _parameter_hook(pager, page_of)]
     if track_kinds:
         saved = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
         saved.__enter__()
         hooks.append(saved)
     return hooks
+
+
+def _mark_step(pager: Pager) -> None:
+    """An optimizer step ended: a mark on the trace's time line (the memory picture's step lines)."""
+    if pager.trace is not None:
+        pager.trace.step(now_us())
+
+
+def _parameter_hook(pager: Pager, page_of):
+    """Class a parameter as one when a module registers it, not only from the first optimizer step."""
+    def on_parameter(module, name, param):
+        page = page_of(param)
+        if page is not None:
+            with pager.lock:
+                pager.set_kind(page, Kind.PARAMETER)
+    return torch.nn.modules.module.register_module_parameter_registration_hook(on_parameter)
 
 
 def remove_kind_hooks(hooks: list) -> None:

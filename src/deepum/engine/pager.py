@@ -69,6 +69,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         else:
             self.costs.h2d_Bps = self.costs.d2h_Bps = th.cpu_link_Bps
         self.counters = Stats()
+        self.max_working_set_op = ""
         # The thresholds in bytes, computed once (see core/config.py for each).
         self.headroom = th.of(th.headroom, limit) if config.headroom is None else config.headroom
         self.scan_ops = th.scan_ops
@@ -117,8 +118,13 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         working = out_bytes
         for p in pages:
             working += p.nbytes
+        if working > self.counters.max_working_set_bytes:
+            # The smallest budget that would do (deepum estimate).
+            self.counters.max_working_set_bytes = working
+            self.max_working_set_op = str(op)
         if working > table.limit:
-            raise BudgetTooSmallError(str(op), working, table.limit, self.budget)
+            raise BudgetTooSmallError(str(op), working, table.limit, self.budget,
+                                      [(p.kind.name.lower(), p.nbytes) for p in pages])
         for p in pages:
             p.pins += 1
         self.policy.note_use(pages)

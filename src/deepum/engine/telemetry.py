@@ -44,6 +44,7 @@ class Stats:
         "wasted_prefetches", "oom_retries", "overshoots", "ops", "dead_pages",
         "unpageable_pages", "chunked_ops", "optimizer_steps", "comm_holds", "drops",
         "recomputes", "bytes_dropped", "lineage_released", "overshoot_max_bytes",
+        "max_working_set_bytes",
     )
 
     def __init__(self) -> None:
@@ -73,6 +74,7 @@ class TraceRecorder:
         # (ts, resident bytes by kind)
         self.counters: list[tuple[float, tuple[int, ...]]] = []
         self.marks: list[tuple[float, str]] = []  # fault / prefetch instants for the picture
+        self.steps: list[float] = []  # when each optimizer step ended
 
     def op(self, name: str, eid: int, start: float, end: float) -> None:
         self.slices.append((start, end - start, "operators", name, {"eid": eid}))
@@ -87,6 +89,10 @@ class TraceRecorder:
 
     def counter(self, ts: float, kind_bytes: list[int]) -> None:
         self.counters.append((ts, tuple(kind_bytes)))
+
+    def step(self, ts: float) -> None:
+        """An optimizer step ended (the session's step hook)."""
+        self.steps.append(ts)
 
 
 class Telemetry:
@@ -138,6 +144,7 @@ class Telemetry:
             writeback_bytes_by_reason=dict(self.writeback_bytes),
             resident_bytes_by_kind={k.name.lower(): self.table.kind_bytes[k] for k in Kind},
             pages_by_kind=self._pages_by_kind(),
+            max_working_set_op=self.max_working_set_op,
             policy=self.policy.name,
             prediction_accuracy=self.policy.accuracy,
         )

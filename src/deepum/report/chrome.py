@@ -1,7 +1,8 @@
 """A recorded run as a Chrome trace (trace-event JSON, which Perfetto and chrome://tracing load).
 
 Each operator is a slice on the "operators" track, each transfer a slice on
-its stream's track, and counters carry resident bytes by page kind and the budget.
+its stream's track, counters carry resident bytes by page kind and the budget,
+and each optimizer step's end is an instant on the operators track.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ def chrome_trace(recorder: TraceRecorder) -> dict:
         events.append({"ph": "C", "pid": 1, "ts": ts - recorder.t0, "name": "resident bytes", "args": args})
         events.append({"ph": "C", "pid": 1, "ts": ts - recorder.t0, "name": "budget",
                        "args": {"budget": recorder.budget, "limit": recorder.limit}})
+    for i, ts in enumerate(recorder.steps):
+        events.append({"ph": "i", "pid": 1, "tid": TRACKS["operators"], "ts": ts - recorder.t0, "s": "p",
+                       "name": f"optimizer step {i + 1}"})
     events.sort(key=lambda e: e.get("ts", -1))
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
