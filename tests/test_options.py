@@ -81,7 +81,7 @@ def test_missing_cuda_advice_in_the_callers_words(tmp_path):
 
 
 def test_a_session_used_twice_reports_its_second_run():
-    session = deepum.oversubscribe(256 << 10, "cpu")
+    session = deepum.oversubscribe(1 << 20, "cpu")  # the smallest budget
     w = torch.ones(64, 64)
     with session:
         x = torch.zeros(64, 64)
