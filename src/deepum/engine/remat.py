@@ -76,9 +76,16 @@ _SEEDED = getattr(torch.Tag, "nondeterministic_seeded", None)
 _BITWISE = getattr(torch.Tag, "nondeterministic_bitwise", None)
 
 
-def recomputable(func: torch._ops.OpOverload) -> bool:
-    """Can this operator's outputs be rebuilt by running it again (given the conditions above)?"""
+def recomputable(func: torch._ops.OpOverload, scope: str = "all") -> bool:
+    """Can this operator's outputs be rebuilt by running it again (given the conditions above)?
+
+    ``scope`` "pointwise" keeps to elementwise operators and dtype casts
+    (Config.recipes).
+    """
     schema = func._schema
+    if scope == "pointwise" and not (torch.Tag.pointwise in func.tags
+                                     or func is torch.ops.aten._to_copy.default):
+        return False
     base = schema.name.split("::")[-1]
     if schema.name.startswith(("c10d::", "_c10d_functional::", "profiler::")):
         return False

@@ -305,6 +305,6 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
     def _plan(self, func) -> OpPlan | None:
         if not isinstance(func, torch._ops.OpOverload):
             return None  # higher-order operators and the like pass through
-        plan = OpPlan(func)
+        plan = OpPlan(func, self.pager.config.recipes)
         self.plans[func] = plan
         return plan
