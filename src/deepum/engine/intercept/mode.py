@@ -204,7 +204,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                     est = estimate_cached(self.meta_sizes, plan, func, args, kwargs) if plan.fresh else 0
                     if est < 0:
                         est, guessed = guess(pager.table, pages), True
-                    if pager.prefetch_enabled:
+                    if pager.policy.prefetches:  # the window, for victims too (prefetch=False)
                         pager.policy.pages.record(eid, [p.skey for p in pages])
                 chunks = None
                 if (plan.foreach and len(pages) > 1
