@@ -20,3 +20,28 @@ def test_no_prefetch_keeps_deepums_victim_choice_not_lrus():
     assert st["prediction_accuracy"] > 0.5, st  # the window is there to protect pages
     counts = ("faults", "evictions", "bytes_to_device", "bytes_to_host")
     assert tuple(st[k] for k in counts) != tuple(st_lru[k] for k in counts)
+
+
+def test_a_data_loader_sampler_stays_within_the_budget():
+    # RandomSampler draws torch.randperm(n) and reads it with tolist(): a
+    # factory whose output (4 MB here) once passed the budget unseen.
+    import torch
+
+    import deepum
+
+    class Indices(torch.utils.data.Dataset):
+        def __len__(self):
+            return 500_000
+
+        def __getitem__(self, i):
+            return i
+
+    budget = 8 << 20
+    with deepum.oversubscribe(budget, "cpu", strict=True) as s:
+        held = [torch.ones(256, 1024) for _ in range(6)]  # 6 MiB resident
+        loader = torch.utils.data.DataLoader(Indices(), batch_size=4, shuffle=True)
+        first = next(iter(loader))
+        st = s.stats()
+    assert first.shape == (4,) and len(held) == 6
+    assert st["overshoots"] == 0 and st["peak_device_bytes"] <= budget, st
+    assert st["evictions"] > 0, st
