@@ -19,6 +19,12 @@ from .helpers import assert_identical, train
 MAX_DEPTH = THRESHOLDS.recipe_max_depth
 
 
+def _page(s, t):
+    """The page of ``t``, looked at without host access faulting it in."""
+    with torch._C.DisableTorchFunction():
+        return s.pager.table.get(t.untyped_storage()._cdata)
+
+
 def _all_recipes(s) -> None:
     """Recipes for pages of every size, and rebuilding priced as free against copying:
     the tests' tensors are small, and these tests are about the bits of a rebuild."""
@@ -283,7 +289,7 @@ def test_dropout_pages_are_dropped_not_copied():
     with _session(host_access=False) as s:
         _all_recipes(s)
         y = torch.native_dropout(x * 1.0, 0.5, True)[0]
-        page = s.pager.table.get(y.untyped_storage()._cdata)
+        page = _page(s, y)
         assert page.dropped and page.recipe.rng is not None
         torch.manual_seed(123)  # moving the generator must not change the rebuilt page
         got = y + 0.0
@@ -318,7 +324,7 @@ def test_scatter_add_outputs_get_no_recipe_and_are_copied():
     with _session() as s:
         _all_recipes(s)
         y = torch.zeros(64, 128).scatter_add(0, idx, src)
-        page = s.pager.table.get(y.untyped_storage()._cdata)
+        page = _page(s, y)
         assert page.recipe is None and not page.dropped and page.host is not None
 
 
@@ -341,7 +347,7 @@ def test_an_intermediate_the_program_freed_is_kept_as_a_lineage_node():
         torch.ones(1).add(1)  # pressure begins after the first operator (stress)
         torch.manual_seed(1)
         h = torch.nn.functional.layer_norm(x * 1.0, (128,), w, b).to(torch.float64)
-        page = s.pager.table.get(h.untyped_storage()._cdata)
+        page = _page(s, h)
         (ln,) = [q for q in page.recipe.inputs if q.recipe is not None]
         assert torch._C._storage_Use_Count(ln.key) == 1  # only the recipe holds it
         assert page.dropped and ln.dropped  # both dropped: no copy of either

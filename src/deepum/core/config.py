@@ -16,6 +16,7 @@ from .errors import OptionError
 
 POLICIES = ("deepum", "lru")
 VICTIMS = ("cost", "age")
+RECIPES = ("all", "pointwise")
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,10 @@ class Config:
     # least recently used outside the prediction window and drops every page
     # whose recipe allows (DeepUM's choice, core/policy.py).
     victims: str = "cost"
+    # Which operators' outputs get recipes: "all" deterministic ones
+    # (matmuls, norms, attention, ...), or "pointwise" (elementwise operators
+    # and dtype casts only).
+    recipes: str = "all"
     # Watch code that reads or writes tensor memory without an operator
     # (torch.save, pickle, deepcopy, print, numpy, data pointers) and bring
     # pages in for it (engine/intercept/host_access.py). Off saves a Python
@@ -104,6 +109,8 @@ class Config:
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
+        if self.recipes not in RECIPES:
+            raise OptionError(f"recipes {self.recipes!r} is unknown; choose one of {', '.join(RECIPES)}")
         if self.victims not in VICTIMS:
             raise OptionError(f"victims {self.victims!r} is unknown; choose one of {', '.join(VICTIMS)}")
         if self.policy not in POLICIES:

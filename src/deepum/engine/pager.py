@@ -194,6 +194,10 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         if self.prefetch_enabled and self.pressure:
             self.transfers.release_finished()
             self._prefetch_ahead(eid)
+        elif self.pressure and self.policy.prefetches:
+            # prefetch=False keeps the policy's victim choice, which needs
+            # the prediction window: it observes without fetching.
+            self.policy.observe(eid)
         short = self.headroom - table.room()
         if short > 0:
             self.make_room(short, protect_window=True)

@@ -76,9 +76,16 @@ _SEEDED = getattr(torch.Tag, "nondeterministic_seeded", None)
 _BITWISE = getattr(torch.Tag, "nondeterministic_bitwise", None)
 
 
-def recomputable(func: torch._ops.OpOverload) -> bool:
-    """Can this operator's outputs be rebuilt by running it again (given the conditions above)?"""
+def recomputable(func: torch._ops.OpOverload, scope: str = "all") -> bool:
+    """Can this operator's outputs be rebuilt by running it again (given the conditions above)?
+
+    ``scope`` "pointwise" keeps to elementwise operators and dtype casts
+    (Config.recipes).
+    """
     schema = func._schema
+    if scope == "pointwise" and not (torch.Tag.pointwise in func.tags
+                                     or func is torch.ops.aten._to_copy.default):
+        return False
     base = schema.name.split("::")[-1]
     if schema.name.startswith(("c10d::", "_c10d_functional::", "profiler::")):
         return False
@@ -262,14 +269,21 @@ def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_
     if not inputs:
         return None  # a factory: nothing it depends on is tracked
     if func in _WITHOUT_STATS:
-        # Training-mode batch norm also updates the running statistics
-        # (arguments 3 and 4), which its output does not read: the replay
-        # leaves them out so they are updated once, and no recipe reads them.
-        if len(new_args) < 6 or not new_args[5]:
-            return None  # eval mode: the output reads the running statistics
-        new_args[3] = new_args[4] = None
-        inputs = [q for q in inputs if any(isinstance(a, _In) and a.page is q for a in new_args)]
+        inputs = _without_stats(new_args, inputs)
+        if inputs is None:
+            return None
     return Recipe(func, tuple(new_args), new_kwargs, index, inputs, rng, eid)
+
+
+def _without_stats(args: list, inputs: list[Page]) -> list[Page] | None:
+    """Training-mode batch norm also updates the running statistics (arguments
+    3 and 4), which its output does not read: the replay leaves them out so
+    they are updated once, and no recipe reads them. None in eval mode, where
+    the output reads them."""
+    if len(args) < 6 or not args[5]:
+        return None
+    args[3] = args[4] = None
+    return [q for q in inputs if any(isinstance(a, _In) and a.page is q for a in args)]
 
 
 # --------------------------------------------------------------- the engine side

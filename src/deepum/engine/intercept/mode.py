@@ -199,13 +199,9 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                 pages = None
             if pages is not None:
                 est = self.out_bytes.get(eid)
-                guessed = False
-                if est is None:  # first sight of this execution ID
-                    est = estimate_cached(self.meta_sizes, plan, func, args, kwargs) if plan.fresh else 0
-                    if est < 0:
-                        est, guessed = guess(pager.table, pages), True
-                    if pager.prefetch_enabled:
-                        pager.policy.pages.record(eid, [p.skey for p in pages])
+                guessed = est is None
+                if guessed:  # first sight of this execution ID
+                    est, guessed = self._first_sight(plan, func, args, kwargs, eid, pages)
                 chunks = None
                 if (plan.foreach and len(pages) > 1
                         and est + sum(p.nbytes for p in pages) > self._chunk_cap()):
@@ -266,6 +262,18 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                 if not work.is_completed():
                     self.pager.hold(work, pages)
 
+    def _first_sight(self, plan: OpPlan, func, args, kwargs, eid: int, pages: list[Page]) -> tuple[int, bool]:
+        """(bytes to make room for, whether that is a guess) for a new execution ID;
+        the prediction window learns the ID's pages."""
+        pager = self.pager
+        est = estimate_cached(self.meta_sizes, plan, func, args, kwargs) if plan.fresh else 0
+        guessed = est < 0
+        if guessed:
+            est = guess(pager.table, pages)
+        if pager.policy.prefetches:  # the window, for victims too (prefetch=False)
+            pager.policy.pages.record(eid, [p.skey for p in pages])
+        return est, guessed
+
     def _recipe_call(self, plan: OpPlan, func, args, kwargs) -> tuple | None:
         """(func, args, kwargs, generator state) for the recipes of this call's outputs, or None.
 
@@ -305,6 +313,6 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
     def _plan(self, func) -> OpPlan | None:
         if not isinstance(func, torch._ops.OpOverload):
             return None  # higher-order operators and the like pass through
-        plan = OpPlan(func)
+        plan = OpPlan(func, self.pager.config.recipes)
         self.plans[func] = plan
         return plan

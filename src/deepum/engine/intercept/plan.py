@@ -38,7 +38,7 @@ class OpPlan:
     __slots__ = ("func", "name", "slots", "n_written", "list_slots", "foreach",
                  "fresh", "factory", "retry_safe", "comm", "recomputable", "seeded", "sized")
 
-    def __init__(self, func: torch._ops.OpOverload) -> None:
+    def __init__(self, func: torch._ops.OpOverload, recipes: str = "all") -> None:
         schema = func._schema
         self.func = func
         self.name = str(func)
@@ -77,7 +77,7 @@ class OpPlan:
         annotated_write = any(a.alias_info is not None and a.alias_info.is_write
                               for a in schema.arguments)
         self.retry_safe = not annotated_write
-        self.recomputable = (self.fresh and not annotated_write and recomputable(func)
+        self.recomputable = (self.fresh and not annotated_write and recomputable(func, recipes)
                              and (not extra or schema.name in _REPLAY_WITHOUT_STATS))
         # Replaying a random operator needs the generator state it saw.
         self.seeded = self.recomputable and seeded(func)
