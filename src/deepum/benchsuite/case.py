@@ -139,7 +139,12 @@ def identity_check(name: str, device: torch.device, steps: int) -> dict:
 
 
 class EnergyCounter:
-    """Joules the GPU used since this was opened, from NVML's energy counter (as deepum's stats count them)."""
+    """Joules the GPU used since this was opened, from NVML's energy counter (as deepum's stats count them).
+
+    The harness keeps its own copy of engine/energy.py's counter because
+    gpu_round.py runs it against other commits' engines (--old-src), which
+    may not have that module.
+    """
 
     def __init__(self, nvml, handle) -> None:
         self.nvml, self.handle = nvml, handle

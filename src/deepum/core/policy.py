@@ -145,7 +145,11 @@ class DeepUMPolicy(LruPolicy):
                 got += page.nbytes
         if got >= need or protect_window:
             return chosen
-        # Every other page is needed soon: give up the ones needed last first.
+        return self._window_victims(in_window, chosen, got, need)
+
+    def _window_victims(self, in_window: list[Page], chosen: list[Page], got: int,
+                        need: int) -> list[Page]:
+        """Every other page is needed soon: give up window pages, those needed last first."""
         far = self.predictor.lookahead + 1
         in_window.sort(key=lambda p: -(self.predictor.next_use(p.skey) or far))
         for page in in_window:

@@ -53,7 +53,7 @@ class RecomputeFirstPolicy(DeepUMPolicy):
     recently used ones; DTR samples for the same reason); None ranks all.
     """
 
-    name = "recompute"
+    name = "deepum"  # the option the user chose; its victims are `victims="cost"`
 
     def __init__(self, table: PageTable, lookahead: int, live: dict[int, Page], costs: Costs,
                  rebuild_seconds: RebuildSeconds, *, max_candidates: int | None = None,
@@ -137,11 +137,4 @@ class RecomputeFirstPolicy(DeepUMPolicy):
             got += page.nbytes
         if got >= need or protect_window:
             return chosen
-        far = self.predictor.lookahead + 1
-        in_window.sort(key=lambda p: -(self.predictor.next_use(p.skey) or far))
-        for page in in_window:
-            if got >= need:
-                break
-            chosen.append(page)
-            got += page.nbytes
-        return chosen
+        return self._window_victims(in_window, chosen, got, need)

@@ -29,7 +29,7 @@ from ..core.costs import Costs
 from ..core.pages import ARRIVING, EVICTED, Kind, Page, PageTable
 from ..core.policy import Action, make_policy
 from ..core.remat_policy import RecomputeFirstPolicy
-from ..errors import BudgetOvershootError, BudgetTooSmallError
+from ..errors import BudgetTooSmallError
 from .energy import Energy
 from .lifecycle import Lifecycle, StorageRef
 from .movers import make_transfers
@@ -207,14 +207,6 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             self.evict_unpinned()
         if self.trace is not None:
             self.trace.counter(now_us(), table.kind_bytes)
-
-    def _overshoot(self, op: str, over: int) -> None:
-        st = self.counters
-        st.overshoots += 1
-        st.overshoot_max_bytes = max(st.overshoot_max_bytes, over)
-        self.make_room(over)
-        if self.strict:
-            raise BudgetOvershootError(op, over, self.budget)
 
     def _pressure_begins(self) -> None:
         log.info("memory pressure: %d bytes resident against a limit of %d; prediction and "

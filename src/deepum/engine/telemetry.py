@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 
 from ..core.pages import Kind
+from ..errors import BudgetOvershootError
 
 KIND_NAMES = [k.name.lower() for k in Kind]
 TRACKS = {"operators": 1, "faults": 2, "prefetches": 3, "evictions": 4}
@@ -103,6 +104,15 @@ class Telemetry:
         c = self.counters
         return Progress(c.ops, c.faults, c.bytes_to_device, c.bytes_to_host,
                         self.transfers.stall_seconds, self.table.resident_bytes, self.budget)
+
+    def _overshoot(self, op: str, over: int) -> None:
+        """An operator's outputs passed the limit: count it, make room, and raise under strict."""
+        st = self.counters
+        st.overshoots += 1
+        st.overshoot_max_bytes = max(st.overshoot_max_bytes, over)
+        self.make_room(over)
+        if self.strict:
+            raise BudgetOvershootError(op, over, self.budget)
 
     def _note_writebacks(self, items: list) -> None:
         """Why each page went over the link: what it holds, or a recipe refused."""
