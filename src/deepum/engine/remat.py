@@ -3,9 +3,11 @@
 Copying a page out and back costs two trips over the host link; running the
 operator that made it costs one kernel on the device. On the GPUs deepum
 targets the link moves tens of GB/s and the device hundreds of TFLOP/s, so
-almost every activation is cheaper to recompute than to copy: casts and
-pointwise outputs by far, matmuls and attention too. Copying remains for
-pages no recipe can rebuild exactly.
+one page is almost always cheaper to recompute than to copy: casts and
+pointwise outputs by far, matmuls and attention too. Whether a whole step
+gains depends on how often pages are rebuilt, and on the host work each
+rebuild costs (the victim policy weighs both: core/remat_policy.py).
+Copying remains for pages no recipe can rebuild exactly.
 
 [Note: when a recipe is exact]
 Re-running an operator gives the same bits when its kernel is deterministic
