@@ -54,12 +54,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         # Stable key -> the live page now playing that role (for the predictor).
         self.live: dict[int, Page] = {}
         self.costs = Costs()
-        if config.policy == "deepum" and config.recompute and config.victims == "cost":
-            self.policy = RecomputeFirstPolicy(self.table, config.lookahead, self.live, self.costs,
-                                               self.rebuild_seconds,
-                                               max_candidates=th.victim_candidates)
-        else:
-            self.policy = make_policy(config.policy, self.table, config.lookahead, self.live)
+        self.policy = self._make_policy(config)
         self.prefetch_enabled = config.prefetch and self.policy.prefetches
         self.transfers = make_transfers(device)
         # The link's speed each way decides copy against rebuild (on the cpu
@@ -106,6 +101,14 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         # the per-operator path skips them (nothing is off the device to fetch).
         self.pressure = False
         self.on_pressure = None  # set by the interceptor (names pages made before pressure)
+
+    def _make_policy(self, config: Config):
+        """The victim and prefetch policy the options name (core/policy.py, core/remat_policy.py)."""
+        if config.policy == "deepum" and config.recompute and config.victims == "cost":
+            return RecomputeFirstPolicy(self.table, config.lookahead, self.live, self.costs,
+                                        self.rebuild_seconds,
+                                        max_candidates=config.thresholds.victim_candidates)
+        return make_policy(config.policy, self.table, config.lookahead, self.live)
 
     # --------------------------------------------------------- operator path
 
