@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import deepum
-from deepum.cli import summary
+from deepum.api.cli import summary
 
 
 class Block(nn.Module):
