@@ -286,7 +286,7 @@ def test_dropout_pages_are_dropped_not_copied():
     torch.manual_seed(0)
     x = torch.randn(64, 128)
     # host_access off: the test's own storage look-up must not fault the page back in.
-    with _session(host_access=False) as s:
+    with _session() as s:
         _all_recipes(s)
         y = torch.native_dropout(x * 1.0, 0.5, True)[0]
         page = _page(s, y)
@@ -342,7 +342,7 @@ def test_an_intermediate_the_program_freed_is_kept_as_a_lineage_node():
     torch.manual_seed(1)
     ref = prog(x, w, b)
     # host_access off: the test's own storage look-up must not fault the page back in.
-    with _session(host_access=False) as s:
+    with _session() as s:
         _all_recipes(s)
         torch.ones(1).add(1)  # pressure begins after the first operator (stress)
         torch.manual_seed(1)

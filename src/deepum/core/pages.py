@@ -69,7 +69,7 @@ class Page:
 
     __slots__ = (
         "key", "skey", "nbytes", "state", "dirty", "pageable", "pins",
-        "ref", "host", "ready", "prefetched", "kind", "recipe", "readers", "__weakref__",
+        "ref", "host", "ready", "prefetched", "kind", "recipe", "readers", "last_use", "__weakref__",
     )
 
     def __init__(self, key: int, nbytes: int, skey: int = -1, pageable: bool = True) -> None:
@@ -95,6 +95,8 @@ class Page:
         # the pages whose recipes read this one.
         self.recipe: Any = None
         self.readers: list[Page] | None = None
+        # When an operator last used the page (the victim policy's clock).
+        self.last_use = 0
 
     @property
     def resident(self) -> bool:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable
-from weakref import WeakKeyDictionary
 
 from .correlation import PageCorrelation, SuccessorTable
 from .costs import D2H, H2D, Costs
@@ -63,10 +62,9 @@ class RecomputeFirstPolicy(DeepUMPolicy):
         self.costs = costs
         self.rebuild_seconds = rebuild_seconds
         self.max_candidates = max_candidates
-        # Operators observed so far, and when each page was last used: a
-        # weak map, so a page the glue retires is forgotten with it.
+        # Operators observed so far; each page keeps when it was last used
+        # (Page.last_use): a field, since note_use runs for every operator.
         self.clock = 0
-        self._last_use: WeakKeyDictionary[Page, int] = WeakKeyDictionary()
 
     def observe(self, eid: int) -> None:
         super().observe(eid)
@@ -76,12 +74,12 @@ class RecomputeFirstPolicy(DeepUMPolicy):
         """The operator now running uses ``pages`` (reads or writes)."""
         now = self.clock
         for page in pages:
-            self._last_use[page] = now
+            page.last_use = now
 
     def staleness(self, page: Page) -> int:
         """Operators since the page was last used (at least 1); a page never
         noted counts from the start."""
-        return self.clock - self._last_use.get(page, 0) + 1
+        return self.clock - page.last_use + 1
 
     def copy_cost(self, page: Page) -> float:
         out = 0.0 if (not page.dirty and page.host is not None) else self.costs.copy_seconds(page.nbytes, D2H)
