@@ -24,7 +24,8 @@ from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 import deepum  # noqa: E402
 
 KEYS = ("evictions", "drops", "recomputes", "faults", "prefetches", "prefetch_hits", "wasted_prefetches",
-        "bytes_to_device", "bytes_to_host", "bytes_dropped", "lineage_released", "writebacks", "ops")
+        "bytes_to_device", "bytes_to_host", "bytes_dropped", "lineage_released", "writebacks", "ops",
+        "plans", "planned_steps", "plan_departures", "planned_evictions", "late_prefetches")
 
 
 def main() -> None:

@@ -50,6 +50,9 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool) -> lis
     def after_step(optimizer, args, kwargs):
         classify(optimizer, args, kwargs)
         pager.counters.optimizer_steps += 1  # the "step" of joules per step
+        # The engine's own copies and buffers must not become pages.
+        with torch.utils._python_dispatch._disable_current_modes(), pager.lock:
+            pager.plans.boundary()
         _mark_step(pager)
 
     hooks = [optimizer_hooks.register_optimizer_step_pre_hook(classify),

@@ -145,6 +145,13 @@ class Session:
         off for the cpu device.
     strict:
         Raise BudgetOvershootError on an overshoot instead of counting it.
+    plan:
+        Experimental, off by default. Record one training step (optimizer
+        step to optimizer step), plan every page's evictions, drops and
+        prefetches for it offline with knowledge of each page's next use,
+        and execute that plan in the steps after; a step that departs from
+        the recording falls back to the online choice and is recorded again.
+        It does not yet beat the online choice on the GPU (docs/BENCHMARKS.md).
     stress:
         Evict every page after every operator, so that every operator's
         inputs are faulted back in (for testing the engine, very slow).

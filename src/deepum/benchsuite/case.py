@@ -19,7 +19,8 @@ DEEPSPEED = ("zero2-offload", "zero3-offload", "zero3-offload-ckpt")
 # engine does not have yet are left out of the row.
 STEP_COUNTERS = ("bytes_to_device", "bytes_to_host", "bytes_dropped", "recompute_seconds", "faults",
                  "prefetches", "prefetch_hits", "late_prefetches", "wasted_prefetches", "evictions",
-                 "stall_seconds", "drops", "recomputes")
+                 "stall_seconds", "drops", "recomputes", "planned_evictions", "planned_steps",
+                 "plan_departures", "plans")
 
 
 class PhaseBytes:

@@ -106,6 +106,11 @@ class Config:
     # pages in for it (engine/intercept/host_access.py). Off saves a Python
     # call per torch function for programs that never do so inside a session.
     host_access: bool = True
+    # Record one training step, plan it (core/planner.py) and execute the
+    # plan in the steps after (engine/stepplan.py). Experimental: off by
+    # default until it beats the online choice on the GPU
+    # (docs/BENCHMARKS.md, session 5).
+    plan: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
@@ -116,7 +121,7 @@ class Config:
         if self.policy not in POLICIES:
             raise OptionError(f"policy {self.policy!r} is unknown; choose one of {', '.join(POLICIES)}")
         for name in ("prefetch", "recompute", "expandable_segments", "freeze_gc", "trace", "stress",
-                     "strict", "host_access"):
+                     "strict", "host_access", "plan"):
             _check_bool(name, getattr(self, name), optional=False)
         for name in ("adopt", "track_kinds"):
             _check_bool(name, getattr(self, name), optional=True)

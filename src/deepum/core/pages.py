@@ -69,7 +69,8 @@ class Page:
 
     __slots__ = (
         "key", "skey", "nbytes", "state", "dirty", "pageable", "pins",
-        "ref", "host", "ready", "prefetched", "kind", "recipe", "readers", "last_use", "__weakref__",
+        "ref", "host", "ready", "prefetched", "kind", "recipe", "readers", "last_use", "pid",
+        "__weakref__",
     )
 
     def __init__(self, key: int, nbytes: int, skey: int = -1, pageable: bool = True) -> None:
@@ -97,6 +98,8 @@ class Page:
         self.readers: list[Page] | None = None
         # When an operator last used the page (the victim policy's clock).
         self.last_use = 0
+        # The page's ID in the recorded or planned step (engine/stepplan.py).
+        self.pid = 0
 
     @property
     def resident(self) -> bool:

@@ -92,17 +92,97 @@ NEW, RES, ARR, OUT, DROP, GONE = range(6)
 
 def plan_step(trace: StepTrace, limit: int, h2d_Bps: float = DEFAULT_LINK_BPS,
               d2h_Bps: float = DEFAULT_LINK_BPS, *, candidates: int = 16,
-              link_price: float = LINK_PRICE) -> Plan:
+              link_price: float = LINK_PRICE, tails: dict[int, int] | None = None) -> Plan:
     """Plan one step under ``limit`` bytes with the link's bandwidth each way.
 
     ``candidates``: pages priced per eviction (the furthest used);
     ``link_price``: the share of a copy's link time charged even when the
-    copy hides (see the module's rule, step 2).
+    copy hides (see the module's rule, step 2); ``tails``: for some pages,
+    when they are next used after the step (as :func:`~.replay.uses_by_page`
+    counts it), where the caller knows better (:func:`plan_repeating`).
     """
     if limit <= 0 or h2d_Bps <= 0 or d2h_Bps <= 0 or candidates < 1 or link_price < 0:
         raise ValueError("limit, bandwidths and candidates must be positive, link_price >= 0")
     trace.validate()
-    return _Sweep(trace, limit, h2d_Bps, d2h_Bps, candidates, link_price).run()
+    sweep = _Sweep(trace, limit, h2d_Bps, d2h_Bps, candidates, link_price)
+    if tails:
+        sweep.tail.update(tails)
+    return sweep.run()
+
+
+def carry_over(trace: StepTrace, skeys: dict[int, int]) -> dict[int, int]:
+    """For each page the step begins with, the page alive after the last
+    operator that plays its role in the next step.
+
+    A page the step does not free plays its own role again (a parameter); one
+    it frees hands its role to the newest page alive at the end with the same
+    stable key in ``skeys`` (the gradient of the last step, made again in this
+    one). Pages with no such heir are left out.
+    """
+    born = [p for op in trace.ops for p in op.creates]
+    freed = {p for op in trace.ops for p in op.frees}
+    heirs: dict[int, int] = {}
+    for p in born:  # in birth order: the newest wins
+        if p not in freed and p in skeys:
+            heirs[skeys[p]] = p
+    carry = {}
+    born_set = set(born)
+    for p in trace.pages:
+        if p in born_set:
+            continue
+        if p not in freed:
+            carry[p] = p
+        elif p in skeys and skeys[p] in heirs:
+            carry[p] = heirs.pop(skeys[p])
+    return carry
+
+
+def plan_repeating(trace: StepTrace, skeys: dict[int, int], limit: int, **kw) -> Plan:
+    """Plan a step that repeats.
+
+    Two things the recorded step alone does not say follow from its repeating
+    (roles matched by :func:`carry_over`):
+
+    * when a page alive at the end is next used: when its predecessor was
+      first used in this step, or never if the predecessor was freed unused
+      (the intermediates that live until the program lets go of a step's
+      outputs early in the next one);
+    * where the step begins: each page the step begins with starts on the
+      device if the recorded step found it there or the plan leaves its heir
+      there (planning from the plan's end alone can swing: a page the first
+      plan evicts starts off the device in the second, which then keeps its
+      heir). Starting from the union never plans for room the step lacks;
+      a page planned as resident that is not is simply not evicted again.
+    """
+    carry = carry_over(trace, skeys)
+    tails = _tails(trace, carry)
+    first = plan_step(trace, limit, tails=tails, **kw)
+    pages = dict(trace.pages)
+    for p, q in carry.items():
+        s = pages[p]
+        pages[p] = PageSpec(s.nbytes, s.resident or q in first.final, s.rebuild_seconds,
+                            s.recipe_inputs, s.dirty, s.pageable)
+    return plan_step(StepTrace(trace.ops, pages), limit, tails=tails, **kw)
+
+
+def _tails(trace: StepTrace, carry: dict[int, int]) -> dict[int, int]:
+    """Next use after the step of each heir born in it (see :func:`plan_repeating`)."""
+    n = len(trace.ops)
+    first: dict[int, int] = {}
+    freed: set[int] = set()
+    for t, op in enumerate(trace.ops):
+        for p in op.uses:
+            first.setdefault(p, t)
+        freed.update(op.frees)
+    tails = {}
+    for p, q in carry.items():
+        if p == q:
+            continue
+        if p in first:
+            tails[q] = n + first[p]
+        elif p in freed:
+            tails[q] = NEVER
+    return tails
 
 
 class _Prices:
@@ -131,7 +211,9 @@ class _Prices:
         """(h, action) for evicting p before op t; None if it cannot go."""
         b = self.spec[p].nbytes
         drop = self.drop_cost(p, t, nu)
-        copy = None if self.pending.get(p) else self.copy_stall(t, p, nu)
+        # A page dropped readers need may be copied too: ``nu`` counts their
+        # rebuilds, so its copy in is booked before the first of them.
+        copy = self.copy_stall(t, p, nu)
         if drop is None and copy is None:
             return None
         if drop is not None and (copy is None or drop <= copy):
@@ -145,7 +227,7 @@ class _Prices:
         s = self.spec[p]
         if s.rebuild_seconds is None or p in self.broken or self.writes_now.intersection(s.recipe_inputs):
             return None  # (a write by op t would rebuild it at once, and end its recipe)
-        if self.own_next(p) >= self.n and self.own_next(p) < NEVER:
+        if self.own_next(p) >= self.n and nu < NEVER:
             return None  # needed by a later step: its inputs may not last that long
         cost, depth = s.rebuild_seconds, 1
         for q in s.recipe_inputs:
@@ -156,15 +238,18 @@ class _Prices:
                     return None
                 cost += c
                 depth = max(depth, self.depth[q] + 1)
-            elif st == OUT and nu < self.n:
+            elif st == OUT:
                 # On the host: it must come back by nu instead of its own use.
                 f = self.fetch_of.get(q)
-                if f is None or f.use > nu:
+                if nu < self.n and (f is None or f.use > nu):
                     b = self.spec[q].nbytes
                     cost += max(0, b - self.h2d.free(t + 1, nu)) / self.h2d_Bps
             elif st not in (RES, ARR):
                 return None
-        return cost if depth <= MAX_DEPTH else None
+        if depth > MAX_DEPTH:
+            return None
+        # Never used again: dropping it costs nothing (a copy would be wasted).
+        return 0.0 if nu >= NEVER else cost
 
     def drop_cost_dropped(self, q: int) -> float | None:
         s = self.spec[q]
@@ -232,9 +317,17 @@ class _Sweep(_Prices):
         return u[i] if i < len(u) else self.tail[p]
 
     def next_use(self, p: int) -> int:
+        """p's own next use, or sooner that of a dropped page whose rebuild needs it
+        (through chains of dropped pages; each page visited once)."""
         nu = self.own_next(p)
-        for r in self.pending.get(p, ()):
-            nu = min(nu, self.next_use(r))
+        stack, seen = list(self.pending.get(p, ())), set()
+        while stack:
+            r = stack.pop()
+            if r in seen:
+                continue
+            seen.add(r)
+            nu = min(nu, self.own_next(r))
+            stack.extend(self.pending.get(r, ()))
         return nu
 
     def push(self, p: int) -> None:
@@ -264,6 +357,7 @@ class _Sweep(_Prices):
             self.plan.resident[t] = self.mem
             self.retire(t, need)
         self.plan.fetches = list(self.started.values())
+        self.plan.final = {p for p, st in self.state.items() if st in (RES, ARR)}
         # The link serves copies in the order they are issued: soonest needed first.
         use = {(f.start, f.pid): f.use for f in self.plan.fetches}
         for i, pids in self.plan.prefetches.items():
@@ -286,7 +380,17 @@ class _Sweep(_Prices):
         op: OpSpec = self.ops[t]
         need = set(op.uses)
         for w in op.writes:
-            need.update(r for r in self.pending.get(w, ()) if self.state[r] == DROP)
+            for r in list(self.pending.get(w, ())):
+                if self.state[r] != DROP:
+                    continue
+                if r in self.dead and not self.pending.get(r):
+                    # Freed, and no dropped page needs it: let go, not rebuilt
+                    # (as the glue does before a write).
+                    self.depth.pop(r, None)
+                    self.unhold(r)
+                    self.release(r)
+                else:
+                    need.add(r)
         stack = [p for p in need if self.state[p] == DROP]
         while stack:
             for q in self.spec[stack.pop()].recipe_inputs:

@@ -126,6 +126,8 @@ class Plan:
     short_op: int | None = None
     short_bytes: int = 0
     stats: dict[str, int] = field(default_factory=dict)
+    # Pages on the device (or arriving) after the last operator.
+    final: set[int] = field(default_factory=set)
 
     @property
     def fits(self) -> bool:
@@ -163,3 +165,75 @@ class Plan:
         self.prefetches.setdefault(new, []).append(f.pid)
         f.start = new
         return True
+
+
+class TraceBuilder:
+    """Builds a :class:`StepTrace` from the glue's events while the step runs.
+
+    The glue names pages by IDs it never reuses. A page it mentions before
+    saying how it came to be is one that existed when the step began
+    (:meth:`existing`); :meth:`op` records one operator with the pages it
+    made; :meth:`free` is the program letting a page go after the last
+    operator recorded. Operator seconds are filled in by :meth:`build`, when
+    the timings of the whole step are in.
+    """
+
+    def __init__(self) -> None:
+        self.eids: list[int] = []
+        self.uses: list[tuple[int, ...]] = []
+        self.writes: list[tuple[int, ...]] = []
+        self.creates: list[tuple[int, ...]] = []
+        self.frees: list[list[int]] = []
+        self.pages: dict[int, PageSpec] = {}
+        self.skeys: dict[int, int] = {}
+        self.gone: set[int] = set()
+        # Freed before the first operator ended: freed after it, for the trace.
+        self.early: list[int] = []
+        # page ID -> (execution ID of its recipe, the page IDs the recipe reads)
+        self.recipes: dict[int, tuple[int, tuple[int, ...]]] = {}
+
+    def knows(self, pid: int) -> bool:
+        return pid in self.pages
+
+    def existing(self, pid: int, skey: int, nbytes: int, *, resident: bool, dirty: bool,
+                 pageable: bool) -> None:
+        """A page alive when the step began."""
+        self.pages[pid] = PageSpec(nbytes, resident=resident, dirty=dirty, pageable=pageable)
+        self.skeys[pid] = skey
+
+    def op(self, eid: int, uses: tuple[int, ...], writes: tuple[int, ...],
+           creates: list[tuple[int, int, int, bool]]) -> None:
+        """An operator ran: ``creates`` holds (page ID, stable key, bytes, pageable) per new page."""
+        for pid, skey, nbytes, pageable in creates:
+            self.pages[pid] = PageSpec(nbytes, pageable=pageable)
+            self.skeys[pid] = skey
+        self.eids.append(eid)
+        self.uses.append(uses)
+        self.writes.append(writes)
+        self.creates.append(tuple(c[0] for c in creates))
+        self.frees.append([])
+        if self.early:  # (those the operator itself used are freed after it all the same)
+            self.frees[0].extend(self.early)
+            self.early = []
+
+    def recipe(self, pid: int, eid: int, inputs: tuple[int, ...]) -> None:
+        """Page ``pid`` can be rebuilt by running execution ID ``eid`` on ``inputs``."""
+        if all(q in self.pages for q in inputs):
+            self.recipes[pid] = (eid, inputs)
+
+    def free(self, pid: int) -> None:
+        """The program let the page go after the last operator recorded (before the
+        first: it counts as freed after the first, the step's earliest slot)."""
+        if pid in self.pages and pid not in self.gone:
+            self.gone.add(pid)
+            (self.frees[-1] if self.eids else self.early).append(pid)
+
+    def build(self, op_seconds, rebuild_seconds) -> StepTrace:
+        """The trace; ``op_seconds(eid)`` and ``rebuild_seconds(eid)`` price operators."""
+        pages = dict(self.pages)
+        for pid, (eid, inputs) in self.recipes.items():
+            s = pages[pid]
+            pages[pid] = PageSpec(s.nbytes, s.resident, rebuild_seconds(eid), inputs, s.dirty, s.pageable)
+        ops = [OpSpec(eid, op_seconds(eid), u, c, tuple(f), w)
+               for eid, u, c, f, w in zip(self.eids, self.uses, self.creates, self.frees, self.writes)]
+        return StepTrace(ops, pages)

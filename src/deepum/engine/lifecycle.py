@@ -55,6 +55,8 @@ class Lifecycle:
             self.live[skey] = page
         if not pageable:
             self.counters.unpageable_pages += 1
+        if self.plans.mode and not preexisting:
+            self.plans.born(page)
         return page
 
     def set_kind(self, page: Page, kind: Kind) -> None:
@@ -90,6 +92,8 @@ class Lifecycle:
             for reader in list(page.readers):
                 self.void(reader)
         self.transfers.release_host(page)
+        if self.plans.mode:
+            self.plans.freed(page)
         self.table.retire(page)
         if self.live.get(page.skey) is page:
             del self.live[page.skey]

@@ -35,7 +35,7 @@ from .lifecycle import Lifecycle, StorageRef
 from .movers import make_transfers
 from .prefetch import Prefetcher
 from .remat import Remat
-from .retry import evict_for_retry
+from .stepplan import StepPlans
 from .telemetry import Stats, Telemetry, TraceRecorder, now_us, profiler_range
 from .timing import OpTimer
 
@@ -101,6 +101,8 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         # the per-operator path skips them (nothing is off the device to fetch).
         self.pressure = False
         self.on_pressure = None  # set by the interceptor (names pages made before pressure)
+        # Record a step, plan it in the core, execute the plan (stepplan.py).
+        self.plans = StepPlans(self)
 
     def _make_policy(self, config: Config):
         """The victim and prefetch policy the options name (core/policy.py, core/remat_policy.py)."""
@@ -131,6 +133,8 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         for p in pages:
             p.pins += 1
         self.policy.note_use(pages)
+        if self.plans.mode:
+            self.plans.begin(pages, written)
         try:
             missing = 0
             for p in pages:
@@ -194,14 +198,21 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             self._overshoot(op, table.resident_bytes - table.limit)
         if not self.pressure and table.resident_bytes > self.pressure_bytes:
             self._pressure_begins()
-        if self.prefetch_enabled and self.pressure:
+        plans = self.plans
+        if plans.mode:
+            plans.after(eid)
+        steering = plans.steering
+        if self.prefetch_enabled and self.pressure and not steering:
             self.transfers.release_finished()
             self._prefetch_ahead(eid)
         elif self.pressure and self.policy.prefetches:
             # prefetch=False keeps the policy's victim choice, which needs
-            # the prediction window: it observes without fetching.
+            # the prediction window: it observes without fetching. So does a
+            # planned step, for when the program leaves the plan.
             self.policy.observe(eid)
-        short = self.headroom - table.room()
+        # A planned step keeps no headroom of its own: the plan left room
+        # for what comes next (see [Note: the planned step]).
+        short = (0 if steering else self.headroom) - table.room()
         if short > 0:
             self.make_room(short, protect_window=True)
         if self.stress:
@@ -228,7 +239,12 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         """Evict up to about ``need`` bytes of victims; return how many were freed."""
         if not self.pressure:
             self._pressure_begins()
-        victims = self.policy.choose_victims(need, protect_window=protect_window)
+        if self.plans.steering:
+            # Short of room despite the plan: the recorded step still says
+            # which pages are needed last (stepplan.py).
+            victims = self.plans.victims(need)
+        else:
+            victims = self.policy.choose_victims(need, protect_window=protect_window)
         if victims:
             with profiler_range("deepum::evict"):
                 self.evict(victims)
@@ -240,12 +256,16 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             self._pressure_begins()
         self.evict([p for p in self.table.lru() if p.pins == 0])
 
-    def evict(self, pages: list[Page]) -> None:
-        """Copy the dirty ones out (or drop those with a recipe), then free the device memory of all."""
+    def evict(self, pages: list[Page], action=None) -> None:
+        """Copy the dirty ones out (or drop those with a recipe), then free the device memory of all.
+
+        ``action(page)``: drop or copy (default: the policy's choice).
+        """
         st = self.counters
         live, dirty, arriving = [], [], []
         dropping: set[Page] = set()  # dropped in this batch, not yet marked evicted
-        action = self.policy.action
+        if action is None:
+            action = self.policy.action
         # Lineage nodes first: releasing one voids its readers' recipes, which
         # must happen before any of those readers is chosen to be dropped.
         pages = [p for p in pages if not (p.readers and p.recipe is None and self._release_lineage(p))]
@@ -292,52 +312,3 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         st.evictions += len(live)
         if self.trace is not None and live:
             self.trace.transfer("evictions", t0, now_us(), [p for _, p in live])
-
-    def fault(self, pages: list[Page]) -> None:
-        """Bring evicted pages back now: the running operator needs them."""
-        items = [(p.ref(), p) for p in pages]
-        nbytes = sum(p.nbytes for p in pages)
-        t0 = now_us() if self.trace is not None else 0.0
-        while True:
-            for _, p in items:
-                self.table.arriving(p)
-            try:
-                with profiler_range("deepum::fault"):
-                    self.transfers.load(items, prefetch=False)
-                break
-            except torch.OutOfMemoryError as e:
-                # The allocator is fuller than the page table knows (memory
-                # deepum does not see, or fragmentation): evict and retry.
-                self._unarrive(items)
-                evict_for_retry(self, "a page fault", nbytes, nbytes, e)
-            except BaseException:
-                self._unarrive(items)
-                raise
-        for _, p in items:
-            self.table.arrived(p)
-        self.counters.faults += len(items)
-        self.counters.bytes_to_device += nbytes
-        if self.trace is not None:
-            self.trace.transfer("faults", t0, now_us(), pages)
-
-
-    def _arrive(self, pages: list[Page]) -> None:
-        late = self.transfers.wait(pages)
-        st = self.counters
-        prefetched = 0
-        for p in pages:
-            if p.prefetched:
-                prefetched += 1
-                p.prefetched = False
-                self.unused_prefetch_bytes -= p.nbytes
-            self.table.arrived(p)
-        st.late_prefetches += late
-        st.prefetch_hits += prefetched - late
-
-    def _unarrive(self, items: list) -> None:
-        for storage, page in items:
-            if page.state != ARRIVING:
-                continue
-            if storage.nbytes():
-                storage.resize_(0)
-            self.table.cancel_arrival(page)

@@ -1,4 +1,5 @@
-"""DeepUM's chained prefetch, executed: the policy plans, this fetches within the cap and the room.
+"""Pages coming in: DeepUM's chained prefetch (the policy plans, this fetches within the cap
+and the room), a plan's prefetches, and faults on demand.
 
 [Note: the prefetch cap]
 Bytes prefetched and not used yet (``unused_prefetch_bytes``) may not pass
@@ -12,12 +13,33 @@ from __future__ import annotations
 
 import torch
 
-from ..core.pages import EVICTED, RESIDENT
+from ..core.pages import ARRIVING, EVICTED, RESIDENT, Page
+from .retry import evict_for_retry
 from .telemetry import now_us, profiler_range
 
 
 class Prefetcher:
-    """The part of :class:`~deepum.engine.pager.Pager` that fetches ahead of need."""
+    """The part of :class:`~deepum.engine.pager.Pager` that brings pages in: ahead of need
+    (DeepUM's window, a plan's prefetches) and on demand (faults)."""
+
+    def prefetch_pages(self, pages: list) -> None:
+        """Start copying in the planned ``pages`` that are on the host, as far as room allows.
+
+        The plan left the room (see [Note: the planned step]); where the
+        step did not follow it, a page that does not fit is left to its fault.
+        """
+        table, batch, room = self.table, [], self.table.room()
+        for page in pages:
+            if page is None or page.state != EVICTED or page.host is None or page.nbytes > room:
+                continue
+            storage = page.ref()
+            if storage is None:
+                continue
+            room -= page.nbytes
+            table.arriving(page)
+            batch.append((storage, page))
+        if batch:
+            self._load_ahead(batch)
 
     def _prefetch_ahead(self, eid: int) -> None:
         """DeepUM's chained prefetch: fetch what the predicted operators need, in order."""
@@ -50,8 +72,11 @@ class Prefetcher:
                 break
             table.arriving(page)  # reserves its bytes before the next decision
             batch.append((storage, page))
-        if not batch:
-            return
+        if batch:
+            self._load_ahead(batch)
+
+    def _load_ahead(self, batch: list) -> None:
+        """Copy in (storage, page) pairs already marked arriving, on the side stream."""
         t0 = now_us() if self.trace is not None else 0.0
         try:
             with profiler_range("deepum::prefetch"):
@@ -69,3 +94,55 @@ class Prefetcher:
         st.bytes_to_device += sum(p.nbytes for _, p in batch)
         if self.trace is not None:
             self.trace.transfer("prefetches", t0, now_us(), [p for _, p in batch])
+
+    def fault(self, pages: list[Page]) -> None:
+        """Bring evicted pages back now: the running operator needs them."""
+        items = [(p.ref(), p) for p in pages]
+        nbytes = sum(p.nbytes for p in pages)
+        t0 = now_us() if self.trace is not None else 0.0
+        while True:
+            for _, p in items:
+                self.table.arriving(p)
+            try:
+                with profiler_range("deepum::fault"):
+                    self.transfers.load(items, prefetch=False)
+                break
+            except torch.OutOfMemoryError as e:
+                # The allocator is fuller than the page table knows (memory
+                # deepum does not see, or fragmentation): evict and retry.
+                self._unarrive(items)
+                evict_for_retry(self, "a page fault", nbytes, nbytes, e)
+            except BaseException:
+                self._unarrive(items)
+                raise
+        for _, p in items:
+            self.table.arrived(p)
+        self.counters.faults += len(items)
+        self.counters.bytes_to_device += nbytes
+        if self.trace is not None:
+            self.trace.transfer("faults", t0, now_us(), pages)
+
+
+    def _arrive(self, pages: list[Page]) -> None:
+        late = self.transfers.wait(pages)
+        if late and self.plans.steering:
+            for p in pages:
+                self.plans.late(p)
+        st = self.counters
+        prefetched = 0
+        for p in pages:
+            if p.prefetched:
+                prefetched += 1
+                p.prefetched = False
+                self.unused_prefetch_bytes -= p.nbytes
+            self.table.arrived(p)
+        st.late_prefetches += late
+        st.prefetch_hits += prefetched - late
+
+    def _unarrive(self, items: list) -> None:
+        for storage, page in items:
+            if page.state != ARRIVING:
+                continue
+            if storage.nbytes():
+                storage.resize_(0)
+            self.table.cancel_arrival(page)

@@ -406,6 +406,12 @@ class Remat:
         """``page`` is about to be written: recipes that read it, and its own, stop being exact."""
         for reader in lineage.readers(page):
             if reader.dropped:
+                if reader.state != DEAD and self._releasable(reader):
+                    # Nothing but recipes refers to it and no dropped page
+                    # needs it: let it go rather than rebuild it to keep bits
+                    # nobody will read (its readers' recipes go with it).
+                    self._release_lineage(reader)
+                    continue
                 self.rebuild(reader)
             self.void(reader)
         if page.recipe is not None:
@@ -462,6 +468,13 @@ class Remat:
             page.dirty = True  # no host copy: the next eviction drops or copies it again
             for q in inputs:
                 self.table.touch(q)
+            # Used now, as far as the victim policy can tell: a page rebuilt
+            # (early, by a prefetch, or for a reader) and the inputs just
+            # brought back would otherwise look as stale as before and be the
+            # next victims, dropped again before the reader or a sibling's
+            # rebuild used them.
+            self.policy.note_use(inputs)
+            self.policy.note_use((page,))
             self.counters.recomputes += 1
         finally:
             for q in inputs:

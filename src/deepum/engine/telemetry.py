@@ -45,7 +45,7 @@ class Stats:
         "wasted_prefetches", "oom_retries", "overshoots", "ops", "dead_pages",
         "unpageable_pages", "chunked_ops", "optimizer_steps", "comm_holds", "drops",
         "recomputes", "bytes_dropped", "lineage_released", "overshoot_max_bytes",
-        "max_working_set_bytes",
+        "max_working_set_bytes", "plans", "planned_steps", "plan_departures", "planned_evictions",
     )
 
     def __init__(self) -> None:
@@ -157,5 +157,6 @@ class Telemetry:
             max_working_set_op=self.max_working_set_op,
             policy=self.policy.name,
             prediction_accuracy=self.policy.accuracy,
+            plan_seconds=self.plans.plan_seconds,
         )
         return out

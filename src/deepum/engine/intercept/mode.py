@@ -220,7 +220,9 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         if chunks is not None:
             return self._run_chunks(func, types, args, kwargs, chunks)
         call = self._recipe_call(plan, func, args, kwargs)
-        token = pager.timer.start(eid) if call is not None else None
+        # Every operator is timed in its first runs: a rebuild's cost, and the
+        # compute a planned copy can hide behind (engine/stepplan.py).
+        token = pager.timer.start(eid)
         try:
             out = self._call(plan, func, args, kwargs, est, pages)
         except BaseException:
@@ -238,6 +240,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
             # argument that is not part of it (a size list) is never underestimated twice.
             if new > est or guessed:
                 self.out_bytes[eid] = new
+                pager.costs.note_bytes(eid, new)
             elif eid not in self.out_bytes:
                 self.out_bytes[eid] = est
             self._finish(plan, eid, written)

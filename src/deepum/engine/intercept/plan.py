@@ -137,6 +137,9 @@ def hashable(x):
         return tuple(hashable(y) for y in x)
     if isinstance(x, dict):
         return tuple(sorted((k, hashable(v)) for k, v in x.items()))
+    if isinstance(x, torch.Generator):
+        # A generator made per batch is the same role each step (it hashes by identity).
+        return ("generator", x.device.type)
     try:
         hash(x)
     except TypeError:

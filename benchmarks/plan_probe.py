@@ -1,0 +1,88 @@
+"""What the planned step decides and where a planned step's time goes, for offline study.
+
+    python benchmarks/plan_probe.py MODEL BUDGET_BYTES [STEPS]    (writes to $OUT, default ./out)
+
+Trains the bench's MODEL (deepum.benchsuite) under BUDGET_BYTES on CUDA for
+STEPS steps (default 6), and writes:
+
+* ``plan_input.pkl``: the recorded step (core StepTrace), the stable keys,
+  the limit and the link speeds the planner was given, plus the host wall
+  time of each recorded operator, so the planner can be rerun and studied
+  on a machine without a GPU;
+* ``profile.txt``: the top of a cProfile of the last step;
+* one line per step: wall time and the pager's counters that moved.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import os
+import pickle
+import pstats
+import sys
+import time
+
+import torch
+
+import deepum
+import deepum.engine.stepplan as stepplan
+from deepum.benchsuite.models import Workload, adamw, standard_step
+
+OUT = os.environ.get("OUT") or "out"
+KEYS = ("faults", "drops", "recomputes", "prefetches", "late_prefetches", "evictions", "planned_evictions",
+        "bytes_to_host", "bytes_to_device", "plans", "plan_departures")
+
+
+def main() -> None:
+    model, budget = sys.argv[1], int(sys.argv[2])
+    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 6
+    os.makedirs(OUT, exist_ok=True)
+    walls: list[float] = []
+    original_after, original_plan = stepplan.StepPlans.after, stepplan.plan_repeating
+
+    def after(self, eid):
+        if self.mode == stepplan.RECORDING:
+            walls.append(time.perf_counter())
+        return original_after(self, eid)
+
+    def plan_repeating(trace, skeys, limit, **kw):
+        with open(os.path.join(OUT, "plan_input.pkl"), "wb") as f:
+            pickle.dump({"trace": trace, "skeys": skeys, "limit": limit, "kw": kw, "walls": list(walls)}, f)
+        walls.clear()
+        t0 = time.perf_counter()
+        plan = original_plan(trace, skeys, limit, **kw)
+        print(f"plan: {len(trace.ops)} ops, {len(trace.pages)} pages, {time.perf_counter() - t0:.2f} s, "
+              f"fits {plan.fits}, stats {plan.stats}", flush=True)
+        return plan
+
+    stepplan.StepPlans.after = after
+    stepplan.plan_repeating = plan_repeating
+    dev = torch.device("cuda", 0)
+    with deepum.oversubscribe(budget, dev) as session:
+        work = Workload(model, dev, dev)
+        step = standard_step(work, adamw(work.model, dev))
+        for i in range(steps):
+            batch = work.host_batch(i)
+            before = session.stats()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            prof = cProfile.Profile() if i == steps - 1 else None
+            if prof:
+                prof.enable()
+            step(batch)
+            torch.cuda.synchronize()
+            if prof:
+                prof.disable()
+            end = session.stats()
+            moved = {k: end[k] - before.get(k, 0) for k in KEYS}
+            print(f"step {i}: {time.perf_counter() - t0:.3f} s {moved}", flush=True)
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(45)
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
+    with open(os.path.join(OUT, "profile.txt"), "w") as f:
+        f.write(s.getvalue())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""The planned step: record one training step, plan it in the core, execute the plan after.
+
+[Note: the planned step]
+Training repeats one step. The online victim choice (core/remat_policy.py)
+sees only the past, so it drops a page that is needed two operators later or
+copies one it could have rebuilt for free. With one recorded step the core
+planner (core/planner.py) knows every page's next use, and decides for each
+page where it leaves the device, whether it is dropped or copied, and where
+its copy back starts. This file is the glue:
+
+* **Steps** are the spans between optimizer steps (the session's step hook
+  calls :meth:`StepPlans.boundary`). Positions in a step are the operators
+  the pager sees end, counted from the boundary.
+* **Recording** (the first step that runs under pressure, and every step
+  after one that left the plan): each operator's execution ID, the pages it
+  used, wrote and made, the recipes of those it made, and the pages the
+  program freed. Page IDs are a counter never reused; pages alive at the
+  boundary get theirs there.
+* **Planning** at the next boundary: the core's ``plan_repeating`` under the
+  limit less the headroom, operator seconds from the sampled timings
+  (engine/timing.py) or the fallback of core/costs.py.
+* **Running**: at each position the execution ID must be the recorded one;
+  the pages an operator makes take the planned IDs in order, and pages alive
+  at the boundary are found by their stable keys. After operator ``t`` the
+  planned evictions happen (dropped or copied as planned; a page that cannot
+  be dropped is copied) and the planned prefetches start. Faults, rebuilds
+  on use and the online choice when an operator is still short of room stay
+  as they are: the plan only moves work earlier.
+* **Leaving the plan**: a different execution ID, or a different number of
+  pages made, ends the plan for the rest of the step (the online choice
+  takes over: variable shapes, a validation pass) and the next step is
+  recorded again. A prefetch that arrives late is started earlier in the
+  next step (Capuchin's feedback, ``Plan.note_late``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+
+from ..core.pages import ARRIVING, RESIDENT, Page
+from ..core.planner import carry_over, plan_repeating
+from ..core.remat_policy import Action
+from ..core.replay import NEVER, uses_by_page
+from ..core.steptrace import Plan, TraceBuilder
+
+log = logging.getLogger("deepum")
+
+OFF, RECORDING, RUNNING = range(3)
+# Operators per step whose execution ID may differ from the recorded one
+# before the step counts as leaving the plan (see after()).
+MISMATCHES = 8
+
+
+class StepPlans:
+    """Owned by the pager: records steps, asks the core for a plan, runs it."""
+
+    def __init__(self, pager) -> None:
+        self.pager = pager
+        self.mode = OFF
+        # Session(plan=True); lru is demand paging, the baseline: it never plans.
+        self.enabled = pager.config.plan and pager.config.policy == "deepum"
+        # prefetch=False: the plan's evictions only; pages come back on use.
+        self.fetches = pager.config.prefetch
+        self.next_pid = 0
+        self.t = 0
+        self.builder: TraceBuilder | None = None
+        self.plan: Plan | None = None
+        self.eids: list[int] = []
+        self.births: list[tuple[int, ...]] = []
+        # Page ID the step begins with -> page ID of its heir at the step's end.
+        self.carry: dict[int, int] = {}
+        self.by_pid: dict[int, Page] = {}
+        self.using: list[Page] = []
+        self.written: list[Page] | tuple = ()
+        # The planned step's uses of each page ID (op positions) and its next
+        # use after the step: what the victim choice consults while steering.
+        self.uses: dict[int, list[int]] = {}
+        self.tail: dict[int, int] = {}
+        self.made: list[Page] = []
+        self.left = False  # the program left the plan in this step
+        self.mismatches = 0
+        self.plan_seconds = 0.0  # host time spent planning
+
+    @property
+    def steering(self) -> bool:
+        """A plan is in force at this operator (pre-eviction and DeepUM's window stand down)."""
+        return self.mode == RUNNING and not self.left
+
+    # ------------------------------------------------------------ boundaries
+    def boundary(self) -> None:
+        """An optimizer step ended: plan what was recorded, or go on with the plan."""
+        pager = self.pager
+        if not (self.enabled and pager.pressure):
+            return
+        st = pager.counters
+        if self.mode == RECORDING and self.builder is not None and self.builder.eids:
+            self._make_plan()
+        elif self.mode == RUNNING and not self.left and self.t == len(self.eids):
+            st.planned_steps += 1
+        elif self.mode == RUNNING:
+            st.plan_departures += 1
+            self.mode = RECORDING
+        else:
+            self.mode = RECORDING
+        self.t = 0
+        self.left = False
+        self.mismatches = 0
+        self.made = []
+        if self.mode == RECORDING:
+            self._start_recording()
+        else:
+            self._start_running()
+
+    def _start_recording(self) -> None:
+        builder = self.builder = TraceBuilder()
+        for page in self.pager.table.pages.values():
+            pid = page.pid = self._new_pid()
+            builder.existing(pid, page.skey, page.nbytes, resident=page.state <= ARRIVING,
+                             dirty=page.dirty or page.host is None, pageable=page.pageable)
+
+    def _make_plan(self) -> None:
+        pager, builder = self.pager, self.builder
+        costs = pager.costs
+        overhead = pager.rebuild_overhead_s
+
+        def op_seconds(eid: int) -> float:
+            s = costs.recompute_seconds(eid)
+            return s if s is not None else costs.launch_s
+
+        def rebuild_seconds(eid: int) -> float:
+            return overhead + op_seconds(eid)
+
+        t0 = time.perf_counter()
+        trace = builder.build(op_seconds, rebuild_seconds)
+        limit = pager.table.limit - pager.headroom - pager.table.unpageable_bytes
+        try:
+            plan = plan_repeating(trace, builder.skeys, limit, h2d_Bps=costs.h2d_Bps, d2h_Bps=costs.d2h_Bps)
+        except ValueError as e:  # a trace that does not add up: stay online, record again
+            log.info("deepum: step not planned (%s)", e)
+            self.builder = None
+            return
+        self.plan = plan
+        self.uses, self.tail = uses_by_page(trace)
+        self.eids = builder.eids
+        self.births = builder.creates
+        self.carry = carry_over(trace, builder.skeys)
+        self.builder = None
+        self.mode = RUNNING
+        pager.counters.plans += 1
+        self.plan_seconds += time.perf_counter() - t0
+        log.info("deepum: planned a step of %d operators in %.2f s (%d evictions, %d prefetches, "
+                 "%.1f ms of recompute, fits: %s)", len(self.eids), time.perf_counter() - t0,
+                 plan.stats.get("evictions", 0), len(plan.fetches), plan.recompute_seconds * 1e3,
+                 plan.fits)
+
+    def _start_running(self) -> None:
+        # The pages alive now carry the page IDs of the step that just ended
+        # (recorded or planned); each heir takes its planned role.
+        now = {page.pid: page for page in self.pager.table.pages.values()}
+        by_pid = self.by_pid = {}
+        for pid, heir in self.carry.items():
+            page = now.get(heir)
+            if page is not None:
+                by_pid[pid] = page
+        for pid, page in by_pid.items():
+            page.pid = pid
+        self._execute(-1)
+
+    def _new_pid(self) -> int:
+        self.next_pid += 1
+        return self.next_pid
+
+    # ------------------------------------------------------- per operator
+    def begin(self, pages: list[Page], written) -> None:
+        self.using = pages
+        self.written = written
+
+    def born(self, page: Page) -> None:
+        self.made.append(page)
+
+    def freed(self, page: Page) -> None:
+        if self.mode == RECORDING and self.builder is not None:
+            self.builder.free(page.pid)
+
+    def after(self, eid: int) -> None:
+        """Operator ``eid`` ended (the pager's end()): record it, or run the plan after it."""
+        made, uses, written = self.made, self.using, self.written
+        self.made, self.using, self.written = [], [], ()
+        t = self.t
+        self.t = t + 1
+        if self.mode == RECORDING:
+            self._record(eid, made, uses, written)
+        elif not self.left:
+            planned = self.births[t] if t < len(self.eids) else None
+            if planned is not None and self.eids[t] != eid:
+                # The same operator on pages named otherwise (a page made
+                # before paging began, say) still follows the plan; many do not.
+                self.mismatches += 1
+                if self.mismatches > MISMATCHES:
+                    planned = None
+            if planned is None or len(planned) != len(made):
+                self.left = True
+                return
+            for page, pid in zip(made, planned):
+                page.pid = pid
+                self.by_pid[pid] = page
+            self._execute(t)
+
+    def _record(self, eid: int, made: list[Page], uses: list[Page], written) -> None:
+        builder = self.builder
+        for page in uses:
+            if not builder.knows(page.pid):
+                page.pid = self._new_pid()  # made outside any operator seen (adopted mid-step)
+                builder.existing(page.pid, page.skey, page.nbytes, resident=True, dirty=True,
+                                 pageable=page.pageable)
+        creates = []
+        for page in made:
+            page.pid = self._new_pid()
+            creates.append((page.pid, page.skey, page.nbytes, page.pageable))
+        builder.op(eid, tuple(p.pid for p in uses), tuple(p.pid for p in written), creates)
+        for page in made:
+            r = page.recipe
+            if r is not None:
+                builder.recipe(page.pid, r.eid, tuple(q.pid for q in r.inputs))
+
+    def _execute(self, t: int) -> None:
+        """The plan's evictions after operator ``t``, then its prefetches."""
+        plan, by_pid = self.plan, self.by_pid
+        out = plan.evictions.get(t)
+        if out:
+            victims, drop = [], set()
+            for pid, action in out:
+                page = by_pid.get(pid)
+                if page is None or page.pins or page.state != RESIDENT or page.pid != pid:
+                    continue
+                victims.append(page)
+                if action == Action.DROP:
+                    drop.add(page)
+            if victims:
+                self.pager.evict(victims, lambda p: Action.DROP if p in drop else Action.COPY)
+                self.pager.counters.planned_evictions += len(victims)
+        fetch = plan.prefetches.get(t) if self.fetches else None
+        if fetch:
+            self.pager.prefetch_pages([by_pid.get(pid) for pid in fetch])
+
+    def victims(self, need: int, scan: int = 64) -> list[Page]:
+        """Pages to evict for ``need`` bytes when the step is short of room
+        despite the plan: Belady's choice, the ones the recorded step uses
+        furthest ahead (pages it does not know go first), among the ``scan``
+        least recently used unpinned pages, then the rest in LRU order."""
+        by_pid, uses, tail, t = self.by_pid, self.uses, self.tail, self.t
+        ranked, rest, found = [], [], 0
+        for page in self.pager.table.lru():
+            if page.pins:
+                continue
+            if len(ranked) < scan:
+                pid = page.pid
+                if by_pid.get(pid) is page and pid in uses:
+                    u = uses[pid]
+                    i = bisect.bisect_left(u, t)
+                    nu = u[i] if i < len(u) else tail.get(pid, NEVER)
+                else:
+                    nu = NEVER + 1
+                ranked.append((-nu, len(ranked), page))
+            elif found >= need:
+                break
+            else:
+                rest.append(page)
+            found += page.nbytes
+        ranked.sort()
+        chosen, got = [], 0
+        for page in [r[2] for r in ranked] + rest:
+            if got >= need:
+                break
+            chosen.append(page)
+            got += page.nbytes
+        return chosen
+
+    def late(self, page: Page) -> None:
+        """A planned prefetch was waited for: start it earlier next step."""
+        if self.steering and self.by_pid.get(page.pid) is page:
+            self.plan.note_late(page.pid)

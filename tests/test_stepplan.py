@@ -1,0 +1,132 @@
+"""The planned step (Session(plan=True)): record a step, plan it, execute the plan.
+
+Engine tests train on the cpu device and compare bits with a plain run, with
+the plan really in force (plans made, steps run under them, planned
+evictions counted). Core tests build traces by hand.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from deepum.core.planner import carry_over, plan_repeating, plan_step
+from deepum.core.remat_policy import Action
+from deepum.core.replay import NEVER
+from deepum.core.steptrace import OpSpec, PageSpec, StepTrace, TraceBuilder
+
+from . import models
+from .helpers import assert_identical, train, unconstrained_peak
+
+STEPS = 7
+CASES = {
+    "gpt2": (models.gpt2, models.token_batches, models.lm_loss),
+    "cnn_batchnorm": (models.cnn, models.cnn_batches, models.classify),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_planned_steps_are_bit_identical_and_follow_the_plan(name):
+    make = CASES[name]
+    ref = train(*make, STEPS)
+    budget = max(unconstrained_peak(*make, STEPS) // 3, 1 << 20)
+    got = train(*make, STEPS, budget=budget, plan=True)
+    assert_identical(ref, got)
+    st = got[3]
+    assert st["plans"] >= 1, st
+    assert st["planned_steps"] >= 2, st
+    assert st["planned_evictions"] > 0 and st["evictions"] > 0, st
+    assert st["peak_device_bytes"] <= budget, (st["peak_device_bytes"], budget)
+
+
+def test_a_step_that_changes_shape_leaves_the_plan_and_stays_exact():
+    # Variable sequence length: each step departs from the one recorded
+    # before it, falls back to the online choice and is recorded again.
+    def batches():
+        g = torch.Generator().manual_seed(5)
+        return [torch.randint(0, 256, (4, 16 + 8 * (i % 3)), generator=g) for i in range(8)]
+
+    make = (models.gpt2, batches, models.lm_loss)
+    ref = train(*make, 8)
+    budget = max(unconstrained_peak(*make, 8) // 3, 1 << 20)
+    got = train(*make, 8, budget=budget, plan=True)
+    assert_identical(ref, got)
+    st = got[3]
+    assert st["plans"] >= 1 and st["plan_departures"] >= 1, st
+    assert st["peak_device_bytes"] <= budget
+
+
+def test_lru_and_the_default_never_plan():
+    make = CASES["gpt2"]
+    budget = max(unconstrained_peak(*make, 4) // 3, 1 << 20)
+    for options in ({"policy": "lru", "plan": True}, {}):
+        st = train(*make, 4, budget=budget, **options)[3]
+        assert st["evictions"] > 0 and st["plans"] == 0 and st["planned_evictions"] == 0, (options, st)
+
+
+# ----------------------------------------------------------------- the core
+
+def test_trace_builder_frees_before_the_first_operator_count_after_it():
+    b = TraceBuilder()
+    b.existing(1, 10, 4, resident=True, dirty=True, pageable=True)
+    b.existing(2, 11, 4, resident=True, dirty=True, pageable=True)
+    b.free(1)  # the program let go before any operator of the step ended
+    b.op(7, (2,), (), [(3, 12, 4, True)])
+    b.recipe(3, 7, (2,))
+    b.recipe(3, 7, (99,))  # an input the step never saw: no recipe
+    trace = b.build(lambda eid: 1e-3, lambda eid: 2e-3)
+    trace.validate()
+    assert trace.ops[0].frees == (1,)
+    assert trace.pages[3].rebuild_seconds == 2e-3 and trace.pages[3].recipe_inputs == (2,)
+
+
+def _repeating_trace():
+    """A step that begins with last step's output ``old`` (role 50), frees it
+    unused, and makes a new one (``new``, role 50) from a parameter; between
+    them a large temporary must fit."""
+    pages = {
+        0: PageSpec(4, resident=True),                     # parameter, role 40
+        1: PageSpec(4, resident=True),                     # last step's output, role 50
+        2: PageSpec(4, rebuild_seconds=1e-6, recipe_inputs=(0,)),  # this step's output, role 50
+        3: PageSpec(8),                                    # a temporary
+    }
+    ops = [
+        OpSpec(0, 1e-3, uses=(0,), creates=(2,)),
+        OpSpec(1, 1e-3, uses=(0,), creates=(3,), frees=(1,)),
+        OpSpec(2, 1e-3, uses=(3, 0), frees=(3,)),
+    ]
+    return StepTrace(ops, pages), {0: 40, 1: 50, 2: 50}
+
+
+def test_carry_over_matches_roles_and_a_heir_freed_unused_is_dropped_for_nothing():
+    trace, skeys = _repeating_trace()
+    assert carry_over(trace, skeys) == {0: 0, 1: 2}
+    # The output is never read before the next step frees it: dropped for
+    # nothing, where a copy over a one-byte-per-second link would stall.
+    once = plan_step(trace, 16, h2d_Bps=1.0, d2h_Bps=1.0, tails={2: NEVER})
+    evicted = {pid: action for moves in once.evictions.values() for pid, action in moves}
+    assert once.fits and evicted == {2: Action.DROP}
+    # Planned as a repeating step the same holds.
+    plan = plan_repeating(trace, skeys, limit=16, h2d_Bps=1.0, d2h_Bps=1.0)
+    assert plan.fits and plan.evictions == once.evictions and not plan.fetches
+
+
+def test_long_chains_of_dropped_pages_plan_quickly():
+    # Each page is made from the one before and used once, then read again
+    # at the end: the planner drops them in a chain. Finding a page's next use
+    # through the dropped pages that need it once took exponential time.
+    n = 400
+    pages = {0: PageSpec(1, resident=True)}
+    ops = []
+    for i in range(1, n):
+        pages[i] = PageSpec(1, rebuild_seconds=1e-9, recipe_inputs=(i - 1,))
+        ops.append(OpSpec(i, 1e-3, uses=(i - 1,), creates=(i,)))
+    ops.append(OpSpec(n, 1e-3, uses=tuple(range(0, n, 7))))
+    trace = StepTrace(ops, pages)
+    t0 = time.perf_counter()
+    plan = plan_step(trace, limit=80, h2d_Bps=1.0, d2h_Bps=1.0)
+    assert time.perf_counter() - t0 < 10
+    assert plan.stats["evictions"] > 0
+    assert NEVER > n
