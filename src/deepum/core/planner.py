@@ -277,7 +277,64 @@ class _Prices:
         return stall + self.link_price * link
 
 
-class _Sweep(_Prices):
+class _Lineage(_Prices):
+    """The sweep's bookkeeping of dropped pages and the inputs they hold."""
+
+    pending: dict[int, set[int]]
+    depth: dict[int, int]
+    dead: set[int]
+    mem: int
+    push: Callable[[int], None]
+
+    def next_use(self, p: int) -> int:
+        """p's own next use, or sooner that of a dropped page whose rebuild needs it
+        (through chains of dropped pages; each page visited once)."""
+        nu = self.own_next(p)
+        stack, seen = list(self.pending.get(p, ())), set()
+        while stack:
+            r = stack.pop()
+            if r in seen:
+                continue
+            seen.add(r)
+            nu = min(nu, self.own_next(r))
+            stack.extend(self.pending.get(r, ()))
+        return nu
+
+    def let_go(self, r: int) -> None:
+        """Dropped page r and the dropped pages that need it are gone."""
+        stack = [r]
+        while stack:
+            x = stack.pop()
+            if self.state[x] != DROP:
+                continue
+            stack.extend(self.pending.get(x, ()))
+            self.depth.pop(x, None)
+            self.unhold(x)
+            self.release(x)
+
+    def unhold(self, r: int) -> None:
+        """Dropped page r was rebuilt or died: its recipe's inputs are free of it."""
+        for q in self.spec[r].recipe_inputs:
+            held = self.pending.get(q)
+            if held is None:
+                continue
+            held.discard(r)
+            if not held:
+                del self.pending[q]
+                if q in self.dead:
+                    if self.depth.pop(q, None) is not None:
+                        self.unhold(q)
+                    self.release(q)
+                else:
+                    self.push(q)
+
+    def release(self, p: int) -> None:
+        if self.state[p] in (RES, ARR):
+            self.mem -= self.spec[p].nbytes
+        self.state[p] = GONE
+
+
+class _Sweep(_Lineage):
     def __init__(self, trace: StepTrace, limit: int, h2d: float, d2h: float, k: int,
                  link_price: float) -> None:
         self.ops, self.spec, self.limit, self.k = trace.ops, trace.pages, limit, k
@@ -315,20 +372,6 @@ class _Sweep(_Prices):
     def own_next(self, p: int) -> int:
         u, i = self.uses[p], self.ptr[p]
         return u[i] if i < len(u) else self.tail[p]
-
-    def next_use(self, p: int) -> int:
-        """p's own next use, or sooner that of a dropped page whose rebuild needs it
-        (through chains of dropped pages; each page visited once)."""
-        nu = self.own_next(p)
-        stack, seen = list(self.pending.get(p, ())), set()
-        while stack:
-            r = stack.pop()
-            if r in seen:
-                continue
-            seen.add(r)
-            nu = min(nu, self.own_next(r))
-            stack.extend(self.pending.get(r, ()))
-        return nu
 
     def push(self, p: int) -> None:
         if self.state[p] == RES and self.spec[p].pageable:
@@ -383,12 +426,11 @@ class _Sweep(_Prices):
             for r in list(self.pending.get(w, ())):
                 if self.state[r] != DROP:
                     continue
-                if r in self.dead and not self.pending.get(r):
-                    # Freed, and no dropped page needs it: let go, not rebuilt
-                    # (as the glue does before a write).
-                    self.depth.pop(r, None)
-                    self.unhold(r)
-                    self.release(r)
+                if self.next_use(r) >= NEVER:
+                    # Nobody reads it, nor the dropped pages that need it,
+                    # again: let them go, not rebuilt (as the glue does
+                    # before a write when no tensor refers to them).
+                    self.let_go(r)
                 else:
                     need.add(r)
         stack = [p for p in need if self.state[p] == DROP]
@@ -553,23 +595,3 @@ class _Sweep(_Prices):
         for p in (*need, *self.ops[t].creates):
             self.push(p)
 
-    def unhold(self, r: int) -> None:
-        """Dropped page r was rebuilt or died: its recipe's inputs are free of it."""
-        for q in self.spec[r].recipe_inputs:
-            held = self.pending.get(q)
-            if held is None:
-                continue
-            held.discard(r)
-            if not held:
-                del self.pending[q]
-                if q in self.dead:
-                    if self.depth.pop(q, None) is not None:
-                        self.unhold(q)
-                    self.release(q)
-                else:
-                    self.push(q)
-
-    def release(self, p: int) -> None:
-        if self.state[p] in (RES, ARR):
-            self.mem -= self.spec[p].nbytes
-        self.state[p] = GONE

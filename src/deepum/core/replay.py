@@ -12,6 +12,8 @@ the operator needs, dropping a page that cannot be rebuilt).
 
 from __future__ import annotations
 
+import bisect
+
 from dataclasses import dataclass, field
 
 from .remat_policy import Action
@@ -80,6 +82,7 @@ class _Replay:
         self.now = self.h2d_free = self.d2h_free = 0.0
         self.r = SimResult()
         self.h2d_Bps = self.d2h_Bps = 1.0
+        self.uses, self.tail = uses_by_page(trace)
 
     def bandwidth(self, h2d: float, d2h: float) -> None:
         self.h2d_Bps, self.d2h_Bps = h2d, d2h
@@ -152,6 +155,27 @@ class _Replay:
                     if q in self.dead:
                         self.free(q)
 
+    def unused_from(self, r: int, t: int) -> list[int] | None:
+        """Dropped page r and the dropped pages that need it, if none is used
+        from op t on (nor after the step); else None."""
+        out, stack, seen = [], [r], {r}
+        while stack:
+            x = stack.pop()
+            u = self.uses[x]
+            if bisect.bisect_left(u, t) < len(u) or self.tail[x] < NEVER:
+                return None
+            out.append(x)
+            for y in self.holders.get(x, ()):
+                if y in self.dropped and y not in seen:
+                    seen.add(y)
+                    stack.append(y)
+        return out
+
+    def let_go(self, pages: list[int]) -> None:
+        for x in pages:
+            self.dropped.discard(x)
+            self.unhold(x)
+
     def free(self, p: int) -> None:
         if p in self.res:
             self.res.discard(p)
@@ -166,7 +190,14 @@ def _needs(trace: StepTrace, t: int, sim: _Replay) -> set[int]:
     op = trace.ops[t]
     need = set(op.uses)
     for w in op.writes:
-        need.update(r for r in sim.holders.get(w, ()) if r in sim.dropped)
+        for r in list(sim.holders.get(w, ())):
+            if r not in sim.dropped:
+                continue
+            gone = sim.unused_from(r, t)
+            if gone is None:
+                need.add(r)  # rebuilt before the write
+            else:
+                sim.let_go(gone)  # nobody reads them again: not rebuilt (as the planner and glue do)
     return need
 
 

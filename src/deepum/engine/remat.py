@@ -348,6 +348,29 @@ class Remat:
         self.counters.lineage_released += 1
         return True
 
+    def _dead_dropped(self, page: Page) -> list[Page] | None:
+        """``page`` (dropped) and the dropped pages whose rebuilds need it, if no
+        tensor refers to any of them (only recipes hold them); else None."""
+        out, stack, seen = [], [page], {page}
+        while stack:
+            x = stack.pop()
+            if x.pins or _use_count(x.key) != 1:
+                return None
+            out.append(x)
+            for r in x.readers or ():
+                if r.dropped and r not in seen:
+                    seen.add(r)
+                    stack.append(r)
+        return out
+
+    def _let_go(self, page: Page) -> None:
+        if page.state == DEAD:
+            return
+        for reader in lineage.readers(page):
+            self.void(reader)
+        self.retire(page)
+        self.counters.lineage_released += 1
+
     def _releasable(self, page: Page) -> bool:
         return (page.nbytes >= self.recompute_min_bytes and not page.pins
                 and _use_count(page.key) == 1 and not any(r.dropped for r in page.readers))
@@ -406,11 +429,13 @@ class Remat:
         """``page`` is about to be written: recipes that read it, and its own, stop being exact."""
         for reader in lineage.readers(page):
             if reader.dropped:
-                if reader.state != DEAD and self._releasable(reader):
-                    # Nothing but recipes refers to it and no dropped page
-                    # needs it: let it go rather than rebuild it to keep bits
-                    # nobody will read (its readers' recipes go with it).
-                    self._release_lineage(reader)
+                dead = self._dead_dropped(reader)
+                if dead is not None:
+                    # No tensor refers to it nor to any dropped page that
+                    # needs it: let them go rather than rebuild bits nobody
+                    # can read (their readers' recipes go with them).
+                    for x in dead:
+                        self._let_go(x)
                     continue
                 self.rebuild(reader)
             self.void(reader)
