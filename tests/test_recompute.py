@@ -100,6 +100,36 @@ def test_a_write_to_an_input_rebuilds_its_dropped_readers_first():
     assert st["drops"] > 0 and st["recomputes"] > 0, st
 
 
+def test_a_write_lets_go_of_dropped_lineage_no_tensor_refers_to():
+    # A chain longer than the depth limit: its first pages are dropped and
+    # only recipes hold them; the one past the limit is copied. A write to
+    # the chain's root must not rebuild the dropped group (no tensor can read
+    # it: the copied page keeps its bits), and the results stay exact.
+    torch.manual_seed(0)
+    x, w = torch.randn(64, 128), torch.randn(128, 128)
+
+    def chain(h):
+        t = h
+        for _ in range(MAX_DEPTH + 3):
+            t = t * 1.5
+        return t
+
+    ref_h = x @ w
+    ref_last = chain(ref_h)
+    ref_h.add_(1.0)
+    with _session() as s:
+        _all_recipes(s)
+        h = x @ w
+        last = chain(h)
+        before = s.stats()
+        h.add_(1.0)
+        after = s.stats()
+        got_h, got_last = h.clone(), last.clone()
+    assert torch.equal(got_h, ref_h) and torch.equal(got_last, ref_last)
+    assert after["lineage_released"] >= before["lineage_released"] + MAX_DEPTH - 1, (before, after)
+    assert after["recomputes"] == before["recomputes"], (before, after)
+
+
 def test_a_page_written_after_it_was_made_loses_its_recipe():
     torch.manual_seed(0)
     x, w = torch.randn(64, 128), torch.randn(128, 128)
