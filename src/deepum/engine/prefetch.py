@@ -126,6 +126,7 @@ class Prefetcher:
     def _arrive(self, pages: list[Page]) -> None:
         late = self.transfers.wait(pages)
         if late and self.plans.steering:
+            # Which of the batch was late is not told: all start earlier.
             for p in pages:
                 self.plans.late(p)
         st = self.counters

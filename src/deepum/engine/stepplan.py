@@ -19,15 +19,17 @@ its copy back starts. This file is the glue:
 * **Planning** at the next boundary: the core's ``plan_repeating`` under the
   limit less the headroom, operator seconds from the sampled timings
   (engine/timing.py) or the fallback of core/costs.py.
-* **Running**: at each position the execution ID must be the recorded one;
-  the pages an operator makes take the planned IDs in order, and pages alive
-  at the boundary are found by their stable keys. After operator ``t`` the
-  planned evictions happen (dropped or copied as planned; a page that cannot
-  be dropped is copied) and the planned prefetches start. Faults, rebuilds
-  on use and the online choice when an operator is still short of room stay
-  as they are: the plan only moves work earlier.
-* **Leaving the plan**: a different execution ID, or a different number of
-  pages made, ends the plan for the rest of the step (the online choice
+* **Running**: at each position the execution ID should be the recorded
+  one; the pages an operator makes take the planned IDs in order, and each
+  page alive at the boundary takes the ID of the page whose role it plays
+  (core/planner.py ``carry_over``: the same page, or its successor by stable
+  key). After operator ``t`` the planned evictions happen (dropped or copied
+  as planned; a page that cannot be dropped is copied) and the planned
+  prefetches start. Faults and rebuilds on use stay as they are; an operator
+  still short of room evicts by Belady's rule over the recorded next uses
+  (:meth:`StepPlans.victims`).
+* **Leaving the plan**: more than ``MISMATCHES`` different execution IDs,
+  or a different number of pages made, ends the plan for the rest of the step (the online choice
   takes over: variable shapes, a validation pass) and the next step is
   recorded again. A prefetch that arrives late is started earlier in the
   next step (Capuchin's feedback, ``Plan.note_late``).
