@@ -13,7 +13,6 @@ the operator needs, dropping a page that cannot be rebuilt).
 from __future__ import annotations
 
 import bisect
-
 from dataclasses import dataclass, field
 
 from .remat_policy import Action
