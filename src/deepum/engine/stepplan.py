@@ -41,13 +41,16 @@ import bisect
 import logging
 import time
 
-from ..core.pages import ARRIVING, RESIDENT, Page
+import torch
+
+from ..core.pages import ARRIVING, DEAD, RESIDENT, Page
 from ..core.planner import carry_over, plan_repeating
 from ..core.remat_policy import Action
 from ..core.replay import NEVER, uses_by_page
 from ..core.steptrace import Plan, TraceBuilder
 
 log = logging.getLogger("deepum")
+_use_count = torch._C._storage_Use_Count
 
 OFF, RECORDING, RUNNING = range(3)
 # Operators per step whose execution ID may differ from the recorded one
@@ -81,6 +84,8 @@ class StepPlans:
         self.uses: dict[int, list[int]] = {}
         self.tail: dict[int, int] = {}
         self.made: list[Page] = []
+        self.prev_uses: list[Page] = []
+        self.frees: list[tuple[int, ...]] = []  # per planned operator, the page IDs freed after it
         self.left = False  # the program left the plan in this step
         self.mismatches = 0
         self.plan_seconds = 0.0  # host time spent planning
@@ -110,6 +115,7 @@ class StepPlans:
         self.left = False
         self.mismatches = 0
         self.made = []
+        self.prev_uses = []
         if self.mode == RECORDING:
             self._start_recording()
         else:
@@ -145,6 +151,7 @@ class StepPlans:
             return
         self.plan = plan
         self.uses, self.tail = uses_by_page(trace)
+        self.frees = [op.frees for op in trace.ops]
         self.eids = builder.eids
         self.births = builder.creates
         self.carry = carry_over(trace, builder.skeys)
@@ -226,10 +233,22 @@ class StepPlans:
             r = page.recipe
             if r is not None:
                 builder.recipe(page.pid, r.eid, tuple(q.pid for q in r.inputs))
+        # The program's frees, not the storages' deaths: a page that recipes
+        # read outlives the program's last reference to it (a lineage node),
+        # and dies only when they let go. Recording when the program let go
+        # (checked on the pages the last two operators used, where it mostly
+        # happens) lets the plan count that memory as the program does; the
+        # runner then lets such a page go at that point (see _execute).
+        for page in (*self.prev_uses, *uses):
+            if page.readers and page.state != DEAD and _use_count(page.key) == 1:
+                builder.free(page.pid)
+        self.prev_uses = uses
 
     def _execute(self, t: int) -> None:
         """The plan's evictions after operator ``t``, then its prefetches."""
         plan, by_pid = self.plan, self.by_pid
+        if t >= 0:
+            self._let_go_freed(self.frees[t])
         out = plan.evictions.get(t)
         if out:
             victims, drop = [], set()
@@ -246,6 +265,16 @@ class StepPlans:
         fetch = plan.prefetches.get(t) if self.fetches else None
         if fetch:
             self.pager.prefetch_pages([by_pid.get(pid) for pid in fetch])
+
+    def _let_go_freed(self, pids) -> None:
+        """Pages the program let go here in the recorded step, and no dropped
+        page needs, are let go now (their readers keep their bits, not their
+        recipes), as the plan counted them."""
+        for pid in pids:
+            page = self.by_pid.get(pid)
+            if (page is not None and page.readers and page.state != DEAD and not page.pins
+                    and _use_count(page.key) == 1 and not any(r.dropped for r in page.readers)):
+                self.pager._let_go(page)
 
     def victims(self, need: int, scan: int = 64) -> list[Page]:
         """Pages to evict for ``need`` bytes when the step is short of room
