@@ -39,6 +39,11 @@ def test_planned_steps_are_bit_identical_and_follow_the_plan(name):
     assert st["planned_steps"] >= 2, st
     assert st["planned_evictions"] > 0 and st["evictions"] > 0, st
     assert st["peak_device_bytes"] <= budget, (st["peak_device_bytes"], budget)
+    # The engine follows the plan: most evictions are planned, and pages
+    # come back ahead of use far more often than under the online choice.
+    online = train(*make, STEPS, budget=budget)[3]
+    assert st["planned_evictions"] > st["evictions"] / 2, st
+    assert st["faults"] < online["faults"] / 2, (st["faults"], online["faults"])
 
 
 def test_a_step_that_changes_shape_leaves_the_plan_and_stays_exact():
