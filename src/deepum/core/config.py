@@ -108,7 +108,7 @@ class Config:
     host_access: bool = True
     # Record one training step, plan it (core/planner.py) and execute the
     # plan in the steps after (engine/stepplan.py). Experimental: off by
-    # default until it beats the online choice on the GPU
+    # default until it is measured faster than the online choice on the GPU
     # (docs/BENCHMARKS.md, session 5).
     plan: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
