@@ -14,7 +14,7 @@ import torch
 
 from deepum.core.planner import carry_over, plan_repeating, plan_step
 from deepum.core.remat_policy import Action
-from deepum.core.replay import NEVER
+from deepum.core.replay import NEVER, simulate
 from deepum.core.steptrace import OpSpec, PageSpec, StepTrace, TraceBuilder
 
 from . import models
@@ -116,6 +116,34 @@ def test_carry_over_matches_roles_and_a_heir_freed_unused_is_dropped_for_nothing
     # Planned as a repeating step the same holds.
     plan = plan_repeating(trace, skeys, limit=16, h2d_Bps=1.0, d2h_Bps=1.0)
     assert plan.fits and plan.evictions == once.evictions and not plan.fetches
+
+
+def test_a_freed_input_is_kept_as_lineage_so_its_reader_can_be_dropped():
+    # a is made from a parameter and freed once b is made from it; later b
+    # must leave the device for a large temporary. Kept as a dropped lineage
+    # node (no memory), a lets b be dropped and rebuilt; let go, it would
+    # leave only a copy of b over a slow link.
+    pages = {
+        0: PageSpec(4, resident=True),                                   # parameter
+        1: PageSpec(8, rebuild_seconds=1e-6, recipe_inputs=(0,)),        # a
+        2: PageSpec(8, rebuild_seconds=1e-6, recipe_inputs=(1,)),        # b
+        3: PageSpec(12),                                                 # temporary
+    }
+    ops = [
+        OpSpec(0, 1e-3, uses=(0,), creates=(1,)),
+        OpSpec(1, 1e-3, uses=(1,), creates=(2,), frees=(1,)),
+        OpSpec(2, 1e-3, creates=(3,), frees=(3,)),
+        OpSpec(3, 1e-3, uses=(2, 0)),
+    ]
+    trace = StepTrace(ops, pages)
+    plan = plan_step(trace, limit=20, h2d_Bps=1.0, d2h_Bps=1.0)
+    assert plan.fits
+    assert plan.kept == {1: (2,)}
+    evicted = [move for moves in plan.evictions.values() for move in moves]
+    assert (1, Action.DROP) in evicted and (2, Action.DROP) in evicted
+    assert not plan.fetches
+    sim = simulate(trace, plan, 20)
+    assert sim.over_limit == [] and sim.h2d_bytes == 0 and sim.d2h_bytes == 0
 
 
 def test_long_chains_of_dropped_pages_plan_quickly():

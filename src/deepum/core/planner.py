@@ -588,10 +588,41 @@ class _Sweep(_Lineage):
                 self.unhold(p)
         for p in self.ops[t].frees:
             self.dead.add(p)
-            if not self.pending.get(p):  # else a lineage node, holding its own inputs
-                if self.depth.pop(p, None) is not None:
-                    self.unhold(p)
-                self.release(p)
+            if self.pending.get(p) or self.keep(t, p):
+                continue  # a lineage node, holding its own inputs
+            self.depth.pop(p, None)
+            self.unhold(p)
+            self.release(p)
         for p in (*need, *self.ops[t].creates):
             self.push(p)
+
+    def keep(self, t: int, p: int) -> bool:
+        """Drop p where the program frees it, rather than let it go, when pages
+        with recipes that read it live on: it holds no memory, and they can
+        still be dropped later instead of copied (DTR's lineage). Returns
+        whether it was kept."""
+        s = self.spec[p]
+        if self.state[p] != RES or not s.pageable or s.rebuild_seconds is None or p in self.broken:
+            return False
+        if any(self.state[q] not in (RES, ARR, OUT, DROP) for q in s.recipe_inputs):
+            return False
+        depth = 1 + max((self.depth[q] for q in s.recipe_inputs if self.state[q] == DROP), default=0)
+        if depth > MAX_DEPTH:
+            return False
+        holders = {r for r in self.readers.get(p, ()) if self.state[r] in (RES, ARR, OUT)
+                   and self.spec[r].rebuild_seconds is not None and r not in self.broken
+                   and self.own_next(r) < NEVER}
+        if not holders:
+            return False
+        self.plan.evictions.setdefault(t, []).append((p, Action.DROP))
+        self.plan.kept[p] = tuple(sorted(holders))
+        self.plan.stats["evictions"] += 1
+        self.mem -= s.nbytes
+        self.state[p] = DROP
+        self.depth[p] = depth
+        self.pending[p] = holders
+        for q in s.recipe_inputs:
+            self.pending.setdefault(q, set()).add(p)
+            self.push(q)
+        return True
 

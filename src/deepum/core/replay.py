@@ -82,12 +82,15 @@ class _Replay:
         self.r = SimResult()
         self.h2d_Bps = self.d2h_Bps = 1.0
         self.uses, self.tail = uses_by_page(trace)
+        self.kept: set[int] = set()
 
     def bandwidth(self, h2d: float, d2h: float) -> None:
         self.h2d_Bps, self.d2h_Bps = h2d, d2h
 
     def slot(self, i: int, need: set[int]) -> None:
         for p, action in self.plan.evictions_after(i):
+            if p in self.kept:
+                continue  # dropped where the program freed it (keep())
             if p in need or p not in self.res or p in self.arrive:
                 raise ValueError(f"plan evicts page {p} after op {i}, which is not resident or is needed next")
             self.res.discard(p)
@@ -175,13 +178,24 @@ class _Replay:
             self.dropped.discard(x)
             self.unhold(x)
 
+    def keep(self, p: int, holders: tuple[int, ...]) -> None:
+        """The plan drops p where the program frees it, for ``holders``' recipes."""
+        if p not in self.res:
+            raise ValueError(f"plan keeps page {p}, which is not resident when freed")
+        self.kept.add(p)
+        self.res.discard(p)
+        self.mem -= self.spec[p].nbytes
+        self.dropped.add(p)
+        for q in self.spec[p].recipe_inputs:
+            self.holders.setdefault(q, set()).add(p)
+        self.holders[p] = set(holders)
+
     def free(self, p: int) -> None:
         if p in self.res:
             self.res.discard(p)
             self.mem -= self.spec[p].nbytes
-        if p in self.dropped:
-            self.dropped.discard(p)
-            self.unhold(p)
+        self.dropped.discard(p)
+        self.unhold(p)  # (a page no dropped page reads holds nothing: a no-op)
         self.arrive.pop(p, None)
 
 
@@ -230,6 +244,9 @@ def simulate(trace: StepTrace, plan: Plan, limit: int, h2d_Bps: float | None = N
         for p in sim.rebuilt:
             sim.unhold(p)
         sim.rebuilt.clear()
+        for p, _ in plan.evictions_after(t):
+            if p in plan.kept and p in op.frees:
+                sim.keep(p, plan.kept[p])
         for p in op.frees:
             sim.dead.add(p)
             if not sim.holders.get(p):

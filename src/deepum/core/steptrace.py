@@ -128,6 +128,9 @@ class Plan:
     stats: dict[str, int] = field(default_factory=dict)
     # Pages on the device (or arriving) after the last operator.
     final: set[int] = field(default_factory=set)
+    # Pages dropped where the program frees them, kept (holding no memory)
+    # for the recipes of the pages listed, which may be dropped later.
+    kept: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def fits(self) -> bool:

@@ -248,7 +248,7 @@ class StepPlans:
         """The plan's evictions after operator ``t``, then its prefetches."""
         plan, by_pid = self.plan, self.by_pid
         if t >= 0:
-            self._let_go_freed(self.frees[t])
+            self._let_go_freed(self.frees[t], plan.kept)
         out = plan.evictions.get(t)
         if out:
             victims, drop = [], set()
@@ -266,11 +266,14 @@ class StepPlans:
         if fetch:
             self.pager.prefetch_pages([by_pid.get(pid) for pid in fetch])
 
-    def _let_go_freed(self, pids) -> None:
+    def _let_go_freed(self, pids, kept) -> None:
         """Pages the program let go here in the recorded step, and no dropped
         page needs, are let go now (their readers keep their bits, not their
-        recipes), as the plan counted them."""
+        recipes), as the plan counted them; those the plan keeps as lineage
+        (``kept``) are dropped by its evictions instead."""
         for pid in pids:
+            if pid in kept:
+                continue
             page = self.by_pid.get(pid)
             if (page is not None and page.readers and page.state != DEAD and not page.pins
                     and _use_count(page.key) == 1 and not any(r.dropped for r in page.readers)):
