@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import statistics
 import time
@@ -139,38 +140,14 @@ def identity_check(name: str, device: torch.device, steps: int) -> dict:
             "losses": l1, "ok": deterministic and same and peak1 <= budget and stats["evictions"] > 0}
 
 
-class EnergyCounter:
-    """Joules the GPU used since this was opened, from NVML's energy counter (as deepum's stats count them).
-
-    The harness keeps its own copy of engine/energy.py's counter because
-    gpu_round.py runs it against other commits' engines (--old-src), which
-    may not have that module.
-    """
-
-    def __init__(self, nvml, handle) -> None:
-        self.nvml, self.handle = nvml, handle
-        self.start = nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-
-    @classmethod
-    def open(cls, device: torch.device) -> EnergyCounter | None:
-        if device.type != "cuda":
-            return None
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            # NVML numbers devices as the driver does; under CUDA_VISIBLE_DEVICES
-            # CUDA's index may differ, so match by PCI address where torch has it.
-            props = torch.cuda.get_device_properties(device)
-            if hasattr(props, "pci_bus_id"):
-                address = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
-                return cls(pynvml, pynvml.nvmlDeviceGetHandleByPciBusId(address))
-            return cls(pynvml, pynvml.nvmlDeviceGetHandleByIndex(device.index or 0))
-        except Exception:  # no NVML, no permission, no energy counter: the row goes without joules
-            return None
-
-    def joules(self) -> float:
-        return (self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) - self.start) / 1000.0
+def _energy_counter(device: torch.device):
+    """engine/energy.py's counter, loaded from this tree by path: gpu_round.py runs
+    the harness against other commits' engines (--old-src), which may lack it."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine", "energy.py")
+    spec = importlib.util.spec_from_file_location("_deepum_harness_energy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Energy.open(device)
 
 
 def _build_step(model: str, method: str, device: torch.device, session):
@@ -189,7 +166,7 @@ def _timed_steps(step, work: Workload, device: torch.device, session, phases, wa
     """Run warm-up and measured steps; the batch of each is made before its clock starts, as a loader would."""
     import psutil
 
-    energy = EnergyCounter.open(device)
+    energy = _energy_counter(device)
     times, before, joules0, fourth = [], {}, None, None
     proc = psutil.Process()
     host_peak = proc.memory_info().rss

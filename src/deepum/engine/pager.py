@@ -199,9 +199,10 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         if not self.pressure and table.resident_bytes > self.pressure_bytes:
             self._pressure_begins()
         plans = self.plans
+        steering = False
         if plans.mode:
             plans.after(eid)
-        steering = plans.steering
+            steering = plans.steering
         if self.prefetch_enabled and self.pressure and not steering:
             self.transfers.release_finished()
             self._prefetch_ahead(eid)

@@ -220,9 +220,10 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         if chunks is not None:
             return self._run_chunks(func, types, args, kwargs, chunks)
         call = self._recipe_call(plan, func, args, kwargs)
-        # Every operator is timed in its first runs: a rebuild's cost, and the
-        # compute a planned copy can hide behind (engine/stepplan.py).
-        token = pager.timer.start(eid)
+        # Timed in their first runs: operators with recipes (a rebuild's cost)
+        # and, for a planned step, every operator (the compute a planned copy
+        # can hide behind, engine/stepplan.py).
+        token = pager.timer.start(eid) if call is not None or pager.plans.enabled else None
         try:
             out = self._call(plan, func, args, kwargs, est, pages)
         except BaseException:
