@@ -10,6 +10,9 @@ STEPS steps (default 6), and writes:
   time of each recorded operator, so the planner can be rerun and studied
   on a machine without a GPU;
 * ``profile.txt``: the top of a cProfile of the last step;
+* ``residency.json``: for each planned step, per operator, the bytes
+  the engine held after it against the bytes the plan counted while it ran,
+  and the evictions the engine made beyond the plan's;
 * one line per step: wall time and the pager's counters that moved.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import cProfile
 import io
+import json
 import os
 import pickle
 import pstats
@@ -31,7 +35,8 @@ from deepum.benchsuite.models import Workload, adamw, standard_step
 
 OUT = os.environ.get("OUT") or "out"
 KEYS = ("faults", "drops", "recomputes", "prefetches", "late_prefetches", "evictions", "planned_evictions",
-        "bytes_to_host", "bytes_to_device", "plans", "plan_departures")
+        "bytes_to_host", "bytes_to_device", "plans", "plan_departures", "plan_over_ops",
+        "plan_short_evictions")
 
 
 def main() -> None:
@@ -41,10 +46,25 @@ def main() -> None:
     walls: list[float] = []
     original_after, original_plan = stepplan.StepPlans.after, stepplan.plan_repeating
 
+    residency: list[tuple] = []
+    step_no = [0]
+
     def after(self, eid):
         if self.mode == stepplan.RECORDING:
             walls.append(time.perf_counter())
-        return original_after(self, eid)
+        t, steering = self.t, self.steering
+        short = self.pager.counters.plan_short_evictions
+        out = original_after(self, eid)
+        if steering and t < len(self.plan.resident):
+            residency.append((step_no[0], t, eid, self.eids[t], self.pager.table.resident_bytes,
+                              self.plan.resident[t], short))
+        return out
+
+    original_boundary = stepplan.StepPlans.boundary
+
+    def boundary(self):
+        step_no[0] += 1
+        return original_boundary(self)
 
     def plan_repeating(trace, skeys, limit, **kw):
         with open(os.path.join(OUT, "plan_input.pkl"), "wb") as f:
@@ -57,9 +77,10 @@ def main() -> None:
         return plan
 
     stepplan.StepPlans.after = after
+    stepplan.StepPlans.boundary = boundary
     stepplan.plan_repeating = plan_repeating
     dev = torch.device("cuda", 0)
-    with deepum.oversubscribe(budget, dev) as session:
+    with deepum.oversubscribe(budget, dev, plan=True) as session:
         work = Workload(model, dev, dev)
         step = standard_step(work, adamw(work.model, dev))
         for i in range(steps):
@@ -77,6 +98,9 @@ def main() -> None:
             end = session.stats()
             moved = {k: end[k] - before.get(k, 0) for k in KEYS}
             print(f"step {i}: {time.perf_counter() - t0:.3f} s {moved}", flush=True)
+    with open(os.path.join(OUT, "residency.json"), "w") as f:
+        json.dump({"columns": ["step", "t", "eid", "planned_eid", "engine_bytes", "plan_bytes",
+                               "short_evictions_before"], "rows": residency}, f)
     s = io.StringIO()
     pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(45)
     pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)

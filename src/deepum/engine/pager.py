@@ -203,8 +203,10 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         if plans.mode:
             plans.after(eid)
             steering = plans.steering
-        if self.prefetch_enabled and self.pressure and not steering:
+        if self.pressure:
+            # Storages kept alive for their copy in: a planned step prefetches too.
             self.transfers.release_finished()
+        if self.prefetch_enabled and self.pressure and not steering:
             self._prefetch_ahead(eid)
         elif self.pressure and self.policy.prefetches:
             # prefetch=False keeps the policy's victim choice, which needs
@@ -244,6 +246,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             # Short of room despite the plan: the recorded step still says
             # which pages are needed last (stepplan.py).
             victims = self.plans.victims(need)
+            self.counters.plan_short_evictions += len(victims)
         else:
             victims = self.policy.choose_victims(need, protect_window=protect_window)
         if victims:

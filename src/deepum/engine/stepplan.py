@@ -215,6 +215,11 @@ class StepPlans:
             for page, pid in zip(made, planned):
                 page.pid = pid
                 self.by_pid[pid] = page
+            over = self.pager.table.resident_bytes - self.plan.resident[t]
+            if over > self.plan.limit // 64:
+                # The engine holds more than the plan counted here: what makes
+                # the step short of room despite the plan (plan_short_evictions).
+                self.pager.counters.plan_over_ops += 1
             self._execute(t)
 
     def _record(self, eid: int, made: list[Page], uses: list[Page], written) -> None:
