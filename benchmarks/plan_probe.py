@@ -1,9 +1,10 @@
 """What the planned step decides and where a planned step's time goes, for offline study.
 
-    python benchmarks/plan_probe.py MODEL BUDGET_BYTES [STEPS]    (writes to $OUT, default ./out)
+    python benchmarks/plan_probe.py MODEL BUDGET_BYTES [STEPS [plan|online]]    (writes to $OUT, default ./out)
 
 Trains the bench's MODEL (deepum.benchsuite) under BUDGET_BYTES on CUDA for
-STEPS steps (default 6), and writes:
+STEPS steps (default 6), with the planned step (default) or the online choice,
+and writes:
 
 * ``plan_input.pkl``: the recorded step (core StepTrace), the stable keys,
   the limit and the link speeds the planner was given, plus the host wall
@@ -37,11 +38,13 @@ OUT = os.environ.get("OUT") or "out"
 KEYS = ("faults", "drops", "recomputes", "prefetches", "late_prefetches", "evictions", "planned_evictions",
         "bytes_to_host", "bytes_to_device", "plans", "plan_departures", "plan_over_ops",
         "plan_short_evictions")
+ALLOC = ("num_alloc_retries", "num_sync_all_streams", "num_device_alloc", "num_device_free")
 
 
 def main() -> None:
     model, budget = sys.argv[1], int(sys.argv[2])
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 6
+    planned = (sys.argv[4] if len(sys.argv) > 4 else "plan") == "plan"
     os.makedirs(OUT, exist_ok=True)
     walls: list[float] = []
     original_after, original_plan = stepplan.StepPlans.after, stepplan.plan_repeating
@@ -80,23 +83,36 @@ def main() -> None:
     stepplan.StepPlans.boundary = boundary
     stepplan.plan_repeating = plan_repeating
     dev = torch.device("cuda", 0)
-    with deepum.oversubscribe(budget, dev, plan=True) as session:
+    with deepum.oversubscribe(budget, dev, plan=planned) as session:
         work = Workload(model, dev, dev)
         step = standard_step(work, adamw(work.model, dev))
         for i in range(steps):
             batch = work.host_batch(i)
             before = session.stats()
+            alloc0 = torch.cuda.memory_stats(dev)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            prof = cProfile.Profile() if i == steps - 1 else None
-            if prof:
+            if i == steps - 2:
+                prof = cProfile.Profile()
                 prof.enable()
-            step(batch)
-            torch.cuda.synchronize()
-            if prof:
+                step(batch)
+                torch.cuda.synchronize()
                 prof.disable()
+            elif i == steps - 1:
+                acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+                with torch.profiler.profile(activities=acts) as kin:
+                    step(batch)
+                    torch.cuda.synchronize()
+                with open(os.path.join(OUT, "kineto.txt"), "w") as f:
+                    f.write(kin.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+                    f.write(kin.key_averages().table(sort_by="self_cuda_time_total", row_limit=25))
+            else:
+                step(batch)
+                torch.cuda.synchronize()
             end = session.stats()
+            alloc1 = torch.cuda.memory_stats(dev)
             moved = {k: end[k] - before.get(k, 0) for k in KEYS}
+            moved.update({k: alloc1.get(k, 0) - alloc0.get(k, 0) for k in ALLOC})
             print(f"step {i}: {time.perf_counter() - t0:.3f} s {moved}", flush=True)
     with open(os.path.join(OUT, "residency.json"), "w") as f:
         json.dump({"columns": ["step", "t", "eid", "planned_eid", "engine_bytes", "plan_bytes",
