@@ -163,3 +163,33 @@ def test_long_chains_of_dropped_pages_plan_quickly():
     assert time.perf_counter() - t0 < 10
     assert plan.stats["evictions"] > 0
     assert NEVER > n
+
+
+def test_recording_sees_a_lineage_page_let_go_long_after_its_last_use():
+    # a's storage outlives the program's reference (b's recipe holds it), so
+    # its death says nothing: the recording must notice that the program let
+    # go of it, here four operators after its last use (as autograd lets go
+    # of a saved tensor only when its node ends), or the plan counts a's
+    # memory to the end of the step.
+    import deepum
+
+    with deepum.oversubscribe(4 << 20, "cpu", plan=True) as session:
+        pager = session.pager
+        x = torch.ones(1 << 16)  # 256 KiB pages: above the recipes' minimum size
+        pager._pressure_begins()
+        pager.plans.boundary()  # starts recording
+        builder = pager.plans.builder
+        assert builder is not None
+        before = set(pager.table.pages)
+        a = x * 2
+        (key_a,) = set(pager.table.pages) - before
+        b = a + 1  # b's recipe reads a
+        page_a = pager.table.pages[key_a]
+        assert page_a.readers
+        ys = [x * k for k in range(3, 7)]  # operators that do not touch a
+        assert not any(page_a.pid in frees for frees in builder.frees)
+        del a
+        z = x + 7
+        freed_at = [i for i, frees in enumerate(builder.frees) if page_a.pid in frees]
+        assert freed_at == [len(builder.frees) - 1], freed_at  # after z, the first op since the del
+        del b, ys, z

@@ -208,10 +208,11 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             self.transfers.release_finished()
         if self.prefetch_enabled and self.pressure and not steering:
             self._prefetch_ahead(eid)
-        elif self.pressure and self.policy.prefetches:
+        elif self.pressure and self.policy.prefetches and not steering:
             # prefetch=False keeps the policy's victim choice, which needs
-            # the prediction window: it observes without fetching. So does a
-            # planned step, for when the program leaves the plan.
+            # the prediction window: it observes without fetching. A planned
+            # step does not: the plan chooses, and when the program leaves
+            # it the window refills within the operators it spans.
             self.policy.observe(eid)
         # A planned step keeps no headroom of its own: the plan left room
         # for what comes next (see [Note: the planned step]).

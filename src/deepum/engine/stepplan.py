@@ -84,7 +84,9 @@ class StepPlans:
         self.uses: dict[int, list[int]] = {}
         self.tail: dict[int, int] = {}
         self.made: list[Page] = []
-        self.prev_uses: list[Page] = []
+        # Pages that recipes read, used in the recorded step and not yet let
+        # go by the program (see _record).
+        self.watch: dict[int, Page] = {}
         self.frees: list[tuple[int, ...]] = []  # per planned operator, the page IDs freed after it
         self.left = False  # the program left the plan in this step
         self.mismatches = 0
@@ -115,7 +117,7 @@ class StepPlans:
         self.left = False
         self.mismatches = 0
         self.made = []
-        self.prev_uses = []
+        self.watch = {}
         if self.mode == RECORDING:
             self._start_recording()
         else:
@@ -241,13 +243,23 @@ class StepPlans:
         # The program's frees, not the storages' deaths: a page that recipes
         # read outlives the program's last reference to it (a lineage node),
         # and dies only when they let go. Recording when the program let go
-        # (checked on the pages the last two operators used, where it mostly
-        # happens) lets the plan count that memory as the program does; the
-        # runner then lets such a page go at that point (see _execute).
-        for page in (*self.prev_uses, *uses):
-            if page.readers and page.state != DEAD and _use_count(page.key) == 1:
-                builder.free(page.pid)
-        self.prev_uses = uses
+        # (its storage's use count falls to the recipes' one reference) lets
+        # the plan count that memory as the program does; the runner then
+        # lets such a page go at that point (see _execute). Autograd lets go
+        # of a saved tensor when its node ends, which can be many operators
+        # after the tensor's last use, so every such page used in the step is
+        # watched until it is let go (the recording step only).
+        watch = self.watch
+        for page in uses:
+            if page.readers:
+                watch[page.pid] = page
+        if watch:
+            gone = [pid for pid, page in watch.items()
+                    if page.state == DEAD or page.pid != pid or _use_count(page.key) == 1]
+            for pid in gone:
+                page = watch.pop(pid)
+                if page.state != DEAD and page.pid == pid:
+                    builder.free(pid)
 
     def _execute(self, t: int) -> None:
         """The plan's evictions after operator ``t``, then its prefetches."""

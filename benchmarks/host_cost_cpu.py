@@ -1,0 +1,77 @@
+"""Host time per operator of a paged step, on the cpu tier, where compute is negligible.
+
+    python benchmarks/host_cost_cpu.py [SRC]
+
+A GPT-2 of 4 tiny layers (d=64, batch 2 x 32) has operators of a few
+microseconds, so its step time is the interception's host time. Prints, per
+operator of a step (one thread, median of 6 steps after 4): plain, deepum
+with a budget never reached, and deepum at 1/2 of the peak with the online
+choice and with the planned step; with the counts of events per step. On a
+GPU a paged step is bound by this host time (docs/BENCHMARKS.md, session 6).
+SRC puts another copy of deepum's src/ first on the path (another commit).
+"""
+
+import statistics
+import sys
+import time
+
+import torch
+
+if len(sys.argv) > 1:
+    sys.path.insert(0, sys.argv[1])
+
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+import deepum  # noqa: E402
+
+torch.set_num_threads(1)
+KEYS = ("ops", "evictions", "faults", "recomputes", "prefetches", "planned_evictions")
+
+
+def make():
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=4, n_embd=64, n_head=4, vocab_size=512, n_positions=32, resid_pdrop=0,
+                     embd_pdrop=0, attn_pdrop=0, attn_implementation="sdpa")
+    model = GPT2LMHeadModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+
+    def step(i):
+        x = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(i))
+        model(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def timed(step, session=None):
+    for i in range(4):
+        step(i)
+    before = session.stats() if session else {}
+    times = []
+    for i in range(4, 10):
+        t0 = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - t0)
+    after = session.stats() if session else {}
+    moved = {k: (after[k] - before.get(k, 0)) / 6 for k in KEYS if k in after}
+    return statistics.median(times), moved
+
+
+def main() -> None:
+    plain, _ = timed(make())
+    with deepum.oversubscribe(1.0, "cpu") as s:
+        quiet, moved = timed(make(), s)
+    ops = moved["ops"]
+    peak = s.stats()["peak_managed_bytes"]
+    rows = [("plain", plain, {}), ("deepum, budget never reached", quiet, moved)]
+    for name, opts in (("deepum 1/2, online", {}), ("deepum 1/2, plan", {"plan": True})):
+        with deepum.oversubscribe(int(peak * 0.5), "cpu", **opts) as s:
+            rows.append((name, *timed(make(), s)))
+    print(f"{deepum.__file__}: {ops:.0f} operators a step")
+    for name, t, moved in rows:
+        counts = " ".join(f"{k}={v:.0f}" for k, v in moved.items() if k != "ops")
+        print(f"{name:32s} {t * 1e3:8.1f} ms/step {t / ops * 1e6:7.1f} us/op  {counts}")
+
+
+if __name__ == "__main__":
+    main()
