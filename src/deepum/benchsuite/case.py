@@ -101,8 +101,9 @@ def link_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> dict:
     return out
 
 
-def identity_check(name: str, device: torch.device, steps: int) -> dict:
-    """Plain twice (is the reference itself deterministic?) and deepum at a third of the peak."""
+def identity_check(name: str, device: torch.device, steps: int, options: dict | None = None) -> dict:
+    """Plain twice (is the reference itself deterministic?) and deepum at a third of the peak
+    (with the session ``options``, e.g. plan=True)."""
     import deepum
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -112,7 +113,8 @@ def identity_check(name: str, device: torch.device, steps: int) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        session = deepum.oversubscribe(budget or 1.0, device) if budget or device.type == "cpu" else None
+        opts = (options or {}) if budget else {}
+        session = deepum.oversubscribe(budget or 1.0, device, **opts) if budget or device.type == "cpu" else None
         if session:
             session.__enter__()
         try:
@@ -137,6 +139,7 @@ def identity_check(name: str, device: torch.device, steps: int) -> dict:
             "budget_bytes": budget, "peak_device_bytes": peak1, "fits": peak1 <= budget,
             "evictions": stats["evictions"], "faults": stats["faults"], "prefetches": stats["prefetches"],
             "drops": stats.get("drops", 0), "recomputes": stats.get("recomputes", 0),
+            "planned_steps": stats.get("planned_steps", 0), "planned_evictions": stats.get("planned_evictions", 0),
             "losses": l1, "ok": deterministic and same and peak1 <= budget and stats["evictions"] > 0}
 
 
@@ -232,7 +235,7 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
            "torch": torch.__version__, "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "date": time.strftime("%Y-%m-%d")}
     if method == "identity":
-        row.update(identity_check(model, device, steps))
+        row.update(identity_check(model, device, steps, options))
         return row
     if method == "link":
         row.update(link_bandwidth(device), card_bytes=torch.cuda.get_device_properties(device).total_memory)
