@@ -44,6 +44,13 @@ def test_planned_steps_are_bit_identical_and_follow_the_plan(name):
     online = train(*make, STEPS, budget=budget)[3]
     assert st["planned_evictions"] > st["evictions"] / 2, st
     assert st["faults"] < online["faults"] / 2, (st["faults"], online["faults"])
+    # ...and holds what the plan counted: few operators find the engine holding
+    # more (pages the program let go but recipes kept alive, pages the online
+    # choice left on the device when the plan began). The CNN's budget is a
+    # few pages wide, where one page the recording never saw (a buffer made
+    # mid-step outside any operator) already counts: it is not held to this.
+    if name == "gpt2":
+        assert st["plan_over_ops"] <= st["ops"] // 50, (st["plan_over_ops"], st["ops"])
 
 
 def test_a_step_that_changes_shape_leaves_the_plan_and_stays_exact():
@@ -142,6 +149,8 @@ def test_a_freed_input_is_kept_as_lineage_so_its_reader_can_be_dropped():
     evicted = [move for moves in plan.evictions.values() for move in moves]
     assert (1, Action.DROP) in evicted and (2, Action.DROP) in evicted
     assert not plan.fetches
+    # Once b is rebuilt for op 3, nothing needs a: the runner lets it go there.
+    assert plan.releases.get(3) == [1], plan.releases
     sim = simulate(trace, plan, 20)
     assert sim.over_limit == [] and sim.h2d_bytes == 0 and sim.d2h_bytes == 0
 

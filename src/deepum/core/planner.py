@@ -331,6 +331,9 @@ class _Lineage(_Prices):
     def release(self, p: int) -> None:
         if self.state[p] in (RES, ARR):
             self.mem -= self.spec[p].nbytes
+        if p in self.dead and self.state[p] != GONE:
+            # Freed by the program, held until now: the runner lets it go here.
+            self.plan.releases.setdefault(self.now, []).append(p)
         self.state[p] = GONE
 
 
@@ -350,8 +353,10 @@ class _Sweep(_Lineage):
         self.state = {p: (NEW if p in born else RES if s.resident or not s.pageable else OUT)
                       for p, s in self.spec.items()}
         self.dirty = {p: s.dirty or p in born for p, s in self.spec.items()}
+        self.plan.start = {p for p, st in self.state.items() if st == RES}
         self.broken: set[int] = set()          # recipes ended by a write
         self.dead: set[int] = set()            # freed by the program, held by a dropped reader
+        self.now = -1                          # the op being planned
         self.pending: dict[int, set[int]] = {}  # page -> dropped pages whose recipes read it
         self.depth: dict[int, int] = {}
         self.readers: dict[int, list[int]] = {}
@@ -386,6 +391,7 @@ class _Sweep(_Lineage):
                 self.book_fetch(p, -2, 0, self.own_next(p))
             self.push(p)
         for t in range(self.n):
+            self.now = t
             self.start_due(t)
             self.writes_now = set(self.ops[t].writes)
             need = self.working_set(t)

@@ -128,9 +128,14 @@ class Plan:
     stats: dict[str, int] = field(default_factory=dict)
     # Pages on the device (or arriving) after the last operator.
     final: set[int] = field(default_factory=set)
+    # Pages on the device before the first operator (the plan's start).
+    start: set[int] = field(default_factory=set)
     # Pages dropped where the program frees them, kept (holding no memory)
     # for the recipes of the pages listed, which may be dropped later.
     kept: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    # Pages the program freed earlier, let go after op i once no dropped page
+    # needs them (the runner lets go of their storages there).
+    releases: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def fits(self) -> bool:

@@ -87,6 +87,8 @@ class StepPlans:
         # Pages that recipes read, used in the recorded step and not yet let
         # go by the program (see _record).
         self.watch: dict[int, Page] = {}
+        # Pages the plan let go that the program still held (_let_go_freed).
+        self.letting: dict[int, Page] = {}
         self.frees: list[tuple[int, ...]] = []  # per planned operator, the page IDs freed after it
         self.left = False  # the program left the plan in this step
         self.mismatches = 0
@@ -118,6 +120,7 @@ class StepPlans:
         self.mismatches = 0
         self.made = []
         self.watch = {}
+        self.letting = {}
         if self.mode == RECORDING:
             self._start_recording()
         else:
@@ -177,6 +180,14 @@ class StepPlans:
                 by_pid[pid] = page
         for pid, page in by_pid.items():
             page.pid = pid
+        # The plan starts from where the recorded step or the plan left each
+        # page; pages the online choice brought back at the end of the
+        # recorded step, and the plan expects on the host, go back there.
+        start = self.plan.start
+        away = [page for pid, page in by_pid.items()
+                if pid not in start and page.state <= ARRIVING and page.pageable and not page.pins]
+        if away:
+            self.pager.evict(away, lambda p: Action.COPY)
         self._execute(-1)
 
     def _new_pid(self) -> int:
@@ -265,7 +276,7 @@ class StepPlans:
         """The plan's evictions after operator ``t``, then its prefetches."""
         plan, by_pid = self.plan, self.by_pid
         if t >= 0:
-            self._let_go_freed(self.frees[t], plan.kept)
+            self._let_go_freed(self.frees[t], plan.kept, plan.releases.get(t, ()))
         out = plan.evictions.get(t)
         if out:
             victims, drop = [], set()
@@ -283,18 +294,33 @@ class StepPlans:
         if fetch:
             self.pager.prefetch_pages([by_pid.get(pid) for pid in fetch])
 
-    def _let_go_freed(self, pids, kept) -> None:
+    def _let_go_freed(self, pids, kept, released=()) -> None:
         """Pages the program let go here in the recorded step, and no dropped
         page needs, are let go now (their readers keep their bits, not their
         recipes), as the plan counted them; those the plan keeps as lineage
-        (``kept``) are dropped by its evictions instead."""
-        for pid in pids:
-            if pid in kept:
-                continue
-            page = self.by_pid.get(pid)
-            if (page is not None and page.readers and page.state != DEAD and not page.pins
-                    and _use_count(page.key) == 1 and not any(r.dropped for r in page.readers)):
+        (``kept``) are dropped by its evictions instead, and let go where the
+        plan releases them (``released``: no dropped page needs them any
+        more). The recording notes a storage's death at the next operator,
+        so the program may still hold the page here: it is tried again after
+        each operator until the program lets go (``self.letting``)."""
+        letting = self.letting
+        for pid in (*pids, *released):
+            if pid not in kept or pid in released:
+                page = self.by_pid.get(pid)
+                if page is not None and page.readers and page.state != DEAD:
+                    letting[pid] = page
+        if not letting:
+            return
+        done = []
+        for pid, page in letting.items():
+            if page.state == DEAD or page.pid != pid or not page.readers:
+                done.append(pid)
+            elif (not page.pins and _use_count(page.key) == 1
+                    and not any(r.dropped for r in page.readers)):
                 self.pager._let_go(page)
+                done.append(pid)
+        for pid in done:
+            del letting[pid]
 
     def victims(self, need: int, scan: int = 64) -> list[Page]:
         """Pages to evict for ``need`` bytes when the step is short of room
