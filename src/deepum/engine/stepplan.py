@@ -56,6 +56,9 @@ OFF, RECORDING, RUNNING = range(3)
 # Operators per step whose execution ID may differ from the recorded one
 # before the step counts as leaving the plan (see after()).
 MISMATCHES = 8
+# Operators after its recorded free during which a page the program still
+# holds is tried again (see _let_go_freed).
+RETRIES = 4
 
 
 class StepPlans:
@@ -87,8 +90,11 @@ class StepPlans:
         # Pages that recipes read, used in the recorded step and not yet let
         # go by the program (see _record).
         self.watch: dict[int, Page] = {}
-        # Pages the plan let go that the program still held (_let_go_freed).
-        self.letting: dict[int, Page] = {}
+        # Pages the plan let go that the program still held -> tries left (_let_go_freed).
+        self.letting: dict[int, int] = {}
+        # Pages the plan let go that a dropped page still needs (_let_go_freed).
+        self.waiting: dict[int, Page] = {}
+        self.stamp = -1
         self.frees: list[tuple[int, ...]] = []  # per planned operator, the page IDs freed after it
         self.left = False  # the program left the plan in this step
         self.mismatches = 0
@@ -121,6 +127,7 @@ class StepPlans:
         self.made = []
         self.watch = {}
         self.letting = {}
+        self.waiting = {}
         if self.mode == RECORDING:
             self._start_recording()
         else:
@@ -300,27 +307,46 @@ class StepPlans:
         recipes), as the plan counted them; those the plan keeps as lineage
         (``kept``) are dropped by its evictions instead, and let go where the
         plan releases them (``released``: no dropped page needs them any
-        more). The recording notes a storage's death at the next operator,
-        so the program may still hold the page here: it is tried again after
-        each operator until the program lets go (``self.letting``)."""
-        letting = self.letting
+        more).
+
+        Two waits keep the cost per operator small. The recording notes a
+        storage's death at the next operator, so the program may still hold a
+        page here: it is tried again after each of the next ``RETRIES``
+        operators (``self.letting``). A page a dropped page still needs waits
+        in ``self.waiting`` until that page is rebuilt or dies, looked at
+        again only after an operator that rebuilt or released something
+        (a dropped reader that died instead is noticed at the next one)."""
+        letting, waiting = self.letting, self.waiting
         for pid in (*pids, *released):
             if pid not in kept or pid in released:
                 page = self.by_pid.get(pid)
                 if page is not None and page.readers and page.state != DEAD:
-                    letting[pid] = page
-        if not letting:
-            return
-        done = []
-        for pid, page in letting.items():
-            if page.state == DEAD or page.pid != pid or not page.readers:
-                done.append(pid)
-            elif (not page.pins and _use_count(page.key) == 1
-                    and not any(r.dropped for r in page.readers)):
+                    letting[pid] = RETRIES
+        st = self.pager.counters
+        stamp = st.recomputes + st.lineage_released
+        if waiting and stamp != self.stamp:
+            for pid in list(waiting):
+                page = waiting[pid]
+                if page.state == DEAD or page.pid != pid or not page.readers:
+                    del waiting[pid]
+                elif not any(r.dropped for r in page.readers):
+                    del waiting[pid]
+                    letting[pid] = RETRIES
+        self.stamp = stamp
+        for pid, left in list(letting.items()):
+            page = self.by_pid.get(pid)
+            if page is None or page.state == DEAD or page.pid != pid or not page.readers:
+                del letting[pid]
+            elif any(r.dropped for r in page.readers):
+                del letting[pid]
+                waiting[pid] = page
+            elif not page.pins and _use_count(page.key) == 1:
                 self.pager._let_go(page)
-                done.append(pid)
-        for pid in done:
-            del letting[pid]
+                del letting[pid]
+            elif left <= 1:
+                del letting[pid]
+            else:
+                letting[pid] = left - 1
 
     def victims(self, need: int, scan: int = 64) -> list[Page]:
         """Pages to evict for ``need`` bytes when the step is short of room
