@@ -151,8 +151,8 @@ class Session:
         prefetches for it offline with knowledge of each page's next use,
         and execute that plan in the steps after; a step that departs from
         the recording falls back to the online choice and is recorded again.
-        It has not yet been measured faster than the online choice on the
-        GPU (docs/BENCHMARKS.md, session 5).
+        On the GPU it has been faster than the online choice on some models
+        and slower on others (docs/BENCHMARKS.md, session 6).
     stress:
         Evict every page after every operator, so that every operator's
         inputs are faulted back in (for testing the engine, very slow).
