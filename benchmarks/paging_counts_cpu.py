@@ -25,7 +25,8 @@ import deepum  # noqa: E402
 
 KEYS = ("evictions", "drops", "recomputes", "faults", "prefetches", "prefetch_hits", "wasted_prefetches",
         "bytes_to_device", "bytes_to_host", "bytes_dropped", "lineage_released", "writebacks", "ops",
-        "plans", "planned_steps", "plan_departures", "planned_evictions", "late_prefetches")
+        "plans", "planned_steps", "plan_departures", "planned_evictions", "late_prefetches", "plan_over_ops",
+        "plan_short_evictions")
 
 
 def main() -> None:

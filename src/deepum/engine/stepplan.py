@@ -57,7 +57,7 @@ OFF, RECORDING, RUNNING = range(3)
 # before the step counts as leaving the plan (see after()).
 MISMATCHES = 8
 # Operators after its recorded free during which a page the program still
-# holds is tried again (see _let_go_freed).
+# holds is tried again (see _Letting).
 RETRIES = 4
 
 
@@ -90,11 +90,7 @@ class StepPlans:
         # Pages that recipes read, used in the recorded step and not yet let
         # go by the program (see _record).
         self.watch: dict[int, Page] = {}
-        # Pages the plan let go that the program still held -> tries left (_let_go_freed).
-        self.letting: dict[int, int] = {}
-        # Pages the plan let go that a dropped page still needs (_let_go_freed).
-        self.waiting: dict[int, Page] = {}
-        self.stamp = -1
+        self.letting = _Letting(pager)  # the pages the plan lets go (see the class)
         self.frees: list[tuple[int, ...]] = []  # per planned operator, the page IDs freed after it
         self.left = False  # the program left the plan in this step
         self.mismatches = 0
@@ -126,8 +122,7 @@ class StepPlans:
         self.mismatches = 0
         self.made = []
         self.watch = {}
-        self.letting = {}
-        self.waiting = {}
+        self.letting = _Letting(self.pager)
         if self.mode == RECORDING:
             self._start_recording()
         else:
@@ -283,7 +278,7 @@ class StepPlans:
         """The plan's evictions after operator ``t``, then its prefetches."""
         plan, by_pid = self.plan, self.by_pid
         if t >= 0:
-            self._let_go_freed(self.frees[t], plan.kept, plan.releases.get(t, ()))
+            self.letting.after(by_pid, self.frees[t], plan.kept, plan.releases.get(t, ()))
         out = plan.evictions.get(t)
         if out:
             victims, drop = [], set()
@@ -300,53 +295,6 @@ class StepPlans:
         fetch = plan.prefetches.get(t) if self.fetches else None
         if fetch:
             self.pager.prefetch_pages([by_pid.get(pid) for pid in fetch])
-
-    def _let_go_freed(self, pids, kept, released=()) -> None:
-        """Pages the program let go here in the recorded step, and no dropped
-        page needs, are let go now (their readers keep their bits, not their
-        recipes), as the plan counted them; those the plan keeps as lineage
-        (``kept``) are dropped by its evictions instead, and let go where the
-        plan releases them (``released``: no dropped page needs them any
-        more).
-
-        Two waits keep the cost per operator small. The recording notes a
-        storage's death at the next operator, so the program may still hold a
-        page here: it is tried again after each of the next ``RETRIES``
-        operators (``self.letting``). A page a dropped page still needs waits
-        in ``self.waiting`` until that page is rebuilt or dies, looked at
-        again only after an operator that rebuilt or released something
-        (a dropped reader that died instead is noticed at the next one)."""
-        letting, waiting = self.letting, self.waiting
-        for pid in (*pids, *released):
-            if pid not in kept or pid in released:
-                page = self.by_pid.get(pid)
-                if page is not None and page.readers and page.state != DEAD:
-                    letting[pid] = RETRIES
-        st = self.pager.counters
-        stamp = st.recomputes + st.lineage_released
-        if waiting and stamp != self.stamp:
-            for pid in list(waiting):
-                page = waiting[pid]
-                if page.state == DEAD or page.pid != pid or not page.readers:
-                    del waiting[pid]
-                elif not any(r.dropped for r in page.readers):
-                    del waiting[pid]
-                    letting[pid] = RETRIES
-        self.stamp = stamp
-        for pid, left in list(letting.items()):
-            page = self.by_pid.get(pid)
-            if page is None or page.state == DEAD or page.pid != pid or not page.readers:
-                del letting[pid]
-            elif any(r.dropped for r in page.readers):
-                del letting[pid]
-                waiting[pid] = page
-            elif not page.pins and _use_count(page.key) == 1:
-                self.pager._let_go(page)
-                del letting[pid]
-            elif left <= 1:
-                del letting[pid]
-            else:
-                letting[pid] = left - 1
 
     def victims(self, need: int, scan: int = 64) -> list[Page]:
         """Pages to evict for ``need`` bytes when the step is short of room
@@ -385,3 +333,61 @@ class StepPlans:
         """A planned prefetch was waited for: start it earlier next step."""
         if self.steering and self.by_pid.get(page.pid) is page:
             self.plan.note_late(page.pid)
+
+
+class _Letting:
+    """Pages the plan lets go after an operator, until the engine can.
+
+    Pages the program let go there in the recorded step, and no dropped page
+    needs, are let go (their readers keep their bits, not their recipes), as
+    the plan counted them; those the plan keeps as lineage (``kept``) are
+    dropped by its evictions instead, and let go where the plan releases
+    them (``released``: no dropped page needs them any more).
+
+    Two waits keep the cost per operator small. The recording notes a
+    storage's death at the next operator, so the program may still hold a
+    page there: it is tried again after each of the next ``RETRIES``
+    operators (``trying``). A page a dropped page still needs waits in
+    ``waiting`` until that page is rebuilt or dies, looked at again only
+    after an operator that rebuilt or released something (a dropped reader
+    that died instead is noticed at the next one).
+    """
+
+    def __init__(self, pager) -> None:
+        self.pager = pager
+        self.trying: dict[int, int] = {}  # page ID -> tries left
+        self.waiting: dict[int, Page] = {}
+        self.stamp = -1
+
+    def after(self, by_pid: dict[int, Page], pids, kept, released=()) -> None:
+        trying, waiting = self.trying, self.waiting
+        for pid in (*pids, *released):
+            if pid not in kept or pid in released:
+                page = by_pid.get(pid)
+                if page is not None and page.readers and page.state != DEAD:
+                    trying[pid] = RETRIES
+        st = self.pager.counters
+        stamp = st.recomputes + st.lineage_released
+        if waiting and stamp != self.stamp:
+            for pid in list(waiting):
+                page = waiting[pid]
+                if page.state == DEAD or page.pid != pid or not page.readers:
+                    del waiting[pid]
+                elif not any(r.dropped for r in page.readers):
+                    del waiting[pid]
+                    trying[pid] = RETRIES
+        self.stamp = stamp
+        for pid, left in list(trying.items()):
+            page = by_pid.get(pid)
+            if page is None or page.state == DEAD or page.pid != pid or not page.readers:
+                del trying[pid]
+            elif any(r.dropped for r in page.readers):
+                del trying[pid]
+                waiting[pid] = page
+            elif not page.pins and _use_count(page.key) == 1:
+                self.pager._let_go(page)
+                del trying[pid]
+            elif left <= 1:
+                del trying[pid]
+            else:
+                trying[pid] = left - 1
