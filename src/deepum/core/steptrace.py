@@ -133,8 +133,8 @@ class Plan:
     # Pages dropped where the program frees them, kept (holding no memory)
     # for the recipes of the pages listed, which may be dropped later.
     kept: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    # Pages the program freed earlier, let go after op i once no dropped page
-    # needs them (the runner lets go of their storages there).
+    # Pages the program has freed, let go after op i: where it freed them, or
+    # later, once no dropped page needs them (the runner lets go there).
     releases: dict[int, list[int]] = field(default_factory=dict)
 
     @property
