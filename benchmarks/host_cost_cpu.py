@@ -20,7 +20,7 @@ import torch
 if len(sys.argv) > 1:
     sys.path.insert(0, sys.argv[1])
 
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from cpu_gpt2 import gpt2_step  # noqa: E402
 
 import deepum  # noqa: E402
 
@@ -29,18 +29,7 @@ KEYS = ("ops", "evictions", "faults", "recomputes", "prefetches", "planned_evict
 
 
 def make():
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=4, n_embd=64, n_head=4, vocab_size=512, n_positions=32, resid_pdrop=0,
-                     embd_pdrop=0, attn_pdrop=0, attn_implementation="sdpa")
-    model = GPT2LMHeadModel(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-
-    def step(i):
-        x = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(i))
-        model(input_ids=x, labels=x).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return step
+    return gpt2_step(n_embd=64, vocab=512, seq=32, batch=2)
 
 
 def timed(step, session=None):

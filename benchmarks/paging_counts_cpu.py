@@ -14,12 +14,10 @@ import json
 import sys
 import time
 
-import torch
-
 if len(sys.argv) > 2:
     sys.path.insert(0, sys.argv[2])
 
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from cpu_gpt2 import gpt2_step  # noqa: E402
 
 import deepum  # noqa: E402
 
@@ -32,18 +30,7 @@ KEYS = ("evictions", "drops", "recomputes", "faults", "prefetches", "prefetch_hi
 def main() -> None:
     frac = float(sys.argv[1]) if len(sys.argv) > 1 else 0.5
     options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=4, n_embd=256, n_head=4, vocab_size=2048, n_positions=256, resid_pdrop=0,
-                     embd_pdrop=0, attn_pdrop=0, attn_implementation="sdpa")
-    model = GPT2LMHeadModel(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-
-    def step(i):
-        x = torch.randint(0, 2048, (8, 256), generator=torch.Generator().manual_seed(i))
-        model(input_ids=x, labels=x).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step = gpt2_step()
     with deepum.oversubscribe(1.0, "cpu") as s:
         for i in range(2):
             step(i)

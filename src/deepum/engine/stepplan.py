@@ -258,7 +258,7 @@ class StepPlans:
         # and dies only when they let go. Recording when the program let go
         # (its storage's use count falls to the recipes' one reference) lets
         # the plan count that memory as the program does; the runner then
-        # lets such a page go at that point (see _execute). Autograd lets go
+        # lets such a page go at that point (see _Letting). Autograd lets go
         # of a saved tensor when its node ends, which can be many operators
         # after the tensor's last use, so every such page used in the step is
         # watched until it is let go (the recording step only).
