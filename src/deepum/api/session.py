@@ -23,8 +23,10 @@ from ..core.budget import parse_budget
 from ..core.config import POLICIES, Config
 from ..engine.intercept import host_access
 from ..engine.intercept.mode import PagingMode
+from ..engine.memsignal import open_signal
 from ..engine.pager import Pager
 from ..engine.telemetry import TraceRecorder
+from ..engine.watch import Watch
 from ..errors import BudgetError, DeviceUnavailableError, OptionError, UnsupportedError
 from ..report.chrome import write_chrome_trace
 from ..report.plots import plot_memory
@@ -108,6 +110,55 @@ def device_memory(device: torch.device) -> int:
         return 1 << 40
 
 
+def _cap_allocator(device: torch.device, budget: int, total: int, config: Config) -> None:
+    """Cap the caching allocator at the budget (and switch to expandable segments if asked)."""
+    torch.cuda.synchronize(device)
+    # Pages come and go in every size; expandable segments keep the
+    # caching allocator from fragmenting under a hard cap. It applies
+    # to segments made from now on, hence the empty_cache after it.
+    if config.expandable_segments:
+        _set_allocator_settings("expandable_segments:True")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    # The allocator itself enforces the budget: an allocation past it
+    # raises OutOfMemoryError inside the operator, which the
+    # interceptor answers by evicting and retrying.
+    # The cap sits a little under the budget (Thresholds.cap_slack).
+    cap = max(budget - config.thresholds.cap_slack, budget // 2)
+    torch.cuda.set_per_process_memory_fraction(cap / total, device)
+    held = torch.cuda.memory_reserved(device)
+    if held > cap:
+        # Segments reserved before the session and still partly in use
+        # cannot be returned; they stay until what uses them is freed.
+        log.warning("%d bytes of device memory were reserved before the session and cannot be "
+                    "released, above the budget's cap of %d bytes: enter the session before "
+                    "creating the model, or call torch.cuda.empty_cache() after freeing tensors",
+                    held, cap)
+
+
+def _tensors_of(objs: Any) -> list[torch.Tensor]:
+    """The tensors of tensors, modules (parameters and buffers), optimizers (their state) and containers."""
+    tensors: list[torch.Tensor] = []
+
+    def collect(o):
+        if isinstance(o, torch.Tensor):
+            tensors.append(o)
+        elif isinstance(o, torch.nn.Module):
+            tensors.extend(o.parameters())
+            tensors.extend(o.buffers())
+        elif isinstance(o, torch.optim.Optimizer):
+            for state in o.state.values():
+                collect(list(state.values()))
+        elif isinstance(o, (list, tuple, set)):
+            for x in o:
+                collect(x)
+        elif isinstance(o, dict):
+            collect(list(o.values()))
+
+    collect(objs)
+    return tensors
+
+
 class Session:
     """One budgeted run. Use it as a context manager, or through enable()/disable().
 
@@ -145,6 +196,16 @@ class Session:
         off for the cpu device.
     strict:
         Raise BudgetOvershootError on an overshoot instead of counting it.
+    dormant:
+        Stop intercepting operators while memory is not tight, and start
+        again before it is (see [Note: dormancy] in core/dormancy.py): a
+        program that never comes near the budget runs at its own speed. The
+        session starts paging; paging stops after two steps that peaked
+        under two thirds of the limit with nothing evicted, and starts again at
+        the next module call where memory in use would pass three quarters
+        of it. On the cpu device this needs a small compiled allocator that
+        counts (built on first use); without a compiler the session keeps
+        paging. Off under ``stress`` and ``trace``. Default: on.
     plan:
         Experimental, off by default. Record one training step (optimizer
         step to optimizer step), plan every page's evictions, drops and
@@ -205,6 +266,9 @@ class Session:
         self._host_reads: host_access.HostAccessMode | None = None
         self._final_stats: dict[str, Any] | None = None
         self._fraction_set = False
+        self._watch: Watch | None = None
+        self._paging_seconds = 0.0
+        self._folded_peak = 0
 
     # --------------------------------------------------------- context
 
@@ -227,15 +291,19 @@ class Session:
         if self.adopt:
             self._adopt_existing()
         if self.device.type == "cuda":
-            self._cap_allocator()
+            _cap_allocator(self.device, self.budget, self.total, cfg)
+            self._fraction_set = True
         self._kind_hooks = install_kind_hooks(self.pager, self._mode, self.track_kinds)
         if cfg.freeze_gc and hasattr(gc, "freeze"):
             gc.collect()
             gc.freeze()
             self._froze_gc = True
+        self._watch = _open_watch(self)
         self._mode.__enter__()
         # See [Note: host access] in engine/intercept/host_access.py.
         self._host_reads = host_access.enter(self.pager, self._mode.is_managed, self.config.host_access)
+        if self._watch is not None and self._host_reads.watching:
+            self._watch.host_mode = self._host_reads
         _active = self
         log.info("deepum session on %s: budget %d bytes (%d for pages), policy %s%s",
                  self.device, self.budget, self.limit, cfg.policy,
@@ -251,42 +319,28 @@ class Session:
         if table.resident_bytes > table.limit:
             self.pager.make_room(table.resident_bytes - table.limit)
         # Memory held before the session is not a peak of the session's.
-        table.peak_resident_bytes = table.resident_bytes
-
-    def _cap_allocator(self) -> None:
-        torch.cuda.synchronize(self.device)
-        # Pages come and go in every size; expandable segments keep the
-        # caching allocator from fragmenting under a hard cap. It applies
-        # to segments made from now on, hence the empty_cache after it.
-        if self.config.expandable_segments:
-            _set_allocator_settings("expandable_segments:True")
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(self.device)
-        # The allocator itself enforces the budget: an allocation past it
-        # raises OutOfMemoryError inside the operator, which the
-        # interceptor answers by evicting and retrying.
-        # The cap sits a little under the budget (Thresholds.cap_slack).
-        cap = max(self.budget - self.config.thresholds.cap_slack, self.budget // 2)
-        torch.cuda.set_per_process_memory_fraction(cap / self.total, self.device)
-        self._fraction_set = True
-        held = torch.cuda.memory_reserved(self.device)
-        if held > cap:
-            # Segments reserved before the session and still partly in use
-            # cannot be returned; they stay until what uses them is freed.
-            log.warning("%d bytes of device memory were reserved before the session and cannot be "
-                        "released, above the budget's cap of %d bytes: enter the session before "
-                        "creating the model, or call torch.cuda.empty_cache() after freeing tensors",
-                        held, cap)
+        # (At entry; an adoption when paging starts again keeps the session's peak.)
+        if self.pager.counters.ops == 0:
+            table.peak_resident_bytes = table.resident_bytes
+        table.window_peak_bytes = table.resident_bytes
 
     def __exit__(self, exc_type, exc, tb) -> None:
         global _active
         if _active is self:
             _active = None
+        watch, self._watch = self._watch, None
+        paging = watch is None or watch.paging
+        if watch is not None:
+            watch.close()
+            self._paging_seconds = watch.seconds()
+            self._folded_peak = watch.signal.folded_reserved_peak
         reads, self._host_reads = self._host_reads, None
         if reads is not None:
+            if not paging:
+                reads.watching = False  # not on the stack while dormant
             host_access.leave(reads)
         mode, self._mode = self._mode, None
-        if mode is not None:
+        if mode is not None and paging:
             mode.__exit__(None, None, None)
         hooks, self._kind_hooks = self._kind_hooks, []
         remove_kind_hooks(hooks)
@@ -311,9 +365,21 @@ class Session:
         mode = self._mode
         if mode is None:
             raise RuntimeError("attach() needs an active session: enter it first (with ... as session)")
+        dormancy = self._watch
+        if dormancy is not None:
+            if not dormancy.paging:
+                raise UnsupportedError(
+                    "attach() was called while the session was dormant (memory was not tight, so "
+                    "no operator was being intercepted): attach threads before the first steps, "
+                    "or create the session with dormant=False")
+            dormancy.attached += 1
         watch = host_access.HostAccessMode(self._host_reads.access) if self.config.host_access else None
-        with mode, (watch or contextlib.nullcontext()):
-            yield self
+        try:
+            with mode, (watch or contextlib.nullcontext()):
+                yield self
+        finally:
+            if dormancy is not None:
+                dormancy.attached -= 1
 
     def restore(self) -> None:
         """Bring every evicted tensor back to the device and close the session.
@@ -328,7 +394,7 @@ class Session:
         with torch.utils._python_dispatch._disable_current_modes(), pager.lock:
             if self._final_stats is None:
                 # What the run did, before restoring adds its own traffic.
-                self._final_stats = pager.stats()
+                self._final_stats = _session_stats(self)
             pager.restore_all()
             self._final_stats["restored_pages"] = pager.restored
             pager.close()
@@ -352,25 +418,7 @@ class Session:
         """
         if self._mode is None:
             raise RuntimeError("manage() needs an active session")
-        tensors: list[torch.Tensor] = []
-
-        def collect(o):
-            if isinstance(o, torch.Tensor):
-                tensors.append(o)
-            elif isinstance(o, torch.nn.Module):
-                tensors.extend(o.parameters())
-                tensors.extend(o.buffers())
-            elif isinstance(o, torch.optim.Optimizer):
-                for state in o.state.values():
-                    collect(list(state.values()))
-            elif isinstance(o, (list, tuple, set)):
-                for x in o:
-                    collect(x)
-            elif isinstance(o, dict):
-                collect(list(o.values()))
-
-        collect(objs)
-        n = self._mode.adopt(tensors)
+        n = self._mode.adopt(_tensors_of(objs))
         pager = self.pager
         # The engine's own copies must not pass through its interceptor.
         with torch.utils._python_dispatch._disable_current_modes(), pager.lock:
@@ -407,7 +455,32 @@ class Session:
         if self.pager.closed and self._final_stats is not None:
             return dict(self._final_stats)
         with self.pager.lock:
-            return self.pager.stats()
+            return _session_stats(self)
+
+
+def _session_stats(session: Session) -> dict[str, Any]:
+    """The pager's stats with the session's: how long paging was on (see ``dormant``)."""
+    out = session.pager.stats()
+    watch = session._watch
+    if watch is not None:
+        session._paging_seconds = watch.seconds()
+        session._folded_peak = watch.signal.folded_reserved_peak
+    out["paging_seconds"] = session._paging_seconds
+    out["dormant"] = watch is not None and not watch.paging
+    if session.device.type == "cuda":
+        out["peak_device_bytes"] = max(out["peak_device_bytes"], session._folded_peak)
+    return out
+
+
+def _open_watch(session: Session) -> Watch | None:
+    """The dormancy watch (engine/watch.py), where the options and the device allow one."""
+    cfg = session.config
+    if not cfg.dormant or cfg.stress or cfg.trace:
+        return None
+    signal = open_signal(session.device)
+    if signal is None:
+        return None
+    return Watch(session.pager, session._mode, signal, adopt=session._adopt_existing if session.adopt else None)
 
 
 def oversubscribe(budget: int | float | str, device: str | torch.device | None = None,

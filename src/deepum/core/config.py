@@ -64,6 +64,12 @@ class Thresholds:
     # Default reserve on CUDA: this share of the budget, at most reserve_max bytes.
     reserve: float = 1 / 8
     reserve_max: int = 2 << 30
+    # Dormancy (core/dormancy.py): paging starts again when memory in use
+    # would pass ``engage`` of the limit, and stops after ``calm_windows``
+    # windows in a row that peaked under ``release`` of it with nothing evicted.
+    engage: float = 3 / 4
+    release: float = 2 / 3
+    calm_windows: int = 2
 
     def of(self, share: float, limit: int) -> int:
         """``share`` of ``limit`` in whole bytes (exact for the powers-of-two shares above)."""
@@ -111,6 +117,9 @@ class Config:
     # default until it is measured faster than the online choice on the GPU
     # (docs/BENCHMARKS.md, session 5).
     plan: bool = False
+    # Stop intercepting while memory is not tight (core/dormancy.py). Off
+    # keeps every operator intercepted for the whole session.
+    dormant: bool = True
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
@@ -121,7 +130,7 @@ class Config:
         if self.policy not in POLICIES:
             raise OptionError(f"policy {self.policy!r} is unknown; choose one of {', '.join(POLICIES)}")
         for name in ("prefetch", "recompute", "expandable_segments", "freeze_gc", "trace", "stress",
-                     "strict", "host_access", "plan"):
+                     "strict", "host_access", "plan", "dormant"):
             _check_bool(name, getattr(self, name), optional=False)
         for name in ("adopt", "track_kinds"):
             _check_bool(name, getattr(self, name), optional=True)

@@ -131,6 +131,8 @@ class PageTable:
         # operator must not count the first one's outputs as free room.
         self.reserved_bytes = 0
         self.peak_resident_bytes = 0
+        # The peak since the last dormancy boundary (core/dormancy.py), reset there.
+        self.window_peak_bytes = 0
         self.unpageable_bytes = 0
         # Resident bytes by page kind (indexed by Kind).
         self.kind_bytes = [0] * len(Kind)
@@ -241,10 +243,13 @@ class PageTable:
     def _grow(self, nbytes: int, kind: Kind, count_peak: bool = True) -> None:
         self.kind_bytes[kind] += nbytes
         self.resident_bytes += nbytes
-        if count_peak and self.resident_bytes > self.peak_resident_bytes:
-            self.peak_resident_bytes = self.resident_bytes
+        # The window's peak never exceeds the session's, so one test covers both.
+        if count_peak and self.resident_bytes > self.window_peak_bytes:
+            self.note_peak()
 
     def note_peak(self) -> None:
+        if self.resident_bytes > self.window_peak_bytes:
+            self.window_peak_bytes = self.resident_bytes
         if self.resident_bytes > self.peak_resident_bytes:
             self.peak_resident_bytes = self.resident_bytes
 

@@ -1,0 +1,115 @@
+"""When paging is on: the rule that lets a program whose memory is not tight run unintercepted.
+
+[Note: dormancy]
+Interception costs host time on every operator, whether or not anything will
+ever be evicted. So a session pages only while memory is tight. Between two
+*boundaries* (the start of the outermost module call that recurs: a training
+step's forward, a generation step) the engine learns the window's peak: the
+page table's while paging, the allocator's while dormant.
+
+- A session starts paging, so a first step whose peak passes the budget is
+  paged from its start.
+- Paging stops at a boundary after ``calm`` windows in a row whose peak stayed
+  under ``release`` of the limit with nothing evicted or dropped in them.
+- Paging starts again at a boundary whose window peaked above ``engage`` of
+  the limit, or at any reading (a module call starting) where the window's
+  peak, predicted from the memory in use now, would pass it. The last
+  dormant window's shape makes the prediction: its peak over its highest
+  reading, both as a difference (what a backward pass and the optimizer add
+  to fixed state) and as a ratio (activations that grow with the batch); the
+  larger of the two is taken.
+
+The one risk: memory that grows, between two readings, from under ``engage``
+of the limit to past the limit is allocated with no interceptor to make room.
+On CUDA the allocator's cap stops it with an out-of-memory error; on the cpu
+tier it is counted as an overshoot at the next boundary. The margin between
+``engage`` and the limit (a quarter by default) is what one module call may
+add unseen; a program whose steps jump by more than that keeps the session
+paging with ``Session(dormant=False)``.
+
+Pure logic: the engine feeds it byte counts and executes what it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Turn(Enum):
+    """What the engine is to do now."""
+
+    STAY = 0
+    ENGAGE = 1  # start intercepting
+    RELEASE = 2  # bring every page back and stop intercepting
+
+
+@dataclass
+class Window:
+    """What one boundary-to-boundary window saw."""
+
+    peak: int = 0  # most bytes in use at once
+    seen: int = 0  # most bytes in use at a reading
+
+
+class Dormancy:
+    """The state machine of [Note: dormancy]; ``paging`` is the current state."""
+
+    def __init__(self, limit: int, engage: float, release: float, calm: int) -> None:
+        assert 0 < release <= engage <= 1, "release must not exceed engage"
+        self.engage_bytes = int(limit * engage)
+        self.release_bytes = int(limit * release)
+        self.calm_needed = calm
+        self.paging = True
+        self.calm = 0
+        # What the last dormant window added after its highest reading (a
+        # backward pass, the optimizer), as bytes and as a ratio: a reading
+        # predicts the window's peak with them.
+        self.after = 0
+        self.ratio = 1.0
+        self.seen = 0  # highest reading of the current window
+        self.engaged = 0  # times paging started again
+        self.released = 0  # times paging stopped
+
+    def boundary(self, peak: int, moved: bool) -> Turn:
+        """A window ended with ``peak`` bytes at most in use; ``moved``: pages left the device in it.
+
+        A window with no reading (a root module with no children) teaches nothing about its shape.
+        """
+        seen, self.seen = self.seen, 0
+        if not self.paging:
+            if seen:
+                self.after = max(0, peak - seen)
+                self.ratio = max(1.0, peak / seen)
+            if peak > self.engage_bytes:
+                return self._engage()
+            return Turn.STAY
+        if moved or peak > self.release_bytes:
+            self.calm = 0
+            return Turn.STAY
+        self.calm += 1
+        if self.calm < self.calm_needed:
+            return Turn.STAY
+        self.calm = 0
+        self.paging = False
+        self.released += 1
+        return Turn.RELEASE
+
+    def reading(self, in_use: int) -> Turn:
+        """Memory in use now, read while dormant between boundaries."""
+        if in_use > self.seen:
+            self.seen = in_use
+        if self.paging or max(in_use + self.after, in_use * self.ratio) <= self.engage_bytes:
+            return Turn.STAY
+        return self._engage()
+
+    def refused(self) -> None:
+        """The engine could not release (pages would not fit, another mode on top): stay paging."""
+        self.paging = True
+        self.released -= 1
+
+    def _engage(self) -> Turn:
+        self.paging = True
+        self.calm = 0
+        self.engaged += 1
+        return Turn.ENGAGE

@@ -1,0 +1,115 @@
+"""How many bytes tensors hold, read without intercepting operators (for core/dormancy.py).
+
+CUDA: the caching allocator's own statistics. The cpu tier has none, so a
+small compiled allocator (native/counter.cpp, built on first use through
+torch's extension API) wraps torch's CPU allocator and counts; once a cpu
+session has installed it, it stays for the life of the process. Where it
+cannot be built (no compiler) there is no signal, and the session keeps
+paging: it never runs unwatched on a guess.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+log = logging.getLogger("deepum")
+_NATIVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "counter.cpp")
+_counter = None
+_counter_failed = False
+
+
+def load_counter():
+    """The compiled counting allocator's module, or None (DEEPUM_NO_NATIVE=1, or no compiler)."""
+    global _counter, _counter_failed
+    if _counter is not None or _counter_failed:
+        return _counter
+    if os.environ.get("DEEPUM_NO_NATIVE", "") not in ("", "0"):
+        _counter_failed = True
+        return None
+    try:
+        from torch.utils.cpp_extension import load  # noqa: PLC0415  (imports setuptools; only when asked)
+
+        _counter = load(name="deepum_counter", sources=[_NATIVE], extra_cflags=["-O2"], verbose=False)
+    except Exception as e:  # no compiler, no headers, a read-only cache
+        _counter_failed = True
+        log.warning("deepum: the cpu tier's memory counter could not be built (%s); the session "
+                    "keeps intercepting every operator. Set DEEPUM_NO_NATIVE=1 to skip the build.",
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return _counter
+
+
+class CudaSignal:
+    """The caching allocator's allocated bytes; its peak is reset at each window."""
+
+    # Host seconds between two readings: the statistics come as a dict of dicts.
+    interval_s = 2e-4
+
+    def __init__(self, device: torch.device) -> None:
+        self.index = device.index if device.index is not None else torch.cuda.current_device()
+        # The reserved peak before the last reset, so the session's peak survives the resets.
+        self.folded_reserved_peak = 0
+
+    def _allocated(self) -> dict:
+        return torch._C._cuda_memoryStats(self.index)["allocated_bytes"]["all"]
+
+    def current(self) -> int:
+        return self._allocated()["current"]
+
+    def window_peak(self) -> int:
+        return self._allocated()["peak"]
+
+    def new_window(self) -> None:
+        self.folded_reserved_peak = max(self.folded_reserved_peak, torch.cuda.max_memory_reserved(self.index))
+        torch.cuda.reset_peak_memory_stats(self.index)
+
+    def rebase(self, known: int) -> None:
+        """The allocator sees every block: nothing to rebase."""
+
+    def close(self) -> None:
+        """Nothing installed."""
+
+
+class CpuSignal:
+    """The counting allocator's bytes, relative to what the page table knew when paging stopped.
+
+    Blocks made before the allocator was installed are not counted, so the
+    bytes in use are the pages known at the last release plus what the count
+    grew since; a pre-existing block freed while dormant is still counted,
+    which only makes paging start early.
+    """
+
+    interval_s = 0.0  # a reading is one call into the counter
+
+    def __init__(self, counter) -> None:
+        self.counter = counter
+        self.base = 0
+        self.mark = 0
+        self.folded_reserved_peak = 0
+        counter.install()
+
+    def current(self) -> int:
+        return self.base + self.counter.current() - self.mark
+
+    def window_peak(self) -> int:
+        return self.base + self.counter.peak() - self.mark
+
+    def new_window(self) -> None:
+        self.counter.reset_peak()
+
+    def rebase(self, known: int) -> None:
+        self.base = known
+        self.mark = self.counter.current()
+        self.counter.reset_peak()
+
+    def close(self) -> None:
+        """The counter stays installed for the process (see native/counter.cpp)."""
+
+
+def open_signal(device: torch.device) -> CudaSignal | CpuSignal | None:
+    if device.type == "cuda":
+        return CudaSignal(device)
+    counter = load_counter()
+    return CpuSignal(counter) if counter is not None else None

@@ -1,0 +1,186 @@
+"""Paging on and off mid-program: executes what core/dormancy.py decides.
+
+[Note: where paging turns on and off]
+A global module forward pre-hook is the only thing that runs while the
+session is dormant: one Python call per module call, none per operator.
+The first module it sees becomes the *root*; each call of the root is a
+boundary (a training step's forward, a generation step), any other module
+call a reading. Turning on pushes the interceptor (and the host-access mode)
+onto the session's thread; turning off brings every page back to the device
+and pops them. Both happen only where that is safe:
+
+- on the thread that entered the session (a dispatch mode is per thread);
+- outside a backward pass (``_current_graph_task_id() == -1``): autograd's
+  nodes run under the thread state captured when backward began, which
+  would undo a push or pop made inside it;
+- with the modes the session pushed where it left them (no mode of the
+  program's above them), and no thread joined with ``attach()``.
+
+Otherwise the turn waits for the next module call. Memory allocated while
+dormant becomes pages when an operator first uses it (on CUDA the session's
+adoption scan also runs when paging turns on).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+
+import torch
+from torch.overrides import _get_current_function_mode_stack
+from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode_stack
+
+from ..core.dormancy import Dormancy, Turn
+from ..core.pages import RESIDENT
+from .stepplan import StepPlans
+
+_graph_task = torch._C._current_graph_task_id
+
+
+class Watch:
+    """One session's dormancy: the hook, the signal, and the two transitions."""
+
+    def __init__(self, pager, mode, signal, adopt=None) -> None:
+        """Made before the session pushes its modes (their depth is taken here)."""
+        th = pager.config.thresholds
+        self.pager = pager
+        self.mode = mode  # the interceptor (engine/intercept/mode.py)
+        self.host_mode = None  # host_access.HostAccessMode once pushed, if it watches
+        self.signal = signal  # engine/memsignal.py
+        self.adopt = adopt  # called after paging turns on (CUDA: the adoption scan)
+        self.state = Dormancy(pager.table.limit, th.engage, th.release, th.calm_windows)
+        self.owner = threading.get_ident()
+        self.root: weakref.ref | None = None
+        self.attached = 0  # threads inside attach(): paging stays on
+        self.moved = self._moved()
+        self.depth = self._stacks()  # the mode stacks' depths below the session's modes
+        # Readings cost what the signal costs; a costly one (CUDA's statistics) is rate-limited.
+        self.next_read = 0.0
+        self.paging_since = time.perf_counter()
+        self.paging_seconds = 0.0
+        self.hook = torch.nn.modules.module.register_module_forward_pre_hook(self._on_module)
+
+    # ------------------------------------------------------------ the hook
+
+    def _on_module(self, module, args) -> None:
+        if threading.get_ident() != self.owner:
+            return
+        root = self.root() if self.root is not None else None
+        if root is None:
+            # Its first call starts the first window: no boundary yet.
+            self.root = weakref.ref(module)
+            return
+        state = self.state
+        if module is root:
+            self._boundary()
+        elif not state.paging:
+            now = time.perf_counter()
+            if now < self.next_read:
+                return
+            self.next_read = now + self.signal.interval_s
+            if state.reading(self.signal.current()) is Turn.ENGAGE:
+                self._engage()
+
+    def _boundary(self) -> None:
+        state = self.state
+        if state.paging:
+            table = self.pager.table
+            off = sum(p.nbytes for p in table.pages.values() if p.state != RESIDENT)
+            peak = table.window_peak_bytes + off
+            if self.pager.device.type == "cuda":
+                peak = max(peak, self.signal.window_peak())
+            table.window_peak_bytes = table.resident_bytes
+            moved, self.moved = self.moved, self._moved()
+            turn = state.boundary(peak, moved != self.moved)
+            self.signal.new_window()
+            if turn is Turn.RELEASE and not self._release():
+                state.refused()
+            return
+        peak = self.signal.window_peak()
+        self.signal.new_window()
+        over = peak - self.pager.table.limit
+        if over > 0:  # grew past the limit unwatched (the cpu tier; CUDA's cap raises instead)
+            st = self.pager.counters
+            st.overshoots += 1
+            st.overshoot_max_bytes = max(st.overshoot_max_bytes, over)
+        if state.boundary(peak, False) is Turn.ENGAGE:
+            self._engage()
+
+    def _moved(self) -> tuple[int, int]:
+        st = self.pager.counters
+        return st.evictions, st.drops
+
+    # ------------------------------------------------------------ transitions
+
+    def _stacks(self) -> tuple[int, int]:
+        return len(_get_current_dispatch_mode_stack()), len(_get_current_function_mode_stack())
+
+    def _engage(self) -> None:
+        if _graph_task() != -1 or self._stacks() != self.depth:
+            self.state.paging = False  # not here: read again at the next module call
+            self.state.engaged -= 1
+            return
+        pager = self.pager
+        if self.adopt is not None:
+            with _disable_current_modes(), pager.lock:
+                self.adopt()
+        self.mode.__enter__()
+        if self.host_mode is not None:
+            self.host_mode.__enter__()
+        self.paging_since = time.perf_counter()
+        pager.counters.paging_starts += 1
+        self.moved = self._moved()
+        pager.table.window_peak_bytes = pager.table.resident_bytes
+
+    def _release(self) -> bool:
+        """Bring every page back and stop intercepting; False where that is not possible now."""
+        pager = self.pager
+        if self.attached or _graph_task() != -1 or not self._on_top():
+            return False
+        table = pager.table
+        with _disable_current_modes(), pager.lock:
+            pager.reap()
+            off = sum(p.nbytes for p in table.pages.values() if p.state != RESIDENT)
+            if table.resident_bytes + off > table.limit:
+                return False
+            limit = table.limit
+            try:
+                pager.restore_all()  # rebuilds dropped pages and ends every recipe
+            finally:
+                table.limit = limit
+            pager.transfers.pool.clear()
+            pager.pressure = False
+            pager.plans = StepPlans(pager)
+        if self.host_mode is not None:
+            self.host_mode.__exit__(None, None, None)
+        self.mode.__exit__(None, None, None)
+        self.depth = self._stacks()
+        self.paging_seconds += time.perf_counter() - self.paging_since
+        pager.counters.paging_stops += 1
+        self.signal.rebase(table.resident_bytes)
+        return True
+
+    def _on_top(self) -> bool:
+        dispatch = _get_current_dispatch_mode_stack()
+        if not dispatch or dispatch[-1] is not self.mode:
+            return False
+        if self.host_mode is None:
+            return True
+        functions = _get_current_function_mode_stack()
+        return bool(functions) and functions[-1] is self.host_mode
+
+    # ------------------------------------------------------------ the session's
+
+    @property
+    def paging(self) -> bool:
+        return self.state.paging
+
+    def seconds(self) -> float:
+        """Seconds paging was on so far."""
+        open_ = time.perf_counter() - self.paging_since if self.state.paging else 0.0
+        return self.paging_seconds + open_
+
+    def close(self) -> None:
+        self.hook.remove()
+        self.signal.close()

@@ -1,0 +1,254 @@
+"""Dormancy: no interception while memory is not tight (core/dormancy.py, engine/watch.py)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn as nn
+
+import deepum
+from deepum.core.dormancy import Dormancy, Turn
+from deepum.engine import memsignal
+
+MiB = 1 << 20
+
+
+# ------------------------------------------------------------------ the rule
+
+
+def _rule(limit=100, calm=2):
+    return Dormancy(limit, engage=0.75, release=0.5, calm=calm)
+
+
+def test_paging_stops_only_after_calm_windows_in_a_row():
+    d = _rule()
+    assert d.paging
+    assert d.boundary(40, moved=False) is Turn.STAY
+    assert d.boundary(60, moved=False) is Turn.STAY  # over release: the count starts again
+    assert d.boundary(40, moved=False) is Turn.STAY
+    assert d.boundary(40, moved=True) is Turn.STAY  # pages moved: not calm
+    assert d.boundary(40, moved=False) is Turn.STAY
+    assert d.boundary(40, moved=False) is Turn.RELEASE
+    assert not d.paging and d.released == 1
+
+
+def test_a_dormant_window_over_engage_turns_paging_on_at_its_boundary():
+    d = _rule(calm=1)
+    assert d.boundary(10, moved=False) is Turn.RELEASE
+    assert d.boundary(70, moved=False) is Turn.STAY  # under engage (75)
+    assert d.boundary(80, moved=False) is Turn.ENGAGE
+    assert d.paging and d.engaged == 1
+
+
+def test_a_reading_predicts_the_window_from_the_last_one():
+    d = _rule(calm=1)
+    d.boundary(10, moved=False)
+    # A dormant window: readings up to 20, peak 30 (a backward pass added 10, or half again).
+    for b in (5, 20):
+        assert d.reading(b) is Turn.STAY
+    assert d.boundary(30, moved=False) is Turn.STAY
+    assert d.after == 10 and d.ratio == 1.5
+    assert d.reading(45) is Turn.STAY  # predicts 67.5
+    assert d.reading(51) is Turn.ENGAGE  # predicts 76.5, past 75
+    assert d.paging
+
+
+def test_the_fixed_part_of_a_window_is_predicted_as_a_difference():
+    d = _rule(calm=1)
+    d.boundary(10, moved=False)
+    d.reading(2)
+    d.boundary(30, moved=False)  # ratio 15, difference 28
+    assert d.reading(40) is Turn.ENGAGE  # 40 * 15 is past; so is 40 + 28
+
+
+def test_a_refused_release_keeps_paging():
+    d = _rule(calm=1)
+    assert d.boundary(10, moved=False) is Turn.RELEASE
+    d.refused()
+    assert d.paging and d.released == 0
+    assert d.boundary(10, moved=False) is Turn.RELEASE
+
+
+def test_release_may_not_exceed_engage():
+    with pytest.raises(AssertionError):
+        Dormancy(100, engage=0.5, release=0.75, calm=1)
+
+
+# ------------------------------------------------------------------ the engine (cpu tier)
+
+
+def _native_or_skip():
+    if memsignal.load_counter() is None:
+        pytest.skip("the counting allocator could not be built here")
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                         nn.Linear(1024, 10))
+
+
+def _train(model, sizes, session=None, trail=None):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    for b in sizes:
+        x = torch.randn(b, 256, generator=gen)
+        y = torch.randint(0, 10, (b,), generator=gen)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+        if trail is not None:
+            st = session.stats()
+            trail.append((st["ops"], st["evictions"], st["dormant"]))
+    return losses, [p.detach().clone() for p in model.parameters()]
+
+
+def _same(a, b):
+    assert a[0] == b[0]
+    assert all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+
+
+def test_a_program_far_below_the_budget_stops_being_intercepted():
+    _native_or_skip()
+    plain = _train(_mlp(), [64] * 6)
+    trail = []
+    with deepum.oversubscribe(budget=256 * MiB, device="cpu") as s:
+        paged = _train(_mlp(), [64] * 6, s, trail)
+    _same(plain, paged)
+    st = s.stats()
+    assert st["paging_stops"] == 1 and st["paging_starts"] == 0
+    assert st["evictions"] == 0 and st["paging_seconds"] > 0
+    ops = [t[0] for t in trail]
+    # The first step is paged; a few operators of the second ran before its forward's boundary.
+    assert ops[0] > 50
+    assert ops[-1] == ops[2], "operators were intercepted while dormant"
+    assert trail[-1][2] is True
+
+
+def test_paging_starts_when_the_batch_grows_and_stops_when_it_shrinks():
+    _native_or_skip()
+    sizes = [64] * 4 + [2048] * 3 + [64] * 4
+    plain = _train(_mlp(), sizes)
+    trail = []
+    with deepum.oversubscribe(budget=64 * MiB, device="cpu") as s:
+        paged = _train(_mlp(), sizes, s, trail)
+    _same(plain, paged)
+    st = s.stats()
+    assert st["paging_starts"] >= 1 and st["paging_stops"] >= 2, st
+    assert st["evictions"] > 0, "the large batches never needed paging: the test proves nothing"
+    dormant = [t[2] for t in trail]
+    assert dormant[3] and not dormant[5] and dormant[-1], dormant
+    # Dormant steps cost no interception.
+    assert trail[-1][0] == trail[-2][0]
+
+
+class _Spike(nn.Module):
+    """One module call that allocates far more than any before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(64, 64)
+        self.grow = 1
+
+    def forward(self, x):
+        h = self.lin(x)
+        wide = h.repeat(self.grow, 1)  # inside one call: no reading sees it coming
+        return h.sum() + wide.mean()
+
+
+def test_a_step_that_jumps_past_the_budget_while_dormant_is_counted_then_paged():
+    _native_or_skip()
+    model = _Spike()
+    with deepum.oversubscribe(budget=16 * MiB, device="cpu") as s:
+        x = torch.randn(256, 64)
+        for _ in range(4):
+            model(x).backward()
+        assert s.stats()["dormant"]
+        model.grow = 512  # 32 MiB in one call, twice the budget
+        model(x).backward()
+        before = s.stats()
+        model.grow = 1
+        model(x).backward()
+        after = s.stats()
+    # The jump itself ran unintercepted (nothing could make room for it) and
+    # is counted as an overshoot at the next boundary, where paging starts.
+    assert before["overshoots"] == 0 and before["dormant"]
+    assert after["overshoots"] == 1 and after["overshoot_max_bytes"] > 16 * MiB
+    assert after["paging_starts"] == 1 and not after["dormant"]
+
+
+def test_a_first_step_over_the_budget_is_paged_from_its_start():
+    _native_or_skip()
+    plain = _train(_mlp(), [2048] * 2)
+    with deepum.oversubscribe(budget=48 * MiB, device="cpu") as s:
+        paged = _train(_mlp(), [2048] * 2)
+    _same(plain, paged)
+    st = s.stats()
+    assert st["evictions"] > 0 and st["paging_stops"] == 0 and st["overshoots"] == 0
+
+
+def test_without_the_counter_the_cpu_tier_keeps_paging(monkeypatch):
+    monkeypatch.setattr(memsignal, "_counter", None)
+    monkeypatch.setattr(memsignal, "_counter_failed", False)
+    monkeypatch.setenv("DEEPUM_NO_NATIVE", "1")
+    plain = _train(_mlp(), [64] * 4)
+    trail = []
+    with deepum.oversubscribe(budget=256 * MiB, device="cpu") as s:
+        paged = _train(_mlp(), [64] * 4, s, trail)
+    _same(plain, paged)
+    assert s.stats()["paging_stops"] == 0
+    assert trail[-1][0] > trail[-2][0] > trail[-3][0], "every step is intercepted"
+
+
+def test_dormant_false_keeps_every_operator_intercepted():
+    plain = _train(_mlp(), [64] * 4)
+    trail = []
+    with deepum.oversubscribe(budget=256 * MiB, device="cpu", dormant=False) as s:
+        paged = _train(_mlp(), [64] * 4, s, trail)
+    _same(plain, paged)
+    assert s.stats()["paging_stops"] == 0
+    assert trail[-1][0] > trail[-2][0]
+
+
+def test_attach_while_dormant_says_what_to_do():
+    _native_or_skip()
+    model = _mlp()
+    with deepum.oversubscribe(budget=256 * MiB, device="cpu") as s:
+        _train(model, [64] * 4)
+        assert s.stats()["dormant"]
+        with pytest.raises(deepum.UnsupportedError, match="dormant=False"), s.attach():
+            pass
+
+
+def test_a_checkpoint_saved_while_dormant_holds_the_data():
+    _native_or_skip()
+    model = _mlp()
+    with deepum.oversubscribe(budget=256 * MiB, device="cpu") as s:
+        _train(model, [64] * 4)
+        assert s.stats()["dormant"]
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    loaded = torch.load(buf)
+    for name, p in model.state_dict().items():
+        assert torch.equal(loaded[name], p)
+
+
+def test_an_inference_loop_goes_dormant_under_no_grad():
+    _native_or_skip()
+    model = _mlp()
+    x = torch.randn(32, 256)
+    with torch.no_grad():
+        ref = [model(x) for _ in range(5)]
+        with deepum.oversubscribe(budget=256 * MiB, device="cpu") as s:
+            out = [model(x) for _ in range(5)]
+            ops = s.stats()["ops"]
+            out.append(model(x))
+            assert s.stats()["ops"] == ops
+    assert all(torch.equal(a, b) for a, b in zip(ref, out))
+    assert s.stats()["paging_stops"] == 1
