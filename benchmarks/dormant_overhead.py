@@ -3,15 +3,15 @@
     python benchmarks/dormant_overhead.py --device cpu [--threads 1] [--cases generate,cnn]
     python benchmarks/dormant_overhead.py --device cuda --cases generate
 
-Cases, each timed in this process, plain first and last (drift shows as the
-two plain figures differing):
+Cases, each timed in this process after one unreported run, plain first
+and last (drift shows as the two plain figures differing):
 
 - ``generate``: an HF GPT-2 from its config (no download) generating greedily
   with its KV cache; on the cpu a small one, on CUDA GPT-2 medium in bf16.
 - ``cnn``: training steps of a CNN of many short operators (a small ResNet-like
   stack with BatchNorm), SGD.
 
-The budget is the device's whole memory (cuda) or 64 GiB (cpu), so nothing is
+The budget is 95% of the card (cuda) or half the host memory (cpu), so nothing is
 ever evicted. The output of every variant is checked bit-identical to
 plain's. Prints one row per (case, variant) and writes rows to
 $OUT/dormant_overhead.jsonl when OUT is set.
@@ -70,6 +70,9 @@ class _Block(nn.Module):
 
 
 def cnn_case(device: torch.device):
+    # cuDNN's default algorithms may differ from run to run: the check needs the same bits.
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
     torch.manual_seed(0)
     c, blocks, batch, size = (64, 16, 64, 32) if device.type == "cuda" else (16, 12, 8, 16)
     model = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), *[_Block(c) for _ in range(blocks)],
@@ -111,6 +114,7 @@ def one_case(name: str, device: torch.device, budget) -> list[dict]:
     rows = []
     results = {}
     variants = [("plain", None), ("dormant", {}), ("paged", {"dormant": False}), ("plain-again", None)]
+    timed(*CASES[name](device), device)  # unreported: the first run of a case pays for warming up
     for variant, options in variants:
         run, reps = CASES[name](device)  # the same seeds: every variant starts from the same state
         if options is None:
@@ -143,7 +147,7 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    budget = 0.95 if device.type == "cuda" else "64GiB"
+    budget = 0.95 if device.type == "cuda" else 0.5
     rows = []
     for name in args.cases.split(","):
         rows += one_case(name, device, budget)

@@ -14,6 +14,7 @@ import logging
 import numbers
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -269,6 +270,7 @@ class Session:
         self._watch: Watch | None = None
         self._paging_seconds = 0.0
         self._folded_peak = 0
+        self._entered_at = 0.0
 
     # --------------------------------------------------------- context
 
@@ -299,6 +301,7 @@ class Session:
             gc.freeze()
             self._froze_gc = True
         self._watch = _open_watch(self)
+        self._entered_at = time.perf_counter()
         self._mode.__enter__()
         # See [Note: host access] in engine/intercept/host_access.py.
         self._host_reads = host_access.enter(self.pager, self._mode.is_managed, self.config.host_access)
@@ -465,6 +468,8 @@ def _session_stats(session: Session) -> dict[str, Any]:
     if watch is not None:
         session._paging_seconds = watch.seconds()
         session._folded_peak = watch.signal.folded_reserved_peak
+    elif not session.pager.closed:  # no watch: paging since entry
+        session._paging_seconds = time.perf_counter() - session._entered_at
     out["paging_seconds"] = session._paging_seconds
     out["dormant"] = watch is not None and not watch.paging
     if session.device.type == "cuda":

@@ -70,6 +70,13 @@ class Thresholds:
     engage: float = 3 / 4
     release: float = 2 / 3
     calm_windows: int = 2
+    # CUDA, while dormant: host seconds between two readings of the
+    # allocator's statistics (each costs tens of microseconds), and the
+    # shortest window: a root module call sooner than this after the last
+    # boundary is a reading (generation steps of a few milliseconds share a
+    # window). The cpu tier's counter is cheap: no limit there.
+    reading_interval_s: float = 2e-3
+    window_min_s: float = 2e-2
 
     def of(self, share: float, limit: int) -> int:
         """``share`` of ``limit`` in whole bytes (exact for the powers-of-two shares above)."""

@@ -15,6 +15,8 @@ import os
 
 import torch
 
+from ..core.config import THRESHOLDS
+
 log = logging.getLogger("deepum")
 _NATIVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "counter.cpp")
 _counter = None
@@ -42,28 +44,32 @@ def load_counter():
 
 
 class CudaSignal:
-    """The caching allocator's allocated bytes; its peak is reset at each window."""
+    """The caching allocator's allocated bytes; its peak is reset at each window.
 
-    # Host seconds between two readings: the statistics come as a dict of dicts.
-    interval_s = 2e-4
+    Its statistics come as a dict of dicts built per call, so a reading costs
+    tens of microseconds: the watch rate-limits readings (Thresholds.reading_interval_s).
+    """
+
+    interval_s = THRESHOLDS.reading_interval_s
+    window_min_s = THRESHOLDS.window_min_s
 
     def __init__(self, device: torch.device) -> None:
         self.index = device.index if device.index is not None else torch.cuda.current_device()
         # The reserved peak before the last reset, so the session's peak survives the resets.
         self.folded_reserved_peak = 0
 
-    def _allocated(self) -> dict:
-        return torch._C._cuda_memoryStats(self.index)["allocated_bytes"]["all"]
-
     def current(self) -> int:
-        return self._allocated()["current"]
+        return torch._C._cuda_memoryStats(self.index)["allocated_bytes"]["all"]["current"]
 
-    def window_peak(self) -> int:
-        return self._allocated()["peak"]
-
-    def new_window(self) -> None:
-        self.folded_reserved_peak = max(self.folded_reserved_peak, torch.cuda.max_memory_reserved(self.index))
-        torch.cuda.reset_peak_memory_stats(self.index)
+    def close_window(self) -> int:
+        """The window's peak of allocated bytes; a new window starts."""
+        stats = torch._C._cuda_memoryStats(self.index)
+        reserved = stats["reserved_bytes"]["all"]["peak"]
+        if reserved > self.folded_reserved_peak:
+            self.folded_reserved_peak = reserved
+        peak = stats["allocated_bytes"]["all"]["peak"]
+        torch._C._cuda_resetPeakMemoryStats(self.index)
+        return peak
 
     def rebase(self, known: int) -> None:
         """The allocator sees every block: nothing to rebase."""
@@ -81,7 +87,9 @@ class CpuSignal:
     which only makes paging start early.
     """
 
-    interval_s = 0.0  # a reading is one call into the counter
+    # A reading is one call into the counter: no rate limit, every root call a boundary.
+    interval_s = 0.0
+    window_min_s = 0.0
 
     def __init__(self, counter) -> None:
         self.counter = counter
@@ -93,11 +101,10 @@ class CpuSignal:
     def current(self) -> int:
         return self.base + self.counter.current() - self.mark
 
-    def window_peak(self) -> int:
-        return self.base + self.counter.peak() - self.mark
-
-    def new_window(self) -> None:
+    def close_window(self) -> int:
+        peak = self.base + self.counter.peak() - self.mark
         self.counter.reset_peak()
+        return peak
 
     def rebase(self, known: int) -> None:
         self.base = known

@@ -57,6 +57,8 @@ class Watch:
         self.depth = self._stacks()  # the mode stacks' depths below the session's modes
         # Readings cost what the signal costs; a costly one (CUDA's statistics) is rate-limited.
         self.next_read = 0.0
+        self.window_min_s = signal.window_min_s
+        self.window_ends = 0.0
         self.paging_since = time.perf_counter()
         self.paging_seconds = 0.0
         self.hook = torch.nn.modules.module.register_module_forward_pre_hook(self._on_module)
@@ -73,8 +75,12 @@ class Watch:
             return
         state = self.state
         if module is root:
-            self._boundary()
-        elif not state.paging:
+            now = time.perf_counter()
+            if now >= self.window_ends:
+                self.window_ends = now + self.window_min_s
+                self._boundary()
+                return
+        if not state.paging:
             now = time.perf_counter()
             if now < self.next_read:
                 return
@@ -88,17 +94,16 @@ class Watch:
             table = self.pager.table
             off = sum(p.nbytes for p in table.pages.values() if p.state != RESIDENT)
             peak = table.window_peak_bytes + off
+            allocated = self.signal.close_window()
             if self.pager.device.type == "cuda":
-                peak = max(peak, self.signal.window_peak())
+                peak = max(peak, allocated)
             table.window_peak_bytes = table.resident_bytes
             moved, self.moved = self.moved, self._moved()
             turn = state.boundary(peak, moved != self.moved)
-            self.signal.new_window()
             if turn is Turn.RELEASE and not self._release():
                 state.refused()
             return
-        peak = self.signal.window_peak()
-        self.signal.new_window()
+        peak = self.signal.close_window()
         over = peak - self.pager.table.limit
         if over > 0:  # grew past the limit unwatched (the cpu tier; CUDA's cap raises instead)
             st = self.pager.counters
