@@ -199,14 +199,11 @@ class Session:
         Raise BudgetOvershootError on an overshoot instead of counting it.
     dormant:
         Stop intercepting operators while memory is not tight, and start
-        again before it is (see [Note: dormancy] in core/dormancy.py): a
-        program that never comes near the budget runs at its own speed. The
-        session starts paging; paging stops after two steps that peaked
-        under two thirds of the limit with nothing evicted, and starts again at
-        the next module call where memory in use would pass three quarters
-        of it. On the cpu device this needs a small compiled allocator that
-        counts (built on first use); without a compiler the session keeps
-        paging. Off under ``stress`` and ``trace``. Default: on.
+        again before it is ([Note: dormancy] in core/dormancy.py): a program
+        that never comes near the budget runs at its own speed. On the cpu
+        device this needs a small allocator that counts, compiled on first
+        use; without a compiler the session keeps paging. Off under
+        ``stress`` and ``trace``. Default: on.
     plan:
         Experimental, off by default. Record one training step (optimizer
         step to optimizer step), plan every page's evictions, drops and
@@ -271,6 +268,7 @@ class Session:
         self._paging_seconds = 0.0
         self._folded_peak = 0
         self._entered_at = 0.0
+        self._dormancy = False
 
     # --------------------------------------------------------- context
 
@@ -301,6 +299,7 @@ class Session:
             gc.freeze()
             self._froze_gc = True
         self._watch = _open_watch(self)
+        self._dormancy = self._watch is not None
         self._entered_at = time.perf_counter()
         self._mode.__enter__()
         # See [Note: host access] in engine/intercept/host_access.py.
@@ -468,7 +467,7 @@ def _session_stats(session: Session) -> dict[str, Any]:
     if watch is not None:
         session._paging_seconds = watch.seconds()
         session._folded_peak = watch.signal.folded_reserved_peak
-    elif not session.pager.closed:  # no watch: paging since entry
+    elif not session._dormancy and not session.pager.closed:  # no watch: paging since entry
         session._paging_seconds = time.perf_counter() - session._entered_at
     out["paging_seconds"] = session._paging_seconds
     out["dormant"] = watch is not None and not watch.paging

@@ -77,6 +77,9 @@ class Thresholds:
     # window). The cpu tier's counter is cheap: no limit there.
     reading_interval_s: float = 2e-3
     window_min_s: float = 2e-2
+    # While dormant, module calls are watched on the root module and its
+    # upper levels, at most this many modules (engine/watch.py).
+    watched_modules: int = 64
 
     def of(self, share: float, limit: int) -> int:
         """``share`` of ``limit`` in whole bytes (exact for the powers-of-two shares above)."""

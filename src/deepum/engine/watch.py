@@ -1,11 +1,16 @@
 """Paging on and off mid-program: executes what core/dormancy.py decides.
 
 [Note: where paging turns on and off]
-A global module forward pre-hook is the only thing that runs while the
-session is dormant: one Python call per module call, none per operator.
-The first module it sees becomes the *root*; each call of the root is a
-boundary (a training step's forward, a generation step), any other module
-call a reading. Turning on pushes the interceptor (and the host-access mode)
+Module forward pre-hooks are the only thing that runs while the session is
+dormant: none per operator. A global hook finds the *root*, the first
+module called; it is then replaced by hooks on the root and its upper
+levels (as many levels as stay within Thresholds.watched_modules modules:
+a transformer's blocks, a ResNet's bottlenecks), since any module hook
+sends every module call through PyTorch's slower call path, and a global
+one does so for every module. Each call of the root is a boundary (a
+training step's forward, a generation step), a call of another hooked
+module a reading. The hooks pickle as a no-op (a module saved whole inside
+a session loads without deepum). Turning on pushes the interceptor (and the host-access mode)
 onto the session's thread; turning off brings every page back to the device
 and pops them. Both happen only where that is safe:
 
@@ -61,7 +66,33 @@ class Watch:
         self.window_ends = 0.0
         self.paging_since = time.perf_counter()
         self.paging_seconds = 0.0
-        self.hook = torch.nn.modules.module.register_module_forward_pre_hook(self._on_module)
+        self.watched_modules = th.watched_modules
+        self.hooks: list = []
+        self._find_root()
+
+    def _find_root(self) -> None:
+        self.root = None
+        self._remove_hooks()
+        self.hooks.append(torch.nn.modules.module.register_module_forward_pre_hook(_Hook(self)))
+
+    def _hook_tree(self, root: torch.nn.Module) -> None:
+        """Hooks on the root and on its upper levels, within ``watched_modules`` modules."""
+        self._remove_hooks()
+        chosen, level, seen = [root], [root], {id(root)}
+        while level:
+            nxt = [c for m in level for c in _called_children(m) if id(c) not in seen]
+            if not nxt or (len(chosen) > 1 and len(chosen) + len(nxt) > self.watched_modules):
+                break
+            seen.update(id(c) for c in nxt)
+            chosen += nxt
+            level = nxt
+        hook = _Hook(self)
+        self.hooks = [m.register_forward_pre_hook(hook) for m in chosen]
+
+    def _remove_hooks(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
 
     # ------------------------------------------------------------ the hook
 
@@ -70,8 +101,11 @@ class Watch:
             return
         root = self.root() if self.root is not None else None
         if root is None:
+            if self.root is not None:  # the root was freed: find another
+                self._find_root()
             # Its first call starts the first window: no boundary yet.
             self.root = weakref.ref(module)
+            self._hook_tree(module)
             return
         state = self.state
         if module is root:
@@ -187,5 +221,39 @@ class Watch:
         return self.paging_seconds + open_
 
     def close(self) -> None:
-        self.hook.remove()
+        self._remove_hooks()
         self.signal.close()
+
+
+def _called_children(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """Children that are called: containers that are only indexed (ModuleList, ModuleDict) are looked through."""
+    out = []
+    for child in module.children():
+        if isinstance(child, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+            out += _called_children(child)
+        else:
+            out.append(child)
+    return out
+
+
+def _noop_hook(module, args) -> None:
+    return None
+
+
+def _as_noop() -> object:
+    return _noop_hook
+
+
+class _Hook:
+    """The watch's module hook; a module saved whole (pickle, deepcopy) keeps a no-op instead."""
+
+    __slots__ = ("watch",)
+
+    def __init__(self, watch: Watch) -> None:
+        self.watch = watch
+
+    def __call__(self, module, args) -> None:
+        self.watch._on_module(module, args)
+
+    def __reduce__(self):
+        return (_as_noop, ())
