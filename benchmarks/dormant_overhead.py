@@ -113,7 +113,8 @@ def timed(run, reps, device, warm=3):
 def one_case(name: str, device: torch.device, budget) -> list[dict]:
     rows = []
     results = {}
-    variants = [("plain", None), ("dormant", {}), ("paged", {"dormant": False}), ("plain-again", None)]
+    variants = [("plain", None), ("dormant", {}), ("paged", {"dormant": False}),
+                ("dormant-noexp", {"expandable_segments": False}), ("plain-again", None)]
     timed(*CASES[name](device), device)  # unreported: the first run of a case pays for warming up
     for variant, options in variants:
         run, reps = CASES[name](device)  # the same seeds: every variant starts from the same state

@@ -42,25 +42,14 @@ def test_a_dormant_window_over_engage_turns_paging_on_at_its_boundary():
     assert d.paging and d.engaged == 1
 
 
-def test_a_reading_predicts_the_window_from_the_last_one():
+def test_a_reading_past_engage_turns_paging_on_at_once():
     d = _rule(calm=1)
     d.boundary(10, moved=False)
-    # A dormant window: readings up to 20, peak 30 (a backward pass added 10, or half again).
-    for b in (5, 20):
+    for b in (5, 60, 75):
         assert d.reading(b) is Turn.STAY
-    assert d.boundary(30, moved=False) is Turn.STAY
-    assert d.after == 10 and d.ratio == 1.5
-    assert d.reading(45) is Turn.STAY  # predicts 67.5
-    assert d.reading(51) is Turn.ENGAGE  # predicts 76.5, past 75
-    assert d.paging
-
-
-def test_the_fixed_part_of_a_window_is_predicted_as_a_difference():
-    d = _rule(calm=1)
-    d.boundary(10, moved=False)
-    d.reading(2)
-    d.boundary(30, moved=False)  # ratio 15, difference 28
-    assert d.reading(40) is Turn.ENGAGE  # 40 * 15 is past; so is 40 + 28
+    assert d.reading(76) is Turn.ENGAGE
+    assert d.paging and d.engaged == 1
+    assert d.reading(90) is Turn.STAY  # already paging
 
 
 def test_a_refused_release_keeps_paging():

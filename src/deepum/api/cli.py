@@ -46,6 +46,10 @@ def summary(stats: dict) -> str:
         f"  moved {fmt_bytes(stats.get('bytes_to_device', 0))} to the device, "
         f"{fmt_bytes(stats.get('bytes_to_host', 0))} to the host; stalled {stats.get('stall_seconds', 0.0):.3f} s",
     ]
+    if stats.get("paging_stops"):
+        lines.append(f"  paging on for {stats.get('paging_seconds', 0.0):.1f} s (the operators above were "
+                     f"intercepted then); dormant while memory was not tight: stopped "
+                     f"{stats['paging_stops']} times, started again {stats.get('paging_starts', 0)}")
     if "bytes_dropped" in stats or "recompute_seconds" in stats:
         lines.append(f"  dropped {fmt_bytes(stats.get('bytes_dropped', 0))} instead of copying it; "
                      f"recomputing took {stats.get('recompute_seconds', 0.0):.3f} s")

@@ -401,8 +401,9 @@ class Session:
             self._final_stats["restored_pages"] = pager.restored
             pager.close()
         st = self._final_stats
-        log.info("deepum session ended: %d operators, %d faults, %d evictions, %d bytes in, %d bytes out",
-                 st["ops"], st["faults"], st["evictions"], st["bytes_to_device"], st["bytes_to_host"])
+        log.info("deepum session ended: %d operators intercepted in %.1f s of paging, %d faults, "
+                 "%d evictions, %d bytes in, %d bytes out", st["ops"], st["paging_seconds"], st["faults"],
+                 st["evictions"], st["bytes_to_device"], st["bytes_to_host"])
 
     def _release_budget(self) -> None:
         if self._fraction_set:

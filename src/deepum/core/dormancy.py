@@ -12,12 +12,11 @@ page table's while paging, the allocator's while dormant.
 - Paging stops at a boundary after ``calm`` windows in a row whose peak stayed
   under ``release`` of the limit with nothing evicted or dropped in them.
 - Paging starts again at a boundary whose window peaked above ``engage`` of
-  the limit, or at any reading (a module call starting) where the window's
-  peak, predicted from the memory in use now, would pass it. The last
-  dormant window's shape makes the prediction: its peak over its highest
-  reading, both as a difference (what a backward pass and the optimizer add
-  to fixed state) and as a ratio (activations that grow with the batch); the
-  larger of the two is taken.
+  the limit, or at any reading (a module call starting) where the memory in
+  use passes it. (Predicting the window's peak from a reading, by the last
+  window's peak over its highest reading, made paging flap on and off on
+  the GPU: readings are rate-limited there, so their points in the step
+  differ from window to window; docs/BENCHMARKS.md, session 7.)
 
 The one risk: memory that grows, between two readings, from under ``engage``
 of the limit to past the limit is allocated with no interceptor to make room.
@@ -62,25 +61,14 @@ class Dormancy:
         self.calm_needed = calm
         self.paging = True
         self.calm = 0
-        # What the last dormant window added after its highest reading (a
-        # backward pass, the optimizer), as bytes and as a ratio: a reading
-        # predicts the window's peak with them.
-        self.after = 0
-        self.ratio = 1.0
-        self.seen = 0  # highest reading of the current window
         self.engaged = 0  # times paging started again
         self.released = 0  # times paging stopped
 
     def boundary(self, peak: int, moved: bool) -> Turn:
         """A window ended with ``peak`` bytes at most in use; ``moved``: pages left the device in it.
 
-        A window with no reading (a root module with no children) teaches nothing about its shape.
         """
-        seen, self.seen = self.seen, 0
         if not self.paging:
-            if seen:
-                self.after = max(0, peak - seen)
-                self.ratio = max(1.0, peak / seen)
             if peak > self.engage_bytes:
                 return self._engage()
             return Turn.STAY
@@ -97,9 +85,7 @@ class Dormancy:
 
     def reading(self, in_use: int) -> Turn:
         """Memory in use now, read while dormant between boundaries."""
-        if in_use > self.seen:
-            self.seen = in_use
-        if self.paging or max(in_use + self.after, in_use * self.ratio) <= self.engage_bytes:
+        if self.paging or in_use <= self.engage_bytes:
             return Turn.STAY
         return self._engage()
 
