@@ -5,7 +5,8 @@
 A GPT-2 of 4 tiny layers (d=64, batch 2 x 32) has operators of a few
 microseconds, so its step time is the interception's host time. Prints, per
 operator of a step (one thread, median of 6 steps after 4): plain, deepum
-with a budget never reached, and deepum at 1/2 of the peak with the online
+with a budget never reached (every operator intercepted, and dormant where
+the commit has dormancy), and deepum at 1/2 of the peak with the online
 choice and with the planned step; with the counts of events per step. On a
 GPU a paged step is bound by this host time (docs/BENCHMARKS.md, session 6).
 SRC puts another copy of deepum's src/ first on the path (another commit).
@@ -46,13 +47,25 @@ def timed(step, session=None):
     return statistics.median(times), moved
 
 
+def _every_op() -> dict:
+    """Options for a session that intercepts every operator (commits before dormancy had no choice)."""
+    try:
+        deepum.Config(dormant=False)
+    except TypeError:
+        return {}
+    return {"dormant": False}
+
+
 def main() -> None:
     plain, _ = timed(make())
-    with deepum.oversubscribe(1.0, "cpu") as s:
+    with deepum.oversubscribe(1.0, "cpu", **_every_op()) as s:
         quiet, moved = timed(make(), s)
     ops = moved["ops"]
     peak = s.stats()["peak_managed_bytes"]
-    rows = [("plain", plain, {}), ("deepum, budget never reached", quiet, moved)]
+    rows = [("plain", plain, {}), ("deepum, never reached, paging", quiet, moved)]
+    if _every_op():
+        with deepum.oversubscribe(1.0, "cpu") as s:
+            rows.append(("deepum, never reached, dormant", *timed(make(), s)))
     for name, opts in (("deepum 1/2, online", {}), ("deepum 1/2, plan", {"plan": True})):
         with deepum.oversubscribe(int(peak * 0.5), "cpu", **opts) as s:
             rows.append((name, *timed(make(), s)))

@@ -3,6 +3,8 @@ stats and the memory picture."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.optim.optimizer as optimizer_hooks
 
@@ -12,11 +14,19 @@ from ..engine.pager import Pager
 from ..engine.telemetry import now_us
 
 
-def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool) -> list:
+def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
+                       paging: Callable[[], bool] | None = None) -> list:
     """Learn what pages hold: saved for backward, or a parameter's gradient and state.
 
+    ``paging()`` says whether the session intercepts now: a dormant session
+    (engine/watch.py) skips the optimizer hooks' look-ups, which cost a few
+    microseconds per parameter, gradient and state tensor each step.
     Returns the hooks, for :func:`remove_kind_hooks`.
     """
+    if paging is None:  # no dormancy: always paging
+        def paging():
+            return True
+
 
     def page_of(t):
         if not isinstance(t, torch.Tensor) or not mode.is_managed(t) or t.layout != torch.strided:
@@ -35,6 +45,8 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool) -> lis
         return t
 
     def classify(optimizer, args, kwargs):
+        if not paging():
+            return
         with pager.lock:
             for group in optimizer.param_groups:
                 for p in group["params"]:
@@ -48,8 +60,10 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool) -> lis
                             pager.set_kind(page, Kind.OPTIMIZER_STATE)
 
     def after_step(optimizer, args, kwargs):
-        classify(optimizer, args, kwargs)
         pager.counters.optimizer_steps += 1  # the "step" of joules per step
+        if not paging():
+            return
+        classify(optimizer, args, kwargs)
         # The engine's own copies and buffers must not become pages.
         with torch.utils._python_dispatch._disable_current_modes(), pager.lock:
             pager.plans.boundary()

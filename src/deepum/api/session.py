@@ -293,13 +293,13 @@ class Session:
         if self.device.type == "cuda":
             _cap_allocator(self.device, self.budget, self.total, cfg)
             self._fraction_set = True
-        self._kind_hooks = install_kind_hooks(self.pager, self._mode, self.track_kinds)
         if cfg.freeze_gc and hasattr(gc, "freeze"):
             gc.collect()
             gc.freeze()
             self._froze_gc = True
-        self._watch = _open_watch(self)
-        self._dormancy = self._watch is not None
+        watch = self._watch = _open_watch(self)
+        self._dormancy = watch is not None
+        self._kind_hooks = install_kind_hooks(self.pager, self._mode, self.track_kinds, watch and (lambda: watch.paging))
         self._entered_at = time.perf_counter()
         self._mode.__enter__()
         # See [Note: host access] in engine/intercept/host_access.py.

@@ -78,8 +78,9 @@ class Thresholds:
     reading_interval_s: float = 2e-3
     window_min_s: float = 2e-2
     # While dormant, module calls are watched on the root module and its
-    # upper levels, at most this many modules (engine/watch.py).
-    watched_modules: int = 64
+    # upper levels, at most this many modules (engine/watch.py): each hooked
+    # module's call takes PyTorch's slower call path.
+    watched_modules: int = 32
 
     def of(self, share: float, limit: int) -> int:
         """``share`` of ``limit`` in whole bytes (exact for the powers-of-two shares above)."""

@@ -76,12 +76,22 @@ class Watch:
         self.hooks.append(torch.nn.modules.module.register_module_forward_pre_hook(_Hook(self)))
 
     def _hook_tree(self, root: torch.nn.Module) -> None:
-        """Hooks on the root and on its upper levels, within ``watched_modules`` modules."""
+        """Hooks on the root and its upper levels, at most ``watched_modules`` modules.
+
+        Levels are taken whole while they fit; of the first level that does
+        not, an evenly spaced share fills what is left (a flat stack of many
+        blocks is still read along its length).
+        """
         self._remove_hooks()
         chosen, level, seen = [root], [root], {id(root)}
         while level:
             nxt = [c for m in level for c in _called_children(m) if id(c) not in seen]
-            if not nxt or (len(chosen) > 1 and len(chosen) + len(nxt) > self.watched_modules):
+            room = self.watched_modules - len(chosen)
+            if not nxt or room <= 0:
+                break
+            if len(nxt) > room:
+                stride = -(-len(nxt) // room)
+                chosen += nxt[::stride]
                 break
             seen.update(id(c) for c in nxt)
             chosen += nxt
