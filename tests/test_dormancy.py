@@ -241,3 +241,46 @@ def test_an_inference_loop_goes_dormant_under_no_grad():
             assert s.stats()["ops"] == ops
     assert all(torch.equal(a, b) for a, b in zip(ref, out))
     assert s.stats()["paging_stops"] == 1
+
+
+def test_a_new_model_after_the_first_is_freed_is_watched_again():
+    _native_or_skip()
+    import gc
+
+    with deepum.oversubscribe(budget=256 * MiB, device="cpu") as s:
+        first = _mlp()
+        _train(first, [64] * 4)
+        assert s.stats()["dormant"]
+        watch = s._watch
+        del first
+        gc.collect()
+        second = _mlp()
+        plain = _train(_mlp(), [64] * 3)  # a third model, called first: the new root
+        again = _train(second, [64] * 3)
+        assert watch.root() is not None and watch.hooks
+    _same(plain, again)
+    assert not any(m._forward_pre_hooks for m in second.modules()), "hooks outlived the session"
+
+
+def test_a_data_loader_loop_goes_dormant_and_stays_exact():
+    _native_or_skip()
+    data = torch.utils.data.TensorDataset(torch.randn(256, 256, generator=torch.Generator().manual_seed(3)),
+                                          torch.randint(0, 10, (256,), generator=torch.Generator().manual_seed(4)))
+
+    def run(session=None):
+        model = _mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses = []
+        for x, y in torch.utils.data.DataLoader(data, batch_size=32):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        return losses, [p.detach().clone() for p in model.parameters()]
+
+    plain = run()
+    with deepum.oversubscribe(budget=256 * MiB, device="cpu") as s:
+        paged = run(s)
+    _same(plain, paged)
+    assert s.stats()["paging_stops"] == 1

@@ -13,10 +13,11 @@ page table's while paging, the allocator's while dormant.
   under ``release`` of the limit with nothing evicted or dropped in them.
 - Paging starts again at a boundary whose window peaked above ``engage`` of
   the limit, or at any reading (a module call starting) where the memory in
-  use passes it. (Predicting the window's peak from a reading, by the last
-  window's peak over its highest reading, made paging flap on and off on
-  the GPU: readings are rate-limited there, so their points in the step
-  differ from window to window; docs/BENCHMARKS.md, session 7.)
+  use passes it. (A prediction of the window's peak from a reading, by the
+  last window's peak over its highest reading, was tried and left out: on
+  the GPU readings are rate-limited, so their points in the step differ
+  from window to window, and a prediction from them can turn paging on
+  in a step that stays far below the limit.)
 
 The one risk: memory that grows, between two readings, from under ``engage``
 of the limit to past the limit is allocated with no interceptor to make room.

@@ -5,13 +5,18 @@ Module forward pre-hooks are the only thing that runs while the session is
 dormant: none per operator. A global hook finds the *root*, the first
 module called; it is then replaced by hooks on the root and its upper
 levels (as many levels as stay within Thresholds.watched_modules modules:
-a transformer's blocks, a ResNet's bottlenecks), since any module hook
+a transformer's blocks, a share of a ResNet's bottlenecks), since any module hook
 sends every module call through PyTorch's slower call path, and a global
 one does so for every module. Each call of the root is a boundary (a
 training step's forward, a generation step), a call of another hooked
-module a reading. The hooks pickle as a no-op (a module saved whole inside
-a session loads without deepum). Turning on pushes the interceptor (and the host-access mode)
-onto the session's thread; turning off brings every page back to the device
+module a reading. When the program frees the root, the global hook comes
+back to find another. Modules outside the root's tree (a second model) are
+not read, but their memory is in each window's peak, which the allocator
+or the counter measures for the whole process. The hooks pickle as a no-op
+(a module saved whole inside a session loads without deepum).
+
+Turning on pushes the interceptor (and the host-access mode) onto the
+session's thread; turning off brings every page back to the device
 and pops them. Both happen only where that is safe:
 
 - on the thread that entered the session (a dispatch mode is per thread);
@@ -68,12 +73,18 @@ class Watch:
         self.paging_seconds = 0.0
         self.watched_modules = th.watched_modules
         self.hooks: list = []
+        self.closed = False
         self._find_root()
 
     def _find_root(self) -> None:
         self.root = None
         self._remove_hooks()
         self.hooks.append(torch.nn.modules.module.register_module_forward_pre_hook(_Hook(self)))
+
+    def _root_died(self, ref: weakref.ref) -> None:
+        """The program freed the root module (and with it the hooked tree): watch all modules again."""
+        if self.root is ref and not self.closed:
+            self._find_root()
 
     def _hook_tree(self, root: torch.nn.Module) -> None:
         """Hooks on the root and its upper levels, at most ``watched_modules`` modules.
@@ -111,10 +122,8 @@ class Watch:
             return
         root = self.root() if self.root is not None else None
         if root is None:
-            if self.root is not None:  # the root was freed: find another
-                self._find_root()
             # Its first call starts the first window: no boundary yet.
-            self.root = weakref.ref(module)
+            self.root = weakref.ref(module, self._root_died)
             self._hook_tree(module)
             return
         state = self.state
@@ -231,6 +240,7 @@ class Watch:
         return self.paging_seconds + open_
 
     def close(self) -> None:
+        self.closed = True
         self._remove_hooks()
         self.signal.close()
 
