@@ -413,6 +413,26 @@ class TestPlanner:
         assert sim.resident == [MB, 2 * MB, 3 * MB, MB, 2 * MB]
         assert plan.resident == sim.resident and sim.recompute_seconds == POINTWISE_S
 
+    def test_a_freed_input_on_the_host_is_kept_so_its_reader_is_dropped_not_copied(self):
+        t = Builder()
+        a = t.out(MATMUL_S, (), MB, "matmul", droppable=False)
+        b = t.out(POINTWISE_S, (a,), MB, "pointwise")
+        c = t.page(2 * MB)
+        t.op(MATMUL_S, uses=(b,), creates=(c,), frees=(c,))  # no room for a: it is copied out
+        t.op(0.0, frees=(a,))  # the program lets go of a while it is on the host
+        d = t.page(3 * MB)
+        t.op(MATMUL_S, creates=(d,), frees=(d,))  # no room for b
+        t.op(MATMUL_S, uses=(b,), frees=(b,))
+        trace = t.trace()
+        limit = 3 * MB + MB // 2
+        plan = plan_step(trace, limit, 1e6, 1e6)
+        # a stays on the host for b's recipe: b is dropped and rebuilt from
+        # it (a comes back), where letting a go would have left b to be copied.
+        assert (a, Action.COPY) in actions(plan) and (b, Action.DROP) in actions(plan)
+        assert plan.kept == {a: (b,)}
+        sim = check_fits(trace, plan, limit)
+        assert sim.recompute_seconds == POINTWISE_S
+
     def test_pages_on_the_host_at_step_start_are_prefetched(self):
         t = Builder()
         w = t.page(MB, resident=False)

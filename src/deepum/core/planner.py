@@ -285,6 +285,8 @@ class _Lineage(_Prices):
     dead: set[int]
     mem: int
     push: Callable[[int], None]
+    readers: dict[int, list[int]]
+    plan: Plan
 
     def next_use(self, p: int) -> int:
         """p's own next use, or sooner that of a dropped page whose rebuild needs it
@@ -298,6 +300,25 @@ class _Lineage(_Prices):
             seen.add(r)
             nu = min(nu, self.own_next(r))
             stack.extend(self.pending.get(r, ()))
+        return nu
+
+    def next_use_dropped(self, r: int) -> int:
+        """r's own next use, or sooner that of a *dropped* page whose rebuild needs it.
+
+        Before a write to a recipe input this, not :meth:`next_use`, decides
+        whether dropped r is rebuilt or let go: pages still on the device that
+        would like r for a later drop of their own (a kept lineage page's
+        holders) do not keep it, as the glue and the replay do not.
+        """
+        nu = self.own_next(r)
+        stack, seen = [x for x in self.pending.get(r, ()) if self.state[x] == DROP], set()
+        while stack:
+            x = stack.pop()
+            if x in seen:
+                continue
+            seen.add(x)
+            nu = min(nu, self.own_next(x))
+            stack.extend(y for y in self.pending.get(x, ()) if self.state[y] == DROP)
         return nu
 
     def let_go(self, r: int) -> None:
@@ -336,6 +357,46 @@ class _Lineage(_Prices):
             self.plan.releases.setdefault(self.now, []).append(p)
         self.state[p] = GONE
 
+
+    def keep(self, t: int, p: int) -> bool:
+        """Keep p as lineage where the program frees it, rather than let it go,
+        when pages with recipes that read it live on: they can still be
+        dropped later instead of copied (DTR's lineage). A resident p is
+        dropped here (it holds no memory); one already on the host stays
+        there. Returns whether it was kept."""
+        s = self.spec[p]
+        st = self.state[p]
+        # A dropped p is not kept: it would hold its own recipe's inputs for
+        # its holders too, and on the recorded ViT-L step that made the plan
+        # copy more (docs/BENCHMARKS.md, session 7).
+        if st not in (RES, OUT) or not s.pageable:
+            return False
+        holders = {r for r in self.readers.get(p, ()) if self.state[r] in (RES, ARR, OUT)
+                   and self.spec[r].rebuild_seconds is not None and r not in self.broken
+                   and self.own_next(r) < NEVER}
+        if not holders:
+            return False
+        if st == RES:  # dropped here, so its own recipe must work
+            if s.rebuild_seconds is None or p in self.broken:
+                return False
+            if any(self.state[q] not in (RES, ARR, OUT, DROP) for q in s.recipe_inputs):
+                return False
+            depth = 1 + max((self.depth[q] for q in s.recipe_inputs if self.state[q] == DROP), default=0)
+            if depth > MAX_DEPTH:
+                return False
+            self.plan.evictions.setdefault(t, []).append((p, Action.DROP))
+            self.plan.stats["evictions"] += 1
+            self.mem -= s.nbytes
+            self.state[p] = DROP
+            self.depth[p] = depth
+            for q in s.recipe_inputs:
+                self.pending.setdefault(q, set()).add(p)
+                self.push(q)
+        # On the host already: it stays there, now for its holders too (a
+        # holder's rebuild brings it back).
+        self.plan.kept[p] = tuple(sorted(holders))
+        self.pending[p] = holders
+        return True
 
 class _Sweep(_Lineage):
     def __init__(self, trace: StepTrace, limit: int, h2d: float, d2h: float, k: int,
@@ -432,7 +493,7 @@ class _Sweep(_Lineage):
             for r in list(self.pending.get(w, ())):
                 if self.state[r] != DROP:
                     continue
-                if self.next_use(r) >= NEVER:
+                if self.next_use_dropped(r) >= NEVER:
                     # Nobody reads it, nor the dropped pages that need it,
                     # again: let them go, not rebuilt (as the glue does
                     # before a write when no tensor refers to them).
@@ -601,34 +662,4 @@ class _Sweep(_Lineage):
             self.release(p)
         for p in (*need, *self.ops[t].creates):
             self.push(p)
-
-    def keep(self, t: int, p: int) -> bool:
-        """Drop p where the program frees it, rather than let it go, when pages
-        with recipes that read it live on: it holds no memory, and they can
-        still be dropped later instead of copied (DTR's lineage). Returns
-        whether it was kept."""
-        s = self.spec[p]
-        if self.state[p] != RES or not s.pageable or s.rebuild_seconds is None or p in self.broken:
-            return False
-        if any(self.state[q] not in (RES, ARR, OUT, DROP) for q in s.recipe_inputs):
-            return False
-        depth = 1 + max((self.depth[q] for q in s.recipe_inputs if self.state[q] == DROP), default=0)
-        if depth > MAX_DEPTH:
-            return False
-        holders = {r for r in self.readers.get(p, ()) if self.state[r] in (RES, ARR, OUT)
-                   and self.spec[r].rebuild_seconds is not None and r not in self.broken
-                   and self.own_next(r) < NEVER}
-        if not holders:
-            return False
-        self.plan.evictions.setdefault(t, []).append((p, Action.DROP))
-        self.plan.kept[p] = tuple(sorted(holders))
-        self.plan.stats["evictions"] += 1
-        self.mem -= s.nbytes
-        self.state[p] = DROP
-        self.depth[p] = depth
-        self.pending[p] = holders
-        for q in s.recipe_inputs:
-            self.pending.setdefault(q, set()).add(p)
-            self.push(q)
-        return True
 

@@ -89,8 +89,8 @@ class _Replay:
 
     def slot(self, i: int, need: set[int]) -> None:
         for p, action in self.plan.evictions_after(i):
-            if p in self.kept:
-                continue  # dropped where the program freed it (keep())
+            if p in self.kept and p not in self.res:
+                continue  # dropped where the program freed it (keep()); back later, it leaves again
             if p in need or p not in self.res or p in self.arrive:
                 raise ValueError(f"plan evicts page {p} after op {i}, which is not resident or is needed next")
             self.res.discard(p)
@@ -180,14 +180,14 @@ class _Replay:
 
     def keep(self, p: int, holders: tuple[int, ...]) -> None:
         """The plan drops p where the program frees it, for ``holders``' recipes."""
-        if p not in self.res:
-            raise ValueError(f"plan keeps page {p}, which is not resident when freed")
         self.kept.add(p)
-        self.res.discard(p)
-        self.mem -= self.spec[p].nbytes
-        self.dropped.add(p)
-        for q in self.spec[p].recipe_inputs:
-            self.holders.setdefault(q, set()).add(p)
+        if p in self.res:  # dropped where it is freed
+            self.res.discard(p)
+            self.mem -= self.spec[p].nbytes
+            self.dropped.add(p)
+            for q in self.spec[p].recipe_inputs:
+                self.holders.setdefault(q, set()).add(p)
+        # (On the host: it stays there, for its holders too.)
         self.holders[p] = set(holders)
 
     def free(self, p: int) -> None:
@@ -244,8 +244,8 @@ def simulate(trace: StepTrace, plan: Plan, limit: int, h2d_Bps: float | None = N
         for p in sim.rebuilt:
             sim.unhold(p)
         sim.rebuilt.clear()
-        for p, _ in plan.evictions_after(t):
-            if p in plan.kept and p in op.frees:
+        for p in op.frees:
+            if p in plan.kept:
                 sim.keep(p, plan.kept[p])
         for p in op.frees:
             sim.dead.add(p)
