@@ -60,6 +60,15 @@ def test_a_refused_release_keeps_paging():
     assert d.boundary(10, moved=False) is Turn.RELEASE
 
 
+def test_a_deferred_engage_stays_dormant_and_reads_again():
+    d = _rule(calm=1)
+    d.boundary(10, moved=False)
+    assert d.reading(80) is Turn.ENGAGE
+    d.deferred()  # the engine could not push its modes there
+    assert not d.paging and d.engaged == 0
+    assert d.reading(80) is Turn.ENGAGE
+
+
 def test_release_may_not_exceed_engage():
     with pytest.raises(AssertionError):
         Dormancy(100, engage=0.5, release=0.75, calm=1)

@@ -90,6 +90,11 @@ class Dormancy:
             return Turn.STAY
         return self._engage()
 
+    def deferred(self) -> None:
+        """The engine could not turn paging on here (inside a backward pass, a mode on top): dormant still."""
+        self.paging = False
+        self.engaged -= 1
+
     def refused(self) -> None:
         """The engine could not release (pages would not fit, another mode on top): stay paging."""
         self.paging = True

@@ -33,6 +33,7 @@ adoption scan also runs when paging turns on).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
@@ -43,8 +44,10 @@ from torch.utils._python_dispatch import _disable_current_modes, _get_current_di
 
 from ..core.dormancy import Dormancy, Turn
 from ..core.pages import RESIDENT
+from ..errors import RestoreError
 from .stepplan import StepPlans
 
+log = logging.getLogger("deepum")
 _graph_task = torch._C._current_graph_task_id
 
 
@@ -176,8 +179,7 @@ class Watch:
 
     def _engage(self) -> None:
         if _graph_task() != -1 or self._stacks() != self.depth:
-            self.state.paging = False  # not here: read again at the next module call
-            self.state.engaged -= 1
+            self.state.deferred()  # not here: read again at the next module call
             return
         pager = self.pager
         if self.adopt is not None:
@@ -205,6 +207,10 @@ class Watch:
             limit = table.limit
             try:
                 pager.restore_all()  # rebuilds dropped pages and ends every recipe
+            except RestoreError as e:
+                # Whatever came back is resident, the rest is where it was: paging goes on.
+                log.info("deepum: paging stays on: %s", e)
+                return False
             finally:
                 table.limit = limit
             pager.transfers.pool.clear()
