@@ -32,7 +32,6 @@ Pure logic: the engine feeds it byte counts and executes what it returns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 
 
@@ -42,14 +41,6 @@ class Turn(Enum):
     STAY = 0
     ENGAGE = 1  # start intercepting
     RELEASE = 2  # bring every page back and stop intercepting
-
-
-@dataclass
-class Window:
-    """What one boundary-to-boundary window saw."""
-
-    peak: int = 0  # most bytes in use at once
-    seen: int = 0  # most bytes in use at a reading
 
 
 class Dormancy:
@@ -66,9 +57,7 @@ class Dormancy:
         self.released = 0  # times paging stopped
 
     def boundary(self, peak: int, moved: bool) -> Turn:
-        """A window ended with ``peak`` bytes at most in use; ``moved``: pages left the device in it.
-
-        """
+        """A window ended with ``peak`` bytes at most in use; ``moved``: pages left the device in it."""
         if not self.paging:
             if peak > self.engage_bytes:
                 return self._engage()
