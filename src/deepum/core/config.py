@@ -80,7 +80,7 @@ class Thresholds:
     # While dormant, module calls are watched on the root module and its
     # upper levels, at most this many modules (engine/watch.py): each hooked
     # module's call takes PyTorch's slower call path.
-    watched_modules: int = 32
+    watched_modules: int = 16
 
     def of(self, share: float, limit: int) -> int:
         """``share`` of ``limit`` in whole bytes (exact for the powers-of-two shares above)."""

@@ -81,6 +81,7 @@ class Watch:
 
     def _find_root(self) -> None:
         self.root = None
+        self.root_id = 0  # id() of the root while it lives (its weak reference clears this)
         self._remove_hooks()
         self.hooks.append(torch.nn.modules.module.register_module_forward_pre_hook(_Hook(self)))
 
@@ -121,28 +122,30 @@ class Watch:
     # ------------------------------------------------------------ the hook
 
     def _on_module(self, module, args) -> None:
+        # Called on every hooked module call of the program: the common
+        # cases (a paging session's inner module, a reading not yet due)
+        # return after a few attribute reads.
+        is_root = id(module) == self.root_id
+        if self.state.paging and not is_root and self.root_id:
+            return
         if threading.get_ident() != self.owner:
             return
-        root = self.root() if self.root is not None else None
-        if root is None:
+        now = time.perf_counter()
+        if not self.root_id:
             # Its first call starts the first window: no boundary yet.
             self.root = weakref.ref(module, self._root_died)
+            self.root_id = id(module)
             self._hook_tree(module)
             return
-        state = self.state
-        if module is root:
-            now = time.perf_counter()
-            if now >= self.window_ends:
-                self.window_ends = now + self.window_min_s
-                self._boundary()
-                return
-        if not state.paging:
-            now = time.perf_counter()
-            if now < self.next_read:
-                return
-            self.next_read = now + self.signal.interval_s
-            if state.reading(self.signal.current()) is Turn.ENGAGE:
-                self._engage()
+        if is_root and now >= self.window_ends:
+            self.window_ends = now + self.window_min_s
+            self._boundary()
+            return
+        if self.state.paging or now < self.next_read:
+            return
+        self.next_read = now + self.signal.interval_s
+        if self.state.reading(self.signal.current()) is Turn.ENGAGE:
+            self._engage()
 
     def _boundary(self) -> None:
         state = self.state
