@@ -321,6 +321,20 @@ class _Lineage(_Prices):
             stack.extend(y for y in self.pending.get(x, ()) if self.state[y] == DROP)
         return nu
 
+    def _holds_dead(self, p: int) -> bool:
+        """Does dropped p's recipe read, directly or through dropped pages, a page the program freed?"""
+        stack, seen = list(self.spec[p].recipe_inputs), set()
+        while stack:
+            q = stack.pop()
+            if q in seen:
+                continue
+            seen.add(q)
+            if q in self.dead:
+                return True
+            if self.state[q] == DROP:
+                stack.extend(self.spec[q].recipe_inputs)
+        return False
+
     def let_go(self, r: int) -> None:
         """Dropped page r and the dropped pages that need it are gone."""
         stack = [r]
@@ -362,14 +376,16 @@ class _Lineage(_Prices):
         """Keep p as lineage where the program frees it, rather than let it go,
         when pages with recipes that read it live on: they can still be
         dropped later instead of copied (DTR's lineage). A resident p is
-        dropped here (it holds no memory); one already on the host stays
-        there. Returns whether it was kept."""
+        dropped here (it holds no memory); one already on the host or
+        dropped stays so. Returns whether it was kept."""
         s = self.spec[p]
         st = self.state[p]
-        # A dropped p is not kept: it would hold its own recipe's inputs for
-        # its holders too, and on the recorded ViT-L step that made the plan
-        # copy more (docs/BENCHMARKS.md, session 7).
-        if st not in (RES, OUT) or not s.pageable:
+        if st not in (RES, OUT, DROP) or not s.pageable:
+            return False
+        if st == DROP and self._holds_dead(p):
+            # Kept, it would hold inputs the program has freed (with their
+            # own inputs) for its holders' sake: on the recorded ViT-L step this
+            # made the plan copy more (docs/BENCHMARKS.md, session 7).
             return False
         holders = {r for r in self.readers.get(p, ()) if self.state[r] in (RES, ARR, OUT)
                    and self.spec[r].rebuild_seconds is not None and r not in self.broken
@@ -392,8 +408,8 @@ class _Lineage(_Prices):
             for q in s.recipe_inputs:
                 self.pending.setdefault(q, set()).add(p)
                 self.push(q)
-        # On the host already: it stays there, now for its holders too (a
-        # holder's rebuild brings it back).
+        # Already on the host (a holder's rebuild brings it back) or dropped
+        # (its inputs already held): it stays so, now for its holders too.
         self.plan.kept[p] = tuple(sorted(holders))
         self.pending[p] = holders
         return True

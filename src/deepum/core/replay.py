@@ -187,7 +187,7 @@ class _Replay:
             self.dropped.add(p)
             for q in self.spec[p].recipe_inputs:
                 self.holders.setdefault(q, set()).add(p)
-        # (On the host: it stays there, for its holders too.)
+        # (On the host or dropped already: it stays so, for its holders too.)
         self.holders[p] = set(holders)
 
     def free(self, p: int) -> None:
