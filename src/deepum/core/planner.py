@@ -291,16 +291,7 @@ class _Lineage(_Prices):
     def next_use(self, p: int) -> int:
         """p's own next use, or sooner that of a dropped page whose rebuild needs it
         (through chains of dropped pages; each page visited once)."""
-        nu = self.own_next(p)
-        stack, seen = list(self.pending.get(p, ())), set()
-        while stack:
-            r = stack.pop()
-            if r in seen:
-                continue
-            seen.add(r)
-            nu = min(nu, self.own_next(r))
-            stack.extend(self.pending.get(r, ()))
-        return nu
+        return self._next_through(p, dropped_only=False)
 
     def next_use_dropped(self, r: int) -> int:
         """r's own next use, or sooner that of a *dropped* page whose rebuild needs it.
@@ -310,15 +301,22 @@ class _Lineage(_Prices):
         would like r for a later drop of their own (a kept lineage page's
         holders) do not keep it, as the glue and the replay do not.
         """
-        nu = self.own_next(r)
-        stack, seen = [x for x in self.pending.get(r, ()) if self.state[x] == DROP], set()
+        return self._next_through(r, dropped_only=True)
+
+    def _next_through(self, p: int, dropped_only: bool) -> int:
+        def needing(x: int):
+            held = self.pending.get(x, ())
+            return [y for y in held if self.state[y] == DROP] if dropped_only else list(held)
+
+        nu = self.own_next(p)
+        stack, seen = needing(p), set()
         while stack:
-            x = stack.pop()
-            if x in seen:
+            r = stack.pop()
+            if r in seen:
                 continue
-            seen.add(x)
-            nu = min(nu, self.own_next(x))
-            stack.extend(y for y in self.pending.get(x, ()) if self.state[y] == DROP)
+            seen.add(r)
+            nu = min(nu, self.own_next(r))
+            stack.extend(needing(r))
         return nu
 
     def _holds_dead(self, p: int) -> bool:
