@@ -10,6 +10,8 @@ and last (drift shows as the two plain figures differing):
   with its KV cache; on the cpu a small one, on CUDA GPT-2 medium in bf16.
 - ``cnn``: training steps of a CNN of many short operators (a small ResNet-like
   stack with BatchNorm), SGD.
+- ``resnet``: the bench's ResNet-152 B128 step on CUDA (bf16 autocast, fused
+  AdamW, channels_last, pinned host batches); a ResNet-18 on the cpu.
 
 The budget is 95% of the card (cuda) or half the host memory (cpu), so nothing is
 ever evicted. The output of every variant is checked bit-identical to
@@ -95,7 +97,66 @@ def cnn_case(device: torch.device):
     return run, 10
 
 
-CASES = {"generate": generate_case, "cnn": cnn_case}
+class _Bottleneck(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c // 4, 1, bias=False), nn.BatchNorm2d(c // 4), nn.ReLU(),
+                                  nn.Conv2d(c // 4, c // 4, 3, padding=1, bias=False), nn.BatchNorm2d(c // 4),
+                                  nn.ReLU(), nn.Conv2d(c // 4, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
+
+
+def _small_bottleneck_net():
+    """ResNet-152's shape of module tree, small: the cpu stand-in where torchvision is missing."""
+    stages = [nn.Sequential(*[_Bottleneck(64) for _ in range(n)]) for n in (3, 8, 36, 3)]
+    return nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                         *stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1000))
+
+
+def resnet_case(device: torch.device):
+    """The bench's ResNet-152 step (B128 on CUDA, bf16 autocast, fused AdamW); on the cpu a
+    50-block bottleneck net of the same depth, B4 at 16x16."""
+    from deepum.benchsuite.models import adamw
+
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.manual_seed(0)
+    cuda = device.type == "cuda"
+    if cuda:
+        import torchvision
+
+        model = torchvision.models.resnet152().to(device)
+    else:
+        model = _small_bottleneck_net().to(device)
+    model = model.to(memory_format=torch.channels_last)
+    opt = adamw(model, device)
+    batch, size = (128, 224) if cuda else (4, 16)
+    gen = torch.Generator().manual_seed(1)
+    xs = [torch.randn(batch, 3, size, size, generator=gen) for _ in range(2)]
+    ys = [torch.randint(0, 1000, (batch,), generator=gen) for _ in range(2)]
+    if cuda:
+        xs = [x.pin_memory() for x in xs]
+        ys = [y.pin_memory() for y in ys]
+    state = {"i": 0}
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+
+    def run():
+        i = state["i"] % 2
+        state["i"] += 1
+        x = xs[i].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with amp:
+            loss = nn.functional.cross_entropy(model(x), ys[i].to(device, non_blocking=True))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return run, 6
+
+
+CASES = {"generate": generate_case, "cnn": cnn_case, "resnet": resnet_case}
 
 
 def timed(run, reps, device, warm=3):
@@ -162,11 +223,44 @@ def one_case(name: str, device: torch.device, budget) -> list[dict]:
     return rows
 
 
+def profile_dormant(name: str, device: torch.device, budget) -> None:
+    """cProfile of plain then dormant runs of one case, top 30 by own time each, to $OUT or stdout."""
+    import cProfile
+    import io
+    import pstats
+
+    run, reps = CASES[name](device)
+    text = io.StringIO()
+    for variant, options in (("plain", None), ("dormant", {})):
+        timed(run, reps, device)
+        prof = cProfile.Profile()
+        if options is None:
+            prof.enable()
+            timed(run, reps, device, warm=0)
+            prof.disable()
+        else:
+            with deepum.oversubscribe(budget, device, **options):
+                timed(run, reps, device)
+                prof.enable()
+                timed(run, reps, device, warm=0)
+                prof.disable()
+        text.write(f"==== {name} {variant}, {reps} runs\n")
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(30)
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, f"profile-{name}.txt"), "w") as f:
+            f.write(text.getvalue())
+    else:
+        print(text.getvalue())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--cases", default="generate,cnn")
     ap.add_argument("--threads", type=int, default=1, help="cpu threads (cpu device only)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also cProfile the dormant variant of each case; top functions to $OUT/profile-CASE.txt")
     ap.add_argument("--rounds", type=int, default=0,
                     help="then time plain, dormant and paged alternately this many rounds, best of each")
     args = ap.parse_args()
@@ -179,6 +273,8 @@ def main() -> None:
         rows += one_case(name, device, budget)
         if args.rounds:
             rows += interleaved(name, device, budget, args.rounds)
+        if args.profile:
+            profile_dormant(name, device, budget)
     out = os.environ.get("OUT")
     if out:
         with open(os.path.join(out, "dormant_overhead.jsonl"), "a") as f:
