@@ -54,6 +54,11 @@ class Thresholds:
     # Host time a rebuild costs beyond its kernels (recording, views, the
     # copy into the page), added to each operator's device time.
     rebuild_host_s: float = 30e-6
+    # Host time one copy costs beyond its bytes on the link (the engine's
+    # bookkeeping, the copy's launch, its event and the wait), each way: the
+    # victim policy prices it into every copy, so a thousand small pages (an
+    # optimizer's state) cost more to move than one large page of their bytes.
+    copy_host_s: float = 40e-6
     # The host link the cpu tier prices copies at. Its test models are small,
     # so a slow modelled link makes them take the decisions (drop rather than
     # copy) that a GPU's host link makes for the pages of large models.

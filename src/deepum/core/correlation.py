@@ -29,7 +29,7 @@ does not care how they were formed.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Hashable, Iterable
 
 HISTORY = 3  # DeepUM's history length
@@ -113,7 +113,7 @@ class Predictor:
         self.lookahead = lookahead
         self.history: deque[int] = deque(maxlen=HISTORY)
         self.window: deque[int] = deque()
-        self.window_pages: Counter[int] = Counter()
+        self.window_pages: dict[int, int] = {}
         # The last HISTORY IDs of history + window: where the next prediction starts.
         self._tail: deque[int] = deque(maxlen=HISTORY)
         self.predictions = 0
@@ -121,20 +121,33 @@ class Predictor:
 
     def observe(self, eid: int) -> bool:
         """Record that ``eid`` ran; return whether it was the predicted one."""
-        hit = bool(self.window) and self.window[0] == eid
-        if self.window:
+        # Runs once per intercepted operator: locals and plain dicts, no helper call on a hit.
+        window = self.window
+        hit = False
+        if window:
             self.predictions += 1
-            self.correct += hit
-        if len(self.history) == HISTORY:
-            self.successors.record(tuple(self.history), eid)
-        self.history.append(eid)
+            if window[0] == eid:
+                hit = True
+                self.correct += 1
+        history = self.history
+        if len(history) == HISTORY:
+            self.successors.record(tuple(history), eid)
+        history.append(eid)
         if hit:
-            self._drop_front()
+            window.popleft()
+            counts = self.window_pages
+            for skey in self.pages.pages(eid):
+                n = counts[skey] - 1
+                if n:
+                    counts[skey] = n
+                else:
+                    del counts[skey]
         else:
-            self.window.clear()
+            window.clear()
             self.window_pages.clear()
-            self._tail = deque(self.history, maxlen=HISTORY)
-        self._fill()
+            self._tail = deque(history, maxlen=HISTORY)
+        if len(window) < self.lookahead:
+            self._fill()
         return hit
 
     @property
@@ -150,20 +163,14 @@ class Predictor:
                 return distance
         return None
 
-    def _drop_front(self) -> None:
-        eid = self.window.popleft()
-        for skey in self.pages.pages(eid):
-            n = self.window_pages[skey] - 1
-            if n:
-                self.window_pages[skey] = n
-            else:
-                del self.window_pages[skey]
-
     def _fill(self) -> None:
-        while len(self.window) < self.lookahead and len(self._tail) == HISTORY:
-            nxt = self.successors.predict(tuple(self._tail))
+        window, tail, counts = self.window, self._tail, self.window_pages
+        predict, pages = self.successors.predict, self.pages.pages
+        while len(window) < self.lookahead and len(tail) == HISTORY:
+            nxt = predict(tuple(tail))
             if nxt is None:
                 break
-            self.window.append(nxt)
-            self._tail.append(nxt)
-            self.window_pages.update(self.pages.pages(nxt))
+            window.append(nxt)
+            tail.append(nxt)
+            for skey in pages(nxt):
+                counts[skey] = counts.get(skey, 0) + 1

@@ -164,6 +164,13 @@ class PageTable:
         if page.pageable:
             self._lru.move_to_end(page.key)
 
+    def touch_all(self, pages: list[Page]) -> None:
+        """touch() for each of ``pages`` (an operator's, once per operator)."""
+        move = self._lru.move_to_end
+        for page in pages:
+            if page.pageable:
+                move(page.key)
+
     def arriving(self, page: Page) -> None:
         assert page.state == State.EVICTED, page
         page.state = State.ARRIVING

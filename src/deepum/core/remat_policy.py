@@ -67,7 +67,9 @@ class RecomputeFirstPolicy(DeepUMPolicy):
         self.clock = 0
 
     def observe(self, eid: int) -> None:
-        super().observe(eid)
+        # DeepUMPolicy.observe inlined: it runs once per intercepted operator.
+        hit = self.predictor.observe(eid)
+        self._cursor = max(0, self._cursor - 1) if hit else 0
         self.clock += 1
 
     def note_use(self, pages: Iterable[Page]) -> None:
@@ -105,7 +107,12 @@ class RecomputeFirstPolicy(DeepUMPolicy):
         window, live = self.predictor.window_pages, self.live
         ranked, rest, in_window = [], [], []
         cap = self.max_candidates
+        if cap is None:
+            cap = len(self.table)
         found = 0  # bytes among ranked and rest
+        # score() inlined, with the link's rates read once: this loop is the victim choice's cost.
+        h2d, d2h, fixed = self.costs.h2d_Bps, self.costs.d2h_Bps, self.costs.copy_host_s
+        rebuild_seconds, now = self.rebuild_seconds, self.clock + 1
         for page in self.table.lru():
             if page.pins:
                 continue
@@ -114,13 +121,19 @@ class RecomputeFirstPolicy(DeepUMPolicy):
             if page.skey in window and live.get(page.skey) is page:
                 in_window.append(page)
                 continue
-            if cap is None or len(ranked) < cap:
-                ranked.append((self.score(page), len(ranked), page))
+            nbytes = page.nbytes
+            if len(ranked) < cap:
+                cost = ((0.0 if (not page.dirty and page.host is not None) else fixed + nbytes / d2h)
+                        + (fixed + nbytes / h2d))
+                rebuild = rebuild_seconds(page)
+                if rebuild is not None and rebuild <= cost:
+                    cost = rebuild
+                ranked.append((cost / (max(nbytes, 1) * (now - page.last_use)), len(ranked), page))
             elif found >= need:
                 break  # enough candidates: the rest of the table is not scanned
             else:
                 rest.append(page)  # beyond the ranked ones: least recently used first
-            found += page.nbytes
+            found += nbytes
         # Lowest h first; ties keep LRU order (the index breaks them).
         chosen, got = [], 0
         heapq.heapify(ranked)

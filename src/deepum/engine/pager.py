@@ -26,7 +26,7 @@ import torch
 
 from ..core.config import Config
 from ..core.costs import Costs
-from ..core.pages import ARRIVING, EVICTED, Kind, Page, PageTable
+from ..core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, PageTable
 from ..core.policy import Action, make_policy
 from ..core.remat_policy import RecomputeFirstPolicy
 from ..errors import BudgetTooSmallError
@@ -53,7 +53,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         self.table = PageTable(limit)
         # Stable key -> the live page now playing that role (for the predictor).
         self.live: dict[int, Page] = {}
-        self.costs = Costs()
+        self.costs = Costs(copy_host_s=th.copy_host_s)
         self.policy = self._make_policy(config)
         self.prefetch_enabled = config.prefetch and self.policy.prefetches
         self.transfers = make_transfers(device)
@@ -121,8 +121,13 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         """
         table = self.table
         working = out_bytes
+        # Settled: every page resident and none a prefetch used for the first
+        # time, the common case under pressure too; it skips the state passes.
+        settled = True
         for p in pages:
             working += p.nbytes
+            if p.state != RESIDENT or p.prefetched:
+                settled = False
         if working > self.counters.max_working_set_bytes:
             # The smallest budget that would do (deepum estimate).
             self.counters.max_working_set_bytes = working
@@ -136,41 +141,54 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         if self.plans.mode:
             self.plans.begin(pages, written)
         try:
-            missing = 0
-            for p in pages:
-                if p.state == EVICTED:
-                    if p.host is None:  # dropped: computed again, its inputs first
-                        self.rebuild(p)
-                    else:
-                        missing += p.nbytes
-            for p in written:
-                if p.readers or p.recipe is not None:
-                    self.before_write(p)
-            short = missing + out_bytes - table.room()
-            if short > 0:
-                self.make_room(short)
-            faults, arriving = [], []
-            for p in pages:
-                state = p.state
-                if state == EVICTED:
-                    faults.append(p)
-                elif state == ARRIVING:
-                    arriving.append(p)
-                elif p.prefetched:  # arrived earlier, first use now
-                    p.prefetched = False
-                    self.unused_prefetch_bytes -= p.nbytes
-                    self.counters.prefetch_hits += 1
-            if faults:
-                self.fault(faults)
-            if arriving:
-                self._arrive(arriving)
-            for p in pages:
-                table.touch(p)
+            if settled:
+                # Pinned pages stay resident through before_write and make_room.
+                for p in written:
+                    if p.readers or p.recipe is not None:
+                        self.before_write(p)
+                short = out_bytes - table.room()
+                if short > 0:
+                    self.make_room(short)
+            else:
+                self._bring_in(pages, out_bytes, written)
+            table.touch_all(pages)
             table.note_peak()
         except BaseException:
             self.unpin(pages)
             raise
         table.reserved_bytes += out_bytes
+
+    def _bring_in(self, pages: list[Page], out_bytes: int, written) -> None:
+        """begin() for pages not all resident: rebuild the dropped, make room, fault or wait for the rest."""
+        table = self.table
+        missing = 0
+        for p in pages:
+            if p.state == EVICTED:
+                if p.host is None:  # dropped: computed again, its inputs first
+                    self.rebuild(p)
+                else:
+                    missing += p.nbytes
+        for p in written:
+            if p.readers or p.recipe is not None:
+                self.before_write(p)
+        short = missing + out_bytes - table.room()
+        if short > 0:
+            self.make_room(short)
+        faults, arriving = [], []
+        for p in pages:
+            state = p.state
+            if state == EVICTED:
+                faults.append(p)
+            elif state == ARRIVING:
+                arriving.append(p)
+            elif p.prefetched:  # arrived earlier, first use now
+                p.prefetched = False
+                self.unused_prefetch_bytes -= p.nbytes
+                self.counters.prefetch_hits += 1
+        if faults:
+            self.fault(faults)
+        if arriving:
+            self._arrive(arriving)
 
     def unpin(self, pages: list[Page], out_bytes: int = 0) -> None:
         """After an operator: its pages may be evicted again; ``out_bytes`` is begin()'s reservation."""

@@ -13,6 +13,7 @@ from ..remat import record
 from .plan import flat_outputs, pageable
 from .sparse import sparse_parts_resident
 
+_STRIDED = torch.strided
 QUIET = -3  # the execution ID of every operator run on the quiet path
 QUIET_SKEY = -1
 
@@ -77,7 +78,7 @@ class Registration:
         for i, t in enumerate(flat_outputs(out)):
             if not is_managed(t):
                 continue
-            if t.layout != torch.strided:
+            if t.layout is not _STRIDED:
                 new += sparse_parts_resident(self, t, None)
                 continue
             try:
