@@ -150,6 +150,22 @@ def policy_with(sizes, rebuild, costs=None):
 
 
 class TestRecomputeFirstPolicy:
+    def test_small_pages_go_only_when_the_large_do_not_free_enough(self):
+        # Twenty 256-byte pages (normalisation statistics) are the least
+        # recently used; a 1 MB page was used after them. LRU and DTR's score
+        # would take the small ones first, each a copy and a fault for nothing.
+        sizes = [256] * 20 + [MB]
+        table, pages, pol = policy_with(sizes, {})
+        pol.small_bytes = 4096
+        for eid in range(30):
+            pol.observe(eid)
+        pol.note_use([pages[-1]])
+        table.touch(pages[-1])
+        assert pol.choose_victims(1024) == [pages[-1]]
+        # With the large page pinned, the small ones are still victims: the bytes come first.
+        pages[-1].pins += 1
+        assert pol.choose_victims(1024) == pages[:4]
+
     def test_victims_come_in_order_of_score(self):
         # choose_victims inlines score(): on random pages (sizes, clean or
         # dirty, with or without a rebuild, used at random times) the victims
@@ -158,7 +174,7 @@ class TestRecomputeFirstPolicy:
         for trial in range(50):
             sizes = [rng.randint(1, 8) * MB for _ in range(12)]
             rebuild = {k: rng.choice([None, 1e-6, 1e-3, 1.0]) for k in range(12)}
-            table, pages, pol = policy_with(sizes, rebuild, Costs(2e9, 1e9, copy_host_s=rng.choice([0.0, 1e-4])))
+            table, pages, pol = policy_with(sizes, rebuild, Costs(2e9, 1e9))
             for p in pages:
                 p.dirty = rng.random() < 0.5
                 p.host = None if p.dirty else object()

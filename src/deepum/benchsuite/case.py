@@ -171,6 +171,7 @@ def _timed_steps(step, work: Workload, device: torch.device, session, phases, wa
 
     energy = _energy_counter(device)
     times, before, joules0, fourth = [], {}, None, None
+    retries0 = 0
     proc = psutil.Process()
     host_peak = proc.memory_info().rss
     with GcClock() as gc_clock:
@@ -178,6 +179,7 @@ def _timed_steps(step, work: Workload, device: torch.device, session, phases, wa
             if i == warmup:
                 before = session.stats() if session else {}
                 joules0 = energy.joules() if energy else None
+                retries0 = _alloc_retries(device)
                 gc_clock.on = True
                 if phases:
                     phases.reset()
@@ -196,12 +198,19 @@ def _timed_steps(step, work: Workload, device: torch.device, session, phases, wa
            "samples_per_s": work.batch / statistics.median(times), "peak_host_bytes": host_peak,
            "step_gc_s": sum(gc_clock.seconds) / steps, "step_full_gcs": gc_clock.count[2] / steps,
            "_before": before, "_end": end, "_fourth": fourth}
+    if device.type == "cuda":
+        # Each retry frees the allocator's cache and waits for every stream.
+        out["step_alloc_retries"] = (_alloc_retries(device) - retries0) / steps
     if energy and joules0 is not None:
         out["joules_per_step"] = (energy.joules() - joules0) / steps
     # Read before the session's exit brings every page back to the device.
     out["peak_device_bytes"] = (torch.cuda.max_memory_reserved(device) if device.type == "cuda"
                                 else end.get("peak_device_bytes"))
     return out
+
+
+def _alloc_retries(device: torch.device) -> int:
+    return torch.cuda.memory_stats(device).get("num_alloc_retries", 0) if device.type == "cuda" else 0
 
 
 def planned_share(since: dict | None, end: dict) -> float | None:

@@ -51,14 +51,13 @@ class Thresholds:
     # Victims ranked per eviction by the recompute-first policy (the least
     # recently used ones; DTR samples candidates for the same reason).
     victim_candidates: int = 16
+    # Pages under this share of the limit are victims only when larger ones
+    # do not free enough: each costs a copy out and a fault back for next to
+    # no room (normalisation statistics, step counters, biases).
+    victim_small: float = 1 / 65536
     # Host time a rebuild costs beyond its kernels (recording, views, the
     # copy into the page), added to each operator's device time.
     rebuild_host_s: float = 30e-6
-    # Host time one copy costs beyond its bytes on the link (the engine's
-    # bookkeeping, the copy's launch, its event and the wait), each way: the
-    # victim policy prices it into every copy, so a thousand small pages (an
-    # optimizer's state) cost more to move than one large page of their bytes.
-    copy_host_s: float = 40e-6
     # The host link the cpu tier prices copies at. Its test models are small,
     # so a slow modelled link makes them take the decisions (drop rather than
     # copy) that a GPU's host link makes for the pages of large models.

@@ -51,13 +51,12 @@ class Costs:
     (set by the glue from a measurement at session start). ``memory_Bps`` and
     ``launch_s`` make the fallback cost of an operator never timed
     ([Note: fallback cost]). ``warmup`` and ``alpha`` shape the running
-    estimate ([Note: robust timing]). ``copy_host_s`` is the fixed host cost
-    of one copy, whatever its size (Thresholds.copy_host_s).
+    estimate ([Note: robust timing]).
     """
 
     def __init__(self, h2d_Bps: float = DEFAULT_LINK_BPS, d2h_Bps: float = DEFAULT_LINK_BPS,
                  memory_Bps: float = DEFAULT_MEMORY_BPS, launch_s: float = DEFAULT_LAUNCH_S,
-                 warmup: int = 5, alpha: float = 0.1, copy_host_s: float = 0.0) -> None:
+                 warmup: int = 5, alpha: float = 0.1) -> None:
         if min(h2d_Bps, d2h_Bps, memory_Bps) <= 0:
             raise ValueError("bandwidths must be positive bytes per second")
         if warmup < 1 or not (0.0 < alpha <= 1.0):
@@ -66,7 +65,6 @@ class Costs:
         self.d2h_Bps = float(d2h_Bps)
         self.memory_Bps = float(memory_Bps)
         self.launch_s = float(launch_s)
-        self.copy_host_s = float(copy_host_s)
         self.warmup = warmup
         self.alpha = alpha
         self._time: dict[int, _Estimate] = {}
@@ -107,11 +105,11 @@ class Costs:
         return self._bytes.get(eid)
 
     def copy_seconds(self, nbytes: int, direction: str) -> float:
-        """Seconds one copy of ``nbytes`` in ``direction`` (H2D or D2H) costs: the link's and the host's."""
+        """Seconds the link takes to move ``nbytes`` in ``direction`` (H2D or D2H)."""
         if direction == H2D:
-            return self.copy_host_s + nbytes / self.h2d_Bps
+            return nbytes / self.h2d_Bps
         if direction == D2H:
-            return self.copy_host_s + nbytes / self.d2h_Bps
+            return nbytes / self.d2h_Bps
         raise ValueError(f"direction {direction!r}: use {H2D!r} or {D2H!r}")
 
     def recompute_seconds(self, eid: int) -> float | None:

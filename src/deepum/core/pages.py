@@ -33,7 +33,7 @@ deepum cannot see (kernel workspaces, allocator rounding).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from enum import IntEnum
 from typing import Any
 
@@ -166,6 +166,13 @@ class PageTable:
 
     def touch_all(self, pages: list[Page]) -> None:
         """touch() for each of ``pages`` (an operator's, once per operator)."""
+        move = self._lru.move_to_end
+        for page in pages:
+            if page.pageable:
+                move(page.key)
+
+    def to_back(self, pages: Iterable[Page]) -> None:
+        """Move resident pageable ``pages`` to the most recently used end without a use."""
         move = self._lru.move_to_end
         for page in pages:
             if page.pageable:

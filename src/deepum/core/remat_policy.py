@@ -49,19 +49,23 @@ class RecomputeFirstPolicy(DeepUMPolicy):
     ``rebuild_seconds(page)`` returns the seconds to compute the page again,
     including dropped inputs that must be rebuilt first, or None if it cannot
     be dropped. ``max_candidates`` bounds the pages ranked per call (the least
-    recently used ones; DTR samples for the same reason); None ranks all.
+    recently used ones; DTR samples for the same reason); None ranks all. Pages under ``small_bytes``
+    are victims only when the others do not hold the bytes needed (see
+    choose_victims).
     """
 
     name = "deepum"  # the option the user chose; its victims are `victims="cost"`
 
     def __init__(self, table: PageTable, lookahead: int, live: dict[int, Page], costs: Costs,
                  rebuild_seconds: RebuildSeconds, *, max_candidates: int | None = None,
+                 small_bytes: int = 0,
                  successors: SuccessorTable | None = None,
                  pages: PageCorrelation | None = None) -> None:
         super().__init__(table, lookahead, live, successors, pages)
         self.costs = costs
         self.rebuild_seconds = rebuild_seconds
         self.max_candidates = max_candidates
+        self.small_bytes = small_bytes
         # Operators observed so far; each page keeps when it was last used
         # (Page.last_use): a field, since note_use runs for every operator.
         self.clock = 0
@@ -105,13 +109,14 @@ class RecomputeFirstPolicy(DeepUMPolicy):
 
     def choose_victims(self, need: int, *, protect_window: bool = False) -> list[Page]:
         window, live = self.predictor.window_pages, self.live
-        ranked, rest, in_window = [], [], []
+        ranked, rest, in_window, small = [], [], [], []
+        small_bytes = self.small_bytes
         cap = self.max_candidates
         if cap is None:
             cap = len(self.table)
         found = 0  # bytes among ranked and rest
         # score() inlined, with the link's rates read once: this loop is the victim choice's cost.
-        h2d, d2h, fixed = self.costs.h2d_Bps, self.costs.d2h_Bps, self.costs.copy_host_s
+        h2d, d2h = self.costs.h2d_Bps, self.costs.d2h_Bps
         rebuild_seconds, now = self.rebuild_seconds, self.clock + 1
         for page in self.table.lru():
             if page.pins:
@@ -122,9 +127,14 @@ class RecomputeFirstPolicy(DeepUMPolicy):
                 in_window.append(page)
                 continue
             nbytes = page.nbytes
+            if nbytes < small_bytes:
+                # Normalisation statistics, step counters, biases: the least
+                # recently used pages are often many of these, and each would
+                # cost a copy out and a fault back for next to no room.
+                small.append(page)
+                continue
             if len(ranked) < cap:
-                cost = ((0.0 if (not page.dirty and page.host is not None) else fixed + nbytes / d2h)
-                        + (fixed + nbytes / h2d))
+                cost = (0.0 if (not page.dirty and page.host is not None) else nbytes / d2h) + nbytes / h2d
                 rebuild = rebuild_seconds(page)
                 if rebuild is not None and rebuild <= cost:
                     cost = rebuild
@@ -146,6 +156,17 @@ class RecomputeFirstPolicy(DeepUMPolicy):
                 break
             chosen.append(page)
             got += page.nbytes
+        taken = 0
+        for page in small:
+            if got >= need:
+                break
+            chosen.append(page)
+            got += page.nbytes
+            taken += 1
+        # Small pages stay resident and so gather at the front of the LRU
+        # order; moved behind the others, the next scans do not walk past
+        # them again (the scan is this function's cost).
+        self.table.to_back(small[taken:])
         if got >= need or protect_window:
             return chosen
         return self._window_victims(in_window, chosen, got, need)

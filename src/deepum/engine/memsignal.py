@@ -72,7 +72,16 @@ class CudaSignal:
         return peak
 
     def rebase(self, known: int) -> None:
-        """The allocator sees every block: nothing to rebase."""
+        """Paging stopped. The allocator counts every block, so nothing to rebase.
+
+        Its cache, though, holds the blocks that evictions freed and restores
+        took, laid out for the paged step. Under the budget's cap the program's
+        own allocations could then find no block that fits and flush the
+        cache themselves, each flush a wait on every stream, step after step.
+        Handing the unused blocks back once, here, lets the steady state lay
+        its blocks out afresh.
+        """
+        torch.cuda.empty_cache()
 
     def close(self) -> None:
         """Nothing installed."""

@@ -53,7 +53,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         self.table = PageTable(limit)
         # Stable key -> the live page now playing that role (for the predictor).
         self.live: dict[int, Page] = {}
-        self.costs = Costs(copy_host_s=th.copy_host_s)
+        self.costs = Costs()
         self.policy = self._make_policy(config)
         self.prefetch_enabled = config.prefetch and self.policy.prefetches
         self.transfers = make_transfers(device)
@@ -109,7 +109,9 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         if config.policy == "deepum" and config.recompute and config.victims == "cost":
             return RecomputeFirstPolicy(self.table, config.lookahead, self.live, self.costs,
                                         self.rebuild_seconds,
-                                        max_candidates=config.thresholds.victim_candidates)
+                                        max_candidates=config.thresholds.victim_candidates,
+                                        small_bytes=config.thresholds.of(config.thresholds.victim_small,
+                                                                         self.table.limit))
         return make_policy(config.policy, self.table, config.lookahead, self.live)
 
     # --------------------------------------------------------- operator path
