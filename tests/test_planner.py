@@ -162,6 +162,8 @@ class TestRecomputeFirstPolicy:
         pol.note_use([pages[-1]])
         table.touch(pages[-1])
         assert pol.choose_victims(1024) == [pages[-1]]
+        # The small pages it passed are behind the large one now: the next scan starts there.
+        assert next(iter(table.lru())) is pages[-1]
         # With the large page pinned, the small ones are still victims: the bytes come first.
         pages[-1].pins += 1
         assert pol.choose_victims(1024) == pages[:4]
