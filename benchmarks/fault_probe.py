@@ -1,6 +1,6 @@
 """Why page-ins are demand faults rather than prefetches: each fault of a paged step, classified.
 
-    python benchmarks/fault_probe.py MODEL FRACTION [STEPS] [DEVICE]
+    python benchmarks/fault_probe.py MODEL FRACTION [STEPS] [DEVICE] ['{"thresholds": {"prefetch_cap": 0.5}}']
 
 Trains the bench's MODEL (deepum.benchsuite; ``tiny-gpt2`` and the other tiny
 models run on the cpu) at FRACTION of its unconstrained peak for STEPS steps
@@ -16,13 +16,16 @@ models run on the cpu) at FRACTION of its unconstrained peak for STEPS steps
   prefetched and not yet used at Thresholds.prefetch_cap) or ``room`` (no
   room could be made without pages the window needs).
 
-Also by phase (forward, backward, optimizer). Writes the same to
+Also by phase (forward, backward, optimizer). The JSON argument is session
+options; its "thresholds" entry replaces fields of Thresholds. Writes the same to
 $OUT/fault_probe.txt when OUT is set.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -32,6 +35,7 @@ import torch
 
 import deepum
 from deepum.benchsuite.models import Workload, adamw, standard_step
+from deepum.core.config import Thresholds
 from deepum.engine import pager as pager_module
 from deepum.engine import prefetch
 
@@ -40,6 +44,9 @@ def main() -> None:
     model, fraction = sys.argv[1], float(sys.argv[2])
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 6
     device = torch.device(sys.argv[4] if len(sys.argv) > 4 else ("cuda" if torch.cuda.is_available() else "cpu"))
+    options = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    if "thresholds" in options:
+        options["thresholds"] = dataclasses.replace(Thresholds(), **options["thresholds"])
     work = Workload(model, device, device)
     opt = adamw(work.model, device)
     phase = ["forward"]
@@ -87,7 +94,7 @@ def main() -> None:
     prefetch.Prefetcher.fault = fault
     pager_module.Pager.evict = evict
     lines = []
-    with deepum.oversubscribe(int(peak * fraction), device) as session:
+    with deepum.oversubscribe(int(peak * fraction), device, **options) as session:
         state["session"] = session
         pager = session.pager
         policy = pager.policy

@@ -413,3 +413,55 @@ def test_an_input_batch_copied_in_is_named_by_its_role_not_its_identity():
     a, b = torch.randn(4, 8), torch.randn(4, 8)
     assert _hashable((a, 1)) == _hashable((b, 1))
     assert _hashable((a,)) != _hashable((torch.randn(4, 9),))
+
+
+def test_rebuild_inputs_on_the_host_are_prefetched(monkeypatch):
+    # A dropped page the prediction window needs, whose recipe reads pages
+    # on the host (directly or through dropped pages): the prefetcher starts
+    # those copies, so its rebuild on demand finds them coming instead of
+    # faulting each in. Training stays bit-identical.
+    from deepum.engine import prefetch
+
+    from .test_training import CASES, STEPS, _peak
+
+    started = []
+    walk, fetch = prefetch.Prefetcher._rebuild_faults, prefetch.Prefetcher._fetch_ahead
+    inputs = set()
+
+    def rebuild_faults(self, page):
+        out = walk(self, page)
+        inputs.update(id(q) for q in out)
+        return out
+
+    def fetch_ahead(self, page, batch):
+        ok = fetch(self, page, batch)
+        if ok and id(page) in inputs:
+            started.append(page)
+        return ok
+
+    monkeypatch.setattr(prefetch.Prefetcher, "_rebuild_faults", rebuild_faults)
+    monkeypatch.setattr(prefetch.Prefetcher, "_fetch_ahead", fetch_ahead)
+    make_model, make_batches, loss_fn = CASES["gpt2"]
+    ref = train(make_model, make_batches, loss_fn, STEPS)
+    got = train(make_model, make_batches, loss_fn, STEPS, budget=_peak("gpt2") // 2)
+    assert_identical(ref, got)
+    assert got[3]["drops"] > 0 and started
+
+
+def test_the_pages_a_rebuild_would_fault_include_dropped_ancestors_inputs():
+    from types import SimpleNamespace
+
+    from deepum.core.pages import EVICTED, Page
+    from deepum.engine.prefetch import Prefetcher
+
+    def page(key, state, host=None, inputs=None):
+        p = Page(key, 10)
+        p.state, p.host = state, host
+        p.recipe = SimpleNamespace(inputs=inputs) if inputs is not None else None
+        return p
+
+    on_host, deep_on_host, resident = page(1, EVICTED, b"h"), page(2, EVICTED, b"h"), page(3, 0)
+    dropped_input = page(4, EVICTED, None, [deep_on_host, resident, on_host])
+    target = page(5, EVICTED, None, [on_host, dropped_input])
+    walker = SimpleNamespace(recipe_max_depth=8)
+    assert Prefetcher._rebuild_faults(walker, target) == [on_host, deep_on_host]

@@ -7,6 +7,15 @@ Bytes prefetched and not used yet (``unused_prefetch_bytes``) may not pass
 the budget holds, each page fetched far ahead pushes out one needed sooner.
 A page leaves the count when an operator first uses it (a hit), when it is
 evicted or dies unused (wasted); pager.py and lifecycle.py keep that.
+
+[Note: rebuild inputs]
+A dropped page the window needs is rebuilt early only when its recipe's
+inputs are all resident (a rebuild ahead of time must not fault). Otherwise
+its inputs that wait on the host are prefetched like the window's own pages,
+under the same cap and room, and the rebuild on demand finds them arriving.
+On the GPU these inputs were every demand fault left at half the peak
+(benchmarks/fault_probe.py; docs/BENCHMARKS.md, session 8). The inputs of
+dropped inputs count too, as deep as a rebuild would go.
 """
 
 from __future__ import annotations
@@ -50,30 +59,67 @@ class Prefetcher:
             if page.state != EVICTED:
                 continue
             if page.host is None:
-                # Dropped: computed early only from inputs already here; else on demand.
-                if all(q.state == RESIDENT for q in page.recipe.inputs):
+                # Dropped: computed early only from inputs already here.
+                inputs = page.recipe.inputs
+                if all(q.state == RESIDENT for q in inputs):
                     short = 2 * page.nbytes + self.headroom - table.room()
                     if short > 0 and not self.make_room(short, protect_window=True):
                         policy.rewind(distance)
                         break
                     self.rebuild(page)
+                    continue
+                # Else its inputs on the host start coming in now, so that the
+                # rebuild on demand waits for copies under way instead of
+                # faulting them in one by one (see [Note: rebuild inputs]).
+                if not all(self._fetch_ahead(q, batch) for q in self._rebuild_faults(page)):
+                    policy.rewind(distance)
+                    break
                 continue
-            storage = page.ref()
-            if storage is None:
-                continue
-            if self.unused_prefetch_bytes + page.nbytes > self.prefetch_cap:
-                # Enough fetched ahead and not used yet: more would push out
-                # pages needed sooner (Thresholds.prefetch_cap). Resume here later.
+            if not self._fetch_ahead(page, batch):
                 policy.rewind(distance)
                 break
-            short = page.nbytes + self.headroom - table.room()
-            if short > 0 and not self.make_room(short, protect_window=True):
-                policy.rewind(distance)
-                break
-            table.arriving(page)  # reserves its bytes before the next decision
-            batch.append((storage, page))
         if batch:
             self._load_ahead(batch)
+
+    def _rebuild_faults(self, page: Page) -> list[Page]:
+        """The pages on the host that rebuilding dropped ``page`` would fault in, its dropped
+        ancestors' inputs included (as far as a rebuild goes: Thresholds.recipe_max_depth)."""
+        out, todo, seen = [], [page], {page}
+        while todo:
+            recipe = todo.pop().recipe
+            if recipe is None:
+                continue
+            for q in recipe.inputs:
+                if q in seen:
+                    continue
+                seen.add(q)
+                if q.state != EVICTED:
+                    continue
+                if q.host is not None:
+                    out.append(q)
+                elif len(seen) <= 4 * self.recipe_max_depth:
+                    todo.append(q)
+        return out
+
+    def _fetch_ahead(self, page: Page, batch: list) -> bool:
+        """Mark ``page`` (evicted, with a host copy) arriving and add it to ``batch``; False: stop the scan.
+
+        The scan stops where the bytes fetched ahead and not yet used reach the
+        cap, or where no room can be made without pages the window needs.
+        """
+        storage = page.ref()
+        if storage is None:
+            return True
+        if self.unused_prefetch_bytes + page.nbytes > self.prefetch_cap:
+            # Enough fetched ahead and not used yet: more would push out
+            # pages needed sooner (Thresholds.prefetch_cap). Resume here later.
+            return False
+        short = page.nbytes + self.headroom - self.table.room()
+        if short > 0 and not self.make_room(short, protect_window=True):
+            return False
+        self.table.arriving(page)  # reserves its bytes before the next decision
+        batch.append((storage, page))
+        return True
 
     def _load_ahead(self, batch: list) -> None:
         """Copy in (storage, page) pairs already marked arriving, on the side stream."""
