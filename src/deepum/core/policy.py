@@ -124,8 +124,10 @@ class DeepUMPolicy(LruPolicy):
 
 
     def on_evict(self, page: Page) -> None:
-        # A page a window operator needs went out: scan again from the front.
-        if page.skey in self.predictor.window_pages:
+        # A page a window operator needs went out, or one a window page's
+        # recipe reads (its rebuild would fault it in): scan again from the front.
+        window = self.predictor.window_pages
+        if page.skey in window or (page.readers and any(r.skey in window for r in page.readers)):
             self._cursor = 0
 
     def choose_victims(self, need: int, *, protect_window: bool = False) -> list[Page]:
