@@ -471,6 +471,11 @@ class Remat:
             arriving = [q for q in inputs if q.state == ARRIVING]
             if arriving:
                 self._arrive(arriving)
+            for q in inputs:
+                if q.prefetched:  # fetched ahead for this rebuild (prefetch.py): its first use
+                    q.prefetched = False
+                    self.unused_prefetch_bytes -= q.nbytes
+                    self.counters.prefetch_hits += 1
             while True:
                 self.table.arriving(page)
                 self.table.reserved_bytes += page.nbytes
