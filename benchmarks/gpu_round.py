@@ -9,7 +9,11 @@ bench's case machinery (``deepum.benchsuite.case.run_case``); the plain case
 of each model runs first whether listed or not, since fractions need its
 peak. With ``--old-src DIR`` every deepum and lru case runs a second time
 with the engine imported from DIR (another commit's src/), the harness still
-this tree's, labelled "old" in the table. A case is skipped once starting it
+this tree's, labelled "old" in the table; ``--pairs K`` runs each such case K
+times in each tree, interleaved (new, old, old, new, ...), and prints the
+median of each tree's step medians and their ratio last (step times of one
+engine move by 15-40% between processes on the lent machines, so one
+process of each is a weak comparison). A case is skipped once starting it
 would overrun ``--time-budget`` seconds (judged by the slowest case so far).
 Output goes to $OUT (default ./out): results.jsonl, round.log.
 """
@@ -20,6 +24,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -102,18 +107,42 @@ def parse_cases(spec: str) -> list[tuple[str, str, float | None]]:
     return out
 
 
-def plan(cases, old_src: str | None) -> list[tuple[str, str, float | None, str]]:
-    """Cases in run order with their source label: each model's plain first."""
+def plan(cases, old_src: str | None, pairs: int = 1) -> list[tuple[str, str, float | None, str]]:
+    """Cases in run order with their source label: each model's plain first.
+
+    With ``old_src``, a paged case runs ``pairs`` times in each tree, new and
+    old in the order new, old, old, new, new, old, ...: drift on the machine
+    during the round then touches both alike.
+    """
     out = []
     for model in dict.fromkeys(m for m, _, _ in cases):
         out.append((model, "plain", None, "new"))
         for m, method, frac in cases:
             if m != model or method == "plain":
                 continue
-            out.append((model, method, frac, "new"))
-            if old_src and method in PAGED:
-                out.append((model, method, frac, "old"))
+            if not (old_src and method in PAGED):
+                out.append((model, method, frac, "new"))
+                continue
+            for k in range(pairs):
+                for label in (("new", "old") if k % 2 == 0 else ("old", "new")):
+                    out.append((model, method, frac, label))
     return out
+
+
+def paired_summary(rows: list[dict]) -> str:
+    """Per paged case run in both trees: the median of each tree's step medians, and new / old."""
+    runs: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        if "median_s" in r and r["method"] in PAGED:
+            runs.setdefault((r["model"], r["method"], r.get("fraction")), {}).setdefault(r["src"], []).append(
+                r["median_s"])
+    lines = []
+    for (model, method, frac), by in runs.items():
+        if "new" in by and "old" in by:
+            new, old = statistics.median(by["new"]), statistics.median(by["old"])
+            lines.append(f"paired {model} {method} {frac}: new {new * 1e3:.1f} ms ({len(by['new'])} runs), "
+                         f"old {old * 1e3:.1f} ms ({len(by['old'])} runs), new/old {new / old:.3f}")
+    return "\n".join(lines)
 
 
 def _cell(value, fmt: str) -> str:
@@ -152,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--case-timeout", type=int, default=300)
+    p.add_argument("--pairs", type=int, default=1,
+                   help="with --old-src, run each paged case this many times in each tree, interleaved")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="a session option for this tree's paged cases (e.g. victims=age); repeatable")
     args = p.parse_args(argv)
@@ -162,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(out, exist_ok=True)
     rows = run_round(args, parse_cases(args.cases), out)
     print(short_table(rows), flush=True)
+    if args.old_src and args.pairs > 1:
+        print(paired_summary(rows), flush=True)
     return 0
 
 
@@ -169,7 +202,7 @@ def run_round(args, cases, out: str) -> list[dict]:
     """Run the planned cases within the time budget, appending each row to $OUT/results.jsonl."""
     start, slowest, rows, peaks = time.time(), 0.0, [], {}
     with open(os.path.join(out, "results.jsonl"), "a") as results, open(os.path.join(out, "round.log"), "a") as log:
-        for model, method, frac, label in plan(cases, args.old_src):
+        for model, method, frac, label in plan(cases, args.old_src, getattr(args, "pairs", 1)):
             row = {"model": model, "method": method, "fraction": frac, "src": label}
             if time.time() - start + slowest > args.time_budget:
                 row["skipped"] = f"time budget of {args.time_budget:.0f} s would be exceeded"

@@ -304,6 +304,20 @@ def test_gpu_round_on_cpu_runs_each_case_in_a_process_and_labels_old_src(tmp_pat
     assert table[3].startswith("old  tiny-mlp       deepum          0.5")
 
 
+def test_gpu_round_pairs_interleave_the_trees_and_summarise(tmp_path, monkeypatch):
+    gr = _gpu_round()
+    order = [label for _, method, _, label in gr.plan(gr.parse_cases("a:deepum:0.5"), "OLD", pairs=3)]
+    assert order == ["new", "new", "old", "old", "new", "new", "old"]  # plain, then new old old new new old
+    times = iter([0.2, 0.1, 0.5, 0.6, 0.2, 0.3, 0.4])
+    monkeypatch.setattr(gr, "run_child", lambda args, model, method, budget, src, log: {
+        "model": model, "method": method, "median_s": next(times), "peak_device_bytes": 1000})
+    args = gr.argparse.Namespace(old_src="OLD", time_budget=60, pairs=3)
+    rows = gr.run_round(args, gr.parse_cases("a:deepum:0.5"), str(tmp_path))
+    # new runs 0.1, 0.2, 0.3 (median 0.2); old 0.5, 0.6, 0.4 (median 0.5)
+    assert gr.paired_summary(rows) == ("paired a deepum 0.5: new 200.0 ms (3 runs), old 500.0 ms (3 runs), "
+                                       "new/old 0.400")
+
+
 def test_gpu_round_skips_the_cases_the_time_budget_cannot_hold(tmp_path, monkeypatch):
     gr = _gpu_round()
     ran = []
