@@ -433,8 +433,8 @@ def test_rebuild_inputs_on_the_host_are_prefetched(monkeypatch):
         inputs.update(id(q) for q in out)
         return out
 
-    def fetch_ahead(self, page, batch):
-        ok = fetch(self, page, batch)
+    def fetch_ahead(self, page, batch, distance):
+        ok = fetch(self, page, batch, distance)
         if ok and id(page) in inputs:
             started.append(page)
         return ok
@@ -465,3 +465,24 @@ def test_the_pages_a_rebuild_would_fault_include_dropped_ancestors_inputs():
     target = page(5, EVICTED, None, [on_host, dropped_input])
     walker = SimpleNamespace(recipe_max_depth=8)
     assert Prefetcher._rebuild_faults(walker, target) == [on_host, deep_on_host]
+
+
+def test_the_prefetch_cap_does_not_hold_for_the_next_operator():
+    # At the cap, a page of the next operator (distance 0) is still fetched
+    # ahead: nothing is needed sooner, and it would be faulted right after.
+    # A page further on waits (the scan stops).
+    from types import SimpleNamespace
+
+    from deepum.core.pages import EVICTED, Page
+    from deepum.engine.prefetch import Prefetcher
+
+    arrived = []
+    table = SimpleNamespace(room=lambda: 1 << 30, arriving=arrived.append)
+    fake = SimpleNamespace(unused_prefetch_bytes=100, prefetch_cap=100, headroom=0, table=table)
+    near, far = Page(1, 10), Page(2, 10)
+    for p in (near, far):
+        p.state, p.host, p.ref = EVICTED, b"h", (lambda: object())
+    batch = []
+    assert Prefetcher._fetch_ahead(fake, near, batch, 0)
+    assert not Prefetcher._fetch_ahead(fake, far, batch, 1)
+    assert arrived == [near] and [p for _, p in batch] == [near]

@@ -71,11 +71,11 @@ class Prefetcher:
                 # Else its inputs on the host start coming in now, so that the
                 # rebuild on demand waits for copies under way instead of
                 # faulting them in one by one (see [Note: rebuild inputs]).
-                if not all(self._fetch_ahead(q, batch) for q in self._rebuild_faults(page)):
+                if not all(self._fetch_ahead(q, batch, distance) for q in self._rebuild_faults(page)):
                     policy.rewind(distance)
                     break
                 continue
-            if not self._fetch_ahead(page, batch):
+            if not self._fetch_ahead(page, batch, distance):
                 policy.rewind(distance)
                 break
         if batch:
@@ -101,16 +101,18 @@ class Prefetcher:
                     todo.append(q)
         return out
 
-    def _fetch_ahead(self, page: Page, batch: list) -> bool:
+    def _fetch_ahead(self, page: Page, batch: list, distance: int) -> bool:
         """Mark ``page`` (evicted, with a host copy) arriving and add it to ``batch``; False: stop the scan.
 
         The scan stops where the bytes fetched ahead and not yet used reach the
-        cap, or where no room can be made without pages the window needs.
+        cap, or where no room can be made without pages the window needs. The
+        cap does not hold for the next operator's pages (``distance`` 0): no
+        page is needed sooner, and they would be faulted in right after.
         """
         storage = page.ref()
         if storage is None:
             return True
-        if self.unused_prefetch_bytes + page.nbytes > self.prefetch_cap:
+        if distance > 0 and self.unused_prefetch_bytes + page.nbytes > self.prefetch_cap:
             # Enough fetched ahead and not used yet: more would push out
             # pages needed sooner (Thresholds.prefetch_cap). Resume here later.
             return False
