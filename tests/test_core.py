@@ -39,11 +39,11 @@ class TestPageTable:
         table.touch(a)
         assert [p.key for p in table.lru()] == [1, 2, 0]
 
-    def test_touch_all_and_to_back(self):
+    def test_touch_all(self):
         table, (a, b, c, d) = make_table(100, [10, 10, 10, 10])
         table.touch_all([c, a])
         assert [p.key for p in table.lru()] == [1, 3, 2, 0]
-        table.to_back([b])
+        table.touch_all(p for p in (b,))
         assert [p.key for p in table.lru()] == [3, 2, 0, 1]
         table.check()
 

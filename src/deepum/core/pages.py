@@ -164,15 +164,8 @@ class PageTable:
         if page.pageable:
             self._lru.move_to_end(page.key)
 
-    def touch_all(self, pages: list[Page]) -> None:
-        """touch() for each of ``pages`` (an operator's, once per operator)."""
-        move = self._lru.move_to_end
-        for page in pages:
-            if page.pageable:
-                move(page.key)
-
-    def to_back(self, pages: Iterable[Page]) -> None:
-        """Move resident pageable ``pages`` to the most recently used end without a use."""
+    def touch_all(self, pages: Iterable[Page]) -> None:
+        """touch() for each of ``pages``: they go to the most recently used end, in order."""
         move = self._lru.move_to_end
         for page in pages:
             if page.pageable:

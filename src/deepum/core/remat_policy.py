@@ -49,9 +49,9 @@ class RecomputeFirstPolicy(DeepUMPolicy):
     ``rebuild_seconds(page)`` returns the seconds to compute the page again,
     including dropped inputs that must be rebuilt first, or None if it cannot
     be dropped. ``max_candidates`` bounds the pages ranked per call (the least
-    recently used ones; DTR samples for the same reason); None ranks all. Pages under ``small_bytes``
-    are victims only when the others do not hold the bytes needed (see
-    choose_victims).
+    recently used ones; DTR samples for the same reason); None ranks all.
+    Pages under ``small_bytes`` are victims only when the others do not hold
+    the bytes needed (see choose_victims).
     """
 
     name = "deepum"  # the option the user chose; its victims are `victims="cost"`
@@ -164,9 +164,9 @@ class RecomputeFirstPolicy(DeepUMPolicy):
             got += page.nbytes
             taken += 1
         # Small pages stay resident and so gather at the front of the LRU
-        # order; moved behind the others, the next scans do not walk past
-        # them again (the scan is this function's cost).
-        self.table.to_back(small[taken:])
+        # order; moved behind the others (the LRU order, not their last use,
+        # which staleness reads), the next scans do not walk past them again.
+        self.table.touch_all(small[taken:])
         if got >= need or protect_window:
             return chosen
         return self._window_victims(in_window, chosen, got, need)
