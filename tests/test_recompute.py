@@ -453,6 +453,7 @@ def test_the_pages_a_rebuild_would_fault_include_dropped_ancestors_inputs():
 
     from deepum.core.pages import EVICTED, Page
     from deepum.engine.prefetch import Prefetcher
+    from deepum.engine.remat import Remat
 
     def page(key, state, host=None, inputs=None):
         p = Page(key, 10)
@@ -464,6 +465,7 @@ def test_the_pages_a_rebuild_would_fault_include_dropped_ancestors_inputs():
     dropped_input = page(4, EVICTED, None, [deep_on_host, resident, on_host])
     target = page(5, EVICTED, None, [on_host, dropped_input])
     walker = SimpleNamespace(recipe_max_depth=8)
+    walker.rebuild_walk = lambda p: Remat.rebuild_walk(walker, p)
     assert Prefetcher._rebuild_faults(walker, target) == [on_host, deep_on_host]
 
 

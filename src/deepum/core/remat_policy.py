@@ -71,9 +71,7 @@ class RecomputeFirstPolicy(DeepUMPolicy):
         self.clock = 0
 
     def observe(self, eid: int) -> None:
-        # DeepUMPolicy.observe inlined: it runs once per intercepted operator.
-        hit = self.predictor.observe(eid)
-        self._cursor = max(0, self._cursor - 1) if hit else 0
+        super().observe(eid)
         self.clock += 1
 
     def note_use(self, pages: Iterable[Page]) -> None:
@@ -115,9 +113,6 @@ class RecomputeFirstPolicy(DeepUMPolicy):
         if cap is None:
             cap = len(self.table)
         found = 0  # bytes among ranked and rest
-        # score() inlined, with the link's rates read once: this loop is the victim choice's cost.
-        h2d, d2h = self.costs.h2d_Bps, self.costs.d2h_Bps
-        rebuild_seconds, now = self.rebuild_seconds, self.clock + 1
         for page in self.table.lru():
             if page.pins:
                 continue
@@ -134,11 +129,7 @@ class RecomputeFirstPolicy(DeepUMPolicy):
                 small.append(page)
                 continue
             if len(ranked) < cap:
-                cost = (0.0 if (not page.dirty and page.host is not None) else nbytes / d2h) + nbytes / h2d
-                rebuild = rebuild_seconds(page)
-                if rebuild is not None and rebuild <= cost:
-                    cost = rebuild
-                ranked.append((cost / (max(nbytes, 1) * (now - page.last_use)), len(ranked), page))
+                ranked.append((self.score(page), len(ranked), page))
             elif found >= need:
                 break  # enough candidates: the rest of the table is not scanned
             else:

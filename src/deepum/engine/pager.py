@@ -26,7 +26,7 @@ import torch
 
 from ..core.config import Config
 from ..core.costs import Costs
-from ..core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, PageTable
+from ..core.pages import ARRIVING, EVICTED, Kind, Page, PageTable
 from ..core.policy import Action, make_policy
 from ..core.remat_policy import RecomputeFirstPolicy
 from ..errors import BudgetTooSmallError
@@ -123,13 +123,8 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         """
         table = self.table
         working = out_bytes
-        # Settled: every page resident and none a prefetch used for the first
-        # time, the common case under pressure too; it skips the state passes.
-        settled = True
         for p in pages:
             working += p.nbytes
-            if p.state != RESIDENT or p.prefetched:
-                settled = False
         if working > self.counters.max_working_set_bytes:
             # The smallest budget that would do (deepum estimate).
             self.counters.max_working_set_bytes = working
@@ -143,54 +138,38 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         if self.plans.mode:
             self.plans.begin(pages, written)
         try:
-            if settled:
-                # Pinned pages stay resident through before_write and make_room.
-                for p in written:
-                    if p.readers or p.recipe is not None:
-                        self.before_write(p)
-                short = out_bytes - table.room()
-                if short > 0:
-                    self.make_room(short)
-            else:
-                self._bring_in(pages, out_bytes, written)
+            missing = 0
+            for p in pages:
+                if p.state == EVICTED:
+                    if p.host is None:  # dropped: computed again, its inputs first
+                        self.rebuild(p)
+                    else:
+                        missing += p.nbytes
+            for p in written:
+                if p.readers or p.recipe is not None:
+                    self.before_write(p)
+            short = missing + out_bytes - table.room()
+            if short > 0:
+                self.make_room(short)
+            faults, arriving = [], []
+            for p in pages:
+                state = p.state
+                if state == EVICTED:
+                    faults.append(p)
+                elif state == ARRIVING:
+                    arriving.append(p)
+                elif p.prefetched:  # arrived earlier, first use now
+                    self._prefetch_used(p)
+            if faults:
+                self.fault(faults)
+            if arriving:
+                self._arrive(arriving)
             table.touch_all(pages)
             table.note_peak()
         except BaseException:
             self.unpin(pages)
             raise
         table.reserved_bytes += out_bytes
-
-    def _bring_in(self, pages: list[Page], out_bytes: int, written) -> None:
-        """begin() for pages not all resident: rebuild the dropped, make room, fault or wait for the rest."""
-        table = self.table
-        missing = 0
-        for p in pages:
-            if p.state == EVICTED:
-                if p.host is None:  # dropped: computed again, its inputs first
-                    self.rebuild(p)
-                else:
-                    missing += p.nbytes
-        for p in written:
-            if p.readers or p.recipe is not None:
-                self.before_write(p)
-        short = missing + out_bytes - table.room()
-        if short > 0:
-            self.make_room(short)
-        faults, arriving = [], []
-        for p in pages:
-            state = p.state
-            if state == EVICTED:
-                faults.append(p)
-            elif state == ARRIVING:
-                arriving.append(p)
-            elif p.prefetched:  # arrived earlier, first use now
-                p.prefetched = False
-                self.unused_prefetch_bytes -= p.nbytes
-                self.counters.prefetch_hits += 1
-        if faults:
-            self.fault(faults)
-        if arriving:
-            self._arrive(arriving)
 
     def unpin(self, pages: list[Page], out_bytes: int = 0) -> None:
         """After an operator: its pages may be evicted again; ``out_bytes`` is begin()'s reservation."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..core.pages import ARRIVING, EVICTED, RESIDENT, Page
+from .remat import FAULT
 from .retry import evict_for_retry
 from .telemetry import now_us, profiler_range
 
@@ -83,23 +84,8 @@ class Prefetcher:
 
     def _rebuild_faults(self, page: Page) -> list[Page]:
         """The pages on the host that rebuilding dropped ``page`` would fault in, its dropped
-        ancestors' inputs included (as far as a rebuild goes: Thresholds.recipe_max_depth)."""
-        out, todo, seen = [], [page], {page}
-        while todo:
-            recipe = todo.pop().recipe
-            if recipe is None:
-                continue
-            for q in recipe.inputs:
-                if q in seen:
-                    continue
-                seen.add(q)
-                if q.state != EVICTED:
-                    continue
-                if q.host is not None:
-                    out.append(q)
-                elif len(seen) <= 4 * self.recipe_max_depth:
-                    todo.append(q)
-        return out
+        ancestors' inputs included (as far as a rebuild goes: Remat.rebuild_walk)."""
+        return [q for step, q in self.rebuild_walk(page) if step is FAULT]
 
     def _fetch_ahead(self, page: Page, batch: list, distance: int) -> bool:
         """Mark ``page`` (evicted, with a host copy) arriving and add it to ``batch``; False: stop the scan.
@@ -170,6 +156,12 @@ class Prefetcher:
         if self.trace is not None:
             self.trace.transfer("faults", t0, now_us(), pages)
 
+
+    def _prefetch_used(self, page: Page) -> None:
+        """An operator or a rebuild uses a prefetched page for the first time: a hit."""
+        page.prefetched = False
+        self.unused_prefetch_bytes -= page.nbytes
+        self.counters.prefetch_hits += 1
 
     def _arrive(self, pages: list[Page]) -> None:
         late = self.transfers.wait(pages)

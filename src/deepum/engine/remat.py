@@ -53,6 +53,9 @@ from .telemetry import profiler_range
 # device, CPU scalar tensors handed to CUDA operators).
 _CONST_MAX_BYTES = 4096
 
+# The steps of Remat.rebuild_walk.
+REBUILD, FAULT, DEEP = "rebuild", "fault", "deep"
+
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _use_count = torch._C._storage_Use_Count
 _WITHOUT_STATS = {torch.ops.aten.native_batch_norm.default}
@@ -407,23 +410,36 @@ class Remat:
         if not self.recompute or recipe.held is None:
             return None
         costs, total = self.costs, 0.0
+        for step, p in self.rebuild_walk(page):
+            if step is REBUILD:
+                own = costs.recompute_seconds(p.recipe.eid)
+                total += self.rebuild_overhead_s + (own if own is not None else costs.fallback_seconds(p.nbytes))
+            elif step is FAULT:
+                total += costs.copy_seconds(p.nbytes, H2D)
+            else:
+                return None  # too deep a neighbourhood: copy it instead
+        return total
+
+    def rebuild_walk(self, page: Page):
+        """What rebuilding dropped ``page`` takes, in the order a rebuild meets it (DTR's evicted
+        neighbourhood): (REBUILD, p) for each dropped page rebuilt, ``page`` first; (FAULT, q)
+        for each page on the host faulted in; (DEEP, q) for a dropped input past
+        4 * recipe_max_depth pages, not followed."""
         todo, seen = [page], {page}
         while todo:
             p = todo.pop()
-            r = p.recipe
-            own = costs.recompute_seconds(r.eid)
-            total += self.rebuild_overhead_s + (own if own is not None else costs.fallback_seconds(p.nbytes))
-            for q in r.inputs:
+            yield REBUILD, p
+            for q in p.recipe.inputs:
                 if q in seen:
                     continue
                 seen.add(q)
                 if q.dropped:
                     if len(seen) > self.recipe_max_depth * 4:
-                        return None  # too deep a neighbourhood: copy it instead
-                    todo.append(q)
+                        yield DEEP, q
+                    else:
+                        todo.append(q)
                 elif q.state == EVICTED:
-                    total += costs.copy_seconds(q.nbytes, H2D)
-        return total
+                    yield FAULT, q
 
     def before_write(self, page: Page) -> None:
         """``page`` is about to be written: recipes that read it, and its own, stop being exact."""
@@ -473,9 +489,7 @@ class Remat:
                 self._arrive(arriving)
             for q in inputs:
                 if q.prefetched:  # fetched ahead for this rebuild (prefetch.py): its first use
-                    q.prefetched = False
-                    self.unused_prefetch_bytes -= q.nbytes
-                    self.counters.prefetch_hits += 1
+                    self._prefetch_used(q)
             while True:
                 self.table.arriving(page)
                 self.table.reserved_bytes += page.nbytes

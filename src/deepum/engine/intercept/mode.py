@@ -49,8 +49,6 @@ from .plan import OpPlan, flat_outputs, hashable
 from .register import QUIET, Registration
 from .sparse import sparse_parts_resident
 
-_STRIDED = torch.strided
-
 # [Note: before pressure]
 # Until memory is tight nothing is evicted, so nothing needs predicting or
 # fetching: an operator's pages are found (new storages become pages, so the
@@ -166,21 +164,19 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         for i, t in enumerate(tensors):
             if not is_managed(t):
                 continue
-            if t.layout is not _STRIDED:
+            if t.layout != torch.strided:
                 sparse_parts_resident(self, t, found)
                 continue
             try:
                 s = t.untyped_storage()
             except (RuntimeError, NotImplementedError):  # other storage-less kinds
                 continue
-            key = s._cdata
-            p = get(key)
+            p = get(s._cdata)
             if p is None:
                 p = self._first_seen(t, s, func, i)
                 if p is None:
                     continue
-                key = p.key
-            found[key] = p
+            found[p.key] = p
             if i < nw:
                 written.append(p)
         if pager.host_holds is not None:  # pages pinned for a pointer (host_access.py)

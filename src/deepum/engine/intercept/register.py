@@ -13,7 +13,6 @@ from ..remat import record
 from .plan import flat_outputs, pageable
 from .sparse import sparse_parts_resident
 
-_STRIDED = torch.strided
 QUIET = -3  # the execution ID of every operator run on the quiet path
 QUIET_SKEY = -1
 
@@ -78,7 +77,7 @@ class Registration:
         for i, t in enumerate(flat_outputs(out)):
             if not is_managed(t):
                 continue
-            if t.layout is not _STRIDED:
+            if t.layout != torch.strided:
                 new += sparse_parts_resident(self, t, None)
                 continue
             try:
