@@ -1,0 +1,165 @@
+"""Where a paged step's time goes on the GPU: compute, copies, host waits, allocator calls, idle.
+
+    python benchmarks/step_anatomy.py MODEL FRACTION [STEPS] ['{"session": "options"}']
+
+Trains the bench's MODEL (deepum.benchsuite) at FRACTION of its unconstrained
+peak (fraction 0 runs plain, no session) for STEPS steps (default 5), then
+runs one more step under torch.profiler and prints, from its Chrome trace:
+
+* the step's wall time and the pager's counters that moved in it;
+* per CUDA stream, the time some kernel or copy ran on it (union of their
+  intervals) and the part of that which was copies, by direction;
+* the compute stream's idle time: wall time less its busy time (this is
+  what paging adds to a GPU-bound step);
+* CPU time in the CUDA runtime and driver calls that block or reshape memory
+  (synchronizations, malloc and free, virtual-memory maps of expandable
+  segments, pinned host allocation), summed by name;
+* the top of a cProfile of one further step, by own time, so the host's
+  Python can be set against the idle time.
+
+Writes anatomy.txt (and the trace, gzipped) under $OUT (default ./out).
+"""
+
+from __future__ import annotations
+
+import collections
+import cProfile
+import gzip
+import io
+import json
+import os
+import pstats
+import shutil
+import sys
+import time
+
+import torch
+
+import deepum
+from deepum.benchsuite.models import Workload, adamw, standard_step
+
+OUT = os.environ.get("OUT") or "out"
+KEYS = ("faults", "prefetches", "late_prefetches", "recomputes", "evictions", "drops", "oom_retries",
+        "bytes_to_host", "bytes_to_device", "stall_seconds", "recompute_seconds", "ops")
+# CPU-side CUDA calls worth a line each: the ones that wait or remap memory.
+WATCH = ("Synchronize", "Malloc", "Free", "MemMap", "MemUnmap", "MemCreate", "MemRelease", "HostAlloc",
+         "MemAddressReserve", "MemSetAccess", "StreamWaitEvent", "EventQuery", "EventRecord",
+         "MemcpyAsync", "LaunchKernel")
+
+
+def _union(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def summarize(trace: dict, wall_us: float) -> list[str]:
+    busy: dict[int, list] = collections.defaultdict(list)
+    copies: dict[tuple[int, str], float] = collections.defaultdict(float)
+    runtime: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
+    kernels: dict[int, int] = collections.Counter()
+    for ev in trace.get("traceEvents", []):
+        if ev.get("ph") != "X":
+            continue
+        cat, dur = ev.get("cat", ""), float(ev.get("dur", 0))
+        if cat in ("kernel", "gpu_memcpy", "gpu_memset"):
+            stream = int(ev.get("args", {}).get("stream", -1))
+            ts = float(ev["ts"])
+            busy[stream].append((ts, ts + dur))
+            if cat == "gpu_memcpy":
+                name = ev.get("name", "")
+                way = "HtoD" if "HtoD" in name else "DtoH" if "DtoH" in name else "DtoD"
+                copies[stream, way] += dur
+            else:
+                kernels[stream] += 1
+        elif cat in ("cuda_runtime", "cuda_driver"):
+            name = ev.get("name", "")
+            if any(w in name for w in WATCH):
+                runtime[name][0] += 1
+                runtime[name][1] += dur
+    lines = [f"wall {wall_us / 1e3:.1f} ms"]
+    compute = max(busy, key=lambda s: kernels.get(s, 0)) if busy else None
+    for stream in sorted(busy, key=lambda s: -_union(busy[s])):
+        b = _union(busy[stream])
+        parts = ", ".join(f"{way} {copies[stream, way] / 1e3:.1f} ms" for way in ("HtoD", "DtoH", "DtoD")
+                          if copies.get((stream, way)))
+        tag = " (compute)" if stream == compute else ""
+        lines.append(f"stream {stream}{tag}: busy {b / 1e3:.1f} ms, {kernels.get(stream, 0)} kernels"
+                     + (f"; copies {parts}" if parts else ""))
+    if compute is not None:
+        lines.append(f"compute stream idle {(wall_us - _union(busy[compute])) / 1e3:.1f} ms of the wall")
+    lines.append("CUDA calls on the CPU (count, ms):")
+    for name, (n, dur) in sorted(runtime.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"  {name:40s} {n:7d} {dur / 1e3:9.1f}")
+    return lines
+
+
+def main() -> None:
+    model, fraction = sys.argv[1], float(sys.argv[2])
+    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+    options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    os.makedirs(OUT, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    work = Workload(model, device, device)
+    opt = adamw(work.model, device)
+    step = standard_step(work, opt)
+    for i in range(2):
+        step(work.host_batch(i))
+    sync()
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:  # the cpu tier (a smoke run of this script): the session's own count
+        with deepum.oversubscribe(1.0, device, dormant=False) as s:
+            step(work.host_batch(0))
+        peak = s.stats()["peak_managed_bytes"]
+    session = deepum.oversubscribe(int(peak * fraction), device, **options) if fraction > 0 else None
+    lines = [f"{model} at {fraction} of its peak ({peak / 2**30:.2f} GiB), options {options}"]
+    if session is not None:
+        session.__enter__()
+    try:
+        for i in range(steps):
+            step(work.host_batch(i))
+        sync()
+        before = session.stats() if session else {}
+        name = os.path.join(OUT, f"{model}-{fraction}.trace.json")
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+            t0 = time.perf_counter()
+            step(work.host_batch(steps))
+            sync()
+            wall = time.perf_counter() - t0
+        after = session.stats() if session else {}
+        lines.append("moved: " + ", ".join(f"{k} {after[k] - before[k]:.4g}" for k in KEYS if k in after))
+        prof.export_chrome_trace(name)
+        with open(name) as f:
+            trace = json.load(f)
+        lines += summarize(trace, wall * 1e6)
+        with open(name, "rb") as src, gzip.open(name + ".gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.remove(name)
+        profiler = cProfile.Profile()
+        t0 = time.perf_counter()
+        profiler.enable()
+        step(work.host_batch(steps + 1))
+        sync()
+        profiler.disable()
+        lines.append(f"cProfile step: {(time.perf_counter() - t0) * 1e3:.1f} ms (slowed by the profiler)")
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(25)
+        lines += [ln for ln in buf.getvalue().splitlines() if ln.strip()][:40]
+    finally:
+        if session is not None:
+            session.__exit__(None, None, None)
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(OUT, f"anatomy-{model}-{fraction}.txt"), "w") as f:
+        f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
