@@ -42,6 +42,9 @@ CLAMP = 4.0
 class _Estimate:
     warm: list[float] = field(default_factory=list)
     value: float | None = None
+    # The median of ``warm`` while it fills: asked for on every victim
+    # choice, while samples come only from the first steps.
+    warm_median: float | None = None
 
 
 class Costs:
@@ -79,8 +82,9 @@ class Costs:
             est = self._time[eid] = _Estimate()
         if est.value is None:
             est.warm.append(seconds)
+            est.warm_median = _median(est.warm)
             if len(est.warm) == self.warmup:
-                est.value = _median(est.warm)
+                est.value = est.warm_median
                 est.warm = []
             return
         lo, hi = est.value / CLAMP, est.value * CLAMP
@@ -99,7 +103,7 @@ class Costs:
             return None
         if est.value is not None:
             return est.value
-        return _median(est.warm) if est.warm else None
+        return est.warm_median
 
     def nbytes(self, eid: int) -> int | None:
         return self._bytes.get(eid)

@@ -174,8 +174,11 @@ class Recipe:
         return self.held is not None and all(q.state != DEAD and s is not None
                                              for q, s in zip(self.inputs, self.held))
 
-    def run_into(self, storage: torch.UntypedStorage, device: torch.device) -> None:
-        """Run the operator again and put its output's bytes into ``storage`` (already sized)."""
+    def run_into(self, storage: torch.UntypedStorage, nbytes: int, device: torch.device) -> None:
+        """Run the operator again and give ``storage`` (freed, ``nbytes`` when resident) its output.
+
+        See [Note: rebuilding in place].
+        """
         def arg(x):
             if isinstance(x, _In):
                 return x.tensor(device)
@@ -186,15 +189,47 @@ class Recipe:
             return x
 
         with torch.no_grad(), torch.autocast(device.type, enabled=False), _replaying(self.rng, device):
-            out = self.func(*[arg(a) for a in self.args], **{k: arg(v) for k, v in self.kwargs.items()})
+            args = [arg(a) for a in self.args]
+            kwargs = {k: arg(v) for k, v in self.kwargs.items()}
+            out = self.func(*args, **kwargs)
             if isinstance(out, (tuple, list)):
                 out = out[self.index]
             src = out.untyped_storage()
-            if src.nbytes() != storage.nbytes():
+            if src.nbytes() != nbytes:
                 raise RuntimeError(f"deepum: recomputing {self.func} gave {src.nbytes()} bytes, "
-                                   f"the page holds {storage.nbytes()}")
+                                   f"the page holds {nbytes}")
+            if _SWAP and storage.nbytes() == 0 and not out._is_view() and _owns(src, args, kwargs):
+                storage._swap_data_ptr_(src)
+                return
+            storage.resize_(nbytes)
             dst = torch.empty(0, dtype=torch.uint8, device=device).set_(storage)
             dst.copy_(torch.empty(0, dtype=torch.uint8, device=device).set_(src))
+
+
+# [Note: rebuilding in place]
+# A rebuilt output is a fresh allocation of exactly the page's size; handing
+# that memory to the page's storage (``_swap_data_ptr_``: the storage object,
+# and so every view and saved reference, stays the same) avoids a device copy
+# of the page and a second page's worth of memory during the rebuild. Only an
+# output that owns its memory outright is handed over; one that shares an
+# input's storage, or torch without the binding, is copied.
+_SWAP = hasattr(torch.UntypedStorage, "_swap_data_ptr_")
+# Pages' worth of memory a rebuild holds at once, the page included.
+REBUILD_PAGES = 1 if _SWAP else 2
+
+
+def _owns(src: torch.UntypedStorage, args: list, kwargs: dict) -> bool:
+    """``src`` is none of the arguments' storages (the output is a fresh allocation)."""
+    ptr = src.data_ptr()
+
+    def shares(x) -> bool:
+        if isinstance(x, torch.Tensor):
+            return x.untyped_storage().data_ptr() == ptr
+        if isinstance(x, (list, tuple)):
+            return any(shares(y) for y in x)
+        return False
+
+    return not any(shares(a) for a in args) and not any(shares(v) for v in kwargs.values())
 
 
 class _replaying:
@@ -390,9 +425,8 @@ class Remat:
         depth = lineage.drop_depth(recipe, dropping)
         if depth > self.recipe_max_depth:
             return False
-        # A rebuild holds its inputs, the page and the operator's own output
-        # at once: a page that could not be rebuilt under the limit is copied.
-        if sum(q.nbytes for q in recipe.inputs) + 2 * page.nbytes > self.table.limit:
+        # A rebuild holds its inputs and the page (REBUILD_PAGES) at once: a page that could not be rebuilt under the limit is copied.
+        if sum(q.nbytes for q in recipe.inputs) + REBUILD_PAGES * page.nbytes > self.table.limit:
             return False
         recipe.depth = depth
         return True
@@ -410,6 +444,14 @@ class Remat:
         if not self.recompute or recipe.held is None:
             return None
         costs, total = self.costs, 0.0
+        for q in recipe.inputs:
+            if q.state == EVICTED:
+                break
+        else:
+            # Every input on the device (most candidates): the walk would
+            # meet only the page itself.
+            own = costs.recompute_seconds(recipe.eid)
+            return self.rebuild_overhead_s + (own if own is not None else costs.fallback_seconds(page.nbytes))
         for step, p in self.rebuild_walk(page):
             if step is REBUILD:
                 own = costs.recompute_seconds(p.recipe.eid)
@@ -475,8 +517,8 @@ class Remat:
                 if q.dropped:
                     self.rebuild(q)
             evicted = [q for q in inputs if q.state == EVICTED]
-            # The page, and the operator's own output until it is copied over.
-            need = sum(q.nbytes for q in evicted) + 2 * page.nbytes
+            # The page (and the operator's output, where it is copied over: REBUILD_PAGES).
+            need = sum(q.nbytes for q in evicted) + REBUILD_PAGES * page.nbytes
             if need > self.table.limit:
                 raise BudgetTooSmallError(f"recomputing {recipe.func}", need, self.table.limit, self.budget)
             short = need - self.table.room()
@@ -495,13 +537,12 @@ class Remat:
                 self.table.reserved_bytes += page.nbytes
                 try:
                     with profiler_range("deepum::recompute"), self.transfers.timed("recompute"):
-                        storage.resize_(page.nbytes)
-                        recipe.run_into(storage, self.device)
+                        recipe.run_into(storage, page.nbytes, self.device)
                     break
                 except torch.OutOfMemoryError as e:
                     self._unarrive([(storage, page)])
-                    evict_for_retry(self, f"recomputing {recipe.func}", 2 * page.nbytes,
-                                    2 * page.nbytes, e)
+                    evict_for_retry(self, f"recomputing {recipe.func}", REBUILD_PAGES * page.nbytes,
+                                    REBUILD_PAGES * page.nbytes, e)
                 except BaseException:
                     self._unarrive([(storage, page)])
                     raise
