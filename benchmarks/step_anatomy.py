@@ -39,7 +39,7 @@ import deepum
 from deepum.benchsuite.models import Workload, adamw, standard_step
 
 OUT = os.environ.get("OUT") or "out"
-KEYS = ("faults", "prefetches", "late_prefetches", "recomputes", "evictions", "drops", "oom_retries",
+KEYS = ("faults", "prefetches", "late_prefetches", "recomputes", "evictions", "drops", "oom_retries", "leaving_waits",
         "bytes_to_host", "bytes_to_device", "stall_seconds", "recompute_seconds", "ops")
 # CPU-side CUDA calls worth a line each: the ones that wait or remap memory.
 WATCH = ("Synchronize", "Malloc", "Free", "MemMap", "MemUnmap", "MemCreate", "MemRelease", "HostAlloc",

@@ -251,12 +251,12 @@ def test_keyboard_interrupt_inside_the_engine(monkeypatch, where):
     if where == "mid_eviction":
         original_free = transfer.HostTransfers.free
 
-        def free(self, storage):
+        def free(self, storage, copied=False):
             if count["armed"]:
                 count["armed"] = False
                 interrupted_at["op"] = count["ops"]
                 raise KeyboardInterrupt  # the copy out is done, the memory not yet freed
-            return original_free(self, storage)
+            return original_free(self, storage, copied)
 
         monkeypatch.setattr(transfer.HostTransfers, "free", free)
     elif where == "mid_fault":

@@ -21,7 +21,8 @@ DEEPSPEED = ("zero2-offload", "zero3-offload", "zero3-offload-ckpt")
 STEP_COUNTERS = ("bytes_to_device", "bytes_to_host", "bytes_dropped", "recompute_seconds", "faults",
                  "prefetches", "prefetch_hits", "late_prefetches", "wasted_prefetches", "evictions",
                  "stall_seconds", "drops", "recomputes", "planned_evictions", "planned_steps",
-                 "plan_departures", "plans", "plan_over_ops", "plan_short_evictions")
+                 "plan_departures", "plans", "plan_over_ops", "plan_short_evictions", "oom_retries",
+                 "leaving_waits")
 
 
 class PhaseBytes:

@@ -130,6 +130,9 @@ class PageTable:
         # thread it is the current operator's; with several, a second
         # operator must not count the first one's outputs as free room.
         self.reserved_bytes = 0
+        # Device memory of pages evicted by a copy still running: not any
+        # page's, and not free until the copy ends (engine/movers.py).
+        self.leaving_bytes = 0
         self.peak_resident_bytes = 0
         # The peak since the last dormancy boundary (core/dormancy.py), reset there.
         self.window_peak_bytes = 0
@@ -241,7 +244,7 @@ class PageTable:
         return iter(self._lru.values())
 
     def room(self) -> int:
-        return self.limit - self.resident_bytes - self.reserved_bytes
+        return self.limit - self.resident_bytes - self.reserved_bytes - self.leaving_bytes
 
     def _shrink(self, nbytes: int, kind: Kind) -> None:
         self.resident_bytes -= nbytes
@@ -267,5 +270,6 @@ class PageTable:
         assert set(self._lru) == {p.key for p in resident if p.pageable}, "LRU out of step"
         assert self.unpageable_bytes == sum(p.nbytes for p in resident if not p.pageable)
         assert self.reserved_bytes >= 0, "an operator's output reservation was released twice"
+        assert self.leaving_bytes >= 0, "memory of a copy out was released twice"
         for kind in Kind:
             assert self.kind_bytes[kind] == sum(p.nbytes for p in resident if p.kind == kind)

@@ -153,7 +153,7 @@ class Lifecycle:
         for page in list(self.table.pages.values()):
             if page.recipe is not None:
                 self.void(page)
-        self.transfers.synchronize()
+        self.table.leaving_bytes -= self.transfers.synchronize()
 
     def _to_restore(self) -> tuple[list, list[Page]]:
         """(storage, page) pairs to copy back and dropped pages to rebuild; arrivals finished."""
@@ -179,7 +179,7 @@ class Lifecycle:
 
     def close(self) -> None:
         """Forget every page (after restore_all) and give host memory back."""
-        self.transfers.synchronize()
+        self.table.leaving_bytes -= self.transfers.synchronize()
         self.closed = True
         self.dead.clear()
         for page in list(self.table.pages.values()):

@@ -16,10 +16,19 @@ Two engines with one interface: :class:`HostTransfers` for the ``cpu`` device
   GPT-2, such blocks piled up until the allocator had to synchronize.)
 * The compute stream waits on a page's ready event only when an operator uses
   the page: a prefetch never blocks the CPU or the compute stream early.
-* A copy *out* waits for the compute stream (the last writer), copies on the
-  eviction stream, marks the block as used by that stream and then frees it
-  with ``resize_(0)``: the allocator does not reuse the block until the copy
-  has finished, so eviction never waits on the CPU.
+* A copy *out* waits for the compute stream (the last writer) and copies on
+  the eviction stream. The storage is emptied at once, but its memory moves to
+  a holder (``_swap_data_ptr_``) that is let go once the copy's event has
+  completed (:meth:`CudaTransfers.release_finished`); until then the page
+  table counts those bytes as leaving, not free. So the caching allocator
+  never holds a block with pending stream uses: before, the block was marked
+  used by the eviction stream (``record_stream``) and freed at once, and an
+  allocation that found the budget's cap full of such blocks made the
+  allocator wait for every pending event and empty its whole cache, which
+  drained the GPU's queue several times a step. Now the engine itself waits,
+  only where an operator needs the room now, and only for the oldest copies
+  (:meth:`CudaTransfers.settle`). Torch without the binding keeps
+  ``record_stream``.
 * A host buffer is reused only after every copy that reads or writes it has
   finished (its event is recorded in the pool).
 """
@@ -34,6 +43,9 @@ import torch
 
 from ..core.pages import Page
 from ..errors import HostMemoryError
+
+# Storage memory can change hands without a copy (see the note above).
+SWAP = hasattr(torch.UntypedStorage, "_swap_data_ptr_")
 
 
 def byte_view(storage: torch.UntypedStorage) -> torch.Tensor:
@@ -167,8 +179,11 @@ class HostTransfers:
                 page.host = self.pool.take(page.nbytes)
             page.host.copy_(byte_view(storage))
 
-    def free(self, storage: torch.UntypedStorage) -> None:
+    def free(self, storage: torch.UntypedStorage, copied: bool = False) -> int:
+        """Free the storage's device memory; return the bytes whose release waits for a copy
+        out (``copied``: :meth:`save` just took it), which the caller counts as leaving."""
         storage.resize_(0)
+        return 0
 
     def load(self, items: list, prefetch: bool) -> None:
         """Re-allocate each storage on the device and copy its host copy in."""
@@ -190,11 +205,17 @@ class HostTransfers:
             self.pool.give(page.host, page.ready)
             page.host = None
 
-    def release_finished(self) -> None:
-        pass
+    def release_finished(self) -> int:
+        """Let go what finished copies held; return the leaving bytes now free."""
+        return 0
 
-    def synchronize(self) -> None:
-        pass
+    def settle(self, need: int | None = None) -> int:
+        """Wait for the oldest copies out until ``need`` leaving bytes are free (None: all)."""
+        return 0
+
+    def synchronize(self) -> int:
+        """Wait for every copy; return the leaving bytes now free."""
+        return 0
 
     def harvest(self) -> None:
         pass
@@ -247,6 +268,9 @@ class CudaTransfers(HostTransfers):
         self._timed: list[tuple[torch.cuda.Event, torch.cuda.Event, str]] = []
         # Prefetch batches still copying: (event, storages kept alive until it completes).
         self._inflight: deque[tuple[torch.cuda.Event, list]] = deque()
+        # Memory of evicted pages whose copy out runs: (event, holder, bytes), oldest first.
+        self._leaving: deque[tuple[torch.cuda.Event, torch.UntypedStorage, int]] = deque()
+        self._save_event: torch.cuda.Event | None = None
 
     def save(self, items: list) -> None:
         d2h = self.d2h
@@ -259,11 +283,13 @@ class CudaTransfers(HostTransfers):
                     page.host = self.pool.take(page.nbytes)
                 view = byte_view(storage)
                 page.host.copy_(view, non_blocking=True)
-                view.record_stream(d2h)
+                if not SWAP:
+                    view.record_stream(d2h)
         finally:
             self.streams_.set(compute)
         event = torch.cuda.Event()
         event.record(d2h)
+        self._save_event = event
         for _, page in items:
             # A later copy in must not read the buffer before this completes.
             page.ready = event
@@ -351,15 +377,43 @@ class CudaTransfers(HostTransfers):
         del dev
         return rates[0], rates[1]
 
-    def release_finished(self) -> None:
-        """Drop the references that kept prefetched storages alive during their copy."""
+    def free(self, storage: torch.UntypedStorage, copied: bool = False) -> int:
+        if not (copied and SWAP):
+            storage.resize_(0)
+            return 0
+        holder = torch.UntypedStorage(0, device=self.device)
+        holder._swap_data_ptr_(storage)
+        nbytes = holder.nbytes()
+        self._leaving.append((self._save_event, holder, nbytes))
+        return nbytes
+
+    def release_finished(self) -> int:
+        """Drop the references that kept storages alive during their copies; return the
+        leaving bytes now free."""
         inflight = self._inflight
         while inflight and inflight[0][0].query():
             inflight.popleft()
+        leaving, freed = self._leaving, 0
+        # One eviction stream: its events complete in the order recorded.
+        while leaving and leaving[0][0].query():
+            freed += leaving.popleft()[2]
+        return freed
 
-    def synchronize(self) -> None:
+    def settle(self, need: int | None = None) -> int:
+        leaving, freed = self._leaving, 0
+        while leaving and (need is None or freed < need):
+            event, _, nbytes = leaving[0]
+            event.synchronize()
+            leaving.popleft()
+            freed += nbytes
+        return freed
+
+    def synchronize(self) -> int:
         torch.cuda.synchronize(self.device)
         self._inflight.clear()
+        freed = sum(n for _, _, n in self._leaving)
+        self._leaving.clear()
+        return freed
 
     def harvest(self) -> None:
         """Add the timed stalls and recomputes whose events have completed to their counters."""

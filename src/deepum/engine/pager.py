@@ -203,8 +203,9 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             plans.after(eid)
             steering = plans.steering
         if self.pressure:
-            # Storages kept alive for their copy in: a planned step prefetches too.
-            self.transfers.release_finished()
+            # Storages kept alive for their copies in, memory held for copies
+            # out: a planned step moves pages too.
+            table.leaving_bytes -= self.transfers.release_finished()
         if self.prefetch_enabled and self.pressure and not steering:
             self._prefetch_ahead(eid)
         elif self.pressure and self.policy.prefetches and not steering:
@@ -217,7 +218,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         # for what comes next (see [Note: the planned step]).
         short = (0 if steering else self.headroom) - table.room()
         if short > 0:
-            self.make_room(short, protect_window=True)
+            self.make_room(short, protect_window=True, wait=False)
         if self.stress:
             # Testing aid: every page leaves after every operator, so every
             # input of the next one is faulted back in.
@@ -234,9 +235,25 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
 
     # ------------------------------------------------------ moving the pages
 
-    def make_room(self, need: int, protect_window: bool = False) -> bool:
-        """Evict victims until ``need`` more bytes are free; False if it cannot."""
-        return self.evict_bytes(need, protect_window) >= need
+    def make_room(self, need: int, protect_window: bool = False, wait: bool = True) -> bool:
+        """Evict victims until ``need`` more bytes are free; False if it cannot.
+
+        Memory still held by copies out (``table.leaving_bytes``) counts as
+        coming: fewer victims are taken for it, and with ``wait`` the oldest of
+        those copies are waited for until the room is there. Without ``wait``
+        (headroom kept ahead, prefetches), nothing blocks and False says the
+        room is not free yet.
+        """
+        table = self.table
+        goal = table.room() + need
+        table.leaving_bytes -= self.transfers.release_finished()
+        short = goal - table.room() - table.leaving_bytes
+        if short > 0:
+            self.evict_bytes(short, protect_window)
+        if table.room() < goal and wait and table.leaving_bytes:
+            table.leaving_bytes -= self.transfers.settle(goal - table.room())
+            self.counters.leaving_waits += 1
+        return table.room() >= goal
 
     def evict_bytes(self, need: int, protect_window: bool = False) -> int:
         """Evict up to about ``need`` bytes of victims; return how many were freed."""
@@ -304,9 +321,11 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             self._note_writebacks(dirty)
         st.drops += len(dropping)
         st.dropped_clean += len(live) - len(dirty) - len(dropping)
+        copied = {id(storage) for storage, _ in dirty}
+        table = self.table
         for storage, page in live:
             page.dirty = False
-            self.transfers.free(storage)
+            table.leaving_bytes += self.transfers.free(storage, id(storage) in copied)
             if page.prefetched:
                 page.prefetched = False
                 self.unused_prefetch_bytes -= page.nbytes

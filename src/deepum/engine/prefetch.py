@@ -64,7 +64,7 @@ class Prefetcher:
                 inputs = page.recipe.inputs
                 if all(q.state == RESIDENT for q in inputs):
                     short = 2 * page.nbytes + self.headroom - table.room()
-                    if short > 0 and not self.make_room(short, protect_window=True):
+                    if short > 0 and not self.make_room(short, protect_window=True, wait=False):
                         policy.rewind(distance)
                         break
                     self.rebuild(page)
@@ -103,7 +103,7 @@ class Prefetcher:
             # pages needed sooner (Thresholds.prefetch_cap). Resume here later.
             return False
         short = page.nbytes + self.headroom - self.table.room()
-        if short > 0 and not self.make_room(short, protect_window=True):
+        if short > 0 and not self.make_room(short, protect_window=True, wait=False):
             return False
         self.table.arriving(page)  # reserves its bytes before the next decision
         batch.append((storage, page))

@@ -26,7 +26,10 @@ def evict_for_retry(pager: Any, what: str, need: int, working: int, cause: BaseE
     evicted but the working set fits, blame memory deepum cannot see
     (:class:`UnmanagedMemoryError`) rather than the budget.
     """
-    freed = retry_safe and pager.evict_bytes(need)
+    # Memory held for copies out is free once they end: the first progress.
+    settled = pager.transfers.settle()
+    pager.table.leaving_bytes -= settled
+    freed = retry_safe and (settled or pager.evict_bytes(need))
     if not freed:
         limit = pager.table.limit
         if not unmanaged or working > limit or not retry_safe:

@@ -42,7 +42,7 @@ class Stats:
     __slots__ = (
         "faults", "evictions", "writebacks", "dropped_clean", "bytes_to_device",
         "bytes_to_host", "prefetches", "prefetch_hits", "late_prefetches",
-        "wasted_prefetches", "oom_retries", "overshoots", "ops", "dead_pages",
+        "wasted_prefetches", "oom_retries", "leaving_waits", "overshoots", "ops", "dead_pages",
         "unpageable_pages", "chunked_ops", "optimizer_steps", "comm_holds", "drops",
         "recomputes", "bytes_dropped", "lineage_released", "overshoot_max_bytes",
         "max_working_set_bytes", "plans", "planned_steps", "plan_departures", "planned_evictions",
