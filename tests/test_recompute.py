@@ -77,6 +77,40 @@ def test_elementwise_chain_forward_and_backward():
     assert st["drops"] > 0 and st["recomputes"] > 0, st
 
 
+@pytest.mark.skipif(not hasattr(torch.UntypedStorage, "_swap_data_ptr_"), reason="torch without _swap_data_ptr_")
+def test_a_rebuilt_output_takes_the_pages_place_without_a_copy(monkeypatch):
+    # [Note: rebuilding in place]: the rebuilt output's memory is handed to
+    # the page's storage; an output sharing an argument's storage is copied.
+    from deepum.engine.remat import _owns
+
+    handed = []
+    swap = torch.UntypedStorage._swap_data_ptr_
+
+    def counted(self, other):
+        handed.append(other.nbytes())
+        return swap(self, other)
+
+    monkeypatch.setattr(torch.UntypedStorage, "_swap_data_ptr_", counted)
+    torch.manual_seed(0)
+    x = torch.randn(64, 128, requires_grad=True)
+    w = torch.randn(128, 128, requires_grad=True)
+
+    def step(x, w):
+        x.grad = w.grad = None
+        out = (_gelu_chain(x, w) @ w).sum()
+        out.backward()
+        return [out.detach(), x.grad, w.grad]
+
+    ref, got, st = _run(step, x, w)
+    _equal(ref, got)
+    # (Rebuilds at the session's end count as restores, not recomputes.)
+    assert st["recomputes"] > 0 and len(handed) >= st["recomputes"], (len(handed), st)
+    y = torch.randn(4)
+    assert not _owns(y.untyped_storage(), [[y], 2], {})
+    assert not _owns(y.untyped_storage(), [], {"other": y[1:]})
+    assert _owns((y + 1).untyped_storage(), [y], {})
+
+
 def test_recompute_off_copies_everything():
     torch.manual_seed(0)
     x, w = torch.randn(64, 128), torch.randn(128, 128)
