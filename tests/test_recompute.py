@@ -13,6 +13,7 @@ import torch
 
 import deepum
 from deepum.core.config import THRESHOLDS
+from deepum.engine import movers
 
 from .helpers import assert_identical, train
 
@@ -77,20 +78,20 @@ def test_elementwise_chain_forward_and_backward():
     assert st["drops"] > 0 and st["recomputes"] > 0, st
 
 
-@pytest.mark.skipif(not hasattr(torch.UntypedStorage, "_swap_data_ptr_"), reason="torch without _swap_data_ptr_")
+@pytest.mark.skipif(not movers.can_swap(), reason="storages cannot change memory here")
 def test_a_rebuilt_output_takes_the_pages_place_without_a_copy(monkeypatch):
     # [Note: rebuilding in place]: the rebuilt output's memory is handed to
     # the page's storage; an output sharing an argument's storage is copied.
-    from deepum.engine.remat import _owns
+    from deepum.engine import remat
 
     handed = []
-    swap = torch.UntypedStorage._swap_data_ptr_
 
-    def counted(self, other):
-        handed.append(other.nbytes())
-        return swap(self, other)
+    def counted(dst, src):
+        handed.append(src.nbytes())
+        return movers.swap_data(dst, src)
 
-    monkeypatch.setattr(torch.UntypedStorage, "_swap_data_ptr_", counted)
+    monkeypatch.setattr(remat, "swap_data", counted)
+    _owns = remat._owns
     torch.manual_seed(0)
     x = torch.randn(64, 128, requires_grad=True)
     w = torch.randn(128, 128, requires_grad=True)
@@ -109,6 +110,26 @@ def test_a_rebuilt_output_takes_the_pages_place_without_a_copy(monkeypatch):
     assert not _owns(y.untyped_storage(), [[y], 2], {})
     assert not _owns(y.untyped_storage(), [], {"other": y[1:]})
     assert _owns((y + 1).untyped_storage(), [y], {})
+
+
+def test_the_compiled_swap_hands_memory_over_as_the_binding_does(monkeypatch):
+    # Torch builds without UntypedStorage._swap_data_ptr_ use native/swap.cpp.
+    from deepum.engine.memsignal import load_counter
+
+    if load_counter() is None:
+        pytest.skip("no compiler for torch extensions here")
+    from torch.utils.cpp_extension import load
+
+    native = load(name="deepum_swap", sources=[movers._NATIVE_SWAP], extra_cflags=["-O2"])
+    monkeypatch.setattr(movers, "_swap_module", native)
+    x = torch.arange(6.0)
+    view = x[2:]
+    storage = x.untyped_storage()
+    storage.resize_(0)
+    fresh = torch.arange(6.0) * 3
+    movers.swap_data(storage, fresh.untyped_storage())
+    assert storage.nbytes() == 24 and fresh.untyped_storage().nbytes() == 0
+    assert torch.equal(x, torch.arange(6.0) * 3) and torch.equal(view, torch.arange(2.0, 6.0) * 3)
 
 
 def test_recompute_off_copies_everything():

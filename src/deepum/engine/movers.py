@@ -27,8 +27,8 @@ Two engines with one interface: :class:`HostTransfers` for the ``cpu`` device
   allocator wait for every pending event and empty its whole cache, which
   drained the GPU's queue several times a step. Now the engine itself waits,
   only where an operator needs the room now, and only for the oldest copies
-  (:meth:`CudaTransfers.settle`). Torch without the binding keeps
-  ``record_stream``.
+  (:meth:`CudaTransfers.settle`). Torch without the binding uses a small
+  extension (native/swap.cpp); without a compiler, ``record_stream``.
 * A host buffer is reused only after every copy that reads or writes it has
   finished (its event is recorded in the pool).
 """
@@ -36,6 +36,8 @@ Two engines with one interface: :class:`HostTransfers` for the ``cpu`` device
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import time
 from collections import defaultdict, deque
 
@@ -44,8 +46,45 @@ import torch
 from ..core.pages import Page
 from ..errors import HostMemoryError
 
-# Storage memory can change hands without a copy (see the note above).
-SWAP = hasattr(torch.UntypedStorage, "_swap_data_ptr_")
+log = logging.getLogger("deepum")
+
+_NATIVE_SWAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "swap.cpp")
+_swap_module: object = None
+
+
+def _load_swap():
+    """Torch's binding to hand a storage's memory to another, else the small extension
+    (built on first use), else None (no compiler: callers copy instead)."""
+    global _swap_module
+    if _swap_module is None:
+        if hasattr(torch.UntypedStorage, "_swap_data_ptr_"):
+            _swap_module = "binding"
+        elif os.environ.get("DEEPUM_NO_NATIVE", "") not in ("", "0"):
+            _swap_module = False
+        else:
+            try:
+                from torch.utils.cpp_extension import load  # noqa: PLC0415  (imports setuptools)
+
+                _swap_module = load(name="deepum_swap", sources=[_NATIVE_SWAP], extra_cflags=["-O2"])
+            except Exception as e:  # no compiler, no headers, a read-only cache
+                log.warning("deepum: storages cannot change memory without a copy (%s): pages "
+                            "are copied when rebuilt", str(e).splitlines()[0] if str(e) else type(e).__name__)
+                _swap_module = False
+    return _swap_module or None
+
+
+def can_swap() -> bool:
+    return _load_swap() is not None
+
+
+def swap_data(dst: torch.UntypedStorage, src: torch.UntypedStorage) -> None:
+    """Exchange the memory (and sizes) of two storages of one device; every tensor over
+    either keeps its storage object (see the note above)."""
+    how = _load_swap()
+    if how == "binding":
+        dst._swap_data_ptr_(src)
+    else:
+        how.swap_data(byte_view(dst), byte_view(src))
 
 
 def byte_view(storage: torch.UntypedStorage) -> torch.Tensor:
@@ -271,6 +310,7 @@ class CudaTransfers(HostTransfers):
         # Memory of evicted pages whose copy out runs: (event, holder, bytes), oldest first.
         self._leaving: deque[tuple[torch.cuda.Event, torch.UntypedStorage, int]] = deque()
         self._save_event: torch.cuda.Event | None = None
+        self.swap = can_swap()
 
     def save(self, items: list) -> None:
         d2h = self.d2h
@@ -283,7 +323,7 @@ class CudaTransfers(HostTransfers):
                     page.host = self.pool.take(page.nbytes)
                 view = byte_view(storage)
                 page.host.copy_(view, non_blocking=True)
-                if not SWAP:
+                if not self.swap:
                     view.record_stream(d2h)
         finally:
             self.streams_.set(compute)
@@ -378,11 +418,11 @@ class CudaTransfers(HostTransfers):
         return rates[0], rates[1]
 
     def free(self, storage: torch.UntypedStorage, copied: bool = False) -> int:
-        if not (copied and SWAP):
+        if not (copied and self.swap):
             storage.resize_(0)
             return 0
         holder = torch.UntypedStorage(0, device=self.device)
-        holder._swap_data_ptr_(storage)
+        swap_data(holder, storage)
         nbytes = holder.nbytes()
         self._leaving.append((self._save_event, holder, nbytes))
         return nbytes

@@ -46,6 +46,7 @@ from ..core import lineage
 from ..core.costs import H2D
 from ..core.pages import ARRIVING, DEAD, EVICTED, Page
 from ..errors import BudgetTooSmallError
+from .movers import can_swap, swap_data
 from .retry import evict_for_retry
 from .telemetry import profiler_range
 
@@ -198,8 +199,8 @@ class Recipe:
             if src.nbytes() != nbytes:
                 raise RuntimeError(f"deepum: recomputing {self.func} gave {src.nbytes()} bytes, "
                                    f"the page holds {nbytes}")
-            if _SWAP and storage.nbytes() == 0 and not out._is_view() and _owns(src, args, kwargs):
-                storage._swap_data_ptr_(src)
+            if storage.nbytes() == 0 and can_swap() and not out._is_view() and _owns(src, args, kwargs):
+                swap_data(storage, src)
                 return
             storage.resize_(nbytes)
             dst = torch.empty(0, dtype=torch.uint8, device=device).set_(storage)
@@ -212,10 +213,13 @@ class Recipe:
 # and so every view and saved reference, stays the same) avoids a device copy
 # of the page and a second page's worth of memory during the rebuild. Only an
 # output that owns its memory outright is handed over; one that shares an
-# input's storage, or torch without the binding, is copied.
-_SWAP = hasattr(torch.UntypedStorage, "_swap_data_ptr_")
-# Pages' worth of memory a rebuild holds at once, the page included.
-REBUILD_PAGES = 1 if _SWAP else 2
+# input's storage, or where memory cannot change hands (movers.swap_data),
+# is copied.
+
+
+def rebuild_pages() -> int:
+    """Pages' worth of memory a rebuild holds at once, the page included."""
+    return 1 if can_swap() else 2
 
 
 def _owns(src: torch.UntypedStorage, args: list, kwargs: dict) -> bool:
@@ -425,8 +429,9 @@ class Remat:
         depth = lineage.drop_depth(recipe, dropping)
         if depth > self.recipe_max_depth:
             return False
-        # A rebuild holds its inputs and the page (REBUILD_PAGES) at once: a page that could not be rebuilt under the limit is copied.
-        if sum(q.nbytes for q in recipe.inputs) + REBUILD_PAGES * page.nbytes > self.table.limit:
+        # A rebuild holds its inputs and the page (rebuild_pages()) at once:
+        # a page that could not be rebuilt under the limit is copied.
+        if sum(q.nbytes for q in recipe.inputs) + rebuild_pages() * page.nbytes > self.table.limit:
             return False
         recipe.depth = depth
         return True
@@ -517,8 +522,8 @@ class Remat:
                 if q.dropped:
                     self.rebuild(q)
             evicted = [q for q in inputs if q.state == EVICTED]
-            # The page (and the operator's output, where it is copied over: REBUILD_PAGES).
-            need = sum(q.nbytes for q in evicted) + REBUILD_PAGES * page.nbytes
+            # The page (and the operator's output, where it is copied over: rebuild_pages()).
+            need = sum(q.nbytes for q in evicted) + rebuild_pages() * page.nbytes
             if need > self.table.limit:
                 raise BudgetTooSmallError(f"recomputing {recipe.func}", need, self.table.limit, self.budget)
             short = need - self.table.room()
@@ -541,8 +546,8 @@ class Remat:
                     break
                 except torch.OutOfMemoryError as e:
                     self._unarrive([(storage, page)])
-                    evict_for_retry(self, f"recomputing {recipe.func}", REBUILD_PAGES * page.nbytes,
-                                    REBUILD_PAGES * page.nbytes, e)
+                    evict_for_retry(self, f"recomputing {recipe.func}", rebuild_pages() * page.nbytes,
+                                    rebuild_pages() * page.nbytes, e)
                 except BaseException:
                     self._unarrive([(storage, page)])
                     raise
