@@ -543,3 +543,52 @@ def test_the_prefetch_cap_does_not_hold_for_the_next_operator():
     assert Prefetcher._fetch_ahead(fake, near, batch, 0)
     assert not Prefetcher._fetch_ahead(fake, far, batch, 1)
     assert arrived == [near] and [p for _, p in batch] == [near]
+
+
+def test_the_rebuild_cost_short_cut_agrees_with_the_walk(monkeypatch):
+    # rebuild_seconds skips the walk when no input is dropped; what it gives
+    # must be what the walk over the evicted neighbourhood sums.
+    from deepum.core.costs import H2D
+    from deepum.engine import pager as pager_module
+    from deepum.engine.remat import FAULT, REBUILD
+
+    def by_walk(self, page):
+        total = 0.0
+        for step, p in self.rebuild_walk(page):
+            if step is REBUILD:
+                own = self.costs.recompute_seconds(p.recipe.eid)
+                total += self.rebuild_overhead_s + (own if own is not None else self.costs.fallback_seconds(p.nbytes))
+            elif step is FAULT:
+                total += self.costs.copy_seconds(p.nbytes, H2D)
+            else:
+                return None
+        return total
+
+    checked = {"fast": 0, "deep": 0}
+    original_end = pager_module.Pager.end
+
+    def end(self, eid, written, op="an operator"):
+        for page in list(self.table.pages.values()):
+            recipe = page.recipe
+            if recipe is None or recipe.held is None:
+                continue
+            got, want = self.rebuild_seconds(page), by_walk(self, page)
+            assert got == pytest.approx(want, rel=1e-12, abs=0.0), (page, got, want)
+            deep = any(q.dropped for q in recipe.inputs)
+            checked["deep" if deep else "fast"] += 1
+        return original_end(self, eid, written, op)
+
+    monkeypatch.setattr(pager_module.Pager, "end", end)
+    torch.manual_seed(0)
+    x = torch.randn(64, 128, requires_grad=True)
+    w = torch.randn(128, 128, requires_grad=True)
+
+    def step(x, w):
+        x.grad = w.grad = None
+        out = (_gelu_chain(_gelu_chain(x, w), w) @ w).sum()
+        out.backward()
+        return [out.detach(), x.grad, w.grad]
+
+    ref, got, st = _run(step, x, w)
+    _equal(ref, got)
+    assert checked["fast"] > 0 and checked["deep"] > 0, checked

@@ -448,15 +448,19 @@ class Remat:
             return 0.0 if page.readers and self._releasable(page) else None
         if not self.recompute or recipe.held is None:
             return None
-        costs, total = self.costs, 0.0
+        costs = self.costs
+        own = costs.recompute_seconds(recipe.eid)
+        total = self.rebuild_overhead_s + (own if own is not None else costs.fallback_seconds(page.nbytes))
         for q in recipe.inputs:
             if q.state == EVICTED:
-                break
+                if q.host is None:
+                    break  # a dropped input: the whole neighbourhood below
+                total += costs.copy_seconds(q.nbytes, H2D)
         else:
-            # Every input on the device (most candidates): the walk would
-            # meet only the page itself.
-            own = costs.recompute_seconds(recipe.eid)
-            return self.rebuild_overhead_s + (own if own is not None else costs.fallback_seconds(page.nbytes))
+            # No input dropped (most candidates): the walk would meet the
+            # page and its inputs on the host, each once.
+            return total
+        total = 0.0
         for step, p in self.rebuild_walk(page):
             if step is REBUILD:
                 own = costs.recompute_seconds(p.recipe.eid)
