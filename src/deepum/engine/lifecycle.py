@@ -121,6 +121,9 @@ class Lifecycle:
         """Bring every live page back to the device; RestoreError if they do not fit."""
         self.release_held(wait=True)
         self.reap()
+        # Memory still held for copies out would stand in the way of the pages
+        # coming back under the allocator's cap.
+        self.table.leaving_bytes -= self.transfers.settle()
         pending, dropped = self._to_restore()
         # Everything comes back: nothing is to be evicted to make room.
         self.table.limit = max(self.table.limit, 1 << 62)
