@@ -14,8 +14,14 @@ runs one more step under torch.profiler and prints, from its Chrome trace:
 * CPU time in the CUDA runtime and driver calls that block or reshape memory
   (synchronizations, malloc and free, virtual-memory maps of expandable
   segments, pinned host allocation), summed by name;
-* the top of a cProfile of one further step, by own time, so the host's
-  Python can be set against the idle time.
+* the top of a cProfile of one further step, by own time and by
+  cumulative time, so the host's Python can be set against the idle time;
+* with a session, one more step in which the caching allocator's retries
+  (``num_alloc_retries``: an allocation that failed under the cap, after
+  which the allocator waits for every stream and empties its cache) are
+  attributed to the operator during which they happened, and to whether
+  the engine itself was allocating (faults, prefetches, rebuilds) or the
+  operator was running.
 
 Writes anatomy.txt (and the trace, gzipped) under $OUT (default ./out).
 """
@@ -98,6 +104,53 @@ def summarize(trace: dict, wall_us: float) -> list[str]:
     return lines
 
 
+def retries_by_operator(session, run_step) -> list[str]:
+    """Run one step counting the allocator's retries during each operator (engine or operator)."""
+    from deepum.engine.pager import Pager
+
+    def retries() -> int:
+        return torch.cuda.memory_stats().get("num_alloc_retries", 0)
+
+    where: collections.Counter = collections.Counter()
+    state = {"op": "?", "mark": 0}
+    begin, end = Pager.begin, Pager.end
+
+    def counted_begin(self, op, pages, out_bytes, written=()):
+        state["op"], state["mark"] = str(op), retries()
+        try:
+            return begin(self, op, pages, out_bytes, written)
+        finally:
+            now = retries()
+            if now > state["mark"]:
+                where["engine (begin: faults, rebuilds)", state["op"]] += now - state["mark"]
+            state["mark"] = now
+
+    def counted_end(self, eid, written, op="an operator"):
+        now = retries()
+        if now > state["mark"]:
+            where["operator", str(op)] += now - state["mark"]
+        try:
+            return end(self, eid, written, op)
+        finally:
+            after = retries()
+            if after > now:
+                where["engine (end: prefetch, headroom)", str(op)] += after - now
+            state["mark"] = after
+
+    Pager.begin, Pager.end = counted_begin, counted_end
+    try:
+        total = retries()
+        run_step()
+        torch.cuda.synchronize()
+        total = retries() - total
+    finally:
+        Pager.begin, Pager.end = begin, end
+    lines = [f"allocator retries in one step: {total}"]
+    for (who, op), n in where.most_common(15):
+        lines.append(f"  {n:4d}  {who:36s} {op}")
+    return lines
+
+
 def main() -> None:
     model, fraction = sys.argv[1], float(sys.argv[2])
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 5
@@ -149,9 +202,12 @@ def main() -> None:
         sync()
         profiler.disable()
         lines.append(f"cProfile step: {(time.perf_counter() - t0) * 1e3:.1f} ms (slowed by the profiler)")
-        buf = io.StringIO()
-        pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(25)
-        lines += [ln for ln in buf.getvalue().splitlines() if ln.strip()][:40]
+        for order in ("tottime", "cumulative"):
+            buf = io.StringIO()
+            pstats.Stats(profiler, stream=buf).sort_stats(order).print_stats(25)
+            lines += [ln for ln in buf.getvalue().splitlines() if ln.strip()][:40]
+        if session is not None and device.type == "cuda":
+            lines += retries_by_operator(session, lambda: step(work.host_batch(steps + 2)))
     finally:
         if session is not None:
             session.__exit__(None, None, None)
