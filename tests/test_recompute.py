@@ -592,3 +592,45 @@ def test_the_rebuild_cost_short_cut_agrees_with_the_walk(monkeypatch):
     ref, got, st = _run(step, x, w)
     _equal(ref, got)
     assert checked["fast"] > 0 and checked["deep"] > 0, checked
+
+
+def test_gradients_are_copied_not_dropped(monkeypatch):
+    # [Note: gradients are copied]: rebuilding a gradient in the optimizer
+    # step would replay its matmul from inputs the backward pass freed. Under
+    # stress, with rebuilds priced as free, every other page with a recipe
+    # is dropped.
+    from deepum.core.pages import Kind
+    from deepum.engine import pager as pager_module
+    from deepum.engine import remat
+
+    dropped, evicted = [], []
+    original_drop, original_evict = remat.Remat._drop, pager_module.Pager.evict
+
+    def drop(self, page, dropping):
+        ok = original_drop(self, page, dropping)
+        if ok:
+            dropped.append(page.kind)
+        return ok
+
+    def evict(self, pages, action=None):
+        evicted.extend(p.kind for p in pages)
+        return original_evict(self, pages, action)
+
+    monkeypatch.setattr(remat.Remat, "_drop", drop)
+    monkeypatch.setattr(pager_module.Pager, "evict", evict)
+
+    def train():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Tanh(), torch.nn.Linear(128, 8))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        x, y = torch.randn(32, 64), torch.randn(32, 8)
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    ref, got, st = _run(train)
+    _equal(ref, got)
+    assert Kind.GRADIENT in evicted and st["drops"] > 0
+    assert Kind.GRADIENT not in dropped

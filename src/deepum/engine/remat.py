@@ -44,7 +44,7 @@ import torch
 
 from ..core import lineage
 from ..core.costs import H2D
-from ..core.pages import ARRIVING, DEAD, EVICTED, Page
+from ..core.pages import ARRIVING, DEAD, EVICTED, Kind, Page
 from ..errors import BudgetTooSmallError
 from .movers import can_swap, swap_data
 from .retry import evict_for_retry
@@ -356,6 +356,19 @@ def _without_stats(args: list, inputs: list[Page]) -> list[Page] | None:
 # voiding every recipe lets them die.
 
 
+# [Note: gradients are copied]
+# A gradient is next read by the optimizer step, after the backward pass has
+# freed what its operator read (the layer's input and the gradient flowing
+# in). Dropped, it would keep those alive as lineage nodes, which are then
+# dropped or copied in turn, and its rebuild in the optimizer step would
+# replay the weight-gradient matmul and, through dropped lineage, the
+# forward operators that made its inputs (on the GPU, casts, matmuls,
+# pointwise chains and layer norms ran again inside the optimizer step:
+# docs/BENCHMARKS.md, session 9). So a page
+# known to be a gradient (classified at birth from the previous step, see
+# Lifecycle.set_kind) is copied out, never dropped.
+
+
 class Remat:
     """The part of :class:`~deepum.engine.pager.Pager` that drops pages and rebuilds them.
 
@@ -425,6 +438,9 @@ class Remat:
         recipe = page.recipe
         if not recipe.usable():
             self.void(page)
+            return False
+        if page.kind == Kind.GRADIENT:
+            # See [Note: gradients are copied].
             return False
         depth = lineage.drop_depth(recipe, dropping)
         if depth > self.recipe_max_depth:
