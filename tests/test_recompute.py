@@ -634,3 +634,16 @@ def test_gradients_are_copied_not_dropped(monkeypatch):
     _equal(ref, got)
     assert Kind.GRADIENT in evicted and st["drops"] > 0
     assert Kind.GRADIENT not in dropped
+
+
+def test_attention_with_dropout_is_told_apart_by_its_argument():
+    # Attention with dropout hands its generator offsets to backward: never replayed.
+    from deepum.engine.remat import _attention_dropout
+
+    flash = torch.ops.aten._scaled_dot_product_flash_attention.default
+    q = torch.empty(0)
+    assert _attention_dropout(flash, (q, q, q, 0.1), {})
+    assert _attention_dropout(flash, (q, q, q), {"dropout_p": 0.1})
+    assert not _attention_dropout(flash, (q, q, q), {})
+    assert not _attention_dropout(flash, (q, q, q, 0.0), {})
+    assert not _attention_dropout(torch.ops.aten.add.Tensor, (q, q), {})

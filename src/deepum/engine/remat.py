@@ -105,14 +105,21 @@ def seeded(func: torch._ops.OpOverload) -> bool:
     return _SEEDED is not None and _SEEDED in func.tags
 
 
+# Operator -> position of its ``dropout_p`` argument, or -1 (reading the
+# schema builds its argument list anew on every call).
+_DROPOUT_AT: dict = {}
+
+
 def _attention_dropout(func, args: tuple, kwargs: dict) -> bool:
     """Attention with dropout returns the generator's seed and offset as outputs
     and reads them back in backward: such a call is not replayed."""
-    for i, a in enumerate(func._schema.arguments):
-        if a.name == "dropout_p":
-            p = args[i] if i < len(args) else kwargs.get("dropout_p", 0.0)
-            return bool(p)
-    return False
+    at = _DROPOUT_AT.get(func)
+    if at is None:
+        at = _DROPOUT_AT[func] = next((i for i, a in enumerate(func._schema.arguments)
+                                       if a.name == "dropout_p"), -1)
+    if at < 0:
+        return False
+    return bool(args[at] if at < len(args) else kwargs.get("dropout_p", 0.0))
 
 
 def capture_rng(device: torch.device):
