@@ -310,7 +310,15 @@ class CudaTransfers(HostTransfers):
         # Memory of evicted pages whose copy out runs: (event, holder, bytes), oldest first.
         self._leaving: deque[tuple[torch.cuda.Event, torch.UntypedStorage, int]] = deque()
         self._save_event: torch.cuda.Event | None = None
-        self.swap = can_swap()
+        # Known at the first copy out: finding out may build the extension,
+        # which a session that never pages should not wait for.
+        self._swap: bool | None = None
+
+    @property
+    def swap(self) -> bool:
+        if self._swap is None:
+            self._swap = can_swap()
+        return self._swap
 
     def save(self, items: list) -> None:
         d2h = self.d2h
