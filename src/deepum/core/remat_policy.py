@@ -113,6 +113,11 @@ class RecomputeFirstPolicy(DeepUMPolicy):
         if cap is None:
             cap = len(self.table)
         found = 0  # bytes among ranked and rest
+        # score() inline: this loop runs for every eviction under pressure,
+        # and the host is what a paged step waits for (docs/DESIGN.md, "What
+        # limits the speed"). Same arithmetic as score(); a test holds them equal.
+        rebuild_seconds, clock = self.rebuild_seconds, self.clock
+        h2d, d2h = self.costs.h2d_Bps, self.costs.d2h_Bps
         for page in self.table.lru():
             if page.pins:
                 continue
@@ -129,7 +134,11 @@ class RecomputeFirstPolicy(DeepUMPolicy):
                 small.append(page)
                 continue
             if len(ranked) < cap:
-                ranked.append((self.score(page), len(ranked), page))
+                copy = (0.0 if (not page.dirty and page.host is not None) else nbytes / d2h) + nbytes / h2d
+                rebuild = rebuild_seconds(page)
+                if rebuild is not None and rebuild <= copy:
+                    copy = rebuild
+                ranked.append((copy / (max(nbytes, 1) * (clock - page.last_use + 1)), len(ranked), page))
             elif found >= need:
                 break  # enough candidates: the rest of the table is not scanned
             else:
