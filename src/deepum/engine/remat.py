@@ -371,9 +371,9 @@ def _without_stats(args: list, inputs: list[Page]) -> list[Page] | None:
 # replay the weight-gradient matmul and, through dropped lineage, the
 # forward operators that made its inputs (on the GPU, casts, matmuls,
 # pointwise chains and layer norms ran again inside the optimizer step:
-# docs/BENCHMARKS.md, session 9). So a page
-# known to be a gradient (classified at birth from the previous step, see
-# Lifecycle.set_kind) is copied out, never dropped.
+# docs/BENCHMARKS.md, session 9). So a page known to be a gradient
+# (classified at birth from the previous step, see Lifecycle.set_kind) is
+# copied out, never dropped.
 
 
 class Remat:
@@ -564,9 +564,11 @@ class Remat:
             for q in inputs:
                 if q.prefetched:  # fetched ahead for this rebuild (prefetch.py): its first use
                     self._prefetch_used(q)
+            # The operator's output beyond the page itself, where it is copied over.
+            extra = (rebuild_pages() - 1) * page.nbytes
             while True:
                 self.table.arriving(page)
-                self.table.reserved_bytes += page.nbytes
+                self.table.reserved_bytes += extra
                 try:
                     with profiler_range("deepum::recompute"), self.transfers.timed("recompute"):
                         recipe.run_into(storage, page.nbytes, self.device)
@@ -579,7 +581,7 @@ class Remat:
                     self._unarrive([(storage, page)])
                     raise
                 finally:
-                    self.table.reserved_bytes -= page.nbytes
+                    self.table.reserved_bytes -= extra
             self.table.arrived(page)
             page.ready = None
             page.dirty = True  # no host copy: the next eviction drops or copies it again
