@@ -40,10 +40,12 @@ def test_planned_steps_are_bit_identical_and_follow_the_plan(name):
     assert st["planned_evictions"] > 0 and st["evictions"] > 0, st
     assert st["peak_device_bytes"] <= budget, (st["peak_device_bytes"], budget)
     # The engine follows the plan: most evictions are planned, and pages
-    # come back ahead of use far more often than under the online choice.
+    # come back ahead of use more often than under the online choice (whose
+    # prefetching caught up once optimizer states made on the first step got
+    # stable keys of their own: intercept/register.py).
     online = train(*make, STEPS, budget=budget)[3]
     assert st["planned_evictions"] > st["evictions"] / 2, st
-    assert st["faults"] < online["faults"] / 2, (st["faults"], online["faults"])
+    assert st["faults"] < 0.8 * online["faults"], (st["faults"], online["faults"])
     # ...and holds what the plan counted: few operators find the engine holding
     # more (pages the program let go but recipes kept alive, pages the online
     # choice left on the device when the plan began). The CNN's budget is a

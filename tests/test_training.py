@@ -110,6 +110,39 @@ def test_model_built_inside_the_session():
     assert session.stats()["evictions"] > 0
 
 
+def test_siblings_made_alike_keep_stable_keys_of_their_own():
+    # [Note: execution IDs and stable keys] in mode.py: built inside the
+    # session, the four blocks' weights of one shape come from the same
+    # factory after the same initializer, and AdamW's first step makes both
+    # states of a weight by the same zeros_like of it. Each keeps a role of its
+    # own (the prediction window names pages by role), while a loss the
+    # program keeps from step to step hands its role to the next step's.
+    budget = _peak("mlp") // 3
+    torch.manual_seed(0)
+    kept, loss_keys = [], []
+    with deepum.oversubscribe(budget, device="cpu") as session:
+        model = models.mlp()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+        pager = session.pager
+        for batch in models.mlp_batches()[:STEPS]:
+            opt.zero_grad(set_to_none=True)
+            loss = models.classify(model, batch)
+            loss.backward()
+            opt.step()
+            kept.append(loss)
+            with torch._C.DisableTorchFunction():  # look at the pages, do not fault them in
+                loss_keys.append(pager.table.get(loss.untyped_storage()._cdata).skey)
+        tensors = list(model.parameters()) + [v for state in opt.state.values() for v in state.values()
+                                              if torch.is_tensor(v) and v.numel() > 1]
+        with torch._C.DisableTorchFunction():
+            pages = [pager.table.get(t.untyped_storage()._cdata) for t in tensors]
+        assert pager.pressure and session.stats()["evictions"] > 0
+        keys = [p.skey for p in pages]
+        assert len(pages) == 3 * 9 * 2 - 0 and len(set(keys)) == len(keys)
+        assert all(pager.live[p.skey] is p for p in pages)
+        assert len(set(loss_keys[1:])) == 1
+
+
 def _wide_mlp():
     """models.mlp, wider: half of its parameters is over the 1 MiB a budget needs at least."""
     return torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(128, 1024), torch.nn.GELU(),
@@ -253,7 +286,11 @@ def test_prefetching_ahead_does_not_push_out_pages_needed_sooner():
     assert_identical(ref, got)
     st, st_lru = got[3], lru[3]
     assert st["prefetch_hits"] > 0 and st["evictions"] > 0, st
-    assert st["wasted_prefetches"] <= st["prefetches"] // 20, st
+    # (Up to a tenth wasted: since optimizer states made on the first step
+    # keep roles of their own, the window names more pages and prefetches
+    # half again as many, 8% of them wasted, for the same bytes; without the
+    # cap a third are wasted and the bytes grow 1.8x.)
+    assert st["wasted_prefetches"] <= st["prefetches"] // 10, st
     assert st["bytes_to_device"] <= 1.1 * st_lru["bytes_to_device"], (st["bytes_to_device"], st_lru["bytes_to_device"])
 
 

@@ -59,7 +59,14 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
                         if page is not None:
                             pager.set_kind(page, Kind.OPTIMIZER_STATE)
 
+    def before_step(optimizer, args, kwargs):
+        # Pages born from here to the post-hook (optimizer state made on the
+        # first step) are numbered among siblings (intercept/register.py).
+        pager.in_optimizer_step = True
+        classify(optimizer, args, kwargs)
+
     def after_step(optimizer, args, kwargs):
+        pager.in_optimizer_step = False
         pager.counters.optimizer_steps += 1  # the "step" of joules per step
         if not paging():
             return
@@ -69,7 +76,7 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
             pager.plans.boundary()
         _mark_step(pager)
 
-    hooks = [optimizer_hooks.register_optimizer_step_pre_hook(classify),
+    hooks = [optimizer_hooks.register_optimizer_step_pre_hook(before_step),
              optimizer_hooks.register_optimizer_step_post_hook(after_step),
              _parameter_hook(pager, page_of)]
     if track_kinds:

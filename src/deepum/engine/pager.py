@@ -103,6 +103,10 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         self.on_pressure = None  # set by the interceptor (names pages made before pressure)
         # Record a step, plan it in the core, execute the plan (stepplan.py).
         self.plans = StepPlans(self)
+        # Between an optimizer step's pre- and post-hooks (set by the session's
+        # hooks): the state it makes on its first step is numbered among
+        # siblings (intercept/register.py).
+        self.in_optimizer_step = False
 
     def _make_policy(self, config: Config):
         """The victim and prefetch policy the options name (core/policy.py, core/remat_policy.py)."""

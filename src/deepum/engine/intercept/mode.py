@@ -26,6 +26,19 @@ too, and operators that differ only by which layer's weights they read get
 different IDs. An operator with no managed input (a factory such as ``empty``)
 is named by itself, its arguments (sizes, dtype) and the operator before it.
 
+A name can come up again while its page is alive. Usually that page is the
+same role's from the previous iteration (a loss kept in a list, the batch
+before this one): the new page takes the role over. But siblings made alike
+must keep roles of their own: a model built inside the session makes its
+weights of one shape by the same ``empty`` after the same initializer, and
+an optimizer's first step makes both states of a weight by the same
+``zeros_like`` of it. So where the page holding the name is a parameter or
+an optimizer state, or the new page is born inside an optimizer step, the
+new page takes the first of ``(key, 1), (key, 2), ...`` that no such
+sibling holds (:meth:`Registration._stable_key`): siblings are numbered in
+creation order, the same in every run. A page kept only by recipes never
+holds a name.
+
 Only *operators*, never execution IDs, of the past enter a key: an ID made
 from the previous operator's ID would chain each iteration to the one before
 (the loss read by ``.item()`` at the end of step k would name the batch of

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from ...core.pages import Kind, Page
+from ...core.pages import DEAD, Kind, Page
 from ..remat import record
 from .plan import flat_outputs, pageable
 from .sparse import sparse_parts_resident
 
+# Kinds of pages a program holds for the whole run, one per parameter.
+_STATE = (Kind.PARAMETER, Kind.OPTIMIZER_STATE)
+
 QUIET = -3  # the execution ID of every operator run on the quiet path
 QUIET_SKEY = -1
+_use_count = torch._C._storage_Use_Count
 
 
 class Registration:
@@ -60,7 +64,7 @@ class Registration:
             # Parameters live for the whole run: their identity is their role.
             skey = self.skeys(("param", len(self.skeys)))
         else:
-            skey = self.skeys(("ext", self.prev_plan, self.plans[func], i, tuple(t.shape), t.dtype))
+            skey = self._stable_key(("ext", self.prev_plan, self.plans[func], i, tuple(t.shape), t.dtype))
         kind = Kind.PARAMETER if isinstance(t, torch.nn.Parameter) else Kind.OTHER
         return self.pager.register(s, skey, pageable(t, s), kind, preexisting=True)
 
@@ -93,7 +97,7 @@ class Registration:
             nbytes = s.nbytes()
             if nbytes == 0 or s.device != self.device:
                 continue
-            skey = QUIET_SKEY if eid == QUIET else self.skeys(("born", eid, i))
+            skey = QUIET_SKEY if eid == QUIET else self._stable_key(("born", eid, i))
             p = pager.register(s, skey, pageable(t, s))
             new += nbytes
             if call is not None and nbytes >= pager.recompute_min_bytes and p.pageable:
@@ -102,6 +106,27 @@ class Registration:
                 if recipe is not None:
                     pager.attach_recipe(p, recipe)
         return new
+
+    def _stable_key(self, key: tuple) -> int:
+        """The stable key for a new page named ``key``: ``key`` itself, unless the page
+        holding it is a sibling, then the first of (key, 1), (key, 2), ... no sibling
+        holds ([Note: execution IDs and stable keys] in mode.py)."""
+        live, skeys = self.pager.live, self.skeys
+        skey = skeys(key)
+        if not self._sibling(live.get(skey)):
+            return skey  # the usual case: the role is free or its old page hands it over
+        n = 1
+        while self._sibling(live.get(skey := skeys((key, n)))):
+            n += 1
+        return skey
+
+    def _sibling(self, page: Page | None) -> bool:
+        """Does ``page``, holding a stable key, keep it from a new page of the same name?"""
+        if page is None or page.state == DEAD or page.ref() is None:
+            return False
+        if page.readers and _use_count(page.key) == 1:
+            return False  # kept only by recipes: no longer the program's
+        return page.kind in _STATE or self.pager.in_optimizer_step
 
     def page_of(self, t: torch.Tensor) -> Page | None:
         if not self.is_managed(t) or t.layout != torch.strided:
