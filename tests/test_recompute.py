@@ -62,18 +62,26 @@ def _gelu_chain(x, w):
     return g
 
 
-def test_elementwise_chain_forward_and_backward():
+def _chain_training(layers: int):
+    """(step, x, w): ``layers`` GELU chains through ``w`` and a matmul, forward and backward."""
     torch.manual_seed(0)
     x = torch.randn(64, 128, requires_grad=True)
     w = torch.randn(128, 128, requires_grad=True)
 
     def step(x, w):
         x.grad = w.grad = None
-        out = (_gelu_chain(x, w) @ w).sum()
+        h = x
+        for _ in range(layers):
+            h = _gelu_chain(h, w)
+        out = (h @ w).sum()
         out.backward()
         return [out.detach(), x.grad, w.grad]
 
-    ref, got, st = _run(step, x, w)
+    return step, x, w
+
+
+def test_elementwise_chain_forward_and_backward():
+    ref, got, st = _run(*_chain_training(layers=1))
     _equal(ref, got)
     assert st["drops"] > 0 and st["recomputes"] > 0, st
 
@@ -92,17 +100,7 @@ def test_a_rebuilt_output_takes_the_pages_place_without_a_copy(monkeypatch):
 
     monkeypatch.setattr(remat, "swap_data", counted)
     _owns = remat._owns
-    torch.manual_seed(0)
-    x = torch.randn(64, 128, requires_grad=True)
-    w = torch.randn(128, 128, requires_grad=True)
-
-    def step(x, w):
-        x.grad = w.grad = None
-        out = (_gelu_chain(x, w) @ w).sum()
-        out.backward()
-        return [out.detach(), x.grad, w.grad]
-
-    ref, got, st = _run(step, x, w)
+    ref, got, st = _run(*_chain_training(layers=1))
     _equal(ref, got)
     # (Rebuilds at the session's end count as restores, not recomputes.)
     assert st["recomputes"] > 0 and len(handed) >= st["recomputes"], (len(handed), st)
@@ -579,17 +577,7 @@ def test_the_rebuild_cost_short_cut_agrees_with_the_walk(monkeypatch):
         return original_end(self, eid, written, op)
 
     monkeypatch.setattr(pager_module.Pager, "end", end)
-    torch.manual_seed(0)
-    x = torch.randn(64, 128, requires_grad=True)
-    w = torch.randn(128, 128, requires_grad=True)
-
-    def step(x, w):
-        x.grad = w.grad = None
-        out = (_gelu_chain(_gelu_chain(x, w), w) @ w).sum()
-        out.backward()
-        return [out.detach(), x.grad, w.grad]
-
-    ref, got, st = _run(step, x, w)
+    ref, got, st = _run(*_chain_training(layers=2))
     _equal(ref, got)
     assert checked["fast"] > 0 and checked["deep"] > 0, checked
 

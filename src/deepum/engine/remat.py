@@ -472,8 +472,7 @@ class Remat:
         if not self.recompute or recipe.held is None:
             return None
         costs = self.costs
-        own = costs.recompute_seconds(recipe.eid)
-        total = self.rebuild_overhead_s + (own if own is not None else costs.fallback_seconds(page.nbytes))
+        total = self._own_rebuild_seconds(page)
         for q in recipe.inputs:
             if q.state == EVICTED:
                 if q.host is None:
@@ -486,13 +485,17 @@ class Remat:
         total = 0.0
         for step, p in self.rebuild_walk(page):
             if step is REBUILD:
-                own = costs.recompute_seconds(p.recipe.eid)
-                total += self.rebuild_overhead_s + (own if own is not None else costs.fallback_seconds(p.nbytes))
+                total += self._own_rebuild_seconds(p)
             elif step is FAULT:
                 total += costs.copy_seconds(p.nbytes, H2D)
             else:
                 return None  # too deep a neighbourhood: copy it instead
         return total
+
+    def _own_rebuild_seconds(self, page: Page) -> float:
+        """Running ``page``'s own recipe once: its operator's estimate (or the fallback) and the host's part."""
+        own = self.costs.recompute_seconds(page.recipe.eid)
+        return self.rebuild_overhead_s + (own if own is not None else self.costs.fallback_seconds(page.nbytes))
 
     def rebuild_walk(self, page: Page):
         """What rebuilding dropped ``page`` takes, in the order a rebuild meets it (DTR's evicted
