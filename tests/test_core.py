@@ -106,6 +106,18 @@ class TestCorrelation:
         assert list(p.window) == [0, 1]
         assert dict(p.window_pages) == {100: 1, 101: 1}
         assert p.next_use(101) == 2 and p.next_use(104) is None
+        assert p.first_uses() == {100: 1, 101: 2}
+
+    def test_first_uses_agree_with_next_use(self):
+        pages = PageCorrelation()
+        for eid in range(6):
+            pages.record(eid, [100 + eid % 3, 200 + eid])  # keys 100-102 recur in the window
+        p = Predictor(SuccessorTable(), pages, lookahead=5)
+        for eid in trace(3, range(6)):
+            p.observe(eid)
+        first = p.first_uses()
+        assert first == {k: p.next_use(k) for k in p.window_pages}
+        assert first[100] < first.get(203, 99)
 
     def test_changed_branch_is_learned_on_its_second_visit(self):
         a = [1, 2, 3, 4, 5, 6]

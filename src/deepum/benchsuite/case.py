@@ -22,7 +22,7 @@ STEP_COUNTERS = ("bytes_to_device", "bytes_to_host", "bytes_dropped", "recompute
                  "prefetches", "prefetch_hits", "late_prefetches", "wasted_prefetches", "evictions",
                  "stall_seconds", "drops", "recomputes", "planned_evictions", "planned_steps",
                  "plan_departures", "plans", "plan_over_ops", "plan_short_evictions", "oom_retries",
-                 "leaving_waits")
+                 "leaving_waits", "victim_choices")
 
 
 class PhaseBytes:

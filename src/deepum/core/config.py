@@ -27,6 +27,9 @@ class Thresholds:
     # outputs rarely have to evict on the critical path. Session(headroom=)
     # overrides it in bytes.
     headroom: float = 1 / 16
+    # Room is made at least this share of the limit at a time (one victim
+    # choice and one eviction batch for several operators' outputs).
+    evict_batch: float = 1 / 64
     # Bytes prefetched and not yet used may not pass this share of the limit:
     # the window can need more than the budget holds, and then each page
     # fetched far ahead pushes out one needed sooner, which is fetched again

@@ -163,6 +163,16 @@ class Predictor:
                 return distance
         return None
 
+    def first_uses(self) -> dict[int, int]:
+        """Stable key -> how many operators ahead the window first uses it
+        (:meth:`next_use` of every window page, in one pass)."""
+        first: dict[int, int] = {}
+        pages = self.pages.pages
+        for distance, eid in enumerate(self.window, 1):
+            for skey in pages(eid):
+                first.setdefault(skey, distance)
+        return first
+
     def _fill(self) -> None:
         window, tail, counts = self.window, self._tail, self.window_pages
         predict, pages = self.successors.predict, self.pages.pages

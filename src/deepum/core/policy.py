@@ -153,7 +153,8 @@ class DeepUMPolicy(LruPolicy):
                         need: int) -> list[Page]:
         """Every other page is needed soon: give up window pages, those needed last first."""
         far = self.predictor.lookahead + 1
-        in_window.sort(key=lambda p: -(self.predictor.next_use(p.skey) or far))
+        first = self.predictor.first_uses()
+        in_window.sort(key=lambda p: -first.get(p.skey, far))
         for page in in_window:
             if got >= need:
                 break

@@ -69,6 +69,10 @@ class RecomputeFirstPolicy(DeepUMPolicy):
         # Operators observed so far; each page keeps when it was last used
         # (Page.last_use): a field, since note_use runs for every operator.
         self.clock = 0
+        # The last choice's ranked victims and whether each was cheaper to
+        # drop: action() asks for the same victims right after, and pricing
+        # them again would walk their rebuilds twice.
+        self._decided: dict[Page, Action] = {}
 
     def observe(self, eid: int) -> None:
         super().observe(eid)
@@ -99,7 +103,8 @@ class RecomputeFirstPolicy(DeepUMPolicy):
 
     def action(self, page: Page) -> Action:
         """How to evict ``page`` (the glue asks this for each victim)."""
-        return self.cost(page)[1]
+        decided = self._decided.pop(page, None)
+        return decided if decided is not None else self.cost(page)[1]
 
     def score(self, page: Page) -> float:
         """DTR's h: seconds to bring it back per byte freed per operator of staleness."""
@@ -118,6 +123,8 @@ class RecomputeFirstPolicy(DeepUMPolicy):
         # limits the speed"). Same arithmetic as score(); a test holds them equal.
         rebuild_seconds, clock = self.rebuild_seconds, self.clock
         h2d, d2h = self.costs.h2d_Bps, self.costs.d2h_Bps
+        decided = self._decided
+        decided.clear()  # decisions of an earlier choice are stale now
         for page in self.table.lru():
             if page.pins:
                 continue
@@ -138,6 +145,9 @@ class RecomputeFirstPolicy(DeepUMPolicy):
                 rebuild = rebuild_seconds(page)
                 if rebuild is not None and rebuild <= copy:
                     copy = rebuild
+                    decided[page] = Action.DROP
+                else:
+                    decided[page] = Action.COPY
                 ranked.append((copy / (max(nbytes, 1) * (clock - page.last_use + 1)), len(ranked), page))
             elif found >= need:
                 break  # enough candidates: the rest of the table is not scanned

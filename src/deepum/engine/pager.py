@@ -71,6 +71,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         self.prefetch_cap = th.of(th.prefetch_cap, limit)
         self.pressure_bytes = th.of(th.pressure, limit)
         self.oom_retry_bytes = th.of(th.oom_retry, limit)
+        self.evict_batch = th.of(th.evict_batch, limit)
         self.recompute = config.recompute
         self.recompute_min_bytes = th.recipe_min_bytes
         self.recipe_max_depth = th.recipe_max_depth
@@ -253,7 +254,11 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         table.leaving_bytes -= self.transfers.release_finished()
         short = goal - table.room() - table.leaving_bytes
         if short > 0:
-            self.evict_bytes(short, protect_window)
+            # At least a batch: each choice ranks candidates and each call
+            # to evict() has its own host cost, so many small ones (a few
+            # victims for every operator's output) cost more host time than
+            # a few larger ones; the host is what a paged step waits for.
+            self.evict_bytes(max(short, self.evict_batch), protect_window)
         if table.room() < goal and wait and table.leaving_bytes:
             table.leaving_bytes -= self.transfers.settle(goal - table.room())
             self.counters.leaving_waits += 1
@@ -270,6 +275,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             self.counters.plan_short_evictions += len(victims)
         else:
             victims = self.policy.choose_victims(need, protect_window=protect_window)
+        self.counters.victim_choices += 1
         if victims:
             with profiler_range("deepum::evict"):
                 self.evict(victims)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..core.pages import ARRIVING, EVICTED, RESIDENT, Page
-from .remat import FAULT
+from .remat import FAULT, rebuild_pages
 from .retry import evict_for_retry
 from .telemetry import now_us, profiler_range
 
@@ -63,7 +63,7 @@ class Prefetcher:
                 # Dropped: computed early only from inputs already here.
                 inputs = page.recipe.inputs
                 if all(q.state == RESIDENT for q in inputs):
-                    short = 2 * page.nbytes + self.headroom - table.room()
+                    short = rebuild_pages() * page.nbytes + self.headroom - table.room()
                     if short > 0 and not self.make_room(short, protect_window=True, wait=False):
                         policy.rewind(distance)
                         break
