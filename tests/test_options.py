@@ -25,6 +25,7 @@ def test_device_of_the_wrong_type_is_refused(device):
     ("adopt", "yes", "True, False or None"),
     ("reserve", 1.5, "size string"),
     ("policy", "fifo", "choose one of deepum, lru"),
+    ("plan", "yes", "True, False or 'auto'"),
 ])
 def test_bad_option_is_refused_naming_it(option, value, words):
     with pytest.raises(deepum.OptionError, match=f"{option}.*{words}") as err:

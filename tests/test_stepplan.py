@@ -204,3 +204,62 @@ def test_recording_sees_a_lineage_page_let_go_long_after_its_last_use():
         freed_at = [i for i, frees in enumerate(builder.frees) if page_a.pid in frees]
         assert freed_at == [len(builder.frees) - 1], freed_at  # after z, the first op since the del
         del b, ys, z
+
+
+def _steps_timed(monkeypatch, planned_seconds: float) -> None:
+    """Give every StepPlans a clock by which an online step takes 1 s and a planned one ``planned_seconds``."""
+    from deepum.engine import stepplan
+
+    init = stepplan.StepPlans.__init__
+
+    def patched(self, pager):
+        init(self, pager)
+        now = [0.0]
+
+        def clock():
+            # Read at the boundary, before the step that just ended hands over.
+            now[0] += planned_seconds if self.mode == stepplan.RUNNING and not self.left else 1.0
+            return now[0]
+
+        self.clock = clock
+
+    monkeypatch.setattr(stepplan.StepPlans, "__init__", patched)
+
+
+@pytest.mark.parametrize("plan_faster", [True, False])
+def test_auto_keeps_the_plan_only_where_it_is_faster(monkeypatch, plan_faster):
+    # plan="auto" times online steps, records one, times planned ones, and
+    # keeps the faster way (core/plantrial.py); either way the bits are plain's.
+    _steps_timed(monkeypatch, 0.5 if plan_faster else 2.0)
+    make = CASES["gpt2"]
+    steps = 9
+    ref = train(*make, steps)
+    budget = max(unconstrained_peak(*make, steps) // 3, 1 << 20)
+    got = train(*make, steps, budget=budget, plan="auto")
+    assert_identical(ref, got)
+    st = got[3]
+    assert st["plans"] == 1 and st["evictions"] > 0, st
+    if plan_faster:
+        assert st["plan_verdict"] == 1, st
+        assert st["planned_steps"] >= 3, st  # the trial's two and those after
+    else:
+        assert st["plan_verdict"] == 0, st
+        assert st["planned_steps"] == 2, st  # the trial's, then online for good
+    assert st["peak_device_bytes"] <= budget
+
+
+def test_plan_trial_verdict():
+    from deepum.core.plantrial import ONLINE, PLANNED, PlanTrial
+
+    trial = PlanTrial(samples=2, margin=0.1)
+    assert trial.wants(ONLINE) and trial.wants(PLANNED)
+    assert trial.note(ONLINE, 1.0) is None and trial.note(ONLINE, 1.2) is None
+    assert not trial.wants(ONLINE)
+    assert trial.note(ONLINE, 9.0) is None and trial.times[ONLINE] == [1.0, 1.2]  # enough online
+    assert trial.note(PLANNED, 1.0) is None
+    assert trial.note(PLANNED, 1.4) is True  # median 1.2 against 1.1 * 1.1
+    slower = PlanTrial(samples=1, margin=0.0)
+    slower.note(PLANNED, 2.0)
+    assert slower.note(ONLINE, 1.0) is False
+    with pytest.raises(ValueError):
+        PlanTrial(samples=0, margin=0.0)

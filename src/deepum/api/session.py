@@ -211,7 +211,10 @@ class Session:
         and execute that plan in the steps after; a step that departs from
         the recording falls back to the online choice and is recorded again.
         On the GPU it has been faster than the online choice on some models
-        and slower on others (docs/BENCHMARKS.md, session 6).
+        and slower on others (docs/BENCHMARKS.md, sessions 6 and 10).
+        ``"auto"``: time a few steps each way on the program itself and keep
+        the faster (core/plantrial.py); ``stats()["plan_verdict"]`` says
+        which won (1 the plan, 0 the online choice, -1 not yet decided).
     stress:
         Evict every page after every operator, so that every operator's
         inputs are faulted back in (for testing the engine, very slow).

@@ -88,6 +88,11 @@ class Thresholds:
     # upper levels, at most this many modules (engine/watch.py): each hooked
     # module's call takes PyTorch's slower call path.
     watched_modules: int = 16
+    # plan="auto" (core/plantrial.py): steps timed each way before the
+    # verdict, and how much slower than the online choice the planned step
+    # may be and still stay.
+    plan_trial_steps: int = 2
+    plan_trial_margin: float = 0.0
 
     def of(self, share: float, limit: int) -> int:
         """``share`` of ``limit`` in whole bytes (exact for the powers-of-two shares above)."""
@@ -133,8 +138,9 @@ class Config:
     # Record one training step, plan it (core/planner.py) and execute the
     # plan in the steps after (engine/stepplan.py). Experimental: off by
     # default until it is measured faster than the online choice on the GPU
-    # (docs/BENCHMARKS.md, session 5).
-    plan: bool = False
+    # (docs/BENCHMARKS.md, sessions 5-10). "auto": time both on the program
+    # and keep the faster (core/plantrial.py).
+    plan: bool | str = False
     # Stop intercepting while memory is not tight (core/dormancy.py). Off
     # keeps every operator intercepted for the whole session.
     dormant: bool = True
@@ -148,8 +154,10 @@ class Config:
         if self.policy not in POLICIES:
             raise OptionError(f"policy {self.policy!r} is unknown; choose one of {', '.join(POLICIES)}")
         for name in ("prefetch", "recompute", "expandable_segments", "freeze_gc", "trace", "stress",
-                     "strict", "host_access", "plan", "dormant"):
+                     "strict", "host_access", "dormant"):
             _check_bool(name, getattr(self, name), optional=False)
+        if not (isinstance(self.plan, bool) or self.plan == "auto"):
+            raise OptionError(f"option plan={self.plan!r} must be True, False or 'auto'")
         for name in ("adopt", "track_kinds"):
             _check_bool(name, getattr(self, name), optional=True)
         object.__setattr__(self, "lookahead", _check_int("lookahead", self.lookahead, 1))

@@ -39,12 +39,14 @@ from __future__ import annotations
 
 import bisect
 import logging
+import statistics
 import time
 
 import torch
 
 from ..core.pages import ARRIVING, DEAD, RESIDENT, Page
 from ..core.planner import carry_over, plan_repeating
+from ..core.plantrial import ONLINE, PLANNED, PlanTrial
 from ..core.remat_policy import Action
 from ..core.replay import NEVER, uses_by_page
 from ..core.steptrace import Plan, TraceBuilder
@@ -53,6 +55,7 @@ log = logging.getLogger("deepum")
 _use_count = torch._C._storage_Use_Count
 
 OFF, RECORDING, RUNNING = range(3)
+_median = statistics.median
 # Operators per step whose execution ID may differ from the recorded one
 # before the step counts as leaving the plan (see after()).
 MISMATCHES = 8
@@ -67,8 +70,14 @@ class StepPlans:
     def __init__(self, pager) -> None:
         self.pager = pager
         self.mode = OFF
-        # Session(plan=True); lru is demand paging, the baseline: it never plans.
-        self.enabled = pager.config.plan and pager.config.policy == "deepum"
+        # Session(plan=True or "auto"); lru is demand paging, the baseline: it never plans.
+        config = pager.config
+        self.enabled = bool(config.plan) and config.policy == "deepum"
+        th = config.thresholds
+        self.trial = (PlanTrial(th.plan_trial_steps, th.plan_trial_margin)
+                      if self.enabled and config.plan == "auto" else None)
+        self.clock = time.perf_counter  # step times for the trial
+        self.step_began: float | None = None
         # prefetch=False: the plan's evictions only; pages come back on use.
         self.fetches = pager.config.prefetch
         self.next_pid = 0
@@ -97,6 +106,13 @@ class StepPlans:
         self.plan_seconds = 0.0  # host time spent planning
 
     @property
+    def verdict(self) -> int:
+        """plan="auto": 1 the plan stays, 0 online for good, -1 not decided (or no trial)."""
+        if self.trial is None or self.trial.verdict is None:
+            return -1
+        return int(self.trial.verdict)
+
+    @property
     def steering(self) -> bool:
         """A plan is in force at this operator (pre-eviction and DeepUM's window stand down)."""
         return self.mode == RUNNING and not self.left
@@ -107,6 +123,8 @@ class StepPlans:
         pager = self.pager
         if not (self.enabled and pager.pressure):
             return
+        if self.trial is not None and not self._trial_step():
+            return  # online: timing the online choice, or the plan lost
         st = pager.counters
         if self.mode == RECORDING and self.builder is not None and self.builder.eids:
             self._make_plan()
@@ -127,6 +145,37 @@ class StepPlans:
             self._start_recording()
         else:
             self._start_running()
+
+    def _trial_step(self) -> bool:
+        """plan="auto": time the step that just ended; whether plans go on (see core/plantrial.py)."""
+        trial, now = self.trial, self.clock()
+        began, self.step_began = self.step_began, now
+        if began is not None:  # None: pressure began inside that step
+            if self.mode == OFF:
+                trial.note(ONLINE, now - began)
+            elif self.mode == RUNNING and not self.left and self.t == len(self.eids):
+                trial.note(PLANNED, now - began)
+        if trial.verdict is False:
+            self._give_up()
+            return False
+        if self.mode == OFF and trial.wants(ONLINE):
+            return False  # more online steps first
+        return True
+
+    def _give_up(self) -> None:
+        """The online choice for good: the plan was slower on this program."""
+        if self.mode == RUNNING and not self.left and self.t == len(self.eids):
+            self.pager.counters.planned_steps += 1
+        log.info("deepum: the planned step was slower than the online choice (median %.1f against "
+                 "%.1f ms); paging online from here", *(1e3 * _median(self.trial.times[k])
+                                                         for k in (PLANNED, ONLINE)))
+        self.enabled = False
+        self.mode = OFF
+        self.plan = None
+        self.builder = None
+        self.left = False
+        self.watch = {}
+        self.letting = _Letting(self.pager)
 
     def _start_recording(self) -> None:
         builder = self.builder = TraceBuilder()

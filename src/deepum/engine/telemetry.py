@@ -159,5 +159,6 @@ class Telemetry:
             policy=self.policy.name,
             prediction_accuracy=self.policy.accuracy,
             plan_seconds=self.plans.plan_seconds,
+            plan_verdict=self.plans.verdict,
         )
         return out

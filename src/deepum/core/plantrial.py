@@ -1,0 +1,45 @@
+"""Does the planned step pay on this program? Timed against the online choice (``plan="auto"``).
+
+A planned step spends less host time per operator than the online choice
+(no victim ranking), but its plan can move more bytes over the link; which
+of the two wins depends on the model (docs/BENCHMARKS.md, session 10: on an
+H100 the plan ran the Llama-family model faster than any online step of the
+session and GPT-2 medium slower). So with ``plan="auto"`` the session times
+both on the program itself: ``samples`` steps under pressure with the online
+choice, then the recorded step (not a sample: recording costs extra), then
+``samples`` planned steps. The plan stays if its median step is no slower
+than the online median times ``1 + margin``; otherwise the session goes back
+to the online choice for good. Steps that left the plan are no samples.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+ONLINE, PLANNED = "online", "planned"
+
+
+class PlanTrial:
+    """Step times of both ways of paging, and the verdict once both have ``samples``."""
+
+    def __init__(self, samples: int, margin: float) -> None:
+        if samples < 1:
+            raise ValueError("samples must be at least 1")
+        self.samples = samples
+        self.margin = margin
+        self.times: dict[str, list[float]] = {ONLINE: [], PLANNED: []}
+        self.verdict: bool | None = None  # True: keep the plan; False: online for good
+
+    def wants(self, kind: str) -> bool:
+        """More steps of ``kind`` are needed before the verdict."""
+        return self.verdict is None and len(self.times[kind]) < self.samples
+
+    def note(self, kind: str, seconds: float) -> bool | None:
+        """One step of ``kind`` took ``seconds``; returns the verdict once there is one."""
+        if self.wants(kind):
+            self.times[kind].append(seconds)
+            if not (self.wants(ONLINE) or self.wants(PLANNED)):
+                online = statistics.median(self.times[ONLINE])
+                planned = statistics.median(self.times[PLANNED])
+                self.verdict = planned <= online * (1 + self.margin)
+        return self.verdict
