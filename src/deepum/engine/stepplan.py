@@ -122,6 +122,7 @@ class StepPlans:
         """An optimizer step ended: plan what was recorded, or go on with the plan."""
         pager = self.pager
         if not (self.enabled and pager.pressure):
+            self.step_began = None  # a trial times only steps wholly under pressure
             return
         if self.trial is not None and not self._trial_step():
             return  # online: timing the online choice, or the plan lost
