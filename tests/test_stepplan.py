@@ -221,7 +221,8 @@ def _steps_timed(monkeypatch, planned_seconds: float) -> None:
             now[0] += planned_seconds if self.mode == stepplan.RUNNING and not self.left else 1.0
             return now[0]
 
-        self.clock = clock
+        if self.trial is not None:
+            self.trial.clock = clock
 
     monkeypatch.setattr(stepplan.StepPlans, "__init__", patched)
 

@@ -205,16 +205,13 @@ class Session:
         use; without a compiler the session keeps paging. Off under
         ``stress`` and ``trace``. Default: on.
     plan:
-        Experimental, off by default. Record one training step (optimizer
-        step to optimizer step), plan every page's evictions, drops and
-        prefetches for it offline with knowledge of each page's next use,
-        and execute that plan in the steps after; a step that departs from
-        the recording falls back to the online choice and is recorded again.
-        On the GPU it has been faster than the online choice on some models
-        and slower on others (docs/BENCHMARKS.md, sessions 6 and 10).
-        ``"auto"``: time a few steps each way on the program itself and keep
-        the faster (core/plantrial.py); ``stats()["plan_verdict"]`` says
-        which won (1 the plan, 0 the online choice, -1 not yet decided).
+        Experimental, off by default. Record one step (optimizer step to
+        optimizer step), plan every page's evictions, drops and prefetches
+        offline from each page's next use, and execute the plan in the steps
+        after; a step that departs from it goes online and is recorded
+        again. Faster than the online choice on some models, slower on
+        others (docs/BENCHMARKS.md, sessions 6, 10). ``"auto"``: time both
+        on the program, keep the faster (``stats()["plan_verdict"]``).
     stress:
         Evict every page after every operator, so that every operator's
         inputs are faulted back in (for testing the engine, very slow).

@@ -27,8 +27,10 @@ class Thresholds:
     # outputs rarely have to evict on the critical path. Session(headroom=)
     # overrides it in bytes.
     headroom: float = 1 / 16
-    # Room is made at least this share of the limit at a time (one victim
-    # choice and one eviction batch for several operators' outputs).
+    # Room is made at least this share of the limit at a time: one victim
+    # choice and one eviction batch for several operators' outputs, since
+    # each choice ranks candidates and each batch has a host cost of its own,
+    # and the host is what a paged step waits for.
     evict_batch: float = 1 / 64
     # Bytes prefetched and not yet used may not pass this share of the limit:
     # the window can need more than the budget holds, and then each page

@@ -254,10 +254,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         table.leaving_bytes -= self.transfers.release_finished()
         short = goal - table.room() - table.leaving_bytes
         if short > 0:
-            # At least a batch: each choice ranks candidates and each call
-            # to evict() has its own host cost, so many small ones (a few
-            # victims for every operator's output) cost more host time than
-            # a few larger ones; the host is what a paged step waits for.
+            # At least a batch: host time per choice (Thresholds.evict_batch).
             self.evict_bytes(max(short, self.evict_batch), protect_window)
         if table.room() < goal and wait and table.leaving_bytes:
             table.leaving_bytes -= self.transfers.settle(goal - table.room())

@@ -73,11 +73,7 @@ class StepPlans:
         # Session(plan=True or "auto"); lru is demand paging, the baseline: it never plans.
         config = pager.config
         self.enabled = bool(config.plan) and config.policy == "deepum"
-        th = config.thresholds
-        self.trial = (PlanTrial(th.plan_trial_steps, th.plan_trial_margin)
-                      if self.enabled and config.plan == "auto" else None)
-        self.clock = time.perf_counter  # step times for the trial
-        self.step_began: float | None = None
+        self.trial = _Trial(config.thresholds) if self.enabled and config.plan == "auto" else None
         # prefetch=False: the plan's evictions only; pages come back on use.
         self.fetches = pager.config.prefetch
         self.next_pid = 0
@@ -106,13 +102,6 @@ class StepPlans:
         self.plan_seconds = 0.0  # host time spent planning
 
     @property
-    def verdict(self) -> int:
-        """plan="auto": 1 the plan stays, 0 online for good, -1 not decided (or no trial)."""
-        if self.trial is None or self.trial.verdict is None:
-            return -1
-        return int(self.trial.verdict)
-
-    @property
     def steering(self) -> bool:
         """A plan is in force at this operator (pre-eviction and DeepUM's window stand down)."""
         return self.mode == RUNNING and not self.left
@@ -122,7 +111,8 @@ class StepPlans:
         """An optimizer step ended: plan what was recorded, or go on with the plan."""
         pager = self.pager
         if not (self.enabled and pager.pressure):
-            self.step_began = None  # a trial times only steps wholly under pressure
+            if self.trial is not None:
+                self.trial.began = None  # only steps wholly under pressure are timed
             return
         if self.trial is not None and not self._trial_step():
             return  # online: timing the online choice, or the plan lost
@@ -148,35 +138,15 @@ class StepPlans:
             self._start_running()
 
     def _trial_step(self) -> bool:
-        """plan="auto": time the step that just ended; whether plans go on (see core/plantrial.py)."""
-        trial, now = self.trial, self.clock()
-        began, self.step_began = self.step_began, now
-        if began is not None:  # None: pressure began inside that step
-            if self.mode == OFF:
-                trial.note(ONLINE, now - began)
-            elif self.mode == RUNNING and not self.left and self.t == len(self.eids):
-                trial.note(PLANNED, now - began)
-        if trial.verdict is False:
-            self._give_up()
+        """plan="auto": time the step that just ended; whether plans go on (core/plantrial.py)."""
+        completed = self.mode == RUNNING and not self.left and self.t == len(self.eids)
+        self.trial.step_ended(ONLINE if self.mode == OFF else PLANNED if completed else None)
+        if self.trial.verdict is False:  # the online choice for good
+            self.pager.counters.planned_steps += completed
+            self.enabled, self.mode, self.plan, self.builder, self.left = False, OFF, None, None, False
+            self.watch, self.letting = {}, _Letting(self.pager)
             return False
-        if self.mode == OFF and trial.wants(ONLINE):
-            return False  # more online steps first
-        return True
-
-    def _give_up(self) -> None:
-        """The online choice for good: the plan was slower on this program."""
-        if self.mode == RUNNING and not self.left and self.t == len(self.eids):
-            self.pager.counters.planned_steps += 1
-        log.info("deepum: the planned step was slower than the online choice (median %.1f against "
-                 "%.1f ms); paging online from here", *(1e3 * _median(self.trial.times[k])
-                                                         for k in (PLANNED, ONLINE)))
-        self.enabled = False
-        self.mode = OFF
-        self.plan = None
-        self.builder = None
-        self.left = False
-        self.watch = {}
-        self.letting = _Letting(self.pager)
+        return not (self.mode == OFF and self.trial.wants(ONLINE))  # False: more online steps first
 
     def _start_recording(self) -> None:
         builder = self.builder = TraceBuilder()
@@ -383,6 +353,29 @@ class StepPlans:
         """A planned prefetch was waited for: start it earlier next step."""
         if self.steering and self.by_pid.get(page.pid) is page:
             self.plan.note_late(page.pid)
+
+
+class _Trial(PlanTrial):
+    """plan="auto" in the glue: each step's host time, from boundary to boundary."""
+
+    def __init__(self, th) -> None:
+        super().__init__(th.plan_trial_steps, th.plan_trial_margin)
+        self.clock = time.perf_counter
+        self.began: float | None = None  # None: the step began before pressure did
+
+    def step_ended(self, kind: str | None) -> None:
+        """A step of ``kind`` (None: recorded, or it left the plan: no sample) ended now."""
+        now = self.clock()
+        began, self.began = self.began, now
+        if began is not None and kind is not None and self.note(kind, now - began) is False:
+            log.info("deepum: the planned step was slower than the online choice (median %.1f "
+                     "against %.1f ms); paging online from here",
+                     *(1e3 * _median(self.times[k]) for k in (PLANNED, ONLINE)))
+
+    @property
+    def code(self) -> int:
+        """For stats: 1 the plan stays, 0 online for good, -1 not decided."""
+        return -1 if self.verdict is None else int(self.verdict)
 
 
 class _Letting:

@@ -159,6 +159,6 @@ class Telemetry:
             policy=self.policy.name,
             prediction_accuracy=self.policy.accuracy,
             plan_seconds=self.plans.plan_seconds,
-            plan_verdict=self.plans.verdict,
+            plan_verdict=self.plans.trial.code if self.plans.trial is not None else -1,
         )
         return out
