@@ -15,7 +15,8 @@ runs one more step under torch.profiler and prints, from its Chrome trace:
   (synchronizations, malloc and free, virtual-memory maps of expandable
   segments, pinned host allocation), summed by name;
 * the top of a cProfile of one further step, by own time and by
-  cumulative time, so the host's Python can be set against the idle time;
+  cumulative time, so the host's Python can be set against the idle time,
+  then the engine's own functions by cumulative time;
 * with a session, one more step in which the caching allocator's retries
   (``num_alloc_retries``: an allocation that failed under the cap, after
   which the allocator waits for every stream and empties its cache) are
@@ -206,6 +207,12 @@ def main() -> None:
             buf = io.StringIO()
             pstats.Stats(profiler, stream=buf).sort_stats(order).print_stats(25)
             lines += [ln for ln in buf.getvalue().splitlines() if ln.strip()][:40]
+        # The engine's own functions alone, by cumulative time: the breakdown
+        # of the host time an operator costs under pressure.
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats("deepum/(engine|core)", 45)
+        lines.append("the engine's functions, by cumulative time:")
+        lines += [ln for ln in buf.getvalue().splitlines() if "deepum/" in ln]
         if session is not None and device.type == "cuda":
             lines += retries_by_operator(session, lambda: step(work.host_batch(steps + 2)))
     finally:
