@@ -46,8 +46,12 @@ class Thresholds:
     # share of the limit before it retries.
     oom_retry: float = 1 / 16
     # A foreach or fused operator is split into slices of at most this share
-    # of the pageable limit.
-    chunk: float = 1 / 2
+    # of the pageable limit. No more than prefetch_cap: the next slice's pages
+    # are then fetched while one slice runs, instead of each slice faulting
+    # its pages in after the last (an optimizer step streams every parameter,
+    # gradient and state through; benchmarks/fault_probe.py, docs/BENCHMARKS.md
+    # session 10).
+    chunk: float = 1 / 8
     # Outputs smaller than this get no recipe: a copy is cheap for them.
     recipe_min_bytes: int = 64 << 10
     # A dropped page's recipe may read dropped pages at most this deep, so
