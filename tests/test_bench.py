@@ -145,7 +145,7 @@ def test_training_through_a_dataloader_is_bit_identical_under_a_third_of_the_pea
 
 # ------------------------------------------------------------------ models and peers
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-t5", "tiny-vit"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-t5", "tiny-vit", "tiny-bert", "tiny-cnn"])
 def test_new_model_families_train_under_deepum_at_half_their_peak(name):
     cpu = torch.device("cpu")
     plain = case.run_case(name, "plain", None, cpu, steps=1, warmup=0)

@@ -39,13 +39,22 @@ def test_planned_steps_are_bit_identical_and_follow_the_plan(name):
     assert st["planned_steps"] >= 2, st
     assert st["planned_evictions"] > 0 and st["evictions"] > 0, st
     assert st["peak_device_bytes"] <= budget, (st["peak_device_bytes"], budget)
-    # The engine follows the plan: most evictions are planned, and pages
-    # come back ahead of use more often than under the online choice (whose
-    # prefetching caught up once optimizer states made on the first step got
-    # stable keys of their own: intercept/register.py).
-    online = train(*make, STEPS, budget=budget)[3]
+    # The engine follows the plan: most evictions are planned, and in each
+    # planned step pages come back ahead of use (the plan's prefetches and
+    # rebuilds): no more demand faults than the online choice's in the same
+    # step, and seven eighths of page-ins planned. (Not "fewer than online"
+    # any more: the online choice caught up on the GPT-2 here, 2 a step each,
+    # with siblings' stable keys and optimizer slices no wider than the
+    # prefetch cap; the CNN's plan still halves them.)
     assert st["planned_evictions"] > st["evictions"] / 2, st
-    assert st["faults"] < 0.8 * online["faults"], (st["faults"], online["faults"])
+    planned = _per_step(make, STEPS, budget, plan=True)
+    online = _per_step(make, STEPS, budget)
+    steered = [i for i, s in enumerate(planned) if s["planned_evictions"] > s["evictions"] / 2]
+    assert len(steered) >= 2, planned
+    for i in steered:
+        s = planned[i]
+        assert s["faults"] <= online[i]["faults"], (planned, online)
+        assert 8 * s["faults"] < s["faults"] + s["prefetches"] + s["recomputes"], planned
     # ...and holds what the plan counted: few operators find the engine holding
     # more (pages the program let go but recipes kept alive, pages the online
     # choice left on the device when the plan began). The CNN's budget is a
@@ -53,6 +62,27 @@ def test_planned_steps_are_bit_identical_and_follow_the_plan(name):
     # mid-step outside any operator) already counts: it is not held to this.
     if name == "gpt2":
         assert st["plan_over_ops"] <= st["ops"] // 50, (st["plan_over_ops"], st["ops"])
+
+
+def _per_step(make, steps, budget, **options) -> list[dict]:
+    """Each training step's change in the session's counters (the loop of helpers.train)."""
+    import deepum
+
+    keys = ("faults", "prefetches", "recomputes", "evictions", "planned_evictions")
+    torch.manual_seed(0)
+    model, batches = make[0](), make[1]()[:steps]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    out = []
+    with deepum.oversubscribe(budget, device="cpu", **options) as session:
+        before = session.stats()
+        for batch in batches:
+            opt.zero_grad(set_to_none=True)
+            make[2](model, batch).backward()
+            opt.step()
+            now = session.stats()
+            out.append({k: now[k] - before[k] for k in keys})
+            before = now
+    return out
 
 
 def test_a_step_that_changes_shape_leaves_the_plan_and_stays_exact():

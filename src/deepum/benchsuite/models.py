@@ -92,6 +92,39 @@ def _mlp():
     return nn.Sequential(*layers, nn.Linear(256, 10)), ("cls", 256, 64, None)
 
 
+class _Residual(torch.nn.Module):
+    """conv-BN-ReLU-conv-BN plus the input (a ResNet basic block, stride 1)."""
+
+    def __init__(self, c: int) -> None:
+        from torch import nn
+
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
+class _TinyResNet(torch.nn.Module):
+    """A small ResNet in plain torch (the cpu tier has no torchvision): BatchNorm, residual adds,
+    many short operators; ``layer1``-``layer3`` as torchvision names them, for per-block checkpointing."""
+
+    def __init__(self, classes: int = 10) -> None:
+        from torch import nn
+
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.layer1 = nn.Sequential(_Residual(16), _Residual(16))
+        self.layer2 = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), _Residual(32))
+        self.layer3 = nn.Sequential(nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False), _Residual(64))
+        self.head = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.head(x.mean((2, 3)))
+
+
 def _resnet(batch):
     import torchvision
 
@@ -108,6 +141,9 @@ MODELS: dict[str, tuple[Callable, str]] = {
                 "HF T5 encoder-decoder, 2+2 layers, d=64, gated-GELU 128, batch 4 x 32"),
     "tiny-vit": (lambda: _vit("tiny", 32, 8, 2, 64, 4, 8),
                  "ViT (timm, else torchvision, else HF), 2 layers, d=64, 32x32 images, patch 8, batch 8"),
+    "tiny-bert": (lambda: _hf_bert(2, 64, 4, 256, 64, 4), "HF BERT MLM, 2 layers, d=64, batch 4 x 64"),
+    "tiny-cnn": (lambda: (_TinyResNet(10), ("image", 10, 8, 32)),
+                 "a small ResNet in plain torch (BatchNorm, residual blocks), 32x32 images, batch 8"),
     "gpt2-check": (lambda: _hf_gpt2(12, 768, 12, 50304, 512, 8, attn="eager"),
                    "HF GPT-2, 12 layers, d=768, eager attention, batch 8 x 512 (the CUDA bit-identity check)"),
     "llama-check": (lambda: _hf_llama(8, 1024, 2816, 16, 4, 32000, 1024, 4, attn="eager"),
