@@ -254,8 +254,8 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         table.leaving_bytes -= self.transfers.release_finished()
         short = goal - table.room() - table.leaving_bytes
         if short > 0:
-            # At least a batch: host time per choice (Thresholds.evict_batch).
-            self.evict_bytes(max(short, self.evict_batch), protect_window)
+            # A batch (Thresholds.evict_batch); a planned step takes what it lacks.
+            self.evict_bytes(short if self.plans.steering else max(short, self.evict_batch), protect_window)
         if table.room() < goal and wait and table.leaving_bytes:
             table.leaving_bytes -= self.transfers.settle(goal - table.room())
             self.counters.leaving_waits += 1
