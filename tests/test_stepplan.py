@@ -279,6 +279,24 @@ def test_auto_keeps_the_plan_only_where_it_is_faster(monkeypatch, plan_faster):
     assert st["peak_device_bytes"] <= budget
 
 
+def test_auto_pages_online_a_program_that_keeps_leaving_the_plan():
+    # Variable sequence length: every planned step departs from the one
+    # recorded before it; after two such departures plan="auto" stops
+    # recording and pages online, exactly and within the budget.
+    def batches():
+        g = torch.Generator().manual_seed(5)
+        return [torch.randint(0, 256, (4, 16 + 8 * (i % 3)), generator=g) for i in range(10)]
+
+    make = (models.gpt2, batches, models.lm_loss)
+    ref = train(*make, 10)
+    budget = max(unconstrained_peak(*make, 10) // 3, 1 << 20)
+    got = train(*make, 10, budget=budget, plan="auto")
+    assert_identical(ref, got)
+    st = got[3]
+    assert st["plan_verdict"] == 0 and st["plan_departures"] == 2 and st["plans"] == 2, st
+    assert st["evictions"] > 0 and st["peak_device_bytes"] <= budget, st
+
+
 def test_plan_trial_verdict():
     from deepum.core.plantrial import ONLINE, PLANNED, PlanTrial
 
@@ -294,3 +312,9 @@ def test_plan_trial_verdict():
     assert slower.note(ONLINE, 1.0) is False
     with pytest.raises(ValueError):
         PlanTrial(samples=0, margin=0.0)
+    leaving = PlanTrial(samples=2, margin=0.0)
+    assert leaving.departed() is None and leaving.departed() is False  # two departures: online
+    kept = PlanTrial(samples=1, margin=0.0)
+    kept.note(ONLINE, 1.0)
+    kept.note(PLANNED, 1.0)
+    assert kept.departed() is True and kept.departures == 0  # after the verdict, no count

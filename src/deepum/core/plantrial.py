@@ -9,7 +9,10 @@ both on the program itself: ``samples`` steps under pressure with the online
 choice, then the recorded step (not a sample: recording costs extra), then
 ``samples`` planned steps. The plan stays if its median step is no slower
 than the online median times ``1 + margin``; otherwise the session goes back
-to the online choice for good. Steps that left the plan are no samples.
+to the online choice for good. Steps that left the plan are no samples, but
+count against it: a program that leaves the plan ``samples`` times before
+the verdict (shapes that change from step to step) is paged online, since
+each departure means recording the next step again.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class PlanTrial:
         self.margin = margin
         self.times: dict[str, list[float]] = {ONLINE: [], PLANNED: []}
         self.verdict: bool | None = None  # True: keep the plan; False: online for good
+        self.departures = 0
 
     def wants(self, kind: str) -> bool:
         """More steps of ``kind`` are needed before the verdict."""
@@ -42,4 +46,12 @@ class PlanTrial:
                 online = statistics.median(self.times[ONLINE])
                 planned = statistics.median(self.times[PLANNED])
                 self.verdict = planned <= online * (1 + self.margin)
+        return self.verdict
+
+    def departed(self) -> bool | None:
+        """A planned step left the plan; returns the verdict (False after ``samples`` of them)."""
+        if self.verdict is None:
+            self.departures += 1
+            if self.departures >= self.samples:
+                self.verdict = False
         return self.verdict

@@ -141,8 +141,12 @@ class StepPlans:
         """plan="auto": time the step that just ended; whether plans go on (core/plantrial.py)."""
         completed = self.mode == RUNNING and not self.left and self.t == len(self.eids)
         self.trial.step_ended(ONLINE if self.mode == OFF else PLANNED if completed else None)
+        left = self.mode == RUNNING and not completed
+        if left:
+            self.trial.departed()
         if self.trial.verdict is False:  # the online choice for good
             self.pager.counters.planned_steps += completed
+            self.pager.counters.plan_departures += left
             self.enabled, self.mode, self.plan, self.builder, self.left = False, OFF, None, None, False
             self.watch, self.letting = {}, _Letting(self.pager)
             return False
@@ -371,6 +375,12 @@ class _Trial(PlanTrial):
             log.info("deepum: the planned step was slower than the online choice (median %.1f "
                      "against %.1f ms); paging online from here",
                      *(1e3 * _median(self.times[k]) for k in (PLANNED, ONLINE)))
+
+    def departed(self) -> bool | None:
+        if super().departed() is False:
+            log.info("deepum: the program left the planned step %d times; paging online from here",
+                     self.departures)
+        return self.verdict
 
     @property
     def code(self) -> int:
