@@ -100,7 +100,8 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         self.out_bytes: dict[int, int] = {}
         # (operator, argument metadata) -> bytes of new outputs (_estimate_cached).
         self.meta_sizes: dict[tuple, int] = {}
-        self.chunk_share = pager.config.thresholds.chunk
+        th = pager.config.thresholds
+        self.chunk_share = min(th.chunk, th.prefetch_cap)  # see Thresholds.chunk
         self.is_managed = (lambda t: t.is_cuda) if self.device.type == "cuda" else (lambda t: t.is_cpu)
         pager.on_pressure = self._name_quiet_pages
 
