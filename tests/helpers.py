@@ -11,28 +11,38 @@ import deepum
 
 def train(make_model: Callable[[], torch.nn.Module], make_batches: Callable[[], list],
           loss_fn: Callable, steps: int = 5, opt: Callable | None = None,
-          budget: int | None = None, **session_options):
-    """Return (losses, parameters, buffers, stats) of ``steps`` training steps."""
+          budget: int | None = None, each_step: list | None = None, **session_options):
+    """Return (losses, parameters, buffers, stats) of ``steps`` training steps.
+
+    ``each_step``: a list that gets, under a budget, each step's change in the
+    session's stats (the counters: numbers only).
+    """
     torch.manual_seed(0)
     model = make_model()
     batches = make_batches()[:steps]
     optimizer = (opt or (lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True)))(model.parameters())
     losses = []
 
-    def loop():
+    def loop(session=None):
+        before = session.stats() if session is not None and each_step is not None else None
         for batch in batches:
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model, batch)
             loss.backward()
             optimizer.step()
             losses.append(loss.detach().clone())
+            if before is not None:
+                now = session.stats()
+                each_step.append({k: v - before[k] for k, v in now.items()
+                                  if isinstance(v, (int, float)) and isinstance(before.get(k), (int, float))})
+                before = now
 
     stats = None
     if budget is None:
         loop()
     else:
         with deepum.oversubscribe(budget, device="cpu", **session_options) as session:
-            loop()
+            loop(session)
         stats = session.stats()
     params = [p.detach().clone() for p in model.parameters()]
     buffers = [b.detach().clone() for b in model.buffers()]

@@ -272,7 +272,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             self.counters.plan_short_evictions += len(victims)
         else:
             victims = self.policy.choose_victims(need, protect_window=protect_window)
-        self.counters.victim_choices += 1
+            self.counters.victim_choices += 1
         if victims:
             with profiler_range("deepum::evict"):
                 self.evict(victims)
