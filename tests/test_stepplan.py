@@ -238,7 +238,7 @@ def _steps_timed(monkeypatch, planned_seconds: float) -> None:
 
         def clock():
             # Read at the boundary, before the step that just ended hands over.
-            now[0] += planned_seconds if self.mode == stepplan.RUNNING and not self.left else 1.0
+            now[0] += planned_seconds if self.steering else 1.0
             return now[0]
 
         if self.trial is not None:
@@ -249,11 +249,12 @@ def _steps_timed(monkeypatch, planned_seconds: float) -> None:
 
 @pytest.mark.parametrize("plan_faster", [True, False])
 def test_auto_keeps_the_plan_only_where_it_is_faster(monkeypatch, plan_faster):
-    # plan="auto" times online steps, records one, times planned ones, and
-    # keeps the faster way (core/plantrial.py); either way the bits are plain's.
+    # plan="auto" records a step, then times planned and online steps in
+    # turn and keeps the faster way (core/plantrial.py); either way the bits
+    # are plain's.
     _steps_timed(monkeypatch, 0.5 if plan_faster else 2.0)
-    make = CASES["gpt2"]
-    steps = 9
+    steps = 11  # the recording, three of each way, and planned steps after the verdict
+    make = (models.gpt2, lambda: models.token_batches(n=steps), models.lm_loss)
     ref = train(*make, steps)
     budget = max(unconstrained_peak(*make, steps) // 3, 1 << 20)
     got = train(*make, steps, budget=budget, plan="auto")
@@ -262,19 +263,19 @@ def test_auto_keeps_the_plan_only_where_it_is_faster(monkeypatch, plan_faster):
     assert st["plans"] == 1 and st["evictions"] > 0, st
     if plan_faster:
         assert st["plan_verdict"] == 1, st
-        assert st["planned_steps"] >= 3, st  # the trial's two and those after
+        assert st["planned_steps"] >= 4, st  # the trial's three and those after
     else:
         assert st["plan_verdict"] == 0, st
-        assert st["planned_steps"] == 2, st  # the trial's, then online for good
+        assert st["planned_steps"] == 3, st  # the trial's, then online for good
     assert st["peak_device_bytes"] <= budget
 
 
 def test_auto_pages_online_a_program_that_keeps_leaving_the_plan():
     # Variable sequence length: every planned step departs from the one
-    # recorded before it; after two such departures plan="auto" stops
+    # recorded before it; after three such departures plan="auto" stops
     # recording and pages online, exactly and within the budget.
     st, budget = _changing_shapes(10, plan="auto")
-    assert st["plan_verdict"] == 0 and st["plan_departures"] == 2 and st["plans"] == 2, st
+    assert st["plan_verdict"] == 0 and st["plan_departures"] == 3 and st["plans"] == 3, st
     assert st["evictions"] > 0 and st["peak_device_bytes"] <= budget, st
 
 
@@ -293,6 +294,12 @@ def test_plan_trial_verdict():
     assert slower.note(ONLINE, 1.0) is False
     with pytest.raises(ValueError):
         PlanTrial(samples=0, margin=0.0)
+    turns = PlanTrial(samples=2, margin=0.0)
+    kinds = []
+    while turns.verdict is None:
+        kinds.append(turns.next_kind())
+        turns.note(kinds[-1], 1.0)
+    assert kinds == [PLANNED, ONLINE, PLANNED, ONLINE] and not turns.online_next()
     leaving = PlanTrial(samples=2, margin=0.0)
     assert leaving.departed() is None and leaving.departed() is False  # two departures: online
     kept = PlanTrial(samples=1, margin=0.0)

@@ -210,8 +210,8 @@ class Session:
         offline from each page's next use, and execute the plan in the steps
         after; a step that departs from it goes online and is recorded
         again. Faster than the online choice on some models, slower on
-        others (docs/BENCHMARKS.md, sessions 6, 10). ``"auto"``: time both
-        on the program, keep the faster (``stats()["plan_verdict"]``).
+        others (docs/BENCHMARKS.md, sessions 6, 10, 11). ``"auto"``: time
+        both on the program in turn, keep the faster (``stats()["plan_verdict"]``).
     stress:
         Evict every page after every operator, so that every operator's
         inputs are faulted back in (for testing the engine, very slow).

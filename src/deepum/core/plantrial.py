@@ -2,17 +2,21 @@
 
 A planned step spends less host time per operator than the online choice
 (no victim ranking), but its plan can move more bytes over the link; which
-of the two wins depends on the model (docs/BENCHMARKS.md, session 10: on an
-H100 the plan ran the Llama-family model faster than any online step of the
-session and GPT-2 medium slower). So with ``plan="auto"`` the session times
-both on the program itself: ``samples`` steps under pressure with the online
-choice, then the recorded step (not a sample: recording costs extra), then
-``samples`` planned steps. The plan stays if its median step is no slower
-than the online median times ``1 + margin``; otherwise the session goes back
-to the online choice for good. Steps that left the plan are no samples, but
-count against it: a program that leaves the plan ``samples`` times before
-the verdict (shapes that change from step to step) is paged online, since
-each departure means recording the next step again.
+of the two wins depends on the model (docs/BENCHMARKS.md, sessions 10 and 11:
+on an H100 the plan ran the Llama-family model faster than the online choice
+and GPT-2 medium slower). So with ``plan="auto"`` the session times both on
+the program itself. After the recorded step (no sample: recording costs
+extra), planned steps and online steps take turns, planned first, until each
+way has ``samples`` steps; the plan stays if its median step is no slower
+than the online median times ``1 + margin``, otherwise the session goes back
+to the online choice for good. Taking turns matters: step times drift on a
+shared machine, and the first steps under pressure run slower while costs
+are still being sampled, so timing one way after the other favours whichever
+runs second (session 11: the online steps timed before the recording made
+the plan win on GPT-2 medium, where it was 16% slower). Steps that left the
+plan are no samples, but count against it: a program that leaves the plan
+``samples`` times before the verdict (shapes that change from step to step)
+is paged online, since each departure means recording the next step again.
 """
 
 from __future__ import annotations
@@ -37,6 +41,14 @@ class PlanTrial:
     def wants(self, kind: str) -> bool:
         """More steps of ``kind`` are needed before the verdict."""
         return self.verdict is None and len(self.times[kind]) < self.samples
+
+    def next_kind(self) -> str:
+        """How the next step pages while the trial runs: planned and online in turn, planned first."""
+        return PLANNED if len(self.times[PLANNED]) <= len(self.times[ONLINE]) else ONLINE
+
+    def online_next(self) -> bool:
+        """Is the next step one of the trial's online steps?"""
+        return self.verdict is None and self.next_kind() == ONLINE
 
     def note(self, kind: str, seconds: float) -> bool | None:
         """One step of ``kind`` took ``seconds``; returns the verdict once there is one."""

@@ -98,13 +98,14 @@ class StepPlans:
         self.letting = _Letting(pager)  # the pages the plan lets go (see the class)
         self.frees: list[tuple[int, ...]] = []  # per planned operator, the page IDs freed after it
         self.left = False  # the program left the plan in this step
+        self.shadow = False  # plan="auto": a trial's online step, keeping the plan's page IDs
         self.mismatches = 0
         self.plan_seconds = 0.0  # host time spent planning
 
     @property
     def steering(self) -> bool:
         """A plan is in force at this operator (pre-eviction and DeepUM's window stand down)."""
-        return self.mode == RUNNING and not self.left
+        return self.mode == RUNNING and not self.left and not self.shadow
 
     # ------------------------------------------------------------ boundaries
     def boundary(self) -> None:
@@ -120,12 +121,13 @@ class StepPlans:
         if self.mode == RECORDING and self.builder is not None and self.builder.eids:
             self._make_plan()
         elif self.mode == RUNNING and not self.left and self.t == len(self.eids):
-            st.planned_steps += 1
+            st.planned_steps += not self.shadow
         elif self.mode == RUNNING:
             st.plan_departures += 1
             self.mode = RECORDING
         else:
             self.mode = RECORDING
+        self.shadow = self.mode == RUNNING and self.trial is not None and self.trial.online_next()
         self.t = 0
         self.left = False
         self.mismatches = 0
@@ -140,17 +142,17 @@ class StepPlans:
     def _trial_step(self) -> bool:
         """plan="auto": time the step that just ended; whether plans go on (core/plantrial.py)."""
         completed = self.mode == RUNNING and not self.left and self.t == len(self.eids)
-        self.trial.step_ended(ONLINE if self.mode == OFF else PLANNED if completed else None)
+        self.trial.step_ended((ONLINE if self.shadow else PLANNED) if completed else None)
         left = self.mode == RUNNING and not completed
         if left:
             self.trial.departed()
         if self.trial.verdict is False:  # the online choice for good
-            self.pager.counters.planned_steps += completed
+            self.pager.counters.planned_steps += completed and not self.shadow
             self.pager.counters.plan_departures += left
-            self.enabled, self.mode, self.plan, self.builder, self.left = False, OFF, None, None, False
+            self.enabled, self.mode, self.plan, self.builder, self.left, self.shadow = False, OFF, None, None, False, False
             self.watch, self.letting = {}, _Letting(self.pager)
             return False
-        return not (self.mode == OFF and self.trial.wants(ONLINE))  # False: more online steps first
+        return True
 
     def _start_recording(self) -> None:
         builder = self.builder = TraceBuilder()
@@ -206,6 +208,8 @@ class StepPlans:
                 by_pid[pid] = page
         for pid, page in by_pid.items():
             page.pid = pid
+        if self.shadow:  # the online choice pages this step
+            return
         # The plan starts from where the recorded step or the plan left each
         # page; pages the online choice brought back at the end of the
         # recorded step, and the plan expects on the host, go back there.
@@ -254,6 +258,8 @@ class StepPlans:
             for page, pid in zip(made, planned):
                 page.pid = pid
                 self.by_pid[pid] = page
+            if self.shadow:
+                return
             over = self.pager.table.resident_bytes - self.plan.resident[t]
             if over > self.plan.limit // 64:
                 # The engine holds more than the plan counted here: what makes

@@ -1,0 +1,169 @@
+"""Where a paged step's host time goes, by engine function, without a profiler's slowdown.
+
+    python benchmarks/host_split.py MODEL FRACTION [STEPS] ['{"session": "options"}']
+
+Trains the bench's MODEL (deepum.benchsuite) at FRACTION of its unconstrained
+peak for STEPS warm-up steps (default 5), then times STEPS more with a
+perf_counter wrapper around each engine function listed in ``WATCHED``
+(inclusive time of the outermost call, a fraction of a microsecond of its
+own a call) and the garbage collector's passes (gc.callbacks). Prints, per
+step: the wall time, the time inside the dispatch mode, inside the operators
+themselves (``_call``: launch, allocation and the allocator's retries), and
+per watched function its calls and inclusive time; what is left of the
+mode's time after the operators is the interception's own cost. Unlike
+cProfile (about twice the step) and torch.profiler, the split it gives adds
+up to the step it measured. Writes host-split-MODEL-FRACTION.txt under $OUT.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+import deepum
+from deepum.benchsuite.models import Workload, adamw, standard_step
+from deepum.engine import movers, pager
+from deepum.engine.intercept import mode, register
+
+OUT = os.environ.get("OUT") or "out"
+
+# (owner, attribute, label): the dispatch, its parts, and what pressure adds.
+WATCHED = [
+    (mode.PagingMode, "__torch_dispatch__", "mode: whole interception"),
+    (mode.PagingMode, "_call", "  operator itself (_call)"),
+    (mode.PagingMode, "_gather", "  gather pages"),
+    (mode.PagingMode, "_first_sight", "  first sight of an ID"),
+    (mode.PagingMode, "_register_outputs", "  register outputs"),
+    (register, "record", "    record a recipe"),
+    (mode.PagingMode, "_recipe_call", "  capture recipe call (rng)"),
+    (mode.PagingMode, "_run_chunks", "  chunked operators"),
+    (pager.Pager, "begin", "  pager.begin"),
+    (pager.Pager, "make_room", "    make_room"),
+    (pager.Pager, "evict", "      evict"),
+    (pager.Pager, "fault", "    fault"),
+    (pager.Pager, "rebuild", "    rebuild"),
+    (pager.Pager, "end", "  pager.end"),
+    (pager.Pager, "_prefetch_ahead", "    prefetch ahead"),
+    (pager.Pager, "reap", "  reap dead pages"),
+    (movers.CudaTransfers, "save", "transfers.save"),
+    (movers.CudaTransfers, "load", "transfers.load"),
+    (movers.CudaTransfers, "wait", "transfers.wait"),
+    (movers.CudaTransfers, "settle", "transfers.settle (host waits)"),
+    (movers.CudaTransfers, "release_finished", "transfers.release_finished"),
+]
+
+
+class Split:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.calls: dict[str, int] = collections.Counter()
+        self.depth: dict[str, int] = collections.Counter()
+        self.gc_seconds = 0.0
+        self.gc_full = 0
+        self._gc_t0 = 0.0
+        self.on = False
+
+    def wrap(self, owner, attr: str, label: str) -> None:
+        original = owner.__dict__.get(attr) if isinstance(owner, type) else getattr(owner, attr, None)
+        if original is None:
+            original = getattr(owner, attr, None)
+        if original is None:
+            print(f"host_split: {owner.__name__}.{attr} not found; skipped")
+            return
+        split, clock = self, time.perf_counter
+
+        def timed(*args, **kwargs):
+            if not split.on or split.depth[label]:
+                return original(*args, **kwargs)
+            split.depth[label] += 1
+            t0 = clock()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                split.seconds[label] += clock() - t0
+                split.calls[label] += 1
+                split.depth[label] -= 1
+
+        setattr(owner, attr, timed)
+
+    def gc_callback(self, phase: str, info: dict) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        else:
+            self.gc_seconds += time.perf_counter() - self._gc_t0
+            self.gc_full += info.get("generation") == 2
+
+
+def main() -> None:
+    model, fraction = sys.argv[1], float(sys.argv[2])
+    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+    options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    os.makedirs(OUT, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    work = Workload(model, device, device)
+    opt = adamw(work.model, device)
+    step = standard_step(work, opt)
+    for i in range(2):
+        step(work.host_batch(i))
+    sync()
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        with deepum.oversubscribe(1.0, device, dormant=False) as s:
+            step(work.host_batch(0))
+        peak = s.stats()["peak_managed_bytes"]
+    split = Split()
+    for owner, attr, label in WATCHED:
+        split.wrap(owner, attr, label)
+    gc.callbacks.append(split.gc_callback)
+    walls = []
+    with deepum.oversubscribe(int(peak * fraction), device, **options) as session:
+        for i in range(steps):
+            step(work.host_batch(i))
+        sync()
+        before = session.stats()
+        split.on = True
+        for i in range(steps, 2 * steps):
+            t0 = time.perf_counter()
+            step(work.host_batch(i))
+            sync()
+            walls.append(time.perf_counter() - t0)
+        split.on = False
+        after = session.stats()
+    gc.callbacks.remove(split.gc_callback)
+    n = len(walls)
+    lines = [f"{model} at {fraction} of its peak ({peak / 2**30:.2f} GiB), options {options}, {n} steps timed",
+             f"step wall: median {statistics.median(walls) * 1e3:.1f} ms, mean {sum(walls) / n * 1e3:.1f} ms",
+             "per step: " + ", ".join(f"{k} {(after[k] - before[k]) / n:.4g}" for k in
+                                      ("ops", "faults", "prefetches", "recomputes", "evictions", "drops",
+                                       "victim_choices", "leaving_waits") if k in after),
+             f"garbage collector: {split.gc_seconds / n * 1e3:.1f} ms a step, {split.gc_full / n:.2f} full passes a step",
+             f"{'function':38} {'calls/step':>10} {'ms/step':>9} {'us/call':>8}"]
+    for _, _, label in WATCHED:
+        calls = split.calls.get(label, 0)
+        if calls:
+            sec = split.seconds[label]
+            lines.append(f"{label:38} {calls / n:10.0f} {sec / n * 1e3:9.1f} {sec / calls * 1e6:8.1f}")
+    whole = split.seconds.get("mode: whole interception", 0.0)
+    ops = split.seconds.get("  operator itself (_call)", 0.0)
+    lines.append(f"interception less the operators: {(whole - ops) / n * 1e3:.1f} ms a step; "
+                 f"outside the mode (model and optimizer Python, autograd, sync at the end): "
+                 f"{(sum(walls) - whole) / n * 1e3:.1f} ms a step")
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(OUT, f"host-split-{model}-{fraction}.txt"), "w") as f:
+        f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
