@@ -235,6 +235,7 @@ def paged_fields(before: dict, end: dict, steps: int, fourth: dict | None = None
             row[f"step_{k}"] = (end[k] - before.get(k, 0)) / steps
     row["planned_share"] = planned_share(fourth, end)
     row["prediction_accuracy"] = end.get("prediction_accuracy")
+    row["plan_verdict"] = end.get("plan_verdict")
     return row
 
 

@@ -87,13 +87,11 @@ class StepPlans:
         self.by_pid: dict[int, Page] = {}
         self.using: list[Page] = []
         self.written: list[Page] | tuple = ()
-        # The planned step's uses of each page ID (op positions) and its next
-        # use after the step: what the victim choice consults while steering.
+        # The planned step's uses of each page ID and its next use after the step (victims while steering).
         self.uses: dict[int, list[int]] = {}
         self.tail: dict[int, int] = {}
         self.made: list[Page] = []
-        # Pages that recipes read, used in the recorded step and not yet let
-        # go by the program (see _record).
+        # Pages that recipes read, used in the recorded step, not yet let go by the program (_record).
         self.watch: dict[int, Page] = {}
         self.letting = _Letting(pager)  # the pages the plan lets go (see the class)
         self.frees: list[tuple[int, ...]] = []  # per planned operator, the page IDs freed after it
@@ -228,6 +226,8 @@ class StepPlans:
     def begin(self, pages: list[Page], written) -> None:
         self.using = pages
         self.written = written
+        if self.letting.trying and self.steering:
+            self.letting.before(self.by_pid)
 
     def born(self, page: Page) -> None:
         self.made.append(page)
@@ -269,6 +269,24 @@ class StepPlans:
 
     def _record(self, eid: int, made: list[Page], uses: list[Page], written) -> None:
         builder = self.builder
+        # The program's frees, not the storages' deaths: a page that recipes
+        # read outlives the program's last reference to it (a lineage node),
+        # and dies only when they let go. Recording when the program let go
+        # (its storage's use count falls to the recipes' one reference) lets
+        # the plan count that memory as the program does; the runner then
+        # lets such a page go at that point (see _Letting). Autograd lets go
+        # of a saved tensor when its node ends, which can be many operators
+        # after the tensor's last use, so every such page used in the step is
+        # watched until it is let go (the recording step only). One found let
+        # go now went before this operator ran (frees fall between operators).
+        watch = self.watch
+        if watch:
+            gone = [pid for pid, page in watch.items()
+                    if page.state == DEAD or page.pid != pid or _use_count(page.key) == 1]
+            for pid in gone:
+                page = watch.pop(pid)
+                if page.state != DEAD and page.pid == pid:
+                    builder.free(pid)
         for page in uses:
             if not builder.knows(page.pid):
                 page.pid = self._new_pid()  # made outside any operator seen (adopted mid-step)
@@ -283,26 +301,9 @@ class StepPlans:
             r = page.recipe
             if r is not None:
                 builder.recipe(page.pid, r.eid, tuple(q.pid for q in r.inputs))
-        # The program's frees, not the storages' deaths: a page that recipes
-        # read outlives the program's last reference to it (a lineage node),
-        # and dies only when they let go. Recording when the program let go
-        # (its storage's use count falls to the recipes' one reference) lets
-        # the plan count that memory as the program does; the runner then
-        # lets such a page go at that point (see _Letting). Autograd lets go
-        # of a saved tensor when its node ends, which can be many operators
-        # after the tensor's last use, so every such page used in the step is
-        # watched until it is let go (the recording step only).
-        watch = self.watch
         for page in uses:
             if page.readers:
                 watch[page.pid] = page
-        if watch:
-            gone = [pid for pid, page in watch.items()
-                    if page.state == DEAD or page.pid != pid or _use_count(page.key) == 1]
-            for pid in gone:
-                page = watch.pop(pid)
-                if page.state != DEAD and page.pid == pid:
-                    builder.free(pid)
 
     def _execute(self, t: int) -> None:
         """The plan's evictions after operator ``t``, then its prefetches."""
@@ -417,6 +418,18 @@ class _Letting:
         self.trying: dict[int, int] = {}  # page ID -> tries left
         self.waiting: dict[int, Page] = {}
         self.stamp = -1
+
+    def before(self, by_pid: dict[int, Page]) -> None:
+        """An operator is about to run: pages the program let go since the last one go now
+        (the recording places those frees after the last one: the plan counts them gone)."""
+        trying = self.trying
+        for pid in list(trying):
+            page = by_pid.get(pid)
+            if (page is not None and page.state != DEAD and page.pid == pid and not page.pins
+                    and page.readers and _use_count(page.key) == 1
+                    and not any(r.dropped for r in page.readers)):
+                self.pager._let_go(page)
+                del trying[pid]
 
     def after(self, by_pid: dict[int, Page], pids, kept, released=()) -> None:
         trying, waiting = self.trying, self.waiting
