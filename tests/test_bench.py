@@ -155,18 +155,25 @@ def test_new_model_families_train_under_deepum_at_half_their_peak(name):
     assert name in bench.MODELS and models.MODELS[name][1]
 
 
+@pytest.mark.parametrize("plan", [False, True])
 @pytest.mark.parametrize("name", ["tiny-mlp", "tiny-vit"])
-def test_the_optimizer_step_is_prefetched_not_faulted(name):
+def test_the_optimizer_step_is_prefetched_not_faulted(name, plan):
     # Issue 12's target: from the fourth step on, at least 90% of page-ins
     # are prefetched or rebuilt. An optimizer step streams every parameter,
     # gradient and state through the budget; sliced no wider than the
     # prefetch cap (Thresholds.chunk), the next slice comes in while one runs
     # (slices of half the limit faulted in one after another: 59% and 77%).
+    # Both ways of paging, each on its own: plan="auto" (the default) takes
+    # turns between them for its first steps under pressure, and a step that
+    # follows the other way begins from the other's residency.
     cpu = torch.device("cpu")
     plain = case.run_case(name, "plain", None, cpu, steps=1, warmup=0)
-    row = case.run_case(name, "deepum", plain["peak_device_bytes"] // 2, cpu, steps=2, warmup=3)
+    row = case.run_case(name, "deepum", plain["peak_device_bytes"] // 2, cpu, steps=2, warmup=3,
+                        options={"plan": plan})
     assert row["fits"] and row["step_evictions"] > 0 and row["step_prefetches"] > 0, row
     assert row["planned_share"] >= 0.9, row
+    if plan:
+        assert row["step_planned_steps"] == 1, row
 
 
 def test_planned_share_and_step_figures_come_from_stats_deltas():

@@ -501,6 +501,50 @@ class TestPlanner:
         sim = check_fits(trace, plan, limit)
         assert sim.recompute_seconds == 2 * POINTWISE_S
 
+    def test_a_freed_page_is_kept_as_lineage_only_while_pressure_lies_ahead(self):
+        # The case above, with d small enough that from a's free on all the
+        # program holds fits: b will never be dropped, so a is let go where
+        # the program frees it instead of kept on the host for b's recipe.
+        def plan_with(d_bytes):
+            t = Builder()
+            a = t.out(MATMUL_S, (), MB, "matmul", droppable=False)
+            b = t.out(POINTWISE_S, (a,), MB, "pointwise")
+            c = t.page(2 * MB)
+            t.op(MATMUL_S, uses=(b,), creates=(c,), frees=(c,))
+            t.op(0.0, frees=(a,))
+            d = t.page(d_bytes)
+            t.op(MATMUL_S, creates=(d,), frees=(d,))
+            t.op(MATMUL_S, uses=(b,), frees=(b,))
+            trace, limit = t.trace(), 3 * MB + MB // 2
+            plan = plan_step(trace, limit, 1e6, 1e6)
+            check_fits(trace, plan, limit)
+            return plan, a, b
+        plan, a, b = plan_with(3 * MB)
+        assert plan.kept == {a: (b,)}
+        plan, a, b = plan_with(MB // 2)
+        assert plan.kept == {} and actions(plan) == [(a, Action.COPY)]
+
+    def test_a_step_that_fits_throughout_is_planned_without_a_move(self):
+        # Not even lineage drops: a session's dormancy then sees a calm step
+        # and can stop paging (tests/test_dormancy.py).
+        def plan_with(c_bytes):
+            t = Builder()
+            x = t.page(MB)
+            a = t.out(POINTWISE_S, (x,), MB, "pointwise")  # with a recipe: a could be kept, dropped
+            b = t.out(POINTWISE_S, (a,), MB, "pointwise")
+            t.op(0.0, frees=(a,))
+            c = t.page(c_bytes)
+            t.op(MATMUL_S, creates=(c,), frees=(c,))
+            t.op(MATMUL_S, uses=(b, x), frees=(b,))
+            trace = t.trace()
+            plan = plan_step(trace, 3 * MB, 1e6, 1e6)
+            check_fits(trace, plan, 3 * MB)
+            return plan, a
+        plan, a = plan_with(MB)
+        assert plan.evictions == {} and plan.kept == {} and plan.fits
+        plan, a = plan_with(MB + MB // 2)  # no room for c beside x and b: a is kept for b
+        assert a in plan.kept
+
     def test_a_freed_dropped_page_that_would_hold_a_freed_input_is_let_go(self):
         t = Builder()
         a = t.out(MATMUL_S, (), MB, "matmul", droppable=False)

@@ -92,10 +92,13 @@ def test_a_step_that_changes_shape_leaves_the_plan_and_stays_exact():
     assert st["peak_device_bytes"] <= budget
 
 
-def test_lru_and_the_default_never_plan():
+def test_lru_and_plan_false_never_plan():
+    import deepum
+
+    assert deepum.Config().plan == "auto"  # the default plans, and keeps the plan only where it pays
     make = CASES["gpt2"]
     budget = max(unconstrained_peak(*make, 4) // 3, 1 << 20)
-    for options in ({"policy": "lru", "plan": True}, {}):
+    for options in ({"policy": "lru", "plan": True}, {"plan": False}):
         st = train(*make, 4, budget=budget, **options)[3]
         assert st["evictions"] > 0 and st["plans"] == 0 and st["planned_evictions"] == 0, (options, st)
 

@@ -205,13 +205,13 @@ class Session:
         use; without a compiler the session keeps paging. Off under
         ``stress`` and ``trace``. Default: on.
     plan:
-        Experimental, off by default. Record one step (optimizer step to
-        optimizer step), plan every page's evictions, drops and prefetches
-        offline from each page's next use, and execute the plan in the steps
-        after; a step that departs from it goes online and is recorded
-        again. Faster than the online choice on some models, slower on
-        others (docs/BENCHMARKS.md, sessions 6, 10, 11). ``"auto"``: time
-        both on the program in turn, keep the faster (``stats()["plan_verdict"]``).
+        ``True``: record one step (optimizer step to optimizer step), plan
+        every page's evictions, drops and prefetches from each page's next
+        use, and execute the plan in the steps after (a step that departs
+        goes online and is recorded again). Faster than the online choice on
+        some models, slower on others (docs/BENCHMARKS.md, sessions 6-11), so
+        ``"auto"`` (default) times both on the program in turn and keeps the
+        faster (``stats()["plan_verdict"]``). ``False``: online only.
     stress:
         Evict every page after every operator, so that every operator's
         inputs are faulted back in (for testing the engine, very slow).

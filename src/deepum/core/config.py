@@ -142,12 +142,12 @@ class Config:
     # pages in for it (engine/intercept/host_access.py). Off saves a Python
     # call per torch function for programs that never do so inside a session.
     host_access: bool = True
-    # Record one training step, plan it (core/planner.py) and execute the
-    # plan in the steps after (engine/stepplan.py). Experimental: off by
-    # default until it is measured faster than the online choice on the GPU
-    # (docs/BENCHMARKS.md, sessions 5-10). "auto": time both on the program
-    # and keep the faster (core/plantrial.py).
-    plan: bool | str = False
+    # True: record one training step, plan it (core/planner.py) and execute
+    # the plan in the steps after (engine/stepplan.py). It is faster than
+    # the online choice on some models and slower on others, so the default
+    # "auto" times both on the program and keeps the faster
+    # (core/plantrial.py); False: online only.
+    plan: bool | str = "auto"
     # Stop intercepting while memory is not tight (core/dormancy.py). Off
     # keeps every operator intercepted for the whole session.
     dormant: bool = True

@@ -165,6 +165,27 @@ def plan_repeating(trace: StepTrace, skeys: dict[int, int], limit: int, **kw) ->
     return plan_step(StepTrace(trace.ops, pages), limit, tails=tails, **kw)
 
 
+def _tight_from(trace: StepTrace, limit: int, born: set[int]) -> int:
+    """The first operator from which on the pages the program holds always fit ``limit``
+    (0: the whole step fits; len(ops): not even its last operator).
+
+    A freed page is kept as lineage only before this point: after it no page
+    is evicted, so no reader will be dropped and need it (a step that fits
+    throughout is then planned without a single eviction, and the session's
+    dormancy sees a calm step).
+    """
+    held = sum(s.nbytes for p, s in trace.pages.items() if p not in born)
+    peaks = []
+    for op in trace.ops:
+        held += sum(trace.pages[p].nbytes for p in op.creates)
+        peaks.append(held)
+        held -= sum(trace.pages[p].nbytes for p in op.frees)
+    t = len(peaks)
+    while t > 0 and peaks[t - 1] <= limit:
+        t -= 1
+    return t
+
+
 def _tails(trace: StepTrace, carry: dict[int, int]) -> dict[int, int]:
     """Next use after the step of each heir born in it (see :func:`plan_repeating`)."""
     n = len(trace.ops)
@@ -378,8 +399,8 @@ class _Lineage(_Prices):
         dropped stays so. Returns whether it was kept."""
         s = self.spec[p]
         st = self.state[p]
-        if st not in (RES, OUT, DROP) or not s.pageable:
-            return False
+        if st not in (RES, OUT, DROP) or not s.pageable or t + 1 >= self.tight:
+            return False  # (from t + 1 on, what the program holds fits: no reader will be dropped)
         if st == DROP and self._holds_dead(p):
             # Kept, it would hold inputs the program has freed (with their
             # own inputs) for its holders' sake: on the recorded ViT-L step this
@@ -439,6 +460,7 @@ class _Sweep(_Lineage):
             for q in s.recipe_inputs:
                 self.readers.setdefault(q, []).append(p)
         self.mem = sum(s.nbytes for p, s in self.spec.items() if self.state[p] == RES)
+        self.tight = _tight_from(trace, limit, born)
         self.heap: list[tuple[int, int, int]] = []
         self.key: dict[int, int] = {}
         self.seq = 0
