@@ -26,7 +26,7 @@ def run(model, budget, steps=8, **opt):
 for m in ("tiny-gpt2", "tiny-llama", "tiny-t5", "tiny-vit", "tiny-mlp"):
     l0, p0, st0 = run(m, 1.0)
     budget = max(st0["peak_managed_bytes"] // 3, 1 << 20)
-    l1, p1, st1 = run(m, budget)
+    l1, p1, st1 = run(m, budget, plan=False)
     l2, p2, st2 = run(m, budget, plan=True)
     same = l0 == l2 and all(torch.equal(a, b) for a, b in zip(p0, p2)) and l0 == l1
     print(f"{m:11s} identical={same} online: ev {st1['evictions']} faults {st1['faults']} rec {st1['recomputes']} | plan: ev {st2['evictions']} planned {st2['planned_evictions']} faults {st2['faults']} rec {st2['recomputes']} steps {st2['planned_steps']} dep {st2['plan_departures']} over-ops {st2.get('plan_over_ops', '-')} of {st2['ops']} peak<=budget {st2['peak_device_bytes'] <= budget}", flush=True)

@@ -1,13 +1,14 @@
 """Costs, the recompute-first online policy and the offline planner, on synthetic traces (no torch)."""
 
 import random
+import time
 
 import pytest
 
 from deepum.core.costs import D2H, H2D, Costs
 from deepum.core.linkcap import LinkCapacity
 from deepum.core.pages import Page, PageTable
-from deepum.core.planner import Action, OpSpec, PageSpec, StepTrace, plan_step, simulate
+from deepum.core.planner import MOVE_S, Action, OpSpec, PageSpec, StepTrace, plan_step, simulate
 from deepum.core.remat_policy import RecomputeFirstPolicy
 
 MB = 1 << 20
@@ -340,18 +341,20 @@ class TestPlanner:
         assert sim.stall_seconds < 0.1 * compute
 
     def test_cheap_pages_are_dropped_even_while_the_link_is_idle(self):
-        def plan_for(link_price):
+        def plan_for(link_price, move_s=MOVE_S):
             t = Builder()
             pw = t.out(POINTWISE_S, (), 16 * MB, "pointwise")
             for _ in range(20):
                 t.op(MATMUL_S, creates=(new := t.page(16 * MB),), frees=(new,))
             t.op(MATMUL_S, uses=(pw,), frees=(pw,))
-            return plan_step(t.trace(), 16 * MB, 25e9, 25e9, link_price=link_price), pw
+            return plan_step(t.trace(), 16 * MB, 25e9, 25e9, link_price=link_price, move_s=move_s), pw
 
         plan, pw = plan_for(0.1)
         assert actions(plan) == [(pw, Action.DROP)]
+        plan, pw = plan_for(0.0)  # the copy's host time alone is dearer than the rebuild
+        assert actions(plan) == [(pw, Action.DROP)]
         # Priced at the stall alone, a copy that hides costs nothing and wins.
-        plan, pw = plan_for(0.0)
+        plan, pw = plan_for(0.0, 0.0)
         assert actions(plan) == [(pw, Action.COPY)]
 
     def test_a_page_whose_input_went_to_the_host_can_be_dropped(self):
@@ -523,6 +526,47 @@ class TestPlanner:
         assert plan.kept == {a: (b,)}
         plan, a, b = plan_with(MB // 2)
         assert plan.kept == {} and actions(plan) == [(a, Action.COPY)]
+
+    def test_a_page_of_a_few_bytes_goes_only_when_nothing_larger_can(self):
+        # A normalisation layer's step counter: written early, next used in
+        # the next step. Priced by bytes alone it looked free to copy out, so
+        # the plan evicted every such counter and each step faulted them all
+        # back in (ResNet-152: 155 a step). It frees nothing: w goes instead.
+        t = Builder()
+        c, w = t.page(8), t.page(MB)
+        t.op(MATMUL_S, uses=(c,), writes=(c,))
+        d = t.page(MB)
+        t.op(MATMUL_S, creates=(d,), frees=(d,))
+        t.op(MATMUL_S, uses=(w,))
+        trace = t.trace()
+        for move_s in (0.0, MOVE_S):  # not only because each copy costs host time
+            plan = plan_step(trace, MB + MB // 2, 1e9, 1e9, move_s=move_s)
+            assert [p for p, _ in actions(plan)] == [w]
+            check_fits(trace, plan, MB + MB // 2)
+
+    def test_a_rebuild_prices_each_dropped_ancestor_once(self):
+        # A lattice of dropped pointwise pages, each read by both of the next
+        # pair: a rebuild of the last meets each once (as the glue's walk
+        # does), where pricing path by path took 2^depth walks (a recorded
+        # GPT-2 medium step took 32 s to plan).
+        from deepum.core import planner
+
+        t = Builder()
+        x, y = t.page(MB), t.page(MB)
+        lattice = []
+        for _ in range(40):
+            x, y = t.out(POINTWISE_S, (x, y), MB, "pointwise"), t.out(POINTWISE_S, (x, y), MB, "pointwise")
+            lattice += [x, y]
+        top = t.out(POINTWISE_S, (x, y), MB, "pointwise")
+        t.op(MATMUL_S, uses=(top,))
+        last = len(t.ops) - 1
+        sweep = planner._Sweep(t.trace(), 100 * MB, 1e9, 1e9, 16, planner.LINK_PRICE, planner.MOVE_S)
+        for p in lattice:
+            sweep.state[p], sweep.depth[p] = planner.DROP, 1
+        t0 = time.perf_counter()
+        cost = sweep.drop_cost(top, last - 1, last)
+        assert time.perf_counter() - t0 < 1
+        assert cost == pytest.approx(POINTWISE_S * (len(lattice) + 1))
 
     def test_a_step_that_fits_throughout_is_planned_without_a_move(self):
         # Not even lineage drops: a session's dormancy then sees a calm step

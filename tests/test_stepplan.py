@@ -311,3 +311,43 @@ def test_plan_trial_verdict():
     kept.note(ONLINE, 1.0)
     kept.note(PLANNED, 1.0)
     assert kept.departed() is True and kept.departures == 0  # after the verdict, no count
+
+
+def test_pages_the_plan_counts_on_the_device_come_back_as_its_step_begins():
+    # A plan starts from the residency it counted (the recorded step's, or
+    # its own end). Pages it counts on the device that the last step left on
+    # the host come back as the step begins, rather than each faulting where
+    # it is first used, every step.
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    import deepum
+    from deepum.core.pages import EVICTED, RESIDENT
+
+    model, batches, loss_fn = models.gpt2(), models.token_batches(), models.lm_loss
+    budget = max(unconstrained_peak(*CASES["gpt2"], 4) // 3, 1 << 20)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    faults = []
+    with deepum.oversubscribe(budget, "cpu", plan=True) as session:
+        pager = session.pager
+        for i, batch in enumerate(batches[:6]):
+            before = session.stats()["faults"]
+            loss_fn(model, batch).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            faults.append(session.stats()["faults"] - before)
+            plans = pager.plans
+            if i == 3:
+                # The plan for step 4 has begun (at the optimizer step): send the
+                # start pages it uses first to the host, and begin it again.
+                early = sorted((plans.uses[pid][0], pid) for pid, page in plans.by_pid.items()
+                               if pid in plans.plan.start and plans.uses.get(pid)
+                               and page.state == RESIDENT and page.pageable and not page.pins)[:10]
+                sent = [plans.by_pid[pid] for _, pid in early]
+                with _disable_current_modes(), pager.lock:  # as the engine itself evicts
+                    pager.evict(sent, lambda p: Action.COPY)
+                    assert len(sent) == 10 and all(p.state == EVICTED for p in sent)
+                    plans._start_running()
+                assert not any(p.state == EVICTED for p in sent)
+        st = session.stats()
+    assert st["planned_steps"] >= 3 and st["plan_departures"] == 0, st
+    assert faults[4] <= faults[3] + 1, faults  # none of the ten faulted

@@ -87,24 +87,36 @@ __all__ = ["Action", "Fetch", "OpSpec", "PageSpec", "Plan", "SimResult", "StepTr
 
 MAX_DEPTH = 8
 LINK_PRICE = 0.1
+# Host seconds the engine spends on one page for each copy (its share of a
+# batch's launch, events and bookkeeping), charged even when the link is
+# idle: a page of a few bytes (a normalisation layer's step counter) frees
+# nothing, and evicted where it is not needed again this step it faults back
+# in the next one (session 11: ResNet-152's 155 counters, every planned step).
+MOVE_S = 15e-6
+# Pages under this share of the limit are victims only when no larger page
+# can go (as the online choice's Thresholds.victim_small): they free next to
+# no room for a copy's fixed cost each way.
+SMALL_SHARE = 1 / 65536
 NEW, RES, ARR, OUT, DROP, GONE = range(6)
 
 
 def plan_step(trace: StepTrace, limit: int, h2d_Bps: float = DEFAULT_LINK_BPS,
               d2h_Bps: float = DEFAULT_LINK_BPS, *, candidates: int = 16,
-              link_price: float = LINK_PRICE, tails: dict[int, int] | None = None) -> Plan:
+              link_price: float = LINK_PRICE, move_s: float = MOVE_S,
+              tails: dict[int, int] | None = None) -> Plan:
     """Plan one step under ``limit`` bytes with the link's bandwidth each way.
 
     ``candidates``: pages priced per eviction (the furthest used);
     ``link_price``: the share of a copy's link time charged even when the
-    copy hides (see the module's rule, step 2); ``tails``: for some pages,
+    copy hides (see the module's rule, step 2); ``move_s``: host seconds
+    each copy of a page costs, however small (:data:`MOVE_S`); ``tails``: for some pages,
     when they are next used after the step (as :func:`~.replay.uses_by_page`
     counts it), where the caller knows better (:func:`plan_repeating`).
     """
-    if limit <= 0 or h2d_Bps <= 0 or d2h_Bps <= 0 or candidates < 1 or link_price < 0:
-        raise ValueError("limit, bandwidths and candidates must be positive, link_price >= 0")
+    if limit <= 0 or h2d_Bps <= 0 or d2h_Bps <= 0 or candidates < 1 or link_price < 0 or move_s < 0:
+        raise ValueError("limit, bandwidths and candidates must be positive, link_price and move_s >= 0")
     trace.validate()
-    sweep = _Sweep(trace, limit, h2d_Bps, d2h_Bps, candidates, link_price)
+    sweep = _Sweep(trace, limit, h2d_Bps, d2h_Bps, candidates, link_price, move_s)
     if tails:
         sweep.tail.update(tails)
     return sweep.run()
@@ -221,12 +233,13 @@ class _Prices:
     n: int
     own_next: Callable[[int], int]
 
-    def __init__(self, trace: StepTrace, h2d: float, d2h: float, link_price: float) -> None:
+    def __init__(self, trace: StepTrace, h2d: float, d2h: float, link_price: float, move_s: float) -> None:
         seconds = [op.seconds for op in trace.ops]
         self.h2d_Bps, self.d2h_Bps = h2d, d2h
         self.h2d, self.d2h = LinkCapacity(seconds, h2d), LinkCapacity(seconds, d2h)
         self.cum = list(itertools.accumulate(seconds, initial=0.0))
         self.link_price = link_price
+        self.move_s = move_s
 
     def price(self, t: int, p: int, nu: int) -> tuple[float, Action] | None:
         """(h, action) for evicting p before op t; None if it cannot go."""
@@ -250,14 +263,11 @@ class _Prices:
             return None  # (a write by op t would rebuild it at once, and end its recipe)
         if self.own_next(p) >= self.n and nu < NEVER:
             return None  # needed by a later step: its inputs may not last that long
-        cost, depth = s.rebuild_seconds, 1
+        cost, depth, seen = s.rebuild_seconds, 1, set()
         for q in s.recipe_inputs:
             st = self.state[q]
             if st == DROP:
-                c = self.drop_cost_dropped(q)
-                if c is None:
-                    return None
-                cost += c
+                cost += self.drop_cost_dropped(q, seen)
                 depth = max(depth, self.depth[q] + 1)
             elif st == OUT:
                 # On the host: it must come back by nu instead of its own use.
@@ -272,15 +282,21 @@ class _Prices:
         # Never used again: dropping it costs nothing (a copy would be wasted).
         return 0.0 if nu >= NEVER else cost
 
-    def drop_cost_dropped(self, q: int) -> float | None:
-        s = self.spec[q]
-        cost = s.rebuild_seconds or 0.0
-        for r in s.recipe_inputs:
-            if self.state[r] == DROP:
-                c = self.drop_cost_dropped(r)
-                if c is None:
-                    return None
-                cost += c
+    def drop_cost_dropped(self, q: int, seen: set[int]) -> float:
+        """Rebuild seconds of dropped q and its dropped ancestors not in ``seen``, each once
+        (as a rebuild meets them; a walk per path was exponential in the chains' shared
+        ancestors: 32 s to plan a recorded GPT-2 medium step)."""
+        if q in seen:
+            return 0.0
+        seen.add(q)
+        cost, stack = 0.0, [q]
+        while stack:
+            s = self.spec[stack.pop()]
+            cost += s.rebuild_seconds or 0.0
+            for r in s.recipe_inputs:
+                if r not in seen and self.state[r] == DROP:
+                    seen.add(r)
+                    stack.append(r)
         return cost
 
     def copy_stall(self, t: int, p: int, nu: int) -> float:
@@ -292,10 +308,13 @@ class _Prices:
             stall += deficit / self.d2h_Bps
             ready = max(ready, e + 1)
             link += b / self.d2h_Bps
+        moves = int(self.dirty[p])
         if nu < self.n:
             stall += max(0, b - self.h2d.free(ready, nu)) / self.h2d_Bps
             link += b / self.h2d_Bps
-        return stall + self.link_price * link
+        if nu < NEVER:  # back in this step or the next
+            moves += 1
+        return stall + self.link_price * link + moves * self.move_s
 
 
 class _Lineage(_Prices):
@@ -435,10 +454,10 @@ class _Lineage(_Prices):
 
 class _Sweep(_Lineage):
     def __init__(self, trace: StepTrace, limit: int, h2d: float, d2h: float, k: int,
-                 link_price: float) -> None:
+                 link_price: float, move_s: float) -> None:
         self.ops, self.spec, self.limit, self.k = trace.ops, trace.pages, limit, k
         self.n = n = len(trace.ops)
-        super().__init__(trace, h2d, d2h, link_price)
+        super().__init__(trace, h2d, d2h, link_price, move_s)
         seconds = [op.seconds for op in trace.ops]
         self.plan = Plan(limit, seconds, {p: s.nbytes for p, s in trace.pages.items()}, h2d, d2h,
                          resident=[0] * n,
@@ -462,6 +481,8 @@ class _Sweep(_Lineage):
         self.mem = sum(s.nbytes for p, s in self.spec.items() if self.state[p] == RES)
         self.tight = _tight_from(trace, limit, born)
         self.heap: list[tuple[int, int, int]] = []
+        self.small = int(limit * SMALL_SHARE)
+        self.smalls: list[tuple[int, int, int]] = []  # the heap of pages under ``small`` bytes
         self.key: dict[int, int] = {}
         self.seq = 0
         self.due: dict[int, list[Fetch]] = {}  # op index -> prefetches that start before it
@@ -479,7 +500,8 @@ class _Sweep(_Lineage):
         if self.state[p] == RES and self.spec[p].pageable:
             nu = self.key[p] = self.next_use(p)
             self.seq += 1
-            heapq.heappush(self.heap, (-nu, self.seq, p))
+            # Small pages wait in a heap of their own: victims of last resort (pick).
+            heapq.heappush(self.smalls if self.spec[p].nbytes < self.small else self.heap, (-nu, self.seq, p))
 
     # ------------------------------------------------------------ the sweep
     def run(self) -> Plan:
@@ -504,6 +526,10 @@ class _Sweep(_Lineage):
             self.retire(t, need)
         self.plan.fetches = list(self.started.values())
         self.plan.final = {p for p, st in self.state.items() if st in (RES, ARR)}
+        out = {}  # page -> the first op after which the plan evicts it
+        for i in sorted(self.plan.evictions, reverse=True):
+            out.update((p, i) for p, _ in self.plan.evictions[i])
+        self.plan.start_used = {p for p in self.plan.start if self.uses.get(p) and self.uses[p][0] <= out.get(p, self.n)}
         # The link serves copies in the order they are issued: soonest needed first.
         use = {(f.start, f.pid): f.use for f in self.plan.fetches}
         for i, pids in self.plan.prefetches.items():
@@ -591,10 +617,15 @@ class _Sweep(_Lineage):
         self.plan.stats["postponed"] += 1
 
     def pick(self, t: int, need: set[int]) -> tuple[int, int, Action] | None:
-        """The best victim among the ``k`` furthest-used: (next use, page, action)."""
+        """The best victim among the ``k`` furthest-used: (next use, page, action);
+        among the small pages only when no larger one can go."""
+        best = self._best_of(self.heap, t, need)
+        return best if best is not None else self._best_of(self.smalls, t, need)
+
+    def _best_of(self, heap: list, t: int, need: set[int]) -> tuple[int, int, Action] | None:
         seen, back, best = 0, [], None
-        while self.heap and seen < self.k:
-            entry = heapq.heappop(self.heap)
+        while heap and seen < self.k:
+            entry = heapq.heappop(heap)
             nu, p = -entry[0], entry[2]
             if self.state[p] != RES or self.key.get(p) != nu:
                 continue
@@ -607,7 +638,7 @@ class _Sweep(_Lineage):
                 best = (priced[0], nu, p, priced[1])
         self.plan.stats["candidates"] += seen
         for entry in back:
-            heapq.heappush(self.heap, entry)
+            heapq.heappush(heap, entry)
         return None if best is None else (best[1], best[2], best[3])
 
     def evict(self, t: int, p: int, action: Action, nu: int) -> None:

@@ -130,6 +130,10 @@ class Plan:
     final: set[int] = field(default_factory=set)
     # Pages on the device before the first operator (the plan's start).
     start: set[int] = field(default_factory=set)
+    # Those of ``start`` the plan keeps on the device until their first use:
+    # one that the step before left on the host must come back as the step
+    # begins (the runner prefetches it), or it faults where first used.
+    start_used: set[int] = field(default_factory=set)
     # Pages dropped where the program frees them, kept (holding no memory)
     # for the recipes of the pages listed, which may be dropped later.
     kept: dict[int, tuple[int, ...]] = field(default_factory=dict)

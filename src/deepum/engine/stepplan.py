@@ -44,7 +44,7 @@ import time
 
 import torch
 
-from ..core.pages import ARRIVING, DEAD, RESIDENT, Page
+from ..core.pages import ARRIVING, DEAD, EVICTED, RESIDENT, Page
 from ..core.planner import carry_over, plan_repeating
 from ..core.plantrial import ONLINE, PLANNED, PlanTrial
 from ..core.remat_policy import Action
@@ -70,12 +70,10 @@ class StepPlans:
     def __init__(self, pager) -> None:
         self.pager = pager
         self.mode = OFF
-        # Session(plan=True or "auto"); lru is demand paging, the baseline: it never plans.
-        config = pager.config
+        config = pager.config  # (lru is demand paging, the baseline: it never plans)
         self.enabled = bool(config.plan) and config.policy == "deepum"
         self.trial = _Trial(config.thresholds) if self.enabled and config.plan == "auto" else None
-        # prefetch=False: the plan's evictions only; pages come back on use.
-        self.fetches = pager.config.prefetch
+        self.fetches = pager.config.prefetch  # False: the plan's evictions only; pages come back on use
         self.next_pid = 0
         self.t = 0
         self.builder: TraceBuilder | None = None
@@ -147,7 +145,8 @@ class StepPlans:
         if self.trial.verdict is False:  # the online choice for good
             self.pager.counters.planned_steps += completed and not self.shadow
             self.pager.counters.plan_departures += left
-            self.enabled, self.mode, self.plan, self.builder, self.left, self.shadow = False, OFF, None, None, False, False
+            self.enabled, self.mode, self.plan, self.builder = False, OFF, None, None
+            self.left = self.shadow = False
             self.watch, self.letting = {}, _Letting(self.pager)
             return False
         return True
@@ -208,14 +207,15 @@ class StepPlans:
             page.pid = pid
         if self.shadow:  # the online choice pages this step
             return
-        # The plan starts from where the recorded step or the plan left each
-        # page; pages the online choice brought back at the end of the
-        # recorded step, and the plan expects on the host, go back there.
+        # The plan starts from where the recorded step or the plan left each page: those it
+        # expects on the host go there, those it keeps on the device until used come back.
         start = self.plan.start
         away = [page for pid, page in by_pid.items()
                 if pid not in start and page.state <= ARRIVING and page.pageable and not page.pins]
         if away:
             self.pager.evict(away, lambda p: Action.COPY)
+        used = self.plan.start_used
+        self.pager.prefetch_pages([p for pid, p in by_pid.items() if pid in used and p.state == EVICTED])
         self._execute(-1)
 
     def _new_pid(self) -> int:
