@@ -16,11 +16,13 @@ reads (rebuilt first if they are dropped too). If that does not fit the limit,
 evict pages that op ``t`` does not need, one at a time:
 
 1. Look at the ``candidates`` resident pages whose next use is furthest
-   ahead (Belady: a page needed last is the cheapest to be without).
+   ahead (Belady: a page needed last is the cheapest to be without); pages
+   under :data:`SMALL_SHARE` of the limit only when none of those can go.
 2. Price each one's two ways out. *Drop*: its rebuild seconds, plus those of
-   its dropped inputs. *Copy*: the seconds the compute would stall because the
+   its dropped ancestors (each once). *Copy*: the seconds the compute would stall because the
    link cannot move the page out and back in before its next use, plus
-   ``link_price`` (a tenth) of the link time the round trip takes. The link
+   ``link_price`` (a tenth) of the link time the round trip takes, plus
+   :data:`MOVE_S` of host time for each copy (out, and back in this step or the next). The link
    is booked as a fluid (:mod:`.linkcap`): the copy out takes capacity right
    after the eviction, the copy in right before the next use; whatever does
    not fit is a stall. The link price is there because the sweep is greedy:
