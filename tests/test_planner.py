@@ -544,6 +544,21 @@ class TestPlanner:
             assert [p for p, _ in actions(plan)] == [w]
             check_fits(trace, plan, MB + MB // 2)
 
+    def test_the_plan_lists_the_start_pages_it_keeps_until_used(self):
+        # u is used first thing and stays; v is evicted for d before its use:
+        # only u must be on the device as the step begins (Plan.start_used).
+        t = Builder()
+        u, v = t.page(MB), t.page(MB)
+        t.op(MATMUL_S, uses=(u,))
+        d = t.page(2 * MB)
+        t.op(MATMUL_S, uses=(u,), creates=(d,), frees=(d,))
+        t.op(MATMUL_S, uses=(v,))
+        trace = t.trace()
+        plan = plan_step(trace, 3 * MB + MB // 2, 1e9, 1e9)
+        assert plan.start == {u, v} and (v, Action.COPY) in actions(plan)
+        assert plan.start_used == {u}
+        check_fits(trace, plan, 3 * MB + MB // 2)
+
     def test_a_rebuild_prices_each_dropped_ancestor_once(self):
         # A lattice of dropped pointwise pages, each read by both of the next
         # pair: a rebuild of the last meets each once (as the glue's walk
