@@ -35,7 +35,8 @@ def test_500_steps_stay_flat():
                 ))
         final = session.stats()
     first, last = samples[0], samples[-1]
-    assert final["evictions"] > 1000 and final["faults"] > 1000
+    # Pages go out and come back in all along (faulted, or prefetched by a plan).
+    assert final["evictions"] > 1000 and final["faults"] + final["prefetches"] > 1000
     # Tables and host memory stop growing once the step repeats.
     assert last[0] <= first[0] * 1.05 + 8, samples
     assert last[1] <= first[1] * 1.05, samples

@@ -214,7 +214,7 @@ class StepPlans:
                 if pid not in start and page.state <= ARRIVING and page.pageable and not page.pins]
         if away:
             self.pager.evict(away, lambda p: Action.COPY)
-        used = self.plan.start_used
+        used = self.plan.start_used if self.fetches else ()
         self.pager.prefetch_pages([p for pid, p in by_pid.items() if pid in used and p.state == EVICTED])
         self._execute(-1)
 
