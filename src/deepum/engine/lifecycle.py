@@ -18,6 +18,7 @@ KeyboardInterrupt between the two steps).
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -47,7 +48,7 @@ class Lifecycle:
         """
         page = Page(storage._cdata, storage.nbytes(), skey, pageable)
         page.kind = self.skey_kind.get(skey, kind)
-        ref = StorageRef(storage, self._on_death)
+        ref = StorageRef(storage, self._death_callback)
         ref.page = page
         page.ref = ref
         self.table.add(page, count_peak=not preexisting)
@@ -63,6 +64,11 @@ class Lifecycle:
         self.table.set_kind(page, kind)
         if page.skey >= 0:
             self.skey_kind[page.skey] = kind
+
+    # One bound method for every page's weak reference: made anew per page,
+    # each was one more object for the garbage collector to carry from a
+    # page's birth into its oldest generation (benchmarks/gc_census_cpu.py).
+    _death_callback = functools.cached_property(lambda self: self._on_death)
 
     def _on_death(self, ref: StorageRef) -> None:
         # Runs wherever the storage died (any thread, inside any operator):
