@@ -258,7 +258,7 @@ def test_auto_keeps_the_plan_only_where_it_is_faster(monkeypatch, plan_faster):
     # turn and keeps the faster way (core/plantrial.py); either way the bits
     # are plain's.
     _steps_timed(monkeypatch, 0.5 if plan_faster else 2.0)
-    steps = 11  # the recording, three of each way, and planned steps after the verdict
+    steps = 17  # the recording, three pairs of each way, and planned steps after the verdict
     make = (models.gpt2, lambda: models.token_batches(n=steps), models.lm_loss)
     ref = train(*make, steps)
     budget = max(unconstrained_peak(*make, steps) // 3, 1 << 20)
@@ -268,10 +268,10 @@ def test_auto_keeps_the_plan_only_where_it_is_faster(monkeypatch, plan_faster):
     assert st["plans"] == 1 and st["evictions"] > 0, st
     if plan_faster:
         assert st["plan_verdict"] == 1, st
-        assert st["planned_steps"] >= 4, st  # the trial's three and those after
+        assert st["planned_steps"] >= 7, st  # the trial's six and those after
     else:
         assert st["plan_verdict"] == 0, st
-        assert st["planned_steps"] == 3, st  # the trial's, then online for good
+        assert st["planned_steps"] == 6, st  # the trial's, then online for good
     assert st["peak_device_bytes"] <= budget
 
 
@@ -305,6 +305,16 @@ def test_plan_trial_verdict():
         kinds.append(turns.next_kind())
         turns.note(kinds[-1], 1.0)
     assert kinds == [PLANNED, ONLINE, PLANNED, ONLINE] and not turns.online_next()
+    # Through ended(), a step is a sample only after a step of the same kind:
+    # the first of each pair begins from the other way's residency.
+    pairs = PlanTrial(samples=2, margin=0.0)
+    kinds = [None]  # the recorded step
+    pairs.ended(None, 9.0)
+    while pairs.verdict is None:
+        kinds.append(pairs.next_kind())
+        pairs.ended(kinds[-1], 1.0 if kinds[-1] == ONLINE else 5.0 if kinds[-2] != PLANNED else 0.5)
+    assert kinds[1:] == [PLANNED, PLANNED, ONLINE, ONLINE] * 2, kinds
+    assert pairs.times[PLANNED] == [0.5, 0.5] and pairs.verdict is True  # the first of each pair unseen
     leaving = PlanTrial(samples=2, margin=0.0)
     assert leaving.departed() is None and leaving.departed() is False  # two departures: online
     kept = PlanTrial(samples=1, margin=0.0)

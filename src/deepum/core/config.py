@@ -94,8 +94,8 @@ class Thresholds:
     # upper levels, at most this many modules (engine/watch.py): each hooked
     # module's call takes PyTorch's slower call path.
     watched_modules: int = 16
-    # plan="auto" (core/plantrial.py): steps timed each way (in turn) before
-    # the verdict, and how much slower than the online choice the planned
+    # plan="auto" (core/plantrial.py): steps timed each way (the second of
+    # each pair, pairs in turn) before the verdict, and how much slower than the online choice the planned
     # step may be and still stay. Step times of one process move by a tenth
     # from step to step on the GPU machines: three of each.
     plan_trial_steps: int = 3

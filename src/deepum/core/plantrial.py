@@ -4,19 +4,27 @@ A planned step spends less host time per operator than the online choice
 (no victim ranking), but its plan can move more bytes over the link; which
 of the two wins depends on the model (docs/BENCHMARKS.md, sessions 10 and 11:
 on an H100 the plan ran the Llama-family model faster than the online choice
-and GPT-2 medium slower). So with ``plan="auto"`` the session times both on
+and BERT-large slower). So with ``plan="auto"`` the session times both on
 the program itself. After the recorded step (no sample: recording costs
-extra), planned steps and online steps take turns, planned first, until each
-way has ``samples`` steps; the plan stays if its median step is no slower
-than the online median times ``1 + margin``, otherwise the session goes back
-to the online choice for good. Taking turns matters: step times drift on a
-shared machine, and the first steps under pressure run slower while costs
-are still being sampled, so timing one way after the other favours whichever
-runs second (session 11: the online steps timed before the recording made
-the plan win on GPT-2 medium, where it was 16% slower). Steps that left the
-plan are no samples, but count against it: a program that leaves the plan
-``samples`` times before the verdict (shapes that change from step to step)
-is paged online, since each departure means recording the next step again.
+extra), planned and online steps take turns in pairs, planned first, until
+each way has ``samples`` timed steps; the plan stays if its median step is
+no slower than the online median times ``1 + margin``, otherwise the
+session goes back to the online choice for good.
+
+Why turns, and why pairs. Step times drift on a shared machine, and the
+first steps under pressure run slower while costs are still sampled, so
+timing one way after the other favours whichever runs second (session 11:
+two online steps timed before the recording made a 16% slower plan win on
+GPT-2 medium). But a step begins from the residency the step before left,
+so only the second step of a pair is timed: it begins where its own kind
+leaves memory. Timed right after an online step, a planned step on
+ResNet-152 began with the BatchNorm counters the online choice keeps on the
+device and faulted nothing, while every planned step after a planned one
+faulted all 155 back in; the trial kept that plan, 1.28x slower. Steps that
+left the plan are no samples, but count against it: a program that leaves
+the plan ``samples`` times before the verdict (shapes that change from
+step to step) is paged online, since each departure means recording the
+next step again.
 """
 
 from __future__ import annotations
@@ -37,18 +45,27 @@ class PlanTrial:
         self.times: dict[str, list[float]] = {ONLINE: [], PLANNED: []}
         self.verdict: bool | None = None  # True: keep the plan; False: online for good
         self.departures = 0
+        self.last: str | None = None  # how the step before the one ending paged (None: neither way)
 
     def wants(self, kind: str) -> bool:
         """More steps of ``kind`` are needed before the verdict."""
         return self.verdict is None and len(self.times[kind]) < self.samples
 
     def next_kind(self) -> str:
-        """How the next step pages while the trial runs: planned and online in turn, planned first."""
+        """How the next step pages while the trial runs: the way with fewer samples, planned
+        first (with :meth:`ended`'s rule, pairs of each in turn)."""
         return PLANNED if len(self.times[PLANNED]) <= len(self.times[ONLINE]) else ONLINE
 
     def online_next(self) -> bool:
         """Is the next step one of the trial's online steps?"""
         return self.verdict is None and self.next_kind() == ONLINE
+
+    def ended(self, kind: str | None, seconds: float) -> bool | None:
+        """A step of ``kind`` (None: recorded, or it left the plan) took ``seconds``; a sample
+        only if the step before it paged the same way. Returns the verdict once there is one."""
+        settled = kind is not None and kind == self.last
+        self.last = kind
+        return self.note(kind, seconds) if settled else self.verdict
 
     def note(self, kind: str, seconds: float) -> bool | None:
         """One step of ``kind`` took ``seconds``; returns the verdict once there is one."""

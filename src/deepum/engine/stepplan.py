@@ -378,7 +378,9 @@ class _Trial(PlanTrial):
         """A step of ``kind`` (None: recorded, or it left the plan: no sample) ended now."""
         now = self.clock()
         began, self.began = self.began, now
-        if began is not None and kind is not None and self.note(kind, now - began) is False:
+        if began is None:  # (the step began before pressure did)
+            self.last = None
+        elif self.ended(kind, now - began) is False and kind is not None:
             log.info("deepum: the planned step was slower than the online choice (median %.1f "
                      "against %.1f ms); paging online from here",
                      *(1e3 * _median(self.times[k]) for k in (PLANNED, ONLINE)))
