@@ -531,7 +531,8 @@ class _Sweep(_Lineage):
         out = {}  # page -> the first op after which the plan evicts it
         for i in sorted(self.plan.evictions, reverse=True):
             out.update((p, i) for p, _ in self.plan.evictions[i])
-        self.plan.start_used = {p for p in self.plan.start if self.uses.get(p) and self.uses[p][0] <= out.get(p, self.n)}
+        uses = self.uses
+        self.plan.start_used = {p for p in self.plan.start if uses.get(p) and uses[p][0] <= out.get(p, self.n)}
         # The link serves copies in the order they are issued: soonest needed first.
         use = {(f.start, f.pid): f.use for f in self.plan.fetches}
         for i, pids in self.plan.prefetches.items():
