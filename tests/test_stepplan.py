@@ -64,8 +64,10 @@ def test_planned_steps_are_bit_identical_and_follow_the_plan(name):
     # choice left on the device when the plan began). The CNN's budget is a
     # few pages wide, where one page the recording never saw (a buffer made
     # mid-step outside any operator) already counts: it is not held to this.
+    # On the GPT-2 a lineage page the program let go goes before the next
+    # operator, as the plan counts it (_Letting.before; without it this fails).
     if name == "gpt2":
-        assert st["plan_over_ops"] <= st["ops"] // 50, (st["plan_over_ops"], st["ops"])
+        assert st["plan_over_ops"] <= st["ops"] // 100, (st["plan_over_ops"], st["ops"])
 
 
 def _changing_shapes(steps: int, **options):

@@ -93,7 +93,7 @@ LINK_PRICE = 0.1
 # batch's launch, events and bookkeeping), charged even when the link is
 # idle: a page of a few bytes (a normalisation layer's step counter) frees
 # nothing, and evicted where it is not needed again this step it faults back
-# in the next one (session 11: ResNet-152's 155 counters, every planned step).
+# in the next one (ResNet-152's counters, every planned step: docs/BENCHMARKS.md, session 11).
 MOVE_S = 15e-6
 # Pages under this share of the limit are victims only when no larger page
 # can go (as the online choice's Thresholds.victim_small): they free next to
@@ -287,7 +287,7 @@ class _Prices:
     def drop_cost_dropped(self, q: int, seen: set[int]) -> float:
         """Rebuild seconds of dropped q and its dropped ancestors not in ``seen``, each once
         (as a rebuild meets them; a walk per path was exponential in the chains' shared
-        ancestors: 32 s to plan a recorded GPT-2 medium step)."""
+        ancestors: docs/BENCHMARKS.md, session 11)."""
         if q in seen:
             return 0.0
         seen.add(q)

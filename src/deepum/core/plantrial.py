@@ -14,17 +14,17 @@ session goes back to the online choice for good.
 Why turns, and why pairs. Step times drift on a shared machine, and the
 first steps under pressure run slower while costs are still sampled, so
 timing one way after the other favours whichever runs second (session 11:
-two online steps timed before the recording made a 16% slower plan win on
+two online steps timed before the recording made a slower plan win on
 GPT-2 medium). But a step begins from the residency the step before left,
 so only the second step of a pair is timed: it begins where its own kind
 leaves memory. Timed right after an online step, a planned step on
 ResNet-152 began with the BatchNorm counters the online choice keeps on the
 device and faulted nothing, while every planned step after a planned one
-faulted all 155 back in; the trial kept that plan, 1.28x slower. Steps that
-left the plan are no samples, but count against it: a program that leaves
-the plan ``samples`` times before the verdict (shapes that change from
-step to step) is paged online, since each departure means recording the
-next step again.
+faulted them all back in; the trial kept that slower plan (docs/BENCHMARKS.md,
+session 11). Steps that left the plan are no samples, but count against
+it: a program that leaves the plan ``samples`` times before the verdict
+(shapes that change from step to step) is paged online, since each
+departure means recording the next step again.
 """
 
 from __future__ import annotations
