@@ -19,20 +19,15 @@ from __future__ import annotations
 
 import collections
 import gc
-import json
 import os
 import statistics
-import sys
 import time
 
-import torch
+from step_anatomy import OUT, arguments, prepare
 
 import deepum
-from deepum.benchsuite.models import Workload, adamw, standard_step
 from deepum.engine import movers, pager
 from deepum.engine.intercept import mode, register
-
-OUT = os.environ.get("OUT") or "out"
 
 # (owner, attribute, label): the dispatch, its parts, and what pressure adds.
 WATCHED = [
@@ -104,24 +99,8 @@ class Split:
 
 
 def main() -> None:
-    model, fraction = sys.argv[1], float(sys.argv[2])
-    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 5
-    options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
-    os.makedirs(OUT, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    work = Workload(model, device, device)
-    opt = adamw(work.model, device)
-    step = standard_step(work, opt)
-    for i in range(2):
-        step(work.host_batch(i))
-    sync()
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        with deepum.oversubscribe(1.0, device, dormant=False) as s:
-            step(work.host_batch(0))
-        peak = s.stats()["peak_managed_bytes"]
+    model, fraction, steps, options = arguments()
+    device, sync, work, step, peak = prepare(model)
     split = Split()
     for owner, attr, label in WATCHED:
         split.wrap(owner, attr, label)

@@ -19,17 +19,21 @@ from plan_offline import load
 from deepum.core.planner import plan_repeating
 
 
+def summary(trace, skeys, limit: int, kw: dict) -> str:
+    """The plan of ``trace`` in one line (what main prints per recorded step)."""
+    t0 = time.perf_counter()
+    plan = plan_repeating(trace, skeys, limit, **kw)
+    took = time.perf_counter() - t0
+    out = sum(trace.pages[p].nbytes for moves in plan.evictions.values() for p, a in moves if a.name == "COPY")
+    back = sum(trace.pages[f.pid].nbytes for f in plan.fetches)
+    return (f"{plan.stats['evictions']} evictions, out {out / 1e9:.2f} GB, in {back / 1e9:.2f} GB, "
+            f"recompute {plan.recompute_seconds * 1e3:.1f} ms, fits {plan.fits}, "
+            f"demand {plan.stats['demand']}, planned in {took:.2f} s")
+
+
 def main(paths: list[str]) -> None:
     for path in paths:
-        trace, skeys, limit, kw = load(path)
-        t0 = time.perf_counter()
-        plan = plan_repeating(trace, skeys, limit, **kw)
-        took = time.perf_counter() - t0
-        out = sum(trace.pages[p].nbytes for moves in plan.evictions.values() for p, a in moves if a.name == "COPY")
-        back = sum(trace.pages[f.pid].nbytes for f in plan.fetches)
-        print(f"{path.rsplit('/', 1)[-1]}: {plan.stats['evictions']} evictions, out {out / 1e9:.2f} GB, "
-              f"in {back / 1e9:.2f} GB, recompute {plan.recompute_seconds * 1e3:.1f} ms, fits {plan.fits}, "
-              f"demand {plan.stats['demand']}, planned in {took:.2f} s")
+        print(f"{path.rsplit('/', 1)[-1]}: {summary(*load(path))}")
 
 
 if __name__ == "__main__":

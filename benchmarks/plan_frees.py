@@ -6,18 +6,17 @@ Until f807910 the recording placed the program's letting go of a page that
 recipes read (a lineage page: only its use count tells) after the operator
 that noticed it, one operator late. This replans a step recorded before
 then twice, as recorded and with each such free moved to the operator
-before (where the page was last used no later), and prints the bytes the
-plan copies out and in, drops, and its recompute time, for each.
+before (where the page was last used no later), and prints
+plan_compare.py's line for each.
 """
 
 from __future__ import annotations
 
-import collections
 import sys
 
+from plan_compare import summary
 from plan_offline import load
 
-from deepum.core.planner import plan_repeating
 from deepum.core.replay import uses_by_page
 from deepum.core.steptrace import OpSpec, StepTrace
 
@@ -36,17 +35,6 @@ def frees_earlier(trace: StepTrace) -> tuple[StepTrace, int]:
                 moved += 1
     ops = [OpSpec(op.eid, op.seconds, op.uses, op.creates, tuple(f), op.writes) for op, f in zip(trace.ops, frees)]
     return StepTrace(ops, trace.pages), moved
-
-
-def summary(trace: StepTrace, skeys, limit, kw) -> str:
-    plan = plan_repeating(trace, skeys, limit, **kw)
-    moved = collections.Counter()
-    for moves in plan.evictions.values():
-        for p, action in moves:
-            moved[action.name] += trace.pages[p].nbytes
-    fetched = sum(trace.pages[f.pid].nbytes for f in plan.fetches)
-    return (f"copied out {moved['COPY'] / 1e9:.2f} GB, in {fetched / 1e9:.2f} GB, dropped "
-            f"{moved['DROP'] / 1e9:.2f} GB, recompute {plan.recompute_seconds * 1e3:.1f} ms, fits {plan.fits}")
 
 
 def main(paths: list[str]) -> None:

@@ -152,25 +152,35 @@ def retries_by_operator(session, run_step) -> list[str]:
     return lines
 
 
-def main() -> None:
-    model, fraction = sys.argv[1], float(sys.argv[2])
+def arguments() -> tuple[str, float, int, dict]:
+    """MODEL FRACTION [STEPS] [OPTIONS] from the command line (this script's and host_split.py's)."""
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 5
-    options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    return sys.argv[1], float(sys.argv[2]), steps, json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+
+
+def prepare(model: str):
+    """(device, sync, work, step, peak): the bench's MODEL and its step, trained two steps
+    unconstrained for the peak (on the cpu tier, a smoke run, the session's own count)."""
     os.makedirs(OUT, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     work = Workload(model, device, device)
-    opt = adamw(work.model, device)
-    step = standard_step(work, opt)
+    step = standard_step(work, adamw(work.model, device))
     for i in range(2):
         step(work.host_batch(i))
     sync()
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
-    else:  # the cpu tier (a smoke run of this script): the session's own count
+    else:
         with deepum.oversubscribe(1.0, device, dormant=False) as s:
             step(work.host_batch(0))
         peak = s.stats()["peak_managed_bytes"]
+    return device, sync, work, step, peak
+
+
+def main() -> None:
+    model, fraction, steps, options = arguments()
+    device, sync, work, step, peak = prepare(model)
     session = deepum.oversubscribe(int(peak * fraction), device, **options) if fraction > 0 else None
     lines = [f"{model} at {fraction} of its peak ({peak / 2**30:.2f} GiB), options {options}"]
     if session is not None:
