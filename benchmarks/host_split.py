@@ -23,6 +23,7 @@ import os
 import statistics
 import time
 
+import torch
 from step_anatomy import OUT, arguments, prepare
 
 import deepum
@@ -98,6 +99,37 @@ class Split:
             self.gc_full += info.get("generation") == 2
 
 
+def _time_by_operator(split: Split) -> Split:
+    """Time each operator's own call by its name (which operators a planned step makes slower)."""
+    by_op, clock = Split(), time.perf_counter
+    original = mode.PagingMode._call
+
+    def timed(self, plan, func, *rest):
+        if not split.on:
+            return original(self, plan, func, *rest)
+        t0 = clock()
+        try:
+            return original(self, plan, func, *rest)
+        finally:
+            name = str(func)
+            by_op.seconds[name] += clock() - t0
+            by_op.calls[name] += 1
+
+    mode.PagingMode._call = timed
+    return by_op
+
+
+ALLOC = ("num_alloc_retries", "num_sync_all_streams", "num_device_alloc", "num_device_free")
+
+
+def _allocator(device) -> dict:
+    """The caching allocator's counters that mean a host wait (retries free the cache and synchronize)."""
+    if device.type != "cuda":
+        return {}
+    st = torch.cuda.memory_stats(device)
+    return {k: st.get(k, 0) for k in ALLOC}
+
+
 def main() -> None:
     model, fraction, steps, options = arguments()
     device, sync, work, step, peak = prepare(model)
@@ -111,6 +143,8 @@ def main() -> None:
             step(work.host_batch(i))
         sync()
         before = session.stats()
+        alloc0 = _allocator(device)
+        by_op = _time_by_operator(split)
         split.on = True
         for i in range(steps, 2 * steps):
             t0 = time.perf_counter()
@@ -119,14 +153,16 @@ def main() -> None:
             walls.append(time.perf_counter() - t0)
         split.on = False
         after = session.stats()
+        alloc1 = _allocator(device)
     gc.callbacks.remove(split.gc_callback)
     n = len(walls)
     lines = [f"{model} at {fraction} of its peak ({peak / 2**30:.2f} GiB), options {options}, {n} steps timed",
              f"step wall: median {statistics.median(walls) * 1e3:.1f} ms, mean {sum(walls) / n * 1e3:.1f} ms",
              "per step: " + ", ".join(f"{k} {(after[k] - before[k]) / n:.4g}" for k in
-                                      ("ops", "faults", "prefetches", "recomputes", "evictions", "drops",
+                                      ("ops", "faults", "prefetches", "recomputes", "evictions", "drops", "oom_retries",
                                        "victim_choices", "leaving_waits") if k in after),
              f"garbage collector: {split.gc_seconds / n * 1e3:.1f} ms a step, {split.gc_full / n:.2f} full passes a step",
+             "allocator per step: " + ", ".join(f"{k} {(alloc1[k] - alloc0[k]) / n:.4g}" for k in alloc0),
              f"{'function':38} {'calls/step':>10} {'ms/step':>9} {'us/call':>8}"]
     for _, _, label in WATCHED:
         calls = split.calls.get(label, 0)
@@ -138,6 +174,9 @@ def main() -> None:
     lines.append(f"interception less the operators: {(whole - ops) / n * 1e3:.1f} ms a step; "
                  f"outside the mode (model and optimizer Python, autograd, sync at the end): "
                  f"{(sum(walls) - whole) / n * 1e3:.1f} ms a step")
+    lines.append("operators by host time (the _call of each, ms a step, calls a step):")
+    for name, sec in sorted(by_op.seconds.items(), key=lambda kv: -kv[1])[:12]:
+        lines.append(f"  {name:48} {sec / n * 1e3:8.1f} {by_op.calls[name] / n:8.0f}")
     text = "\n".join(lines)
     print(text)
     with open(os.path.join(OUT, f"host-split-{model}-{fraction}.txt"), "w") as f:
