@@ -229,10 +229,9 @@ class Session:
         reach until exit (``gc.freeze()``). Off by default: the collector
         schedules full passes by the number of objects that survived the last
         one, which a freeze sets near zero, so full passes then come every few
-        steps (measured on an H100, GPT-2 medium at half its peak: 39 ms a
-        step in the collector with it, 4 ms without; whole card: 231 ms steps
-        without, 259-314 ms with; docs/BENCHMARKS.md, session 3). It can
-        help a program that builds a large object graph before the session.
+        steps, and on the GPU that cost more than it saved (docs/BENCHMARKS.md,
+        session 3). It can help a program that builds a large object graph
+        before the session.
     reserve:
         Bytes of the budget kept for memory deepum cannot see (kernel
         workspaces, allocator rounding and fragmentation). Default: on CUDA

@@ -427,9 +427,7 @@ class _Letting:
         trying = self.trying
         for pid in list(trying):
             page = by_pid.get(pid)
-            if (page is not None and page.state != DEAD and page.pid == pid and not page.pins
-                    and page.readers and _use_count(page.key) == 1
-                    and not any(r.dropped for r in page.readers)):
+            if _letting(page, pid) == _GO:
                 self.pager._let_go(page)
                 del trying[pid]
 
@@ -453,15 +451,32 @@ class _Letting:
         self.stamp = stamp
         for pid, left in list(trying.items()):
             page = by_pid.get(pid)
-            if page is None or page.state == DEAD or page.pid != pid or not page.readers:
-                del trying[pid]
-            elif any(r.dropped for r in page.readers):
-                del trying[pid]
-                waiting[pid] = page
-            elif not page.pins and _use_count(page.key) == 1:
+            now = _letting(page, pid)
+            if now == _GO:
                 self.pager._let_go(page)
-                del trying[pid]
-            elif left <= 1:
-                del trying[pid]
-            else:
+            elif now == _WAIT:
+                waiting[pid] = page
+            elif now == _HELD and left > 1:
                 trying[pid] = left - 1
+                continue
+            del trying[pid]
+
+
+# Where a page the plan lets go stands (_letting).
+_GONE, _WAIT, _HELD, _GO = range(4)
+
+
+def _letting(page: Page | None, pid: int) -> int:
+    """Whether the engine can let ``page`` (planned ID ``pid``) go now.
+
+    _GONE: dead, playing another role, or no recipe reads it any more;
+    _WAIT: a dropped page needs it to be rebuilt; _HELD: an operator or the
+    program still holds it; _GO: only recipes hold it and none is needed.
+    """
+    if page is None or page.state == DEAD or page.pid != pid or not page.readers:
+        return _GONE
+    if any(r.dropped for r in page.readers):
+        return _WAIT
+    if page.pins or _use_count(page.key) != 1:
+        return _HELD
+    return _GO
