@@ -51,7 +51,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ...core.correlation import Interner
-from ...core.pages import Page
+from ...core.pages import ARRIVING, Page
 from ..pager import Pager
 from ..remat import capture_rng
 from ..retry import evict_for_retry
@@ -61,6 +61,19 @@ from .estimate import estimate_cached, guess
 from .plan import OpPlan, flat_outputs, hashable
 from .register import QUIET, Registration
 from .sparse import sparse_parts_resident
+
+# [Note: views]
+# About half the operators of a transformer's step are views (view, t,
+# transpose, detach, slice, expand, ...): they make a tensor that shares an
+# input's storage, and read and write no element. Paging has nothing to do
+# for one whose storages are in device memory (resident, or arriving: a copy
+# in re-allocates first), so it runs at once, with no pins; the check and
+# the call hold the pager's lock, so no other thread evicts the storage in
+# between. One whose storage is off the device brings it in first, since
+# the view's bounds are checked against the storage's size. Either way a
+# view is never an execution ID nor a position in the recorded step (the
+# consumer of the view is the use that counts): which way it goes depends
+# on residency, and the step must count the same positions every time.
 
 # [Note: before pressure]
 # Until memory is tight nothing is evicted, so nothing needs predicting or
@@ -116,6 +129,8 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
             if plan is None:
                 return func(*args, **kwargs)
         pager = self.pager
+        if plan.view:
+            return self._view(plan, func, args, kwargs)
         trace = pager.trace
         if trace is None:
             if pager.pressure or pager.stress or plan.sized:
@@ -126,6 +141,41 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         out = self._dispatch(plan, func, types, args, kwargs)
         trace.op(plan.name, self.last_eid, start, now_us())
         return out
+
+    def _view(self, plan, func, args, kwargs):
+        """A view: runs at once where its storages are in device memory, else after they are
+        brought in; never an execution ID nor a step position ([Note: views])."""
+        pager = self.pager
+        with pager.lock:
+            pager.counters.views += 1
+            if self._view_ready(plan, args, kwargs):
+                return func(*args, **kwargs)
+            pages, _ = self._gather(plan, func, args, kwargs)
+            pager.begin(func, pages, 0)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            with pager.lock:
+                pager.unpin(pages)
+
+    def _view_ready(self, plan, args, kwargs) -> bool:
+        """Are all the storages a view reads known pages in device memory? (see [Note: views];
+        called under the pager's lock)"""
+        get = self.pager.table.pages.get
+        is_managed = self.is_managed
+        for t in plan.collect(args, kwargs)[0]:
+            if not is_managed(t):
+                continue
+            if t.layout != torch.strided:
+                return False
+            try:
+                s = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):
+                return False
+            p = get(s._cdata)
+            if p is None or p.state > ARRIVING or p.ref() is not s:
+                return False
+        return True
 
     def _dispatch_quiet(self, plan, func, args, kwargs):
         """Before memory is tight: pages are made, pinned and counted, nothing else.

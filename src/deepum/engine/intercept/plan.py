@@ -36,7 +36,7 @@ class OpPlan:
     """What the interceptor needs to know about one operator overload, computed once."""
 
     __slots__ = ("func", "name", "slots", "n_written", "list_slots", "foreach",
-                 "fresh", "factory", "retry_safe", "comm", "recomputable", "seeded", "sized")
+                 "fresh", "factory", "retry_safe", "comm", "recomputable", "seeded", "sized", "view")
 
     def __init__(self, func: torch._ops.OpOverload, recipes: str = "all") -> None:
         schema = func._schema
@@ -83,6 +83,9 @@ class OpPlan:
         self.seeded = self.recomputable and seeded(func)
         # See [Note: sizes known before the run] in estimate.py.
         self.sized = self.fresh and (self.factory or schema.name in UNRELIABLE_META)
+        # Metadata only: reads no element, writes nothing, makes no storage
+        # (see [Note: views] in mode.py).
+        self.view = bool(func.is_view) and not annotated_write and not self.fresh and not self.comm
 
     def collect(self, args: tuple, kwargs: dict) -> tuple[list, int]:
         """The tensor arguments, written ones first, and how many are written."""

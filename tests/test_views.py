@@ -1,0 +1,58 @@
+"""Views ([Note: views] in engine/intercept/mode.py): metadata-only operators take no step
+position, run at once over pages in device memory, and bring in pages off the device first."""
+
+from __future__ import annotations
+
+import torch
+
+import deepum
+from deepum.core.pages import EVICTED, RESIDENT
+
+from . import models
+from .helpers import assert_identical, train, unconstrained_peak
+
+
+def _page(session, t):
+    # Past the host-access hooks: asking for the storage there would bring it in.
+    with torch._C.DisableTorchFunction():
+        return session.pager.table.pages[t.untyped_storage()._cdata]
+
+
+def test_a_view_of_a_resident_page_runs_at_once():
+    with deepum.oversubscribe("64MiB", "cpu", dormant=False) as s:
+        y = torch.arange(4096.0) * 2
+        before = s.stats()
+        v = y.view(64, 64).t()
+        after = s.stats()
+    assert after["views"] == before["views"] + 2
+    assert after["ops"] == before["ops"] and after["faults"] == before["faults"]
+    assert torch.equal(v, (torch.arange(4096.0) * 2).view(64, 64).t())
+
+
+def test_a_view_of_an_evicted_page_brings_it_in_first():
+    # stress: every page leaves after every operator, so y is on the host.
+    with deepum.oversubscribe("64MiB", "cpu", stress=True) as s:
+        y = torch.arange(4096.0) * 2
+        assert _page(s, y).state == EVICTED
+        before = s.stats()
+        v = y.view(64, 64).t()
+        after = s.stats()
+        assert _page(s, y).state == RESIDENT
+    assert after["faults"] == before["faults"] + 1
+    assert after["views"] == before["views"] + 2 and after["ops"] == before["ops"]
+    assert torch.equal(v, (torch.arange(4096.0) * 2).view(64, 64).t())
+
+
+def test_views_are_no_step_positions_whichever_way_they_go():
+    # Whether a view finds its page resident differs between the recorded
+    # step and the planned ones; counted as positions, the planned step
+    # would not line up with the recording and would be left every step.
+    make = (models.gpt2, models.token_batches, models.lm_loss)
+    ref = train(*make, 7)
+    budget = max(unconstrained_peak(*make, 7) // 2, 1 << 20)
+    each = []
+    got = train(*make, 7, budget=budget, plan=True, each_step=each)
+    assert_identical(ref, got)
+    st = got[3]
+    assert st["views"] > 0 and st["evictions"] > 0, st
+    assert st["planned_steps"] >= 4 and st["plan_departures"] == 0, st
