@@ -34,6 +34,7 @@ from deepum.engine.intercept import mode, register
 WATCHED = [
     (mode.PagingMode, "__torch_dispatch__", "mode: whole interception"),
     (mode.PagingMode, "_call", "  operator itself (_call)"),
+    (mode.PagingMode, "_view", "  views"),
     (mode.PagingMode, "_gather", "  gather pages"),
     (mode.PagingMode, "_first_sight", "  first sight of an ID"),
     (mode.PagingMode, "_register_outputs", "  register outputs"),
