@@ -255,3 +255,44 @@ def test_plot_fits_the_data_and_marks_steps(tmp_path):
         session.plot_memory(str(path))
     svg = path.read_text()
     assert "resident on device (MiB)" in svg and "GiB (off the scale)" in svg and "optimizer step" in svg
+
+
+def test_optimizer_hooks_stop_looking_once_classes_settle(monkeypatch):
+    # Each look-up round of the optimizer hooks costs microseconds per tensor.
+    # Once two steps' rounds changed nothing, they run only every
+    # kinds_every-th step; gradients born again each step keep their class
+    # from their stable keys all the same.
+    from deepum.api import kinds as kinds_module
+    from deepum.core.config import Config, Thresholds
+
+    rounds = []
+    settled_due = kinds_module._Settled.due
+
+    def due(self, optimizer):
+        d = settled_due(self, optimizer)
+        rounds.append(d)
+        return d
+
+    budget = unconstrained_peak(models.mlp, models.mlp_batches, models.classify, 3) // 3
+    monkeypatch.setattr(kinds_module._Settled, "due", due)
+    torch.manual_seed(0)
+    model = models.mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    config = Config(dormant=False, thresholds=Thresholds(kinds_settle=2, kinds_every=5))
+    inside = []
+    with deepum.oversubscribe(budget, device="cpu", config=config) as session:
+        for batch in models.mlp_batches()[:2] * 6:
+            opt.zero_grad(set_to_none=True)
+            models.classify(model, batch).backward()
+            inside.append(session.stats()["pages_by_kind"])
+            opt.step()
+    # Two hooks a step; a step looked if either did.
+    looked = [rounds[i] or rounds[i + 1] for i in range(0, len(rounds), 2)]
+    assert len(looked) == 12 and looked[:3] == [True] * 3, looked
+    first_skip = looked.index(False)
+    assert first_skip >= 2 and looked[first_skip + 1] is False, looked  # settled
+    assert any(looked[first_skip:]), looked  # and the every-5th round still came
+    assert sum(looked) < 12 - 4, looked
+    n_params = len(list(model.parameters()))
+    # Gradients born again in a step that did not look still carry their class.
+    assert all(inside[i]["gradient"] == n_params for i, d in enumerate(looked) if not d), inside

@@ -3,6 +3,7 @@ stats and the memory picture."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -44,33 +45,41 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
                 pager.set_kind(page, Kind.ACTIVATION)
         return t
 
-    def classify(optimizer, args, kwargs):
-        if not paging():
-            return
+    settled = _Settled(pager.config.thresholds)
+
+    def classify(optimizer) -> int:
+        """Class the optimizer's tensors' pages; how many changed class."""
+        changed = 0
         with pager.lock:
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     for t, kind in ((p, Kind.PARAMETER), (p.grad, Kind.GRADIENT)):
                         page = page_of(t)
-                        if page is not None:
+                        if page is not None and page.kind != kind:
                             pager.set_kind(page, kind)
+                            changed += 1
                     for v in optimizer.state.get(p, {}).values():
                         page = page_of(v)
-                        if page is not None:
+                        if page is not None and page.kind != Kind.OPTIMIZER_STATE:
                             pager.set_kind(page, Kind.OPTIMIZER_STATE)
+                            changed += 1
+        return changed
 
     def before_step(optimizer, args, kwargs):
         # Pages born from here to the post-hook (optimizer state made on the
         # first step) are numbered among siblings (intercept/register.py).
         pager.in_optimizer_step = True
-        classify(optimizer, args, kwargs)
+        if paging() and settled.due(optimizer):
+            settled.note(optimizer, classify(optimizer))
 
     def after_step(optimizer, args, kwargs):
         pager.in_optimizer_step = False
         pager.counters.optimizer_steps += 1  # the "step" of joules per step
         if not paging():
             return
-        classify(optimizer, args, kwargs)
+        if settled.due(optimizer):
+            settled.note(optimizer, classify(optimizer))
+        settled.stepped(optimizer)
         # The engine's own copies and buffers must not become pages.
         with torch.utils._python_dispatch._disable_current_modes(), pager.lock:
             pager.plans.boundary()
@@ -84,6 +93,49 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
         saved.__enter__()
         hooks.append(saved)
     return hooks
+
+
+class _Rounds:
+    """One optimizer's look-up rounds: steps in a row whose rounds changed nothing, steps,
+    state entries at the last step, classes changed in this step's rounds."""
+
+    __slots__ = ("quiet", "steps", "states", "changed")
+
+    def __init__(self) -> None:
+        self.quiet = self.steps = self.changed = 0
+        self.states = -1
+
+
+class _Settled:
+    """When the optimizer hooks class pages again (Thresholds.kinds_settle, kinds_every)."""
+
+    def __init__(self, th) -> None:
+        self.settle, self.every = th.kinds_settle, th.kinds_every
+        self.rounds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _of(self, optimizer) -> _Rounds:
+        try:
+            r = self.rounds.get(optimizer)
+            if r is None:
+                r = self.rounds[optimizer] = _Rounds()
+        except TypeError:  # an optimizer without weak references: always look
+            return _Rounds()
+        return r
+
+    def due(self, optimizer) -> bool:
+        r = self._of(optimizer)
+        return (r.quiet < self.settle or r.changed > 0 or r.steps % self.every == 0
+                or len(optimizer.state) != r.states)
+
+    def note(self, optimizer, changed: int) -> None:
+        self._of(optimizer).changed += changed
+
+    def stepped(self, optimizer) -> None:
+        r = self._of(optimizer)
+        r.quiet = 0 if r.changed else r.quiet + 1
+        r.steps += 1
+        r.states = len(optimizer.state)
+        r.changed = 0
 
 
 def _mark_step(pager: Pager) -> None:

@@ -100,6 +100,14 @@ class Thresholds:
     # from step to step on the GPU machines: three of each.
     plan_trial_steps: int = 3
     plan_trial_margin: float = 0.0
+    # The optimizer hooks look up every parameter's, gradient's and state's
+    # page to class it (api/kinds.py), a few microseconds each. Pages born
+    # again each step take their class from their stable key at birth, so
+    # once a look-up round changes nothing for this many optimizer steps in
+    # a row, the rounds run only every kinds_every-th step (and whenever
+    # the optimizer's state grows).
+    kinds_settle: int = 2
+    kinds_every: int = 64
 
     def of(self, share: float, limit: int) -> int:
         """``share`` of ``limit`` in whole bytes (exact for the powers-of-two shares above)."""

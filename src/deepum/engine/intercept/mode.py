@@ -51,7 +51,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ...core.correlation import Interner
-from ...core.pages import ARRIVING, Page
+from ...core.pages import Page
 from ..pager import Pager
 from ..remat import capture_rng
 from ..retry import evict_for_retry
@@ -66,14 +66,16 @@ from .sparse import sparse_parts_resident
 # About half the operators of a transformer's step are views (view, t,
 # transpose, detach, slice, expand, ...): they make a tensor that shares an
 # input's storage, and read and write no element. Paging has nothing to do
-# for one whose storages are in device memory (resident, or arriving: a copy
-# in re-allocates first), so it runs at once, with no pins; the check and
-# the call hold the pager's lock, so no other thread evicts the storage in
-# between. One whose storage is off the device brings it in first, since
-# the view's bounds are checked against the storage's size. Either way a
-# view is never an execution ID nor a position in the recorded step (the
-# consumer of the view is the use that counts): which way it goes depends
-# on residency, and the step must count the same positions every time.
+# for them, so a view runs at once, with no look-up, pin or lock: the
+# consumer of the view is the use that counts, and it finds the page through
+# the shared storage like any other. A view of an evicted storage is fine as
+# metadata, but most views check their bounds against the storage's size,
+# which is zero off the device: that RuntimeError sends the view the long
+# way, which brings its pages in and runs it again (a view that is wrong in
+# itself raises the same error again there). Either way a view is never an
+# execution ID nor a position in the recorded step: which way it goes
+# depends on residency, and the step must count the same positions every
+# time.
 
 # [Note: before pressure]
 # Until memory is tight nothing is evicted, so nothing needs predicting or
@@ -135,7 +137,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         if trace is None:
             if pager.pressure or pager.stress or plan.sized:
                 return self._dispatch(plan, func, types, args, kwargs)
-            return self._dispatch_quiet(plan, func, args, kwargs)
+            return self._dispatch_quiet(plan, func, types, args, kwargs)
         start = now_us()
         self.last_eid = -1  # stays -1 if the operator touches no managed memory
         out = self._dispatch(plan, func, types, args, kwargs)
@@ -143,13 +145,16 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         return out
 
     def _view(self, plan, func, args, kwargs):
-        """A view: runs at once where its storages are in device memory, else after they are
-        brought in; never an execution ID nor a step position ([Note: views])."""
+        """A view: runs at once; where its bounds are checked against a storage off the
+        device, after that storage is brought in. Never an execution ID nor a step
+        position ([Note: views])."""
         pager = self.pager
+        pager.counters.views += 1
+        try:
+            return func(*args, **kwargs)
+        except RuntimeError:
+            pass  # an evicted storage has no bytes to check against (or the call is wrong)
         with pager.lock:
-            pager.counters.views += 1
-            if self._view_ready(plan, args, kwargs):
-                return func(*args, **kwargs)
             pages, _ = self._gather(plan, func, args, kwargs)
             pager.begin(func, pages, 0)
         try:
@@ -158,26 +163,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
             with pager.lock:
                 pager.unpin(pages)
 
-    def _view_ready(self, plan, args, kwargs) -> bool:
-        """Are all the storages a view reads known pages in device memory? (see [Note: views];
-        called under the pager's lock)"""
-        get = self.pager.table.pages.get
-        is_managed = self.is_managed
-        for t in plan.collect(args, kwargs)[0]:
-            if not is_managed(t):
-                continue
-            if t.layout != torch.strided:
-                return False
-            try:
-                s = t.untyped_storage()
-            except (RuntimeError, NotImplementedError):
-                return False
-            p = get(s._cdata)
-            if p is None or p.state > ARRIVING or p.ref() is not s:
-                return False
-        return True
-
-    def _dispatch_quiet(self, plan, func, args, kwargs):
+    def _dispatch_quiet(self, plan, func, types, args, kwargs):
         """Before memory is tight: pages are made, pinned and counted, nothing else.
 
         See [Note: before pressure]. Once resident bytes pass Thresholds.pressure
@@ -187,6 +173,12 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         with pager.lock:
             # Written pages were never evicted before pressure: no host copy to void.
             pages, written = self._gather(plan, func, args, kwargs)
+            if pager.table.resident_bytes > pager.pressure_bytes:
+                # Storages seen first here (a parameter not adopted) filled
+                # memory: this operator already takes the full path, which
+                # makes room for it or says why it cannot fit.
+                pager._pressure_begins()
+                return self._dispatch(plan, func, types, args, kwargs)
             for p in pages:
                 p.pins += 1
         try:

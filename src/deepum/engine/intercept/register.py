@@ -60,12 +60,16 @@ class Registration:
         nbytes = s.nbytes()
         if nbytes == 0 or s.device != self.device:
             return None
-        if isinstance(t, torch.nn.Parameter):
+        # A parameter is often first seen through a view of it (the ``t`` of
+        # a linear layer's weight): views take no part in paging ([Note:
+        # views] in mode.py), so look through to the base.
+        param = isinstance(t, torch.nn.Parameter) or isinstance(t._base, torch.nn.Parameter)
+        if param:
             # Parameters live for the whole run: their identity is their role.
             skey = self.skeys(("param", len(self.skeys)))
         else:
             skey = self._stable_key(("ext", self.prev_plan, self.plans[func], i, tuple(t.shape), t.dtype))
-        kind = Kind.PARAMETER if isinstance(t, torch.nn.Parameter) else Kind.OTHER
+        kind = Kind.PARAMETER if param else Kind.OTHER
         return self.pager.register(s, skey, pageable(t, s), kind, preexisting=True)
 
     def _register_outputs(self, out, eid: int, call: tuple | None = None) -> int:
