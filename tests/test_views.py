@@ -56,3 +56,18 @@ def test_views_are_no_step_positions_whichever_way_they_go():
     st = got[3]
     assert st["views"] > 0 and st["evictions"] > 0, st
     assert st["planned_steps"] >= 4 and st["plan_departures"] == 0, st
+
+
+def test_without_the_fast_path_views_are_operators():
+    # Thresholds.view_fast_path=False: the engine as before views had a path
+    # of their own (for A/B measurement in one process).
+    from deepum.core.config import Config, Thresholds
+
+    config = Config(dormant=False, thresholds=Thresholds(view_fast_path=False))
+    with deepum.oversubscribe("64MiB", "cpu", config=config) as s:
+        y = torch.arange(4096.0) * 2
+        before = s.stats()
+        v = y.view(64, 64).t()
+        after = s.stats()
+    assert after["views"] == before["views"] == 0 and after["ops"] == before["ops"] + 2
+    assert torch.equal(v, (torch.arange(4096.0) * 2).view(64, 64).t())

@@ -108,6 +108,11 @@ class Thresholds:
     # the optimizer's state grows).
     kinds_settle: int = 2
     kinds_every: int = 64
+    # Views run at once, outside paging ([Note: views] in engine/intercept/
+    # mode.py). False sends them down the full path as operators of their
+    # own, as before: for measuring the difference in one process
+    # (benchmarks/ab_inprocess.py).
+    view_fast_path: bool = True
 
     def of(self, share: float, limit: int) -> int:
         """``share`` of ``limit`` in whole bytes (exact for the powers-of-two shares above)."""

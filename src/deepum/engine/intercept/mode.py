@@ -373,6 +373,8 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
     def _plan(self, func) -> OpPlan | None:
         if not isinstance(func, torch._ops.OpOverload):
             return None  # higher-order operators and the like pass through
-        plan = OpPlan(func, self.pager.config.recipes)
+        config = self.pager.config
+        plan = OpPlan(func, config.recipes)
+        plan.view = plan.view and config.thresholds.view_fast_path
         self.plans[func] = plan
         return plan

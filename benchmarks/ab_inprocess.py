@@ -1,0 +1,91 @@
+"""Two sets of session options, in turns, in one process: A/B without the spread between processes.
+
+    python benchmarks/ab_inprocess.py MODEL FRACTION '{A options}' '{B options}' [ROUNDS] [WARMUP] [STEPS]
+
+Step times of one engine move by 15-40% between processes on the lent GPU
+machines (docs/BENCHMARKS.md), more than most changes under test. Here one
+process trains the bench's MODEL (step_anatomy.py's ``prepare``: fresh host
+batch each step, bf16 autocast, AdamW) and enters a session at FRACTION of its
+unconstrained peak ROUNDS times for each option set, in the order A B B A A B
+..., each time WARMUP steps (plan="auto" records and tries its plan in the
+first 13) and then STEPS timed steps. Options are JSON; ``"thresholds"``
+takes a dict of Thresholds fields (e.g. ``{"thresholds": {"view_fast_path":
+false}}``). Prints each session's median step and counters, then each set's
+median of medians and B/A; writes ab-MODEL-FRACTION.txt under $OUT. The
+model keeps training across sessions, so the sets see the same kind of
+steps, not the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+from step_anatomy import OUT, prepare
+
+import deepum
+from deepum.core.config import Config, Thresholds
+
+KEYS = ("faults", "prefetches", "recomputes", "evictions", "planned_steps", "views")
+
+
+def config_of(options: dict) -> Config:
+    options = dict(options)
+    th = options.pop("thresholds", None)
+    if th is not None:
+        options["thresholds"] = Thresholds(**th)
+    return Config(**options)
+
+
+def one_session(device, sync, work, step, budget: int, config: Config, warmup: int, steps: int, first: int):
+    """(median seconds of the timed steps, counters a step, plan verdict) of one session."""
+    with deepum.oversubscribe(budget, device, config=config) as session:
+        for i in range(warmup):
+            step(work.host_batch(first + i))
+        sync()
+        before = session.stats()
+        times = []
+        for i in range(steps):
+            t0 = time.perf_counter()
+            step(work.host_batch(first + warmup + i))
+            sync()
+            times.append(time.perf_counter() - t0)
+        after = session.stats()
+    counts = {k: (after[k] - before[k]) / steps for k in KEYS if k in after}
+    return statistics.median(times), counts, after.get("plan_verdict")
+
+
+def main() -> None:
+    model, fraction = sys.argv[1], float(sys.argv[2])
+    sets = {"A": json.loads(sys.argv[3]), "B": json.loads(sys.argv[4])}
+    rounds, warmup, steps = (int(a) for a in (sys.argv[5:8] + ["3", "15", "4"][len(sys.argv[5:8]):]))
+    device, sync, work, step, peak = prepare(model)
+    budget = int(peak * fraction)
+    order = [("A", "B") if r % 2 == 0 else ("B", "A") for r in range(rounds)]
+    lines = [f"{model} at {fraction} of its peak ({peak / 2**30:.2f} GiB); A = {sets['A']}, B = {sets['B']}; "
+             f"{rounds} rounds, {warmup} warm-up and {steps} timed steps a session"]
+    medians: dict[str, list[float]] = {"A": [], "B": []}
+    first = 0
+    for r, pair in enumerate(order):
+        for name in pair:
+            t, counts, verdict = one_session(device, sync, work, step, budget, config_of(sets[name]),
+                                             warmup, steps, first)
+            first += warmup + steps
+            medians[name].append(t)
+            line = (f"round {r} {name}: {t * 1e3:8.1f} ms  verdict {verdict}  "
+                    + " ".join(f"{k} {v:.4g}" for k, v in counts.items()))
+            print(line, flush=True)
+            lines.append(line)
+    a, b = statistics.median(medians["A"]), statistics.median(medians["B"])
+    lines.append(f"median of medians: A {a * 1e3:.1f} ms, B {b * 1e3:.1f} ms, B/A {b / a:.3f}")
+    print(lines[-1])
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, f"ab-{model}-{fraction}.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
