@@ -71,3 +71,35 @@ def test_without_the_fast_path_views_are_operators():
         after = s.stats()
     assert after["views"] == before["views"] == 0 and after["ops"] == before["ops"] + 2
     assert torch.equal(v, (torch.arange(4096.0) * 2).view(64, 64).t())
+
+
+def test_pages_of_views_count_as_used_in_the_recorded_step():
+    # The backward pass of a T5 takes `t` of gradients the plan sends to the
+    # host until their next use: a view that checks its bounds needs its
+    # page in device memory. Counted as used by the operator after the view,
+    # the planned steps neither fault them in nor hold more than planned.
+    from deepum.benchsuite.models import Workload, adamw, standard_step
+
+    dev = torch.device("cpu")
+
+    def make():
+        torch.manual_seed(0)
+        work = Workload("tiny-t5", dev, dev)
+        return work, standard_step(work, adamw(work.model, dev))
+
+    work, step = make()
+    with deepum.oversubscribe(1.0, dev, dormant=False) as s:
+        for i in range(2):
+            step(work.host_batch(i))
+    budget = s.stats()["peak_managed_bytes"] // 3
+    work, step = make()
+    with deepum.oversubscribe(budget, dev, plan=True) as s:
+        for i in range(4):
+            step(work.host_batch(i))
+        before = s.stats()
+        for i in range(4, 7):
+            step(work.host_batch(i))
+        after = s.stats()
+    moved = {k: after[k] - before[k] for k in ("planned_steps", "faults", "plan_over_ops", "ops", "views")}
+    assert moved["planned_steps"] == 3 and moved["views"] > 0, moved
+    assert moved["faults"] == 0 and moved["plan_over_ops"] <= moved["ops"] // 100, moved

@@ -84,6 +84,7 @@ class StepPlans:
         self.carry: dict[int, int] = {}
         self.by_pid: dict[int, Page] = {}
         self.using: list[Page] = []
+        self.views: list[Page] = []  # pages of views since the last operator (recording only)
         self.written: list[Page] | tuple = ()
         # The planned step's uses of each page ID and its next use after the step (victims while steering).
         self.uses: dict[int, list[int]] = {}
@@ -97,6 +98,10 @@ class StepPlans:
         self.shadow = False  # plan="auto": a trial's online step, keeping the plan's page IDs
         self.mismatches = 0
         self.plan_seconds = 0.0  # host time spent planning
+
+    @property
+    def recording(self) -> bool:
+        return self.mode == RECORDING and self.builder is not None
 
     @property
     def steering(self) -> bool:
@@ -229,6 +234,10 @@ class StepPlans:
         if self.letting.trying and self.steering:
             self.letting.before(self.by_pid)
 
+    def viewed(self, pages: list[Page]) -> None:
+        """Views took ``pages`` before the next operator ([Note: views] in intercept/mode.py)."""
+        self.views.extend(pages)
+
     def born(self, page: Page) -> None:
         self.made.append(page)
 
@@ -243,6 +252,9 @@ class StepPlans:
         t = self.t
         self.t = t + 1
         if self.mode == RECORDING:
+            if self.views:
+                uses = list(dict.fromkeys([*uses, *self.views]))
+                self.views = []
             self._record(eid, made, uses, written)
         elif not self.left:
             planned = self.births[t] if t < len(self.eids) else None
@@ -332,33 +344,7 @@ class StepPlans:
         despite the plan: Belady's choice, the ones the recorded step uses
         furthest ahead (pages it does not know go first), among the ``scan``
         least recently used unpinned pages, then the rest in LRU order."""
-        by_pid, uses, tail, t = self.by_pid, self.uses, self.tail, self.t
-        ranked, rest, found = [], [], 0
-        for page in self.pager.table.lru():
-            if page.pins:
-                continue
-            if len(ranked) < scan:
-                pid = page.pid
-                if by_pid.get(pid) is page and pid in uses:
-                    u = uses[pid]
-                    i = bisect.bisect_left(u, t)
-                    nu = u[i] if i < len(u) else tail.get(pid, NEVER)
-                else:
-                    nu = NEVER + 1
-                ranked.append((-nu, len(ranked), page))
-            elif found >= need:
-                break
-            else:
-                rest.append(page)
-            found += page.nbytes
-        ranked.sort()
-        chosen, got = [], 0
-        for page in [r[2] for r in ranked] + rest:
-            if got >= need:
-                break
-            chosen.append(page)
-            got += page.nbytes
-        return chosen
+        return _furthest_used(self.pager.table.lru(), self.by_pid, self.uses, self.tail, self.t, need, scan)
 
     def late(self, page: Page) -> None:
         """A planned prefetch was waited for: start it earlier next step."""
@@ -480,3 +466,34 @@ def _letting(page: Page | None, pid: int) -> int:
     if page.pins or _use_count(page.key) != 1:
         return _HELD
     return _GO
+
+
+def _furthest_used(lru, by_pid: dict[int, Page], uses: dict[int, list[int]], tail: dict[int, int], t: int,
+                   need: int, scan: int) -> list[Page]:
+    """StepPlans.victims: from pages in LRU order, about ``need`` bytes, furthest next use first."""
+    ranked, rest, found = [], [], 0
+    for page in lru:
+        if page.pins:
+            continue
+        if len(ranked) < scan:
+            pid = page.pid
+            if by_pid.get(pid) is page and pid in uses:
+                u = uses[pid]
+                i = bisect.bisect_left(u, t)
+                nu = u[i] if i < len(u) else tail.get(pid, NEVER)
+            else:
+                nu = NEVER + 1
+            ranked.append((-nu, len(ranked), page))
+        elif found >= need:
+            break
+        else:
+            rest.append(page)
+        found += page.nbytes
+    ranked.sort()
+    chosen, got = [], 0
+    for page in [r[2] for r in ranked] + rest:
+        if got >= need:
+            break
+        chosen.append(page)
+        got += page.nbytes
+    return chosen

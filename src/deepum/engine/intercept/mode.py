@@ -75,7 +75,10 @@ from .sparse import sparse_parts_resident
 # itself raises the same error again there). Either way a view is never an
 # execution ID nor a position in the recorded step: which way it goes
 # depends on residency, and the step must count the same positions every
-# time.
+# time. But the recording counts a view's pages as used by the operator
+# after it (usually the view's consumer), so that a planned step has them in
+# device memory there: a view that checks its bounds before the plan brings
+# a page back would fault it in, unplanned.
 
 # [Note: before pressure]
 # Until memory is tight nothing is evicted, so nothing needs predicting or
@@ -150,6 +153,10 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         position ([Note: views])."""
         pager = self.pager
         pager.counters.views += 1
+        if pager.plans.recording:
+            with pager.lock:
+                pager.plans.viewed(_known_pages(pager.table.pages, self.is_managed,
+                                                plan.collect(args, kwargs)[0]))
         try:
             return func(*args, **kwargs)
         except RuntimeError:
@@ -378,3 +385,17 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         plan.view = plan.view and config.thresholds.view_fast_path
         self.plans[func] = plan
         return plan
+
+
+def _known_pages(pages: dict[int, Page], is_managed, tensors) -> list[Page]:
+    """The pages of a view's tensors that are pages already. A storage seen first at
+    a view becomes a page at its first operator, as when the view does not look: its
+    stable key names that operator, the same in recorded and planned steps."""
+    found = []
+    for t in tensors:
+        if is_managed(t) and t.layout == torch.strided:
+            s = t.untyped_storage()
+            p = pages.get(s._cdata)
+            if p is not None and p.ref() is s:  # (not a dead page's address, used again)
+                found.append(p)
+    return found
