@@ -101,3 +101,16 @@ def test_a_session_used_twice_reports_its_second_run():
 def test_disable_without_enable_returns_none():
     assert deepum.current() is None
     assert deepum.disable() is None
+
+
+def test_allocator_settings_a_cuda_session_sets():
+    from deepum.api.session import allocator_settings
+    from deepum.core.config import Config, Thresholds
+    from deepum.core.errors import OptionError
+
+    assert allocator_settings(Config()) == "expandable_segments:True"
+    assert allocator_settings(Config(expandable_segments=False)) == ""
+    both = Config(thresholds=Thresholds(allocator_gc=0.8))
+    assert allocator_settings(both) == "expandable_segments:True,garbage_collection_threshold:0.8"
+    with pytest.raises(OptionError, match="allocator_gc"):
+        Thresholds(allocator_gc=1.5)

@@ -111,14 +111,23 @@ def device_memory(device: torch.device) -> int:
         return 1 << 40
 
 
+def allocator_settings(config: Config) -> str:
+    """The caching allocator's settings a CUDA session sets at entry ("" for none)."""
+    settings = ["expandable_segments:True"] if config.expandable_segments else []
+    if config.thresholds.allocator_gc:
+        settings.append(f"garbage_collection_threshold:{config.thresholds.allocator_gc}")
+    return ",".join(settings)
+
+
 def _cap_allocator(device: torch.device, budget: int, total: int, config: Config) -> None:
     """Cap the caching allocator at the budget (and switch to expandable segments if asked)."""
     torch.cuda.synchronize(device)
     # Pages come and go in every size; expandable segments keep the
     # caching allocator from fragmenting under a hard cap. It applies
     # to segments made from now on, hence the empty_cache after it.
-    if config.expandable_segments:
-        _set_allocator_settings("expandable_segments:True")
+    settings = allocator_settings(config)
+    if settings:
+        _set_allocator_settings(settings)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     # The allocator itself enforces the budget: an allocation past it

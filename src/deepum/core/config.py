@@ -113,6 +113,18 @@ class Thresholds:
     # own, as before: for measuring the difference in one process
     # (benchmarks/ab_inprocess.py).
     view_fast_path: bool = True
+    # Share of the allocator's cap past which PyTorch's caching allocator
+    # frees cached blocks it has not reused, oldest first, without the
+    # synchronize-and-free-everything of a retry at the cap
+    # (garbage_collection_threshold); 0 leaves it alone. Off: not yet
+    # measured (docs/BENCHMARKS.md, session 12). PyTorch has no value that
+    # turns it off again, so it stays set after the session.
+    allocator_gc: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (self.allocator_gc == 0 or 0.0 < self.allocator_gc < 1.0):
+            raise OptionError(f"Thresholds.allocator_gc={self.allocator_gc!r}: give a share of the "
+                              "allocator's cap between 0 and 1, or 0 to leave the allocator's own setting")
 
     def of(self, share: float, limit: int) -> int:
         """``share`` of ``limit`` in whole bytes (exact for the powers-of-two shares above)."""
