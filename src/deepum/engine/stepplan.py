@@ -132,7 +132,7 @@ class StepPlans:
         self.t = 0
         self.left = False
         self.mismatches = 0
-        self.made = []
+        self.made, self.views = [], []
         self.watch = {}
         self.letting = _Letting(self.pager)
         if self.mode == RECORDING:

@@ -180,14 +180,17 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         with pager.lock:
             # Written pages were never evicted before pressure: no host copy to void.
             pages, written = self._gather(plan, func, args, kwargs)
-            if pager.table.resident_bytes > pager.pressure_bytes:
-                # Storages seen first here (a parameter not adopted) filled
-                # memory: this operator already takes the full path, which
-                # makes room for it or says why it cannot fit.
+            filled = pager.table.resident_bytes > pager.pressure_bytes
+            if filled:
                 pager._pressure_begins()
-                return self._dispatch(plan, func, types, args, kwargs)
-            for p in pages:
-                p.pins += 1
+            else:
+                for p in pages:
+                    p.pins += 1
+        if filled:
+            # Storages seen first here (a parameter not adopted) filled
+            # memory: this operator already takes the full path, which
+            # makes room for it or says why it cannot fit.
+            return self._dispatch(plan, func, types, args, kwargs)
         try:
             out = self._call(plan, func, args, kwargs, 0, pages)
         finally:
@@ -393,9 +396,13 @@ def _known_pages(pages: dict[int, Page], is_managed, tensors) -> list[Page]:
     stable key names that operator, the same in recorded and planned steps."""
     found = []
     for t in tensors:
-        if is_managed(t) and t.layout == torch.strided:
+        if not (is_managed(t) and t.layout == torch.strided):
+            continue
+        try:
             s = t.untyped_storage()
-            p = pages.get(s._cdata)
-            if p is not None and p.ref() is s:  # (not a dead page's address, used again)
-                found.append(p)
+        except (RuntimeError, NotImplementedError):  # other storage-less kinds
+            continue
+        p = pages.get(s._cdata)
+        if p is not None and p.ref() is s:  # (not a dead page's address, used again)
+            found.append(p)
     return found
