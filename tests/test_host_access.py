@@ -321,3 +321,30 @@ def test_overshoots_are_counted_and_strict_raises():
         with deepum.oversubscribe("6MiB", "cpu", strict=True):
             filler = [torch.ones(256 << 10) for _ in range(4)]
             grow(x)
+
+
+def test_a_dead_pages_address_used_again_is_not_that_page():
+    # A storage that dies is retired at the next operator's look-up; views
+    # and code outside operators run without one. A new storage made outside
+    # any operator (from_numpy) can take the dead one's address meanwhile, and
+    # host access must not take the dead page's bytes for it.
+    def key(t):
+        with torch._C.DisableTorchFunction():
+            return t.untyped_storage()._cdata
+
+    with deepum.oversubscribe("64MiB", "cpu", stress=True):
+        for _ in range(200):
+            a = torch.ones(256) * 3  # a page, evicted with a host copy of threes
+            old = key(a)
+            del a  # dead, not yet retired: no operator has run since
+            b = torch.from_numpy(np.full(256, 7.0, dtype=np.float32))
+            if key(b) == old:
+                break
+        else:
+            pytest.skip("no storage address was used twice")
+        buf = io.BytesIO()
+        torch.save(b, buf)
+        listed = b.tolist()
+    buf.seek(0)
+    assert torch.equal(torch.load(buf), torch.full((256,), 7.0))
+    assert listed == [7.0] * 256

@@ -34,9 +34,11 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
             return None
         try:
             with torch._C.DisableTorchFunction():  # the engine's look-up, not host access
-                return pager.table.get(t.untyped_storage()._cdata)
+                s = t.untyped_storage()
         except (RuntimeError, NotImplementedError):
             return None
+        page = pager.table.get(s._cdata)
+        return page if page is not None and page.ref() is s else None  # (not a dead page's address)
 
     def pack(t):
         page = page_of(t)

@@ -89,11 +89,13 @@ class HostAccess:
             if not (isinstance(t, Tensor) and self.is_managed(t) and t.layout == torch.strided):
                 continue
             try:
-                key = t.untyped_storage()._cdata
+                s = t.untyped_storage()
             except (RuntimeError, NotImplementedError):
                 continue
-            p = get(key)
-            if p is not None and p.state != DEAD:
+            p = get(s._cdata)
+            # (Not a page whose storage died at this address, its death not yet reaped:
+            # views run without reaping, so one can stand there a while.)
+            if p is not None and p.state != DEAD and p.ref() is s:
                 found[p.key] = p
         return list(found.values())
 
@@ -169,8 +171,10 @@ class HostAccess:
         pager = self.pager
         with pager.lock, _disable_current_modes():
             page = pager.table.pages.get(storage._cdata)
-            if page is None or page.state == DEAD or not page.pageable:
-                return None  # never evicted: the writer reads the real storage
+            if page is None or page.state == DEAD or not page.pageable or page.ref() is not storage:
+                # Never evicted (the writer reads the real storage), or a dead
+                # page at this address, its death not yet reaped.
+                return None
             snap = self._cached(page)
             if snap is None:
                 snap = self._copy_out(page, storage)

@@ -136,9 +136,11 @@ class Registration:
         if not self.is_managed(t) or t.layout != torch.strided:
             return None
         try:
-            return self.pager.table.pages.get(t.untyped_storage()._cdata)
+            s = t.untyped_storage()
         except (RuntimeError, NotImplementedError):
             return None
+        p = self.pager.table.pages.get(s._cdata)
+        return p if p is not None and p.ref() is s else None  # (not a dead page's address)
 
     def _factory_here(self, kwargs: dict) -> bool:
         dev = kwargs.get("device")
