@@ -78,7 +78,10 @@ from .sparse import sparse_parts_resident
 # time. But the recording counts a view's pages as used by the operator
 # after it (usually the view's consumer), so that a planned step has them in
 # device memory there: a view that checks its bounds before the plan brings
-# a page back would fault it in, unplanned.
+# a page back would fault it in, unplanned. Views do not retire dead pages
+# either (the next operator's look-up does), so a look-up by storage
+# address elsewhere checks that the page's storage is that storage: a new
+# storage can take a dead one's address in between.
 
 # [Note: before pressure]
 # Until memory is tight nothing is evicted, so nothing needs predicting or
