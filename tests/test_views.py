@@ -1,5 +1,6 @@
-"""Views ([Note: views] in engine/intercept/mode.py): metadata-only operators take no step
-position, run at once over pages in device memory, and bring in pages off the device first."""
+"""Views ([Note: views] in engine/intercept/mode.py): metadata-only operators run at once and
+take no step position; one that checks its bounds against a storage off the device brings it
+in first; the recording counts their pages as used by the operator after them."""
 
 from __future__ import annotations
 
