@@ -47,35 +47,27 @@ def timed(step, session=None):
     return statistics.median(times), moved
 
 
-def _every_op() -> dict:
-    """Options for a session that intercepts every operator (commits before dormancy had no choice)."""
+def _if_known(**option) -> dict:
+    """``option`` where the commit under test knows it, else no options (older commits:
+    before dormancy every operator was intercepted; before plan="auto" paging was online)."""
     try:
-        deepum.Config(dormant=False)
-    except TypeError:
+        deepum.Config(**option)
+    except (TypeError, deepum.OptionError):
         return {}
-    return {"dormant": False}
-
-
-def _online() -> dict:
-    """Options for the online choice alone (plan="auto", the default since a02cf57, would plan)."""
-    try:
-        deepum.Config(plan=False)
-    except TypeError:
-        return {}
-    return {"plan": False}
+    return option
 
 
 def main() -> None:
     plain, _ = timed(make())
-    with deepum.oversubscribe(1.0, "cpu", **_every_op()) as s:
+    with deepum.oversubscribe(1.0, "cpu", **_if_known(dormant=False)) as s:
         quiet, moved = timed(make(), s)
     ops = moved["ops"] + moved.get("views", 0)  # views are counted apart since 833a17d
     peak = s.stats()["peak_managed_bytes"]
     rows = [("plain", plain, {}), ("deepum, never reached, paging", quiet, moved)]
-    if _every_op():
+    if _if_known(dormant=False):
         with deepum.oversubscribe(1.0, "cpu") as s:
             rows.append(("deepum, never reached, dormant", *timed(make(), s)))
-    for name, opts in (("deepum 1/2, online", _online()), ("deepum 1/2, plan", {"plan": True})):
+    for name, opts in (("deepum 1/2, online", _if_known(plan=False)), ("deepum 1/2, plan", {"plan": True})):
         with deepum.oversubscribe(int(peak * 0.5), "cpu", **opts) as s:
             rows.append((name, *timed(make(), s)))
     print(f"{deepum.__file__}: {ops:.0f} operators a step")

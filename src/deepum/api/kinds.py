@@ -30,15 +30,10 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
 
 
     def page_of(t):
-        if not isinstance(t, torch.Tensor) or not mode.is_managed(t) or t.layout != torch.strided:
+        if not isinstance(t, torch.Tensor):
             return None
-        try:
-            with torch._C.DisableTorchFunction():  # the engine's look-up, not host access
-                s = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):
-            return None
-        page = pager.table.get(s._cdata)
-        return page if page is not None and page.ref() is s else None  # (not a dead page's address)
+        with torch._C.DisableTorchFunction():  # the engine's look-up, not host access
+            return mode.page_of(t)
 
     def pack(t):
         page = page_of(t)

@@ -158,8 +158,11 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         pager.counters.views += 1
         if pager.plans.recording:
             with pager.lock:
-                pager.plans.viewed(_known_pages(pager.table.pages, self.is_managed,
-                                                plan.collect(args, kwargs)[0]))
+                # Pages already: a storage seen first at a view becomes a page at
+                # its first operator, as when the view does not look, so its
+                # stable key names that operator in recorded and planned steps.
+                known = (self.page_of(t) for t in plan.collect(args, kwargs)[0])
+                pager.plans.viewed([p for p in known if p is not None])
         try:
             return func(*args, **kwargs)
         except RuntimeError:
@@ -391,21 +394,3 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         plan.view = plan.view and config.thresholds.view_fast_path
         self.plans[func] = plan
         return plan
-
-
-def _known_pages(pages: dict[int, Page], is_managed, tensors) -> list[Page]:
-    """The pages of a view's tensors that are pages already. A storage seen first at
-    a view becomes a page at its first operator, as when the view does not look: its
-    stable key names that operator, the same in recorded and planned steps."""
-    found = []
-    for t in tensors:
-        if not (is_managed(t) and t.layout == torch.strided):
-            continue
-        try:
-            s = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):  # other storage-less kinds
-            continue
-        p = pages.get(s._cdata)
-        if p is not None and p.ref() is s:  # (not a dead page's address, used again)
-            found.append(p)
-    return found
