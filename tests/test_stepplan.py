@@ -59,6 +59,11 @@ def test_planned_steps_are_bit_identical_and_follow_the_plan(name):
         assert 8 * s["faults"] < s["faults"] + s["prefetches"] + s["recomputes"], planned
     faults = sum(planned[i]["faults"] for i in steered), sum(online[i]["faults"] for i in steered)
     assert faults[0] <= faults[1] + ins / 50, (faults, planned, online)
+    # A planned step records recipes only for pages the plan drops
+    # (StepPlans.recipe_wanted): no more than it drops. (The online choice,
+    # which must be ready to drop anything, records more than it drops.)
+    for i in steered:
+        assert 0 < planned[i]["recipes"] <= planned[i]["drops"], planned[i]
     # ...and holds what the plan counted: few operators find the engine holding
     # more (pages the program let go but recipes kept alive, pages the online
     # choice left on the device when the plan began). The CNN's budget is a

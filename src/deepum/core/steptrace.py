@@ -145,6 +145,13 @@ class Plan:
     def fits(self) -> bool:
         return self.short_op is None
 
+    def dropped(self) -> set[int]:
+        """Page IDs the plan drops anywhere in the step (evicted by dropping, or kept
+        as lineage where the program frees them): the pages that need recipes."""
+        out = {pid for evs in self.evictions.values() for pid, action in evs if action == Action.DROP}
+        out.update(self.kept)
+        return out
+
     def evictions_after(self, i: int) -> list[tuple[int, Action]]:
         return self.evictions.get(i, [])
 

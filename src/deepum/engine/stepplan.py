@@ -25,7 +25,11 @@ its copy back starts. This file is the glue:
   (core/planner.py ``carry_over``: the same page, or its successor by stable
   key). After operator ``t`` the planned evictions happen (dropped or copied
   as planned; a page that cannot be dropped is copied) and the planned
-  prefetches start. Faults and rebuilds on use stay as they are; an operator
+  prefetches start. Only the operators that make pages the plan drops (in
+  this step, or carried over, in the next) record recipes: a recipe on a page
+  kept or copied would only hold its inputs as lineage for the plan to let
+  go, host time each step for nothing; once the program leaves the plan,
+  every output gets one again, for the online choice. Faults and rebuilds on use stay as they are; an operator
   still short of room evicts by Belady's rule over the recorded next uses
   (:meth:`StepPlans.victims`).
 * **Leaving the plan**: more than ``MISMATCHES`` different execution IDs,
@@ -98,6 +102,7 @@ class StepPlans:
         self.shadow = False  # plan="auto": a trial's online step, keeping the plan's page IDs
         self.mismatches = 0
         self.plan_seconds = 0.0  # host time spent planning
+        self.recipes_for: set[int] = set()  # page IDs born with a recipe while steering
 
     @property
     def recording(self) -> bool:
@@ -190,6 +195,8 @@ class StepPlans:
         self.eids = builder.eids
         self.births = builder.creates
         self.carry = carry_over(trace, builder.skeys)
+        drops = plan.dropped()
+        self.recipes_for = drops | {self.carry[p] for p in drops if p in self.carry}
         self.builder = None
         self.mode = RUNNING
         pager.counters.plans += 1
@@ -233,6 +240,13 @@ class StepPlans:
         self.written = written
         if self.letting.trying and self.steering:
             self.letting.before(self.by_pid)
+
+    def recipe_wanted(self) -> bool:
+        """Whether the operator about to run records recipes for its outputs ([Note: the planned step])."""
+        t, births = self.t, self.births
+        if not self.steering or t >= len(births):
+            return True
+        return any(pid in self.recipes_for for pid in births[t])
 
     def viewed(self, pages: list[Page]) -> None:
         """Views took ``pages`` before the next operator ([Note: views] in intercept/mode.py)."""

@@ -359,6 +359,8 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         pager = self.pager
         if not (plan.recomputable and pager.recompute and pager.pressure):
             return None
+        if pager.plans.mode and not pager.plans.recipe_wanted():
+            return None
         rng = None
         if plan.seeded:
             if kwargs.get("generator") is not None:

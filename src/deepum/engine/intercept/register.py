@@ -109,6 +109,7 @@ class Registration:
                 recipe = record(func, args, kwargs, i, t, self.page_of, rng, eid)
                 if recipe is not None:
                     pager.attach_recipe(p, recipe)
+                    pager.counters.recipes += 1
         return new
 
     def _stable_key(self, key: tuple) -> int:
