@@ -27,7 +27,7 @@ import torch
 from step_anatomy import OUT, arguments, prepare
 
 import deepum
-from deepum.engine import movers, pager
+from deepum.engine import movers, pager, stepplan
 from deepum.engine.intercept import mode, register
 
 # (owner, attribute, label): the dispatch, its parts, and what pressure adds.
@@ -48,7 +48,13 @@ WATCHED = [
     (pager.Pager, "rebuild", "    rebuild"),
     (pager.Pager, "end", "  pager.end"),
     (pager.Pager, "_prefetch_ahead", "    prefetch ahead"),
+    (stepplan.StepPlans, "after", "    the plan: after an operator"),
+    (stepplan.StepPlans, "_execute", "      its evictions and prefetches"),
+    (stepplan._Letting, "after", "      letting go"),
+    (pager.Pager, "prefetch_pages", "      prefetch_pages"),
     (pager.Pager, "reap", "  reap dead pages"),
+    (movers.HostTransfers, "save", "transfers.save (cpu tier)"),
+    (movers.HostTransfers, "load", "transfers.load (cpu tier)"),
     (movers.CudaTransfers, "save", "transfers.save"),
     (movers.CudaTransfers, "load", "transfers.load"),
     (movers.CudaTransfers, "wait", "transfers.wait"),
