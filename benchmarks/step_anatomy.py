@@ -44,6 +44,7 @@ import torch
 
 import deepum
 from deepum.benchsuite.models import Workload, adamw, standard_step
+from deepum.core.config import Thresholds
 
 OUT = os.environ.get("OUT") or "out"
 KEYS = ("faults", "prefetches", "late_prefetches", "recomputes", "evictions", "drops", "oom_retries", "leaving_waits",
@@ -155,7 +156,10 @@ def retries_by_operator(session, run_step) -> list[str]:
 def arguments() -> tuple[str, float, int, dict]:
     """MODEL FRACTION [STEPS] [OPTIONS] from the command line (this script's and host_split.py's)."""
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 5
-    return sys.argv[1], float(sys.argv[2]), steps, json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    if isinstance(options.get("thresholds"), dict):  # {"thresholds": {"allocator_gc": 0.8}}
+        options["thresholds"] = Thresholds(**options["thresholds"])
+    return sys.argv[1], float(sys.argv[2]), steps, options
 
 
 def prepare(model: str):
