@@ -97,9 +97,13 @@ class Thresholds:
     # plan="auto" (core/plantrial.py): steps timed each way (the second of
     # each pair, pairs in turn) before the verdict, and how much slower than the online choice the planned
     # step may be and still stay. Step times of one process move by a tenth
-    # from step to step on the GPU machines: three of each.
+    # from step to step on the GPU machines: three of each. The margin leans
+    # to the plan: in-process A/Bs found the planned step faster on every
+    # model measured, while a trial with no margin often chose the online
+    # choice on the same models (docs/BENCHMARKS.md, session 13), and the
+    # plan moves fewer pages, so where the two are within the noise, it stays.
     plan_trial_steps: int = 3
-    plan_trial_margin: float = 0.0
+    plan_trial_margin: float = 0.1
     # The optimizer hooks look up every parameter's, gradient's and state's
     # page to class it (api/kinds.py), a few microseconds each. Pages born
     # again each step take their class from their stable key at birth, so
