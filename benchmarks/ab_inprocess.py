@@ -8,10 +8,11 @@ process trains the bench's MODEL (step_anatomy.py's ``prepare``: fresh host
 batch each step, bf16 autocast, AdamW) and enters a session at FRACTION of its
 unconstrained peak ROUNDS times for each option set, in the order A B B A A B
 ..., each time WARMUP steps (plan="auto" records and tries its plan in the
-first 13) and then STEPS timed steps. Options are JSON; ``"thresholds"``
+first 13) and then STEPS timed steps, after one uncounted session of A (a
+process's first session runs slower than the rest). Options are JSON; ``"thresholds"``
 takes a dict of Thresholds fields (e.g. ``{"thresholds": {"view_fast_path":
 false}}``). Prints each session's median step and counters, then each set's
-median of medians and B/A; writes ab-MODEL-FRACTION.txt under $OUT. The
+median of medians and B/A; writes ab-MODEL-FRACTION$AB_TAG.txt under $OUT. The
 model keeps training across sessions, so the sets see the same kind of
 steps, not the same batches.
 """
@@ -65,10 +66,14 @@ def main() -> None:
     device, sync, work, step, peak = prepare(model)
     budget = int(peak * fraction)
     order = [("A", "B") if r % 2 == 0 else ("B", "A") for r in range(rounds)]
+    # The process's first session runs slower than the rest (the pinned pool
+    # grows, caches fill): one session of A, not counted, goes first.
+    t, _, _ = one_session(device, sync, work, step, budget, config_of(sets["A"]), warmup, steps, 0)
+    print(f"warm-up session (A, not counted): {t * 1e3:8.1f} ms", flush=True)
     lines = [f"{model} at {fraction} of its peak ({peak / 2**30:.2f} GiB); A = {sets['A']}, B = {sets['B']}; "
              f"{rounds} rounds, {warmup} warm-up and {steps} timed steps a session"]
     medians: dict[str, list[float]] = {"A": [], "B": []}
-    first = 0
+    first = warmup + steps
     for r, pair in enumerate(order):
         for name in pair:
             t, counts, verdict = one_session(device, sync, work, step, budget, config_of(sets[name]),
@@ -83,7 +88,8 @@ def main() -> None:
     lines.append(f"median of medians: A {a * 1e3:.1f} ms, B {b * 1e3:.1f} ms, B/A {b / a:.3f}")
     print(lines[-1])
     os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(OUT, f"ab-{model}-{fraction}.txt"), "w") as f:
+    tag = os.environ.get("AB_TAG", "")  # several A/Bs of one model in one call: distinct files
+    with open(os.path.join(OUT, f"ab-{model}-{fraction}{tag}.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
