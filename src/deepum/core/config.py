@@ -120,10 +120,18 @@ class Thresholds:
     # Share of the allocator's cap past which PyTorch's caching allocator
     # frees cached blocks it has not reused, oldest first, without the
     # synchronize-and-free-everything of a retry at the cap
-    # (garbage_collection_threshold); 0 leaves it alone. Off: not yet
-    # measured (docs/BENCHMARKS.md, session 12). PyTorch has no value that
-    # turns it off again, so it stays set after the session.
+    # (garbage_collection_threshold); 0 leaves it alone. Off: with
+    # expandable segments it did not cut the retries, since it frees only
+    # blocks that are not split and a segment's free blocks all are
+    # (docs/BENCHMARKS.md, session 13). PyTorch has no value that turns it
+    # off again, so it stays set after the session.
     allocator_gc: float = 0.0
+    # On CUDA a page copied out holds its memory until the copy has ended,
+    # which the planner does not model: a planned prefetch then finds no
+    # room (stats: plan_prefetch_no_room) and its page faults. True plans
+    # under a limit less the most bytes copies out held at once in the
+    # recorded step; more pages then move. Off until measured on the GPU.
+    plan_leaving_room: bool = False
 
     def __post_init__(self) -> None:
         if not (self.allocator_gc == 0 or 0.0 < self.allocator_gc < 1.0):

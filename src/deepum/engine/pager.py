@@ -202,15 +202,13 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             self._overshoot(op, table.resident_bytes - table.limit)
         if not self.pressure and table.resident_bytes > self.pressure_bytes:
             self._pressure_begins()
+        if self.pressure:  # what finished copies held, before the plan's prefetches look for room
+            table.leaving_bytes -= self.transfers.release_finished()
         plans = self.plans
         steering = False
         if plans.mode:
             plans.after(eid)
             steering = plans.steering
-        if self.pressure:
-            # Storages kept alive for their copies in, memory held for copies
-            # out: a planned step moves pages too.
-            table.leaving_bytes -= self.transfers.release_finished()
         if self.prefetch_enabled and self.pressure and not steering:
             self._prefetch_ahead(eid)
         elif self.pressure and self.policy.prefetches and not steering:

@@ -32,15 +32,19 @@ class Prefetcher:
     """The part of :class:`~deepum.engine.pager.Pager` that brings pages in: ahead of need
     (DeepUM's window, a plan's prefetches) and on demand (faults)."""
 
-    def prefetch_pages(self, pages: list) -> None:
-        """Start copying in the planned ``pages`` that are on the host, as far as room allows.
+    def prefetch_pages(self, pages: list) -> list[Page]:
+        """Start copying in the planned ``pages`` that are on the host, as far as room allows;
+        return those that did not fit (the caller may try them again later).
 
-        The plan left the room (see [Note: the planned step]); where the
-        step did not follow it, a page that does not fit is left to its fault.
+        The plan left the room (see [Note: the planned step]), but on CUDA the
+        memory of a page copied out is free only once its copy has ended.
         """
-        table, batch, room = self.table, [], self.table.room()
+        table, batch, room, short = self.table, [], self.table.room(), []
         for page in pages:
-            if page is None or page.state != EVICTED or page.host is None or page.nbytes > room:
+            if page is None or page.state != EVICTED or page.host is None:
+                continue
+            if page.nbytes > room:
+                short.append(page)
                 continue
             storage = page.ref()
             if storage is None:
@@ -50,6 +54,7 @@ class Prefetcher:
             batch.append((storage, page))
         if batch:
             self._load_ahead(batch)
+        return short
 
     def _prefetch_ahead(self, eid: int) -> None:
         """DeepUM's chained prefetch: fetch what the predicted operators need, in order."""

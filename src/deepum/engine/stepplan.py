@@ -89,6 +89,7 @@ class StepPlans:
         self.by_pid: dict[int, Page] = {}
         self.using: list[Page] = []
         self.views: list[Page] = []  # pages of views since the last operator (recording only)
+        self.leaving_peak = 0  # most bytes held by copies out at once in the recorded step
         self.written: list[Page] | tuple = ()
         # The planned step's uses of each page ID and its next use after the step (victims while steering).
         self.uses: dict[int, list[int]] = {}
@@ -163,6 +164,7 @@ class StepPlans:
 
     def _start_recording(self) -> None:
         builder = self.builder = TraceBuilder()
+        self.leaving_peak = 0
         for page in self.pager.table.pages.values():
             pid = page.pid = self._new_pid()
             builder.existing(pid, page.skey, page.nbytes, resident=page.state <= ARRIVING,
@@ -171,18 +173,11 @@ class StepPlans:
     def _make_plan(self) -> None:
         pager, builder = self.pager, self.builder
         costs = pager.costs
-        overhead = pager.rebuild_overhead_s
-
-        def op_seconds(eid: int) -> float:
-            s = costs.recompute_seconds(eid)
-            return s if s is not None else costs.launch_s
-
-        def rebuild_seconds(eid: int) -> float:
-            return overhead + op_seconds(eid)
-
         t0 = time.perf_counter()
-        trace = builder.build(op_seconds, rebuild_seconds)
+        trace = _trace(builder, costs, pager.rebuild_overhead_s)
         limit = pager.table.limit - pager.headroom - pager.table.unpageable_bytes
+        if pager.config.thresholds.plan_leaving_room:
+            limit -= self.leaving_peak
         try:
             plan = plan_repeating(trace, builder.skeys, limit, h2d_Bps=costs.h2d_Bps, d2h_Bps=costs.d2h_Bps)
         except ValueError as e:  # a trace that does not add up: stay online, record again
@@ -295,6 +290,9 @@ class StepPlans:
 
     def _record(self, eid: int, made: list[Page], uses: list[Page], written) -> None:
         builder = self.builder
+        leaving = self.pager.table.leaving_bytes
+        if leaving > self.leaving_peak:
+            self.leaving_peak = leaving
         # The program's frees, not the storages' deaths: a page that recipes
         # read outlives the program's last reference to it (a lineage node),
         # and dies only when they let go. Recording when the program let go
@@ -351,7 +349,12 @@ class StepPlans:
                 self.pager.counters.planned_evictions += len(victims)
         fetch = plan.prefetches.get(t) if self.fetches else None
         if fetch:
-            self.pager.prefetch_pages([by_pid.get(pid) for pid in fetch])
+            short = self.pager.prefetch_pages([by_pid.get(pid) for pid in fetch])
+            # Left to fault where used: the planner does not count copies out
+            # holding memory (Thresholds.plan_leaving_room). Tried again after
+            # later operators, they found no room either (tested with copies
+            # that held memory for a few operators).
+            self.pager.counters.plan_prefetch_no_room += len(short)
 
     def victims(self, need: int, scan: int = 64) -> list[Page]:
         """Pages to evict for ``need`` bytes when the step is short of room
@@ -364,6 +367,17 @@ class StepPlans:
         """A planned prefetch was waited for: start it earlier next step."""
         if self.steering and self.by_pid.get(page.pid) is page:
             self.plan.note_late(page.pid)
+
+
+def _trace(builder: TraceBuilder, costs, overhead: float):
+    """The recorded step as the core's trace, each operator priced by its sampled device
+    time (or the fallback), each rebuild by that plus ``overhead`` of host time."""
+
+    def op_seconds(eid: int) -> float:
+        s = costs.recompute_seconds(eid)
+        return s if s is not None else costs.launch_s
+
+    return builder.build(op_seconds, lambda eid: overhead + op_seconds(eid))
 
 
 class _Trial(PlanTrial):
