@@ -274,6 +274,26 @@ class TestPlanner:
         _, plan = example(6, 0)
         assert (plan.short_op, plan.short_bytes) == (1, 2)
 
+    def test_a_copy_leaves_right_after_its_last_use(self):
+        # A (no recipe) is last used by op 1; op 5 makes C, which needs A's
+        # room, and op 6 frees it; op 9 reads A. The copy of A starts after op
+        # 1, so it has ops 2-5 to end before the room is needed ([Note:
+        # copies leave early]).
+        a, c = 0, 1
+        pages = {a: PageSpec(4), c: PageSpec(6)}
+        ops = [OpSpec(0, 1.0, creates=(a,)), OpSpec(1, 1.0, uses=(a,))]
+        ops += [OpSpec(i, 1.0) for i in range(2, 5)]
+        ops += [OpSpec(5, 1.0, creates=(c,)), OpSpec(6, 1.0, uses=(c,), frees=(c,))]
+        ops += [OpSpec(i, 1.0) for i in range(7, 9)] + [OpSpec(9, 1.0, uses=(a,), frees=(a,))]
+        trace = StepTrace(ops, pages)
+        plan = plan_step(trace, 8, 2.0, 2.0)
+        assert plan.evictions == {1: [(a, Action.COPY)]}, plan.evictions
+        assert check_fits(trace, plan, 8).stall_seconds == 0
+        # A page dropped is dropped where the room is needed: it frees memory at once.
+        pages[a] = PageSpec(4, rebuild_seconds=0.0)
+        plan = plan_step(StepTrace(ops, pages), 8, 2.0, 2.0)
+        assert plan.evictions == {4: [(a, Action.DROP)]}, plan.evictions
+
     @pytest.mark.parametrize("fraction", [0.7, 0.5, 0.35])
     def test_limit_holds_at_every_operator(self, fraction):
         trace = transformer().trace()

@@ -34,6 +34,16 @@ evict pages that op ``t`` does not need, one at a time:
    (ties: furthest next use), the cheaper way (ties: drop). Book its copy on
    the link; its prefetch starts at the first slot its copy in was booked in.
 
+[Note: copies leave early]
+A page chosen to be copied out before op ``t`` is evicted right after the
+last operator that needed it, not right before op ``t``: on CUDA its memory
+is free only once its copy over the link has ended, so a copy started just
+before the room is needed makes that operator wait for it (and the plan's
+prefetches find no room meanwhile). Started after the last use, the same
+copy has the operators in between to end. The plan still counts the page
+on the device until op ``t`` (it never counts room the step lacks); a
+dropped page frees its memory at once and is dropped right before op ``t``.
+
 A prefetch in flight holds device memory from its start. When room is short
 and the only pages left to evict are needed sooner than a page in flight, that
 prefetch gives way: it starts again as late as its copy alone allows.
@@ -492,6 +502,7 @@ class _Sweep(_Lineage):
         self.started: dict[int, Fetch] = {}
         self.fetch_of: dict[int, Fetch] = {}
         self.writes_now: set[int] = set()
+        self.touched: dict[int, int] = {}  # page -> the last op that needed it, so far
 
     # ------------------------------------------------------------ next uses
     def own_next(self, p: int) -> int:
@@ -646,7 +657,9 @@ class _Sweep(_Lineage):
 
     def evict(self, t: int, p: int, action: Action, nu: int) -> None:
         b = self.spec[p].nbytes
-        self.plan.evictions.setdefault(t - 1, []).append((p, action))
+        # [Note: copies leave early]
+        at = t - 1 if action == Action.DROP else self.touched.get(p, -1)
+        self.plan.evictions.setdefault(at, []).append((p, action))
         self.plan.stats["evictions"] += 1
         self.mem -= b
         if action == Action.DROP:
@@ -662,10 +675,10 @@ class _Sweep(_Lineage):
         self.fetch_of.pop(p, None)
         ready = t + 1
         if self.dirty[p]:
-            ready = max(ready, self.d2h.take_forward(t, b) + 1)
+            ready = max(ready, self.d2h.take_forward(at + 1, b) + 1)
             self.dirty[p] = False
         if nu < self.n:
-            self.book_fetch(p, t - 1, ready, nu)
+            self.book_fetch(p, at, ready, nu)
 
     def inputs_back_by(self, t: int, p: int, nu: int) -> None:
         """The inputs on the host of dropped page p (and of its dropped inputs)
@@ -731,5 +744,6 @@ class _Sweep(_Lineage):
             self.unhold(p)
             self.release(p)
         for p in (*need, *self.ops[t].creates):
+            self.touched[p] = t
             self.push(p)
 
