@@ -34,7 +34,7 @@ class Prefetcher:
 
     def prefetch_pages(self, pages: list) -> list[Page]:
         """Start copying in the planned ``pages`` that are on the host, as far as room allows;
-        return those that did not fit (the caller may try them again later).
+        return those that did not fit (left to fault where used).
 
         The plan left the room (see [Note: the planned step]), but on CUDA the
         memory of a page copied out is free only once its copy has ended.
