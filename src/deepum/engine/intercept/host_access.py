@@ -55,6 +55,7 @@ from ...core.pages import DEAD, EVICTED, Page
 from ...errors import UnsupportedError
 from ..movers import byte_view
 from ..pager import Pager
+from .register import live_page
 
 Tensor = torch.Tensor
 _READS = {Tensor.tolist, torch.tensor_split, Tensor.tensor_split, Tensor.__repr__,
@@ -83,19 +84,10 @@ class HostAccess:
 
     def pages_of(self, tensors) -> list[Page]:
         """The live managed pages of ``tensors`` (each once). Called under the pager's lock."""
-        get = self.pager.table.pages.get
+        pages, is_managed = self.pager.table.pages, self.is_managed
         found: dict[int, Page] = {}
         for t in tensors:
-            if not (isinstance(t, Tensor) and self.is_managed(t) and t.layout == torch.strided):
-                continue
-            try:
-                s = t.untyped_storage()
-            except (RuntimeError, NotImplementedError):
-                continue
-            p = get(s._cdata)
-            # (Not a page whose storage died at this address, its death not yet reaped:
-            # views run without reaping, so one can stand there a while.)
-            if p is not None and p.state != DEAD and p.ref() is s:
+            if isinstance(t, Tensor) and (p := live_page(pages, t, is_managed)) is not None:
                 found[p.key] = p
         return list(found.values())
 

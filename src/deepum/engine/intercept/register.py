@@ -21,6 +21,23 @@ QUIET_SKEY = -1
 _use_count = torch._C._storage_Use_Count
 
 
+def live_page(pages: dict[int, Page], t: torch.Tensor, is_managed) -> Page | None:
+    """The page of ``t``'s storage in ``pages`` (by storage address), or None.
+
+    A dead page whose death is not yet reaped can stand at the address a new
+    storage took (views run without reaping: [Note: views] in mode.py), so
+    the page must hold this very storage.
+    """
+    if not is_managed(t) or t.layout != torch.strided:
+        return None
+    try:
+        s = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
+    p = pages.get(s._cdata)
+    return p if p is not None and p.ref() is s else None
+
+
 class Registration:
     """The part of :class:`~deepum.engine.intercept.mode.PagingMode` that turns storages into pages."""
 
@@ -134,14 +151,7 @@ class Registration:
         return page.kind in _STATE or self.pager.in_optimizer_step
 
     def page_of(self, t: torch.Tensor) -> Page | None:
-        if not self.is_managed(t) or t.layout != torch.strided:
-            return None
-        try:
-            s = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):
-            return None
-        p = self.pager.table.pages.get(s._cdata)
-        return p if p is not None and p.ref() is s else None  # (not a dead page's address)
+        return live_page(self.pager.table.pages, t, self.is_managed)
 
     def _factory_here(self, kwargs: dict) -> bool:
         dev = kwargs.get("device")
