@@ -289,6 +289,8 @@ class TestPlanner:
         plan = plan_step(trace, 8, 2.0, 2.0)
         assert plan.evictions == {1: [(a, Action.COPY)]}, plan.evictions
         assert check_fits(trace, plan, 8).stall_seconds == 0
+        late = plan_step(trace, 8, 2.0, 2.0, early_copies=False)  # right before the room is needed
+        assert late.evictions == {4: [(a, Action.COPY)]}, late.evictions
         # A page dropped is dropped where the room is needed: it frees memory at once.
         pages[a] = PageSpec(4, rebuild_seconds=0.0)
         plan = plan_step(StepTrace(ops, pages), 8, 2.0, 2.0)

@@ -132,6 +132,11 @@ class Thresholds:
     # under a limit less the most bytes copies out held at once in the
     # recorded step; more pages then move. Off until measured on the GPU.
     plan_leaving_room: bool = False
+    # The plan evicts a page it copies out right after the page's last use,
+    # so the copy ends before its room is needed (core/planner.py, [Note:
+    # copies leave early]); False evicts it right before, as until session
+    # 13 (for measuring the difference in one process).
+    plan_early_copies: bool = True
 
     def __post_init__(self) -> None:
         if not (self.allocator_gc == 0 or 0.0 < self.allocator_gc < 1.0):

@@ -115,7 +115,7 @@ NEW, RES, ARR, OUT, DROP, GONE = range(6)
 def plan_step(trace: StepTrace, limit: int, h2d_Bps: float = DEFAULT_LINK_BPS,
               d2h_Bps: float = DEFAULT_LINK_BPS, *, candidates: int = 16,
               link_price: float = LINK_PRICE, move_s: float = MOVE_S,
-              tails: dict[int, int] | None = None) -> Plan:
+              tails: dict[int, int] | None = None, early_copies: bool = True) -> Plan:
     """Plan one step under ``limit`` bytes with the link's bandwidth each way.
 
     ``candidates``: pages priced per eviction (the furthest used);
@@ -123,7 +123,9 @@ def plan_step(trace: StepTrace, limit: int, h2d_Bps: float = DEFAULT_LINK_BPS,
     copy hides (see the module's rule, step 2); ``move_s``: host seconds
     each copy of a page costs, however small (:data:`MOVE_S`); ``tails``: for some pages,
     when they are next used after the step (as :func:`~.replay.uses_by_page`
-    counts it), where the caller knows better (:func:`plan_repeating`).
+    counts it), where the caller knows better (:func:`plan_repeating`);
+    ``early_copies``: copies out leave right after the page's last use
+    ([Note: copies leave early]), else right before the room is needed.
     """
     if limit <= 0 or h2d_Bps <= 0 or d2h_Bps <= 0 or candidates < 1 or link_price < 0 or move_s < 0:
         raise ValueError("limit, bandwidths and candidates must be positive, link_price and move_s >= 0")
@@ -131,6 +133,7 @@ def plan_step(trace: StepTrace, limit: int, h2d_Bps: float = DEFAULT_LINK_BPS,
     sweep = _Sweep(trace, limit, h2d_Bps, d2h_Bps, candidates, link_price, move_s)
     if tails:
         sweep.tail.update(tails)
+    sweep.early_copies = early_copies
     return sweep.run()
 
 
@@ -503,6 +506,7 @@ class _Sweep(_Lineage):
         self.fetch_of: dict[int, Fetch] = {}
         self.writes_now: set[int] = set()
         self.touched: dict[int, int] = {}  # page -> the last op that needed it, so far
+        self.early_copies = True
 
     # ------------------------------------------------------------ next uses
     def own_next(self, p: int) -> int:
@@ -658,7 +662,7 @@ class _Sweep(_Lineage):
     def evict(self, t: int, p: int, action: Action, nu: int) -> None:
         b = self.spec[p].nbytes
         # [Note: copies leave early]
-        at = t - 1 if action == Action.DROP else self.touched.get(p, -1)
+        at = self.touched.get(p, -1) if self.early_copies and action != Action.DROP else t - 1
         self.plan.evictions.setdefault(at, []).append((p, action))
         self.plan.stats["evictions"] += 1
         self.mem -= b

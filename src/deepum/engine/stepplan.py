@@ -179,7 +179,8 @@ class StepPlans:
         if pager.config.thresholds.plan_leaving_room:
             limit -= self.leaving_peak
         try:
-            plan = plan_repeating(trace, builder.skeys, limit, h2d_Bps=costs.h2d_Bps, d2h_Bps=costs.d2h_Bps)
+            plan = plan_repeating(trace, builder.skeys, limit, h2d_Bps=costs.h2d_Bps, d2h_Bps=costs.d2h_Bps,
+                                  early_copies=pager.config.thresholds.plan_early_copies)
         except ValueError as e:  # a trace that does not add up: stay online, record again
             log.info("deepum: step not planned (%s)", e)
             self.builder = None
