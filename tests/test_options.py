@@ -114,3 +114,12 @@ def test_allocator_settings_a_cuda_session_sets():
     assert allocator_settings(both) == "expandable_segments:True,garbage_collection_threshold:0.8"
     with pytest.raises(OptionError, match="allocator_gc"):
         Thresholds(allocator_gc=1.5)
+
+
+def test_cpu_copy_lag_is_a_count_of_operators():
+    from deepum.core.config import Thresholds
+    from deepum.core.errors import OptionError
+
+    assert Thresholds().cpu_copy_lag == 0  # the cpu tier's copies free their memory at once
+    with pytest.raises(OptionError, match="cpu_copy_lag"):
+        Thresholds(cpu_copy_lag=-1)

@@ -370,51 +370,15 @@ def test_pages_the_plan_counts_on_the_device_come_back_as_its_step_begins():
     assert faults[4] <= faults[3] + 1, faults  # none of the ten faulted
 
 
-class _LaggingTransfers:
-    """The cpu tier's copies, but a copy out holds its memory for ``lag`` operators, as a
-    copy on a CUDA stream does until it ends (the pager counts it as leaving)."""
 
-    def __init__(self, device, lag: int) -> None:
-        from deepum.engine.movers import HostTransfers
-
-        self.inner, self.lag, self.queue, self.ops = HostTransfers(device), lag, [], 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def free(self, storage, copied: bool = False) -> int:
-        nbytes = storage.nbytes()
-        self.inner.free(storage, copied)
-        if not copied:
-            return 0
-        self.queue.append((self.ops + self.lag, nbytes))
-        return nbytes
-
-    def release_finished(self) -> int:
-        self.ops += 1
-        done = [n for when, n in self.queue if when <= self.ops]
-        self.queue = [(when, n) for when, n in self.queue if when > self.ops]
-        return sum(done)
-
-    def settle(self, need=None) -> int:
-        freed = 0
-        while self.queue and (need is None or freed < need):
-            freed += self.queue.pop(0)[1]
-        return freed
-
-    def synchronize(self) -> int:
-        return self.settle()
-
-
-def test_a_plan_that_leaves_room_for_copies_out_faults_less_when_they_hold_memory(monkeypatch):
+def test_a_plan_that_leaves_room_for_copies_out_faults_less_when_they_hold_memory():
     # On CUDA a page copied out keeps its memory until its copy ends; the
     # plan counts it free at once, so its prefetches find no room and pages
-    # fault, and operators wait for copies. Thresholds(plan_leaving_room=True)
+    # fault, and operators wait for copies (Thresholds.cpu_copy_lag makes the
+    # cpu tier's copies out hold memory so). Thresholds(plan_leaving_room=True)
     # plans under the limit less what copies out held at once when recorded.
-    import deepum.engine.pager as pager_module
     from deepum.core.config import Thresholds
 
-    monkeypatch.setattr(pager_module, "make_transfers", lambda device: _LaggingTransfers(device, 10))
     make = CASES["gpt2"]
     ref = train(*make, STEPS)
     budget = max(unconstrained_peak(*make, STEPS) // 3, 1 << 20)
@@ -422,7 +386,7 @@ def test_a_plan_that_leaves_room_for_copies_out_faults_less_when_they_hold_memor
     for room in (False, True):
         each = []
         got = train(*make, STEPS, budget=budget, plan=True, each_step=each,
-                    thresholds=Thresholds(plan_leaving_room=room))
+                    thresholds=Thresholds(plan_leaving_room=room, cpu_copy_lag=10))
         assert_identical(ref, got)
         steered = [s for s in each if s["planned_evictions"] > s["evictions"] / 2]
         assert len(steered) >= 2, each

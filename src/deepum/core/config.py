@@ -71,6 +71,13 @@ class Thresholds:
     # so a slow modelled link makes them take the decisions (drop rather than
     # copy) that a GPU's host link makes for the pages of large models.
     cpu_link_Bps: float = 1e9
+    # On the cpu tier a copy out is done when it returns; on CUDA the page's
+    # memory is free only once the copy on its stream has ended, and the
+    # pager counts it as leaving until then. A positive value makes the cpu
+    # tier count a copy out's memory as leaving for that many operators, so
+    # the paths CUDA takes with leaving memory (waits for copies, room that
+    # comes later) run where CI runs (tests, benchmarks/copy_lag_cpu.py).
+    cpu_copy_lag: int = 0
     # On CUDA the allocator is capped this many bytes under the budget: it
     # rounds segment growth up, and reserved memory must never pass the budget.
     cap_slack: int = 64 << 20
@@ -139,6 +146,8 @@ class Thresholds:
     plan_early_copies: bool = True
 
     def __post_init__(self) -> None:
+        if self.cpu_copy_lag < 0:
+            raise OptionError(f"Thresholds.cpu_copy_lag={self.cpu_copy_lag!r}: give 0 or a number of operators")
         if not (self.allocator_gc == 0 or 0.0 < self.allocator_gc < 1.0):
             raise OptionError(f"Thresholds.allocator_gc={self.allocator_gc!r}: give a share of the "
                               "allocator's cap between 0 and 1, or 0 to leave the allocator's own setting")

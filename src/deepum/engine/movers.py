@@ -195,11 +195,16 @@ class HostTransfers:
     costs one stream switch and one event, however many pages it holds.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, lag: int = 0) -> None:
         self.device = device
         self.pool = HostPool(pin=False)
         self.stall_seconds = 0.0
         self.recompute_seconds = 0.0
+        # Thresholds.cpu_copy_lag: copies out hold their memory (as counted)
+        # until ``lag`` calls of release_finished (one per operator) later.
+        self.lag = lag
+        self._leaving: deque[tuple[int, int]] = deque()  # (release at this tick, bytes)
+        self._ticks = 0
 
     @contextlib.contextmanager
     def timed(self, what: str):
@@ -221,8 +226,12 @@ class HostTransfers:
     def free(self, storage: torch.UntypedStorage, copied: bool = False) -> int:
         """Free the storage's device memory; return the bytes whose release waits for a copy
         out (``copied``: :meth:`save` just took it), which the caller counts as leaving."""
+        nbytes = storage.nbytes()
         storage.resize_(0)
-        return 0
+        if not (copied and self.lag):
+            return 0
+        self._leaving.append((self._ticks + self.lag, nbytes))
+        return nbytes
 
     def load(self, items: list, prefetch: bool) -> None:
         """Re-allocate each storage on the device and copy its host copy in."""
@@ -246,15 +255,22 @@ class HostTransfers:
 
     def release_finished(self) -> int:
         """Let go what finished copies held; return the leaving bytes now free."""
-        return 0
+        self._ticks += 1
+        leaving, freed = self._leaving, 0
+        while leaving and leaving[0][0] <= self._ticks:
+            freed += leaving.popleft()[1]
+        return freed
 
     def settle(self, need: int | None = None) -> int:
         """Wait for the oldest copies out until ``need`` leaving bytes are free (None: all)."""
-        return 0
+        leaving, freed = self._leaving, 0
+        while leaving and (need is None or freed < need):
+            freed += leaving.popleft()[1]
+        return freed
 
     def synchronize(self) -> int:
         """Wait for every copy; return the leaving bytes now free."""
-        return 0
+        return self.settle()
 
     def harvest(self) -> None:
         pass
@@ -474,7 +490,7 @@ class CudaTransfers(HostTransfers):
         self._timed = keep
 
 
-def make_transfers(device: torch.device) -> HostTransfers:
+def make_transfers(device: torch.device, cpu_copy_lag: int = 0) -> HostTransfers:
     if device.type == "cuda":
         return CudaTransfers(device)
-    return HostTransfers(device)
+    return HostTransfers(device, cpu_copy_lag)

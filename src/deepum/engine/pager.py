@@ -56,7 +56,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         self.costs = Costs()
         self.policy = self._make_policy(config)
         self.prefetch_enabled = config.prefetch and self.policy.prefetches
-        self.transfers = make_transfers(device)
+        self.transfers = make_transfers(device, th.cpu_copy_lag)
         # The link's speed each way decides copy against rebuild (on the cpu
         # tier a modelled one: see Thresholds.cpu_link_Bps and timing.py).
         if device.type == "cuda":
