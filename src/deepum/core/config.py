@@ -139,6 +139,12 @@ class Thresholds:
     # under a limit less the most bytes copies out held at once in the
     # recorded step; more pages then move. Off until measured on the GPU.
     plan_leaving_room: bool = False
+    # A planned prefetch whose room copies out still hold waits for them
+    # (the host blocks) instead of leaving its page to fault where used.
+    # Off: on a step bound by the host a wait there may cost more than the
+    # fault's copy on the compute stream; for the GPU to decide
+    # (docs/BENCHMARKS.md, session 13).
+    plan_prefetch_waits: bool = False
     # The plan evicts a page it copies out right after the page's last use,
     # so the copy ends before its room is needed (core/planner.py, [Note:
     # copies leave early]); False evicts it right before, as until session

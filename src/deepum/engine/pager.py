@@ -57,6 +57,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         self.policy = self._make_policy(config)
         self.prefetch_enabled = config.prefetch and self.policy.prefetches
         self.transfers = make_transfers(device, th.cpu_copy_lag)
+        self.prefetch_waits = th.plan_prefetch_waits  # (prefetch.py, prefetch_pages)
         # The link's speed each way decides copy against rebuild (on the cpu
         # tier a modelled one: see Thresholds.cpu_link_Bps and timing.py).
         if device.type == "cuda":

@@ -43,6 +43,13 @@ class Prefetcher:
         for page in pages:
             if page is None or page.state != EVICTED or page.host is None:
                 continue
+            if page.nbytes > room and self.prefetch_waits and room + table.leaving_bytes >= page.nbytes:
+                # Its room is held by copies out still running: wait for them
+                # here rather than fault the page in where it is used.
+                freed = self.transfers.settle(page.nbytes - room)
+                table.leaving_bytes -= freed
+                room += freed
+                self.counters.leaving_waits += 1
             if page.nbytes > room:
                 short.append(page)
                 continue
