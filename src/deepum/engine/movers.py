@@ -200,10 +200,12 @@ class HostTransfers:
         self.pool = HostPool(pin=False)
         self.stall_seconds = 0.0
         self.recompute_seconds = 0.0
-        # Thresholds.cpu_copy_lag: copies out hold their memory (as counted)
-        # until ``lag`` calls of release_finished (one per operator) later.
+        # Thresholds.cpu_copy_lag: a copy out holds its page's memory until
+        # ``lag`` calls of release_finished (one per operator) later, as on
+        # CUDA until the copy ends: the memory moves to a holder storage
+        # (where storages can swap memory; else it is only counted so).
         self.lag = lag
-        self._leaving: deque[tuple[int, int]] = deque()  # (release at this tick, bytes)
+        self.leaving: deque[tuple[int, torch.UntypedStorage | None, int]] = deque()  # (tick, holder, bytes)
         self._ticks = 0
 
     @contextlib.contextmanager
@@ -227,10 +229,16 @@ class HostTransfers:
         """Free the storage's device memory; return the bytes whose release waits for a copy
         out (``copied``: :meth:`save` just took it), which the caller counts as leaving."""
         nbytes = storage.nbytes()
-        storage.resize_(0)
         if not (copied and self.lag):
+            storage.resize_(0)
             return 0
-        self._leaving.append((self._ticks + self.lag, nbytes))
+        holder = None
+        if can_swap():
+            holder = torch.UntypedStorage(0, device=self.device)
+            swap_data(holder, storage)
+        else:
+            storage.resize_(0)
+        self.leaving.append((self._ticks + self.lag, holder, nbytes))
         return nbytes
 
     def load(self, items: list, prefetch: bool) -> None:
@@ -256,16 +264,16 @@ class HostTransfers:
     def release_finished(self) -> int:
         """Let go what finished copies held; return the leaving bytes now free."""
         self._ticks += 1
-        leaving, freed = self._leaving, 0
+        leaving, freed = self.leaving, 0
         while leaving and leaving[0][0] <= self._ticks:
-            freed += leaving.popleft()[1]
+            freed += leaving.popleft()[2]
         return freed
 
     def settle(self, need: int | None = None) -> int:
         """Wait for the oldest copies out until ``need`` leaving bytes are free (None: all)."""
-        leaving, freed = self._leaving, 0
+        leaving, freed = self.leaving, 0
         while leaving and (need is None or freed < need):
-            freed += leaving.popleft()[1]
+            freed += leaving.popleft()[2]
         return freed
 
     def synchronize(self) -> int:
@@ -324,7 +332,7 @@ class CudaTransfers(HostTransfers):
         # Prefetch batches still copying: (event, storages kept alive until it completes).
         self._inflight: deque[tuple[torch.cuda.Event, list]] = deque()
         # Memory of evicted pages whose copy out runs: (event, holder, bytes), oldest first.
-        self._leaving: deque[tuple[torch.cuda.Event, torch.UntypedStorage, int]] = deque()
+        self.leaving: deque[tuple[torch.cuda.Event, torch.UntypedStorage, int]] = deque()
         self._save_event: torch.cuda.Event | None = None
         # Known at the first copy out: finding out may build the extension,
         # which a session that never pages should not wait for.
@@ -448,7 +456,7 @@ class CudaTransfers(HostTransfers):
         holder = torch.UntypedStorage(0, device=self.device)
         swap_data(holder, storage)
         nbytes = holder.nbytes()
-        self._leaving.append((self._save_event, holder, nbytes))
+        self.leaving.append((self._save_event, holder, nbytes))
         return nbytes
 
     def release_finished(self) -> int:
@@ -457,14 +465,14 @@ class CudaTransfers(HostTransfers):
         inflight = self._inflight
         while inflight and inflight[0][0].query():
             inflight.popleft()
-        leaving, freed = self._leaving, 0
+        leaving, freed = self.leaving, 0
         # One eviction stream: its events complete in the order recorded.
         while leaving and leaving[0][0].query():
             freed += leaving.popleft()[2]
         return freed
 
     def settle(self, need: int | None = None) -> int:
-        leaving, freed = self._leaving, 0
+        leaving, freed = self.leaving, 0
         while leaving and (need is None or freed < need):
             event, _, nbytes = leaving[0]
             event.synchronize()
@@ -475,8 +483,8 @@ class CudaTransfers(HostTransfers):
     def synchronize(self) -> int:
         torch.cuda.synchronize(self.device)
         self._inflight.clear()
-        freed = sum(n for _, _, n in self._leaving)
-        self._leaving.clear()
+        freed = sum(n for _, _, n in self.leaving)
+        self.leaving.clear()
         return freed
 
     def harvest(self) -> None:
