@@ -74,9 +74,10 @@ class Thresholds:
     # On the cpu tier a copy out is done when it returns; on CUDA the page's
     # memory is free only once the copy on its stream has ended, and the
     # pager counts it as leaving until then. A positive value makes the cpu
-    # tier count a copy out's memory as leaving for that many operators, so
-    # the paths CUDA takes with leaving memory (waits for copies, room that
-    # comes later) run where CI runs (tests, benchmarks/copy_lag_cpu.py).
+    # tier's copies out hold their memory (in a holder storage) for that many
+    # operators, so the paths CUDA takes with leaving memory (waits for
+    # copies, room that comes later) run where CI runs (tests,
+    # benchmarks/copy_lag_cpu.py).
     cpu_copy_lag: int = 0
     # On CUDA the allocator is capped this many bytes under the budget: it
     # rounds segment growth up, and reserved memory must never pass the budget.
