@@ -296,6 +296,22 @@ class TestPlanner:
         plan = plan_step(StepTrace(ops, pages), 8, 2.0, 2.0)
         assert plan.evictions == {4: [(a, Action.DROP)]}, plan.evictions
 
+    def test_a_copy_joins_the_first_batch_of_evictions_after_its_last_use(self):
+        # Op 4 needs room: B (used last by op 3) is copied out after op 3. Op
+        # 6 needs room again: A, used last by op 1, joins B's batch after op 3
+        # rather than leaving on its own after op 1 (one copy launch for both).
+        a, b, c, d = range(4)
+        pages = {a: PageSpec(2), b: PageSpec(4), c: PageSpec(4), d: PageSpec(4)}
+        ops = [OpSpec(0, 1.0, creates=(a,)), OpSpec(1, 1.0, uses=(a,)), OpSpec(2, 1.0, creates=(b,)),
+               OpSpec(3, 1.0, uses=(b,)), OpSpec(4, 1.0, creates=(c,)), OpSpec(5, 1.0, uses=(c,)),
+               OpSpec(6, 1.0, creates=(d,))] + [OpSpec(i, 1.0) for i in range(7, 10)]
+        ops += [OpSpec(10, 1.0, uses=(c, d), frees=(c, d)), OpSpec(11, 1.0, uses=(a,), frees=(a,)),
+                OpSpec(12, 1.0, uses=(b,), frees=(b,))]
+        trace = StepTrace(ops, pages)
+        plan = plan_step(trace, 8, 100.0, 100.0)
+        assert plan.evictions == {3: [(b, Action.COPY), (a, Action.COPY)]}, plan.evictions
+        assert check_fits(trace, plan, 8).demand_faults == 0
+
     @pytest.mark.parametrize("fraction", [0.7, 0.5, 0.35])
     def test_limit_holds_at_every_operator(self, fraction):
         trace = transformer().trace()

@@ -40,7 +40,10 @@ last operator that needed it, not right before op ``t``: on CUDA its memory
 is free only once its copy over the link has ended, so a copy started just
 before the room is needed makes that operator wait for it (and the plan's
 prefetches find no room meanwhile). Started after the last use, the same
-copy has the operators in between to end. The plan still counts the page
+copy has the operators in between to end. It joins the first batch of
+evictions already planned after its last use, if one comes before op
+``t`` (each batch is one launch of copies and one event on the GPU, a
+host cost of its own). The plan still counts the page
 on the device until op ``t`` (it never counts room the step lacks); a
 dropped page frees its memory at once and is dropped right before op ``t``.
 
@@ -507,6 +510,7 @@ class _Sweep(_Lineage):
         self.writes_now: set[int] = set()
         self.touched: dict[int, int] = {}  # page -> the last op that needed it, so far
         self.early_copies = True
+        self.batches: list[int] = []  # positions with evictions planned, in order
 
     # ------------------------------------------------------------ next uses
     def own_next(self, p: int) -> int:
@@ -662,7 +666,15 @@ class _Sweep(_Lineage):
     def evict(self, t: int, p: int, action: Action, nu: int) -> None:
         b = self.spec[p].nbytes
         # [Note: copies leave early]
-        at = self.touched.get(p, -1) if self.early_copies and action != Action.DROP else t - 1
+        at = t - 1
+        if self.early_copies and action != Action.DROP:
+            # Joins the first batch of evictions already planned after the
+            # page's last use, if any before op t: one batch, one copy launch.
+            first = self.touched.get(p, -1)
+            i = bisect.bisect_left(self.batches, first)
+            at = self.batches[i] if i < len(self.batches) and self.batches[i] < t - 1 else first
+        if at not in self.plan.evictions:
+            bisect.insort(self.batches, at)
         self.plan.evictions.setdefault(at, []).append((p, action))
         self.plan.stats["evictions"] += 1
         self.mem -= b
