@@ -30,7 +30,8 @@ from step_anatomy import OUT, prepare
 import deepum
 from deepum.core.config import Config, Thresholds
 
-KEYS = ("faults", "prefetches", "recomputes", "evictions", "planned_steps", "views")
+KEYS = ("faults", "prefetches", "recomputes", "evictions", "planned_steps", "views", "leaving_waits",
+        "plan_prefetch_no_room")
 
 
 def config_of(options: dict) -> Config:

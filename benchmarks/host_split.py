@@ -167,7 +167,8 @@ def main() -> None:
              f"step wall: median {statistics.median(walls) * 1e3:.1f} ms, mean {sum(walls) / n * 1e3:.1f} ms",
              "per step: " + ", ".join(f"{k} {(after[k] - before[k]) / n:.4g}" for k in
                                       ("ops", "faults", "prefetches", "recomputes", "evictions", "drops", "oom_retries",
-                                       "victim_choices", "leaving_waits") if k in after),
+                                       "victim_choices", "leaving_waits", "recipes", "plan_prefetch_no_room",
+                                       "planned_evictions") if k in after),
              f"garbage collector: {split.gc_seconds / n * 1e3:.1f} ms a step, {split.gc_full / n:.2f} full passes a step",
              "allocator per step: " + ", ".join(f"{k} {(alloc1[k] - alloc0[k]) / n:.4g}" for k in alloc0),
              f"{'function':38} {'calls/step':>10} {'ms/step':>9} {'us/call':>8}"]
