@@ -343,6 +343,7 @@ class _Lineage(_Prices):
     dead: set[int]
     mem: int
     push: Callable[[int], None]
+    evict_at: Callable[[int, int, Action], None]
     readers: dict[int, list[int]]
     plan: Plan
 
@@ -456,7 +457,7 @@ class _Lineage(_Prices):
             depth = 1 + max((self.depth[q] for q in s.recipe_inputs if self.state[q] == DROP), default=0)
             if depth > MAX_DEPTH:
                 return False
-            self.plan.evictions.setdefault(t, []).append((p, Action.DROP))
+            self.evict_at(t, p, Action.DROP)
             self.plan.stats["evictions"] += 1
             self.mem -= s.nbytes
             self.state[p] = DROP
@@ -673,9 +674,7 @@ class _Sweep(_Lineage):
             first = self.touched.get(p, -1)
             i = bisect.bisect_left(self.batches, first)
             at = self.batches[i] if i < len(self.batches) and self.batches[i] < t - 1 else first
-        if at not in self.plan.evictions:
-            bisect.insort(self.batches, at)
-        self.plan.evictions.setdefault(at, []).append((p, action))
+        self.evict_at(at, p, action)
         self.plan.stats["evictions"] += 1
         self.mem -= b
         if action == Action.DROP:
@@ -695,6 +694,12 @@ class _Sweep(_Lineage):
             self.dirty[p] = False
         if nu < self.n:
             self.book_fetch(p, at, ready, nu)
+
+    def evict_at(self, at: int, p: int, action: Action) -> None:
+        """Plan p's eviction after op ``at``, in that position's batch."""
+        if at not in self.plan.evictions:
+            bisect.insort(self.batches, at)
+        self.plan.evictions.setdefault(at, []).append((p, action))
 
     def inputs_back_by(self, t: int, p: int, nu: int) -> None:
         """The inputs on the host of dropped page p (and of its dropped inputs)
