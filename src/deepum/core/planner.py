@@ -133,10 +133,9 @@ def plan_step(trace: StepTrace, limit: int, h2d_Bps: float = DEFAULT_LINK_BPS,
     if limit <= 0 or h2d_Bps <= 0 or d2h_Bps <= 0 or candidates < 1 or link_price < 0 or move_s < 0:
         raise ValueError("limit, bandwidths and candidates must be positive, link_price and move_s >= 0")
     trace.validate()
-    sweep = _Sweep(trace, limit, h2d_Bps, d2h_Bps, candidates, link_price, move_s)
+    sweep = _Sweep(trace, limit, h2d_Bps, d2h_Bps, candidates, link_price, move_s, early_copies)
     if tails:
         sweep.tail.update(tails)
-    sweep.early_copies = early_copies
     return sweep.run()
 
 
@@ -473,8 +472,9 @@ class _Lineage(_Prices):
 
 class _Sweep(_Lineage):
     def __init__(self, trace: StepTrace, limit: int, h2d: float, d2h: float, k: int,
-                 link_price: float, move_s: float) -> None:
+                 link_price: float, move_s: float, early_copies: bool = True) -> None:
         self.ops, self.spec, self.limit, self.k = trace.ops, trace.pages, limit, k
+        self.early_copies = early_copies  # [Note: copies leave early]
         self.n = n = len(trace.ops)
         super().__init__(trace, h2d, d2h, link_price, move_s)
         seconds = [op.seconds for op in trace.ops]
@@ -510,7 +510,6 @@ class _Sweep(_Lineage):
         self.fetch_of: dict[int, Fetch] = {}
         self.writes_now: set[int] = set()
         self.touched: dict[int, int] = {}  # page -> the last op that needed it, so far
-        self.early_copies = True
         self.batches: list[int] = []  # positions with evictions planned, in order
 
     # ------------------------------------------------------------ next uses

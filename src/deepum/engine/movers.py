@@ -228,11 +228,10 @@ class HostTransfers:
     def free(self, storage: torch.UntypedStorage, copied: bool = False) -> int:
         """Free the storage's device memory; return the bytes whose release waits for a copy
         out (``copied``: :meth:`save` just took it), which the caller counts as leaving."""
-        nbytes = storage.nbytes()
         if not (copied and self.lag):
             storage.resize_(0)
             return 0
-        holder = None
+        nbytes, holder = storage.nbytes(), None
         if can_swap():
             holder = torch.UntypedStorage(0, device=self.device)
             swap_data(holder, storage)
