@@ -22,10 +22,10 @@ import os
 import sys
 from collections import Counter
 
+from ab_inprocess import config_of
 from step_anatomy import OUT, prepare
 
 import deepum
-from ab_inprocess import config_of
 
 MiB = 2**20
 

@@ -146,6 +146,11 @@ class Thresholds:
     # fault's copy on the compute stream; for the GPU to decide
     # (docs/BENCHMARKS.md, session 13).
     plan_prefetch_waits: bool = False
+    # A planned prefetch that found no room is tried once more after the
+    # next operator, when the program has let go of what that operator's
+    # autograd node saved (engine/stepplan.py, [Note: prefetches that wait
+    # for frees]); False leaves it to fault at once, as before.
+    plan_prefetch_retry: bool = True
     # The plan evicts a page it copies out right after the page's last use,
     # so the copy ends before its room is needed (core/planner.py, [Note:
     # copies leave early]); False evicts it right before, as until session

@@ -104,6 +104,7 @@ class StepPlans:
         self.mismatches = 0
         self.plan_seconds = 0.0  # host time spent planning
         self.recipes_for: set[int] = set()  # page IDs born with a recipe while steering
+        self.waiting: list[Page] = []  # planned prefetches that found no room after the last operator
 
     @property
     def recording(self) -> bool:
@@ -138,6 +139,7 @@ class StepPlans:
         self.t = 0
         self.left = False
         self.mismatches = 0
+        self.waiting = []
         self.made, self.views = [], []
         self.watch = {}
         self.letting = _Letting(self.pager)
@@ -349,13 +351,11 @@ class StepPlans:
                 self.pager.evict(victims, lambda p: Action.DROP if p in drop else Action.COPY)
                 self.pager.counters.planned_evictions += len(victims)
         fetch = plan.prefetches.get(t) if self.fetches else None
-        if fetch:
-            short = self.pager.prefetch_pages([by_pid.get(pid) for pid in fetch])
-            # Left to fault where used: the planner does not count copies out
-            # holding memory (Thresholds.plan_leaving_room). Tried again after
-            # later operators, they found no room either (tested with copies
-            # that held memory for a few operators).
-            self.pager.counters.plan_prefetch_no_room += len(short)
+        if fetch or self.waiting:
+            self.waiting = _fetch(self.pager, self.waiting, [by_pid.get(pid) for pid in fetch or ()])
+            if not self.pager.config.thresholds.plan_prefetch_retry:
+                self.pager.counters.plan_prefetch_no_room += len(self.waiting)
+                self.waiting = []
 
     def victims(self, need: int, scan: int = 64) -> list[Page]:
         """Pages to evict for ``need`` bytes when the step is short of room
@@ -368,6 +368,25 @@ class StepPlans:
         """A planned prefetch was waited for: start it earlier next step."""
         if self.steering and self.by_pid.get(page.pid) is page:
             self.plan.note_late(page.pid)
+
+
+def _fetch(pager, waiting: list[Page], pages: list) -> list[Page]:
+    """The plan's prefetches after an operator; returns those that found no room.
+
+    [Note: prefetches that wait for frees]
+    The plan counts a page prefetched after operator t as resident from t + 1
+    on, and the room it counts there is often made by the program's own frees
+    after t: autograd lets go of a node's saved tensors once the node's
+    operator has returned, after the engine's end of that operator. So a
+    prefetch that found no room is tried once more after the next operator,
+    with the room that operator's own prefetches leave, and only then left
+    to fault where used (counted in plan_prefetch_no_room). Room
+    that copies out still hold is a different cause (Thresholds.plan_leaving_room).
+    """
+    short = pager.prefetch_pages(pages) if pages else []
+    again = pager.prefetch_pages(waiting) if waiting else []
+    pager.counters.plan_prefetch_no_room += len(again)
+    return short
 
 
 def _trace(builder: TraceBuilder, costs, overhead: float):
