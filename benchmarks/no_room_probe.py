@@ -26,6 +26,7 @@ from ab_inprocess import config_of
 from step_anatomy import OUT, prepare
 
 import deepum
+from deepum.core.pages import EVICTED
 
 MiB = 2**20
 
@@ -48,11 +49,12 @@ def main() -> None:
         def watched(pages):
             table, plans = pager.table, pager.plans
             room, leaving, resident = table.room(), table.leaving_bytes, table.resident_bytes
+            asked = sum(p.nbytes for p in pages if p is not None and p.state == EVICTED and p.host is not None)
             short = original(pages)
             plan = plans.plan
             planned = plan.resident[plans.t - 1] if plan is not None and 0 < plans.t <= len(plan.resident) else -1
             for page in short:
-                rows.append((plans.t - 1, page.nbytes, room, leaving, resident, planned, table.limit))
+                rows.append((plans.t - 1, page.nbytes, room, leaving, resident, planned, asked))
             return short
 
         pager.prefetch_pages = watched
@@ -64,18 +66,19 @@ def main() -> None:
     keys = ("faults", "prefetches", "plan_prefetch_no_room", "leaving_waits", "planned_steps", "plan_departures")
     lines = [f"{model} at {fraction} of its peak ({peak / MiB:.0f} MiB), options {options}, {steps} steps watched",
              "counters a step: " + " ".join(f"{k} {(after.get(k, 0) - before.get(k, 0)) / steps:g}" for k in keys),
-             "t | page MiB | room MiB | leaving MiB | engine resident MiB | plan resident MiB | over plan MiB"]
+             "t | page MiB | room MiB | leaving MiB | engine resident MiB | plan resident MiB | over plan MiB | "
+             "asked in the call MiB"]
     causes: Counter = Counter()
-    for t, nbytes, room, leaving, resident, planned, _limit in rows:
+    for t, nbytes, room, leaving, resident, planned, asked in rows:
         over = resident - planned if planned >= 0 else 0
-        if room + leaving >= nbytes:
+        if leaving > 0 and room + leaving >= min(asked, nbytes):
             causes["copies out held the room"] += 1
         elif planned >= 0 and over > 0:
             causes["engine held more than the plan"] += 1
         else:
-            causes["other"] += 1
+            causes["the call asked for more than the room (frees not yet made)"] += 1
         lines.append(f"{t} | {nbytes / MiB:.1f} | {room / MiB:.1f} | {leaving / MiB:.1f} | {resident / MiB:.1f} | "
-                     f"{planned / MiB:.1f} | {over / MiB:.1f}")
+                     f"{planned / MiB:.1f} | {over / MiB:.1f} | {asked / MiB:.1f}")
     by_t = Counter(r[0] for r in rows)
     lines.append(f"no-room prefetches: {len(rows)} in {steps} steps, at {len(by_t)} positions; "
                  f"most at: {by_t.most_common(8)}")
