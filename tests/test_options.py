@@ -123,3 +123,19 @@ def test_cpu_copy_lag_is_a_count_of_operators():
     assert Thresholds().cpu_copy_lag == 0  # the cpu tier's copies free their memory at once
     with pytest.raises(OptionError, match="cpu_copy_lag"):
         Thresholds(cpu_copy_lag=-1)
+
+
+def test_the_timing_gate_is_a_short_sleep_and_the_cpu_tier_never_sleeps():
+    import torch
+
+    from deepum.core.config import Thresholds
+    from deepum.core.errors import OptionError
+    from deepum.engine.timing import OpTimer
+
+    with pytest.raises(OptionError, match="timing_gate_s"):
+        Thresholds(timing_gate_s=-1e-6)
+    with pytest.raises(OptionError, match="timing_gate_s"):
+        Thresholds(timing_gate_s=1.0)  # a second of sleep per sample is a unit mistake
+    samples = []
+    timer = OpTimer(torch.device("cpu"), lambda eid, s: samples.append((eid, s)), gate_s=1e-4)
+    assert timer.start(7) is None and timer.gate_cycles is None  # nothing timed, no sleep calibrated

@@ -151,6 +151,11 @@ class Thresholds:
     # autograd node saved (engine/stepplan.py, [Note: prefetches that wait
     # for frees]); False leaves it to fault at once, as before.
     plan_prefetch_retry: bool = True
+    # Seconds of sleep on the stream before each operator timed for its
+    # cost, so that the events time the operator's kernels and not the
+    # host's launch of them (engine/timing.py, [Note: gated timing]); 0 times
+    # without the gate, as before.
+    timing_gate_s: float = 100e-6
     # The plan evicts a page it copies out right after the page's last use,
     # so the copy ends before its room is needed (core/planner.py, [Note:
     # copies leave early]); False evicts it right before, as until session
@@ -160,6 +165,9 @@ class Thresholds:
     def __post_init__(self) -> None:
         if self.cpu_copy_lag < 0:
             raise OptionError(f"Thresholds.cpu_copy_lag={self.cpu_copy_lag!r}: give 0 or a number of operators")
+        if not 0.0 <= self.timing_gate_s < 0.01:
+            raise OptionError(f"Thresholds.timing_gate_s={self.timing_gate_s!r}: give seconds of sleep "
+                              "before a timed operator, under 0.01, or 0 for none")
         if not (self.allocator_gc == 0 or 0.0 < self.allocator_gc < 1.0):
             raise OptionError(f"Thresholds.allocator_gc={self.allocator_gc!r}: give a share of the "
                               "allocator's cap between 0 and 1, or 0 to leave the allocator's own setting")

@@ -78,7 +78,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         self.recipe_max_depth = th.recipe_max_depth
         self.rebuild_overhead_s = th.rebuild_host_s
         # Device seconds of each execution ID, sampled (what a rebuild costs).
-        self.timer = OpTimer(device, self.costs.note_time)
+        self.timer = OpTimer(device, self.costs.note_time, th.timing_gate_s)
         self.writeback_bytes: dict[str, int] = {}
         self.unused_prefetch_bytes = 0
         # Raise on an overshoot instead of counting it (Session(strict=True)).
