@@ -75,7 +75,8 @@ def main() -> None:
         walls.clear()
         t0 = time.perf_counter()
         plan = original_plan(trace, skeys, limit, **kw)
-        print(f"plan: {len(trace.ops)} ops, {len(trace.pages)} pages, {time.perf_counter() - t0:.2f} s, "
+        print(f"plan: {len(trace.ops)} ops ({sum(o.seconds for o in trace.ops) * 1e3:.1f} ms of them as timed), "
+              f"{len(trace.pages)} pages, {time.perf_counter() - t0:.2f} s, "
               f"fits {plan.fits}, stats {plan.stats}", flush=True)
         return plan
 
