@@ -10,7 +10,9 @@ runs one more step under torch.profiler and prints, from its Chrome trace:
 * per CUDA stream, the time some kernel or copy ran on it (union of their
   intervals) and the part of that which was copies, by direction;
 * the compute stream's idle time: wall time less its busy time (this is
-  what paging adds to a GPU-bound step);
+  what paging adds to a GPU-bound step), and its gaps split into those
+  that waited for the host to launch the next kernel and those that waited
+  on the device (copies the stream waits for, synchronizations);
 * CPU time in the CUDA runtime and driver calls that block or reshape memory
   (synchronizations, malloc and free, virtual-memory maps of expandable
   segments, pinned host allocation), summed by name;
@@ -65,6 +67,36 @@ def _union(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def _idle_causes(trace: dict, compute: int, gap_us: float = 5.0, prompt_us: float = 20.0) -> str:
+    """The compute stream's gaps split by whose they were: a gap that ends with a kernel
+    starting within ``prompt_us`` of its launch call's return waited for the host to
+    launch it (the step is bound by the host there); the rest waited on the device
+    (for a copy the stream was told to wait for, a synchronization, ...)."""
+    launches, work = {}, []
+    for ev in trace.get("traceEvents", []):
+        if ev.get("ph") != "X":
+            continue
+        cat, args = ev.get("cat", ""), ev.get("args", {})
+        if cat in ("cuda_runtime", "cuda_driver") and "correlation" in args:
+            launches[args["correlation"]] = float(ev["ts"]) + float(ev.get("dur", 0))
+        elif cat in ("kernel", "gpu_memcpy", "gpu_memset") and int(args.get("stream", -1)) == compute:
+            work.append((float(ev["ts"]), float(ev["ts"]) + float(ev.get("dur", 0)), args.get("correlation")))
+    work.sort()
+    host = device = 0.0
+    end = work[0][1] if work else 0.0
+    for ts, te, corr in work[1:]:
+        gap = ts - end
+        if gap > gap_us:
+            launched = launches.get(corr)
+            if launched is not None and ts - launched < prompt_us:
+                host += gap
+            else:
+                device += gap
+        end = max(end, te)
+    return (f"compute stream gaps over {gap_us:g} us: {host / 1e3:.1f} ms waiting for the host to launch, "
+            f"{device / 1e3:.1f} ms waiting on the device (copies, synchronizations)")
+
+
 def summarize(trace: dict, wall_us: float) -> list[str]:
     busy: dict[int, list] = collections.defaultdict(list)
     copies: dict[tuple[int, str], float] = collections.defaultdict(float)
@@ -100,6 +132,7 @@ def summarize(trace: dict, wall_us: float) -> list[str]:
                      + (f"; copies {parts}" if parts else ""))
     if compute is not None:
         lines.append(f"compute stream idle {(wall_us - _union(busy[compute])) / 1e3:.1f} ms of the wall")
+        lines.append(_idle_causes(trace, compute))
     lines.append("CUDA calls on the CPU (count, ms):")
     for name, (n, dur) in sorted(runtime.items(), key=lambda kv: -kv[1][1]):
         lines.append(f"  {name:40s} {n:7d} {dur / 1e3:9.1f}")
