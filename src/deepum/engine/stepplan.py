@@ -289,6 +289,10 @@ class StepPlans:
                 # The engine holds more than the plan counted here: what makes
                 # the step short of room despite the plan (plan_short_evictions).
                 self.pager.counters.plan_over_ops += 1
+            if self.waiting and uses:
+                # Used here, so faulted in: not tried again (the plan may evict it right after).
+                used = set(uses)
+                self.waiting = [p for p in self.waiting if p not in used]
             self._execute(t)
 
     def _record(self, eid: int, made: list[Page], uses: list[Page], written) -> None:
