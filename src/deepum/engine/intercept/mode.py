@@ -47,6 +47,8 @@ step k+1), and IDs would never recur.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -123,7 +125,8 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         self.meta_sizes: dict[tuple, int] = {}
         th = pager.config.thresholds
         self.chunk_share = min(th.chunk, th.prefetch_cap)  # see Thresholds.chunk
-        self.is_managed = (lambda t: t.is_cuda) if self.device.type == "cuda" else (lambda t: t.is_cpu)
+        # A C-level attribute getter: called for every tensor argument and output.
+        self.is_managed = operator.attrgetter("is_cuda" if self.device.type == "cuda" else "is_cpu")
         pager.on_pressure = self._name_quiet_pages
 
     # ------------------------------------------------------------ hot path
@@ -295,7 +298,8 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         # Timed in their first runs: operators with recipes (a rebuild's cost)
         # and, for a planned step, every operator (the compute a planned copy
         # can hide behind, engine/stepplan.py).
-        token = pager.timer.start(eid) if call is not None or pager.plans.enabled else None
+        token = (pager.timer.start(eid) if pager.timer.cuda and (call is not None or pager.plans.enabled)
+                 else None)
         try:
             out = self._call(plan, func, args, kwargs, est, pages)
         except BaseException:
