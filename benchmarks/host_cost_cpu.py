@@ -8,7 +8,9 @@ operator of a step (one thread, median of 6 steps after 4): plain, deepum
 with a budget never reached (every operator intercepted, and dormant where
 the commit has dormancy), and deepum at 1/2 of the peak with the online
 choice and with the planned step; with the counts of events per step. On a
-GPU a paged step is bound by this host time (docs/BENCHMARKS.md, session 6).
+GPU a paged step is bound by this host time (docs/BENCHMARKS.md, sessions 6
+and 14). Each row also counts the function calls of one more step per
+operator, a measure that other jobs on a shared machine do not move.
 SRC puts another copy of deepum's src/ first on the path (another commit).
 """
 
@@ -44,7 +46,24 @@ def timed(step, session=None):
         times.append(time.perf_counter() - t0)
     after = session.stats() if session else {}
     moved = {k: (after[k] - before.get(k, 0)) / 6 for k in KEYS if k in after}
+    moved["calls"] = _calls(step, 10)
     return statistics.median(times), moved
+
+
+def _calls(step, i: int) -> float:
+    """Python and C function calls in one more step (a count other jobs on the machine do not move)."""
+    count = [0]
+
+    def profile(frame, event, arg):
+        if event in ("call", "c_call"):
+            count[0] += 1
+
+    sys.setprofile(profile)
+    try:
+        step(i)
+    finally:
+        sys.setprofile(None)
+    return count[0]
 
 
 def _if_known(**option) -> dict:
@@ -52,28 +71,31 @@ def _if_known(**option) -> dict:
     before dormancy every operator was intercepted; before plan="auto" paging was online)."""
     try:
         deepum.Config(**option)
-    except (TypeError, deepum.OptionError):
+    except (TypeError, AttributeError, getattr(deepum, "OptionError", TypeError)):
         return {}
     return option
 
 
 def main() -> None:
-    plain, _ = timed(make())
+    plain, plain_moved = timed(make())
     with deepum.oversubscribe(1.0, "cpu", **_if_known(dormant=False)) as s:
         quiet, moved = timed(make(), s)
     ops = moved["ops"] + moved.get("views", 0)  # views are counted apart since 833a17d
     peak = s.stats()["peak_managed_bytes"]
-    rows = [("plain", plain, {}), ("deepum, never reached, paging", quiet, moved)]
+    rows = [("plain", plain, plain_moved), ("deepum, never reached, paging", quiet, moved)]
     if _if_known(dormant=False):
         with deepum.oversubscribe(1.0, "cpu") as s:
             rows.append(("deepum, never reached, dormant", *timed(make(), s)))
-    for name, opts in (("deepum 1/2, online", _if_known(plan=False)), ("deepum 1/2, plan", {"plan": True})):
+    for name, opts in (("deepum 1/2, online", _if_known(plan=False)), ("deepum 1/2, plan", _if_known(plan=True))):
+        if name.endswith("plan") and not opts:
+            continue  # a commit before the planned step
         with deepum.oversubscribe(int(peak * 0.5), "cpu", **opts) as s:
             rows.append((name, *timed(make(), s)))
     print(f"{deepum.__file__}: {ops:.0f} operators a step")
     for name, t, moved in rows:
-        counts = " ".join(f"{k}={v:.0f}" for k, v in moved.items() if k not in ("ops", "views"))
-        print(f"{name:32s} {t * 1e3:8.1f} ms/step {t / ops * 1e6:7.1f} us/op  {counts}")
+        counts = " ".join(f"{k}={v:.0f}" for k, v in moved.items() if k not in ("ops", "views", "calls"))
+        print(f"{name:32s} {t * 1e3:8.1f} ms/step {t / ops * 1e6:7.1f} us/op {moved['calls'] / ops:6.1f} calls/op"
+              f"  {counts}")
 
 
 if __name__ == "__main__":
