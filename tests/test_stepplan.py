@@ -378,9 +378,8 @@ def test_copies_out_that_hold_memory_and_the_two_answers_to_them():
     # cpu tier's copies out hold memory so). Two answers, both off by default:
     # plan under the limit less what copies out held at once when recorded
     # (plan_leaving_room), or let a planned prefetch wait for the copies
-    # holding its room (plan_prefetch_waits). Both stay exact. And one on by
-    # default: a prefetch with no room is tried again after the next operator
-    # (plan_prefetch_retry), which here leaves fewer of them to fault.
+    # holding its room (plan_prefetch_waits). Both stay exact, as does the
+    # retry after the next operator (plan_prefetch_retry, on by default).
     from deepum.core.config import Thresholds
 
     make = CASES["gpt2"]
@@ -400,8 +399,62 @@ def test_copies_out_that_hold_memory_and_the_two_answers_to_them():
                         for k in ("faults", "leaving_waits", "plan_prefetch_no_room")}
     base, room, waits = runs["none"], runs["plan_leaving_room"], runs["plan_prefetch_waits"]
     once = runs["plan_prefetch_retry"]  # no second try after the next operator
-    assert base["plan_prefetch_no_room"] < once["plan_prefetch_no_room"] and base["faults"] <= once["faults"], runs
+    assert base["faults"] <= once["faults"], runs  # (its own test is below: the lag here is not its case)
     assert base["plan_prefetch_no_room"] > 0 and base["faults"] > 0, runs  # the lag bites
     assert room["faults"] < base["faults"] and room["leaving_waits"] < base["leaving_waits"], runs
-    assert room["plan_prefetch_no_room"] < base["plan_prefetch_no_room"], runs
     assert waits["plan_prefetch_no_room"] == 0 and waits["faults"] < base["faults"] / 2, runs
+
+
+def test_a_prefetch_with_no_room_is_tried_once_more_after_the_next_operator():
+    # [Note: prefetches that wait for frees]: the room the plan counted after
+    # operator t comes once autograd has let go of what t's node saved.
+    from types import SimpleNamespace
+
+    from deepum.core.config import Thresholds
+    from deepum.core.pages import EVICTED, RESIDENT, Page
+    from deepum.engine.stepplan import _fetch
+
+    class Pager:
+        def __init__(self, retry: bool) -> None:
+            self.room, self.fetched = 0, []
+            self.counters = SimpleNamespace(plan_prefetch_no_room=0)
+            self.config = SimpleNamespace(thresholds=Thresholds(plan_prefetch_retry=retry))
+
+        def prefetch_pages(self, pages):
+            short = []
+            for p in pages:
+                if p.state != EVICTED:
+                    continue
+                if p.nbytes > self.room:
+                    short.append(p)
+                    continue
+                self.room -= p.nbytes
+                p.state = RESIDENT
+                self.fetched.append(p)
+            return short
+
+    def evicted(n: int) -> Page:
+        page = Page(n, 100)
+        page.state = EVICTED
+        return page
+
+    pager = Pager(retry=True)
+    a, b, c = evicted(1), evicted(2), evicted(3)
+    waiting = _fetch(pager, [], [a, b], used=())  # after operator t: no room yet
+    assert waiting == [a, b] and pager.counters.plan_prefetch_no_room == 0
+    pager.room = 150  # the frees after t came; operator t + 1 used b (it faulted in)
+    b.state = RESIDENT
+    waiting = _fetch(pager, waiting, [c], used=[b])
+    # t + 1's own prefetch goes first, and a finds no room even now
+    assert pager.fetched == [c] and waiting == []
+    assert pager.counters.plan_prefetch_no_room == 2  # a (no room twice) and b (faulted)
+
+    d = evicted(5)
+    assert _fetch(pager, [], [d], used=()) == [d] and pager.room == 50
+    pager.room = 100
+    assert _fetch(pager, [d], [], used=()) == [] and pager.fetched[-1] is d  # it came this time
+    assert pager.counters.plan_prefetch_no_room == 2
+
+    pager = Pager(retry=False)
+    assert _fetch(pager, [], [evicted(4)], used=()) == []
+    assert pager.counters.plan_prefetch_no_room == 1  # left to fault at once

@@ -289,11 +289,7 @@ class StepPlans:
                 # The engine holds more than the plan counted here: what makes
                 # the step short of room despite the plan (plan_short_evictions).
                 self.pager.counters.plan_over_ops += 1
-            if self.waiting and uses:
-                # Used here, so faulted in: not tried again (the plan may evict it right after).
-                used = set(uses)
-                self.waiting = [p for p in self.waiting if p not in used]
-            self._execute(t)
+            self._execute(t, uses)
 
     def _record(self, eid: int, made: list[Page], uses: list[Page], written) -> None:
         builder = self.builder
@@ -336,7 +332,7 @@ class StepPlans:
             if page.readers:
                 watch[page.pid] = page
 
-    def _execute(self, t: int) -> None:
+    def _execute(self, t: int, used=()) -> None:
         """The plan's evictions after operator ``t``, then its prefetches."""
         plan, by_pid = self.plan, self.by_pid
         if t >= 0:
@@ -356,10 +352,7 @@ class StepPlans:
                 self.pager.counters.planned_evictions += len(victims)
         fetch = plan.prefetches.get(t) if self.fetches else None
         if fetch or self.waiting:
-            self.waiting = _fetch(self.pager, self.waiting, [by_pid.get(pid) for pid in fetch or ()])
-            if not self.pager.config.thresholds.plan_prefetch_retry:
-                self.pager.counters.plan_prefetch_no_room += len(self.waiting)
-                self.waiting = []
+            self.waiting = _fetch(self.pager, self.waiting, [by_pid.get(pid) for pid in fetch or ()], used)
 
     def victims(self, need: int, scan: int = 64) -> list[Page]:
         """Pages to evict for ``need`` bytes when the step is short of room
@@ -374,8 +367,9 @@ class StepPlans:
             self.plan.note_late(page.pid)
 
 
-def _fetch(pager, waiting: list[Page], pages: list) -> list[Page]:
-    """The plan's prefetches after an operator; returns those that found no room.
+def _fetch(pager, waiting: list[Page], pages: list, used) -> list[Page]:
+    """The plan's prefetches after an operator (``used``: its pages); returns those that
+    found no room, to be tried again after the next one.
 
     [Note: prefetches that wait for frees]
     The plan counts a page prefetched after operator t as resident from t + 1
@@ -384,13 +378,20 @@ def _fetch(pager, waiting: list[Page], pages: list) -> list[Page]:
     operator has returned, after the engine's end of that operator. So a
     prefetch that found no room is tried once more after the next operator,
     with the room that operator's own prefetches leave, and only then left
-    to fault where used (counted in plan_prefetch_no_room). Room
-    that copies out still hold is a different cause (Thresholds.plan_leaving_room).
+    to fault where used (counted in plan_prefetch_no_room). One that the next
+    operator used came in by its fault and is not tried again: the plan may
+    evict it right after. Room that copies out still hold is a different
+    cause (Thresholds.plan_leaving_room).
     """
     short = pager.prefetch_pages(pages) if pages else []
-    again = pager.prefetch_pages(waiting) if waiting else []
-    pager.counters.plan_prefetch_no_room += len(again)
-    return short
+    if waiting:
+        faulted = set(used)
+        again = pager.prefetch_pages([p for p in waiting if p not in faulted])
+        pager.counters.plan_prefetch_no_room += len(again) + sum(p in faulted for p in waiting)
+    if pager.config.thresholds.plan_prefetch_retry:
+        return short
+    pager.counters.plan_prefetch_no_room += len(short)
+    return []
 
 
 def _trace(builder: TraceBuilder, costs, overhead: float):
