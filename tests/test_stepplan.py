@@ -458,3 +458,32 @@ def test_a_prefetch_with_no_room_is_tried_once_more_after_the_next_operator():
     pager = Pager(retry=False)
     assert _fetch(pager, [], [evicted(4)], used=()) == []
     assert pager.counters.plan_prefetch_no_room == 1  # left to fault at once
+
+
+def test_the_link_price_reaches_the_planner_and_moves_copies_to_drops(monkeypatch):
+    # Thresholds.plan_link_price is the planner's LINK_PRICE; a higher one
+    # charges copies more, so the plan copies fewer pages that have recipes.
+    import deepum.engine.stepplan as stepplan
+    from deepum.core.config import Thresholds
+    from deepum.core.errors import OptionError
+
+    with pytest.raises(OptionError, match="plan_link_price"):
+        Thresholds(plan_link_price=-0.1)
+    make = CASES["gpt2"]
+    budget = max(unconstrained_peak(*make, STEPS) // 3, 1 << 20)
+    original, copied = stepplan.plan_repeating, {}
+
+    def planned(trace, skeys, limit, **kw):
+        plan = original(trace, skeys, limit, **kw)
+        copies = [pid for moves in plan.evictions.values() for pid, action in moves
+                  if action == Action.COPY and trace.pages[pid].rebuild_seconds is not None]
+        copied.setdefault(kw["link_price"], []).append(sum(trace.pages[p].nbytes for p in copies))
+        return plan
+
+    monkeypatch.setattr(stepplan, "plan_repeating", planned)
+    ref = train(*make, STEPS)
+    for price in (0.0, 10.0):
+        got = train(*make, STEPS, budget=budget, plan=True, thresholds=Thresholds(plan_link_price=price))
+        assert_identical(ref, got)
+    assert set(copied) == {0.0, 10.0}, copied
+    assert min(copied[10.0]) < min(copied[0.0]), copied

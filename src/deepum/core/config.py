@@ -156,6 +156,12 @@ class Thresholds:
     # host's launch of them (engine/timing.py, [Note: gated timing]); 0 times
     # without the gate, as before.
     timing_gate_s: float = 100e-6
+    # The share of a copy's link time the planner charges even where the
+    # link has room to hide it (core/planner.py's LINK_PRICE): higher moves
+    # the plan from copies to rebuilds, which costs host time per rebuild in
+    # a step bound by the host; for an in-process A/B (docs/BENCHMARKS.md,
+    # session 14).
+    plan_link_price: float = 0.1
     # The plan evicts a page it copies out right after the page's last use,
     # so the copy ends before its room is needed (core/planner.py, [Note:
     # copies leave early]); False evicts it right before, as until session
@@ -165,6 +171,8 @@ class Thresholds:
     def __post_init__(self) -> None:
         if self.cpu_copy_lag < 0:
             raise OptionError(f"Thresholds.cpu_copy_lag={self.cpu_copy_lag!r}: give 0 or a number of operators")
+        if self.plan_link_price < 0:
+            raise OptionError(f"Thresholds.plan_link_price={self.plan_link_price!r}: give a share, 0 or more")
         if not 0.0 <= self.timing_gate_s < 0.01:
             raise OptionError(f"Thresholds.timing_gate_s={self.timing_gate_s!r}: give seconds of sleep "
                               "before a timed operator, under 0.01, or 0 for none")

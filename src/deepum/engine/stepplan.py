@@ -181,8 +181,9 @@ class StepPlans:
         if pager.config.thresholds.plan_leaving_room:
             limit -= self.leaving_peak
         try:
+            th = pager.config.thresholds
             plan = plan_repeating(trace, builder.skeys, limit, h2d_Bps=costs.h2d_Bps, d2h_Bps=costs.d2h_Bps,
-                                  early_copies=pager.config.thresholds.plan_early_copies)
+                                  early_copies=th.plan_early_copies, link_price=th.plan_link_price)
         except ValueError as e:  # a trace that does not add up: stay online, record again
             log.info("deepum: step not planned (%s)", e)
             self.builder = None
