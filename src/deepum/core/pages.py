@@ -156,7 +156,11 @@ class PageTable:
         assert page.key not in self.pages, "the glue retires a stale page before reusing its key"
         self.pages[page.key] = page
         page.state = State.RESIDENT
-        self._grow(page.nbytes, page.kind, count_peak)
+        # _grow, written out: every operator's outputs come through here.
+        self.kind_bytes[page.kind] += page.nbytes
+        self.resident_bytes += page.nbytes
+        if count_peak and self.resident_bytes > self.window_peak_bytes:
+            self.note_peak()
         if page.pageable:
             self._lru[page.key] = page
         else:
@@ -228,8 +232,9 @@ class PageTable:
         """The storage died: forget the page and give back its bytes."""
         if self.pages.get(page.key) is page:
             del self.pages[page.key]
-        if page.resident:
-            self._shrink(page.nbytes, page.kind)
+        if page.state <= State.ARRIVING:  # resident; _shrink written out (every dead output)
+            self.resident_bytes -= page.nbytes
+            self.kind_bytes[page.kind] -= page.nbytes
             if page.pageable:
                 self._lru.pop(page.key, None)
             else:

@@ -97,7 +97,8 @@ class Lifecycle:
             # whatever readers are left lose their recipes.
             for reader in list(page.readers):
                 self.void(reader)
-        self.transfers.release_host(page)
+        if page.host is not None:
+            self.transfers.release_host(page)
         if self.plans.mode:
             self.plans.freed(page)
         self.table.retire(page)

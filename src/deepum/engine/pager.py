@@ -171,7 +171,8 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             if arriving:
                 self._arrive(arriving)
             table.touch_all(pages)
-            table.note_peak()
+            if table.resident_bytes > table.window_peak_bytes:
+                table.note_peak()
         except BaseException:
             self.unpin(pages)
             raise

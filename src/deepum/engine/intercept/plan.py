@@ -154,14 +154,15 @@ def logical_nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def flat_outputs(out):
+def flat_outputs(out) -> tuple | list:
+    """The tensors of an operator's result, two levels of tuples and lists deep."""
     if isinstance(out, torch.Tensor):
-        yield out
-    elif isinstance(out, (tuple, list)):
+        return (out,)  # most operators: no list, no generator (this runs for each one)
+    flat = []
+    if isinstance(out, (tuple, list)):
         for x in out:
             if isinstance(x, torch.Tensor):
-                yield x
+                flat.append(x)
             elif isinstance(x, (tuple, list)):
-                for y in x:
-                    if isinstance(y, torch.Tensor):
-                        yield y
+                flat.extend(y for y in x if isinstance(y, torch.Tensor))
+    return flat

@@ -135,7 +135,8 @@ class Registration:
         holds ([Note: execution IDs and stable keys] in mode.py)."""
         live, skeys = self.pager.live, self.skeys
         skey = skeys(key)
-        if not self._sibling(live.get(skey)):
+        holder = live.get(skey)
+        if holder is None or not self._sibling(holder):
             return skey  # the usual case: the role is free or its old page hands it over
         n = 1
         while self._sibling(live.get(skey := skeys((key, n)))):
