@@ -223,9 +223,10 @@ class PageTable:
             self.unpageable_bytes += page.nbytes
 
     def evicted(self, page: Page) -> None:
-        assert page.resident and page.pageable and page.pins == 0, page
+        assert page.state <= State.ARRIVING and page.pageable and page.pins == 0, page
         page.state = State.EVICTED
-        self._shrink(page.nbytes, page.kind)
+        self.resident_bytes -= page.nbytes  # _shrink, written out: every eviction
+        self.kind_bytes[page.kind] -= page.nbytes
         del self._lru[page.key]
 
     def retire(self, page: Page) -> None:
