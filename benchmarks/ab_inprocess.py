@@ -11,7 +11,9 @@ unconstrained peak ROUNDS times for each option set, in the order A B B A A B
 first 13) and then STEPS timed steps, after one uncounted session of A (a
 process's first session runs slower than the rest). Options are JSON; ``"thresholds"``
 takes a dict of Thresholds fields (e.g. ``{"thresholds": {"view_fast_path":
-false}}``). Prints each session's median step and counters, then each set's
+false}}``); ``"src"`` names another copy of deepum's ``src/`` (another
+commit) that the set runs, loaded beside this one under another name, so
+two engines are compared in one process. Prints each session's median step and counters, then each set's
 median of medians and B/A; writes ab-MODEL-FRACTION$AB_TAG.txt under $OUT. The
 model keeps training across sessions, so the sets see the same kind of
 steps, not the same batches.
@@ -19,32 +21,61 @@ steps, not the same batches.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 import statistics
 import sys
 import time
 
+import torch
 from step_anatomy import OUT, prepare
 
 import deepum
-from deepum.core.config import Config, Thresholds
 
 KEYS = ("faults", "prefetches", "recomputes", "evictions", "planned_steps", "views", "leaving_waits",
         "plan_prefetch_no_room")
 
 
-def config_of(options: dict) -> Config:
+def engine(src: str | None):
+    """deepum, or the copy of it under ``src`` (its ``deepum`` package, imported as
+    ``deepum_<hash>``: its own imports are relative, so it runs its own modules)."""
+    if src is None:
+        return deepum
+    root = os.path.join(os.path.abspath(src), "deepum")
+    name = "deepum_" + hashlib.sha1(root.encode()).hexdigest()[:8]
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(root, "__init__.py"),
+                                                      submodule_search_locations=[root])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        register = torch.serialization.register_package
+        # Its torch.save tag takes the next priority: two at one priority cannot be sorted.
+        torch.serialization.register_package = lambda priority, *a: register(priority + 1, *a)
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            torch.serialization.register_package = register
+    return sys.modules[name]
+
+
+def config_of(options: dict):
+    """(the engine the options name, its Config of them)."""
     options = dict(options)
+    mod = engine(options.pop("src", None))
+    config = sys.modules[mod.__name__ + ".core.config"]
     th = options.pop("thresholds", None)
     if th is not None:
-        options["thresholds"] = Thresholds(**th)
-    return Config(**options)
+        options["thresholds"] = config.Thresholds(**th)
+    return mod, config.Config(**options)
 
 
-def one_session(device, sync, work, step, budget: int, config: Config, warmup: int, steps: int, first: int):
-    """(median seconds of the timed steps, counters a step, plan verdict) of one session."""
-    with deepum.oversubscribe(budget, device, config=config) as session:
+def one_session(device, sync, work, step, budget: int, setup, warmup: int, steps: int, first: int):
+    """(median seconds of the timed steps, counters a step, plan verdict) of one session;
+    ``setup``: config_of()'s (engine, config)."""
+    mod, config = setup
+    with mod.oversubscribe(budget, device, config=config) as session:
         for i in range(warmup):
             step(work.host_batch(first + i))
         sync()

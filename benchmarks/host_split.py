@@ -8,7 +8,7 @@ perf_counter wrapper around each engine function listed in ``WATCHED``
 (inclusive time of the outermost call, a fraction of a microsecond of its
 own a call) and the garbage collector's passes (gc.callbacks). Prints, per
 step: the wall time, the time inside the dispatch mode, inside the operators
-themselves (``_call``: launch, allocation and the allocator's retries), and
+themselves (``OpPlan.call``: launch, allocation and the allocator's retries), and
 per watched function its calls and inclusive time; what is left of the
 mode's time after the operators is the interception's own cost. Unlike
 cProfile (about twice the step) and torch.profiler, the split it gives adds
@@ -33,7 +33,6 @@ from deepum.engine.intercept import mode, register
 # (owner, attribute, label): the dispatch, its parts, and what pressure adds.
 WATCHED = [
     (mode.PagingMode, "__torch_dispatch__", "mode: whole interception"),
-    (mode.PagingMode, "_call", "  operator itself (_call)"),
     (mode.PagingMode, "_view", "  views"),
     (mode.PagingMode, "_gather", "  gather pages"),
     (mode.PagingMode, "_first_sight", "  first sight of an ID"),
@@ -106,23 +105,38 @@ class Split:
             self.gc_full += info.get("generation") == 2
 
 
-def _time_by_operator(split: Split) -> Split:
-    """Time each operator's own call by its name (which operators a planned step makes slower)."""
+OPS = "  operator itself (_call)"
+
+
+def _time_operators(split: Split) -> Split:
+    """Time each operator's own call (``OpPlan.call``: launch, allocation, the allocator's
+    retries) into ``split`` and, by operator name, into the Split returned (which operators
+    a planned step makes slower). Patches the plans the mode makes from now on."""
     by_op, clock = Split(), time.perf_counter
-    original = mode.PagingMode._call
 
-    def timed(self, plan, func, *rest):
-        if not split.on:
-            return original(self, plan, func, *rest)
-        t0 = clock()
-        try:
-            return original(self, plan, func, *rest)
-        finally:
-            name = str(func)
-            by_op.seconds[name] += clock() - t0
-            by_op.calls[name] += 1
+    class TimedPlan(mode.OpPlan):
+        def __init__(self, func, *rest) -> None:
+            super().__init__(func, *rest)
+            original, name = self.call, str(func)
 
-    mode.PagingMode._call = timed
+            def timed(*args, **kwargs):
+                if not split.on or split.depth[OPS]:
+                    return original(*args, **kwargs)
+                split.depth[OPS] += 1
+                t0 = clock()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    dt = clock() - t0
+                    split.depth[OPS] -= 1
+                    split.seconds[OPS] += dt
+                    split.calls[OPS] += 1
+                    by_op.seconds[name] += dt
+                    by_op.calls[name] += 1
+
+            self.call = timed
+
+    mode.OpPlan = TimedPlan
     return by_op
 
 
@@ -144,6 +158,7 @@ def main() -> None:
     for owner, attr, label in WATCHED:
         split.wrap(owner, attr, label)
     gc.callbacks.append(split.gc_callback)
+    by_op = _time_operators(split)
     walls = []
     with deepum.oversubscribe(int(peak * fraction), device, **options) as session:
         for i in range(steps):
@@ -151,7 +166,6 @@ def main() -> None:
         sync()
         before = session.stats()
         alloc0 = _allocator(device)
-        by_op = _time_by_operator(split)
         split.on = True
         for i in range(steps, 2 * steps):
             t0 = time.perf_counter()
@@ -172,13 +186,13 @@ def main() -> None:
              f"garbage collector: {split.gc_seconds / n * 1e3:.1f} ms a step, {split.gc_full / n:.2f} full passes a step",
              "allocator per step: " + ", ".join(f"{k} {(alloc1[k] - alloc0[k]) / n:.4g}" for k in alloc0),
              f"{'function':38} {'calls/step':>10} {'ms/step':>9} {'us/call':>8}"]
-    for _, _, label in WATCHED:
+    for label in [WATCHED[0][2], OPS, *(w[2] for w in WATCHED[1:])]:
         calls = split.calls.get(label, 0)
         if calls:
             sec = split.seconds[label]
             lines.append(f"{label:38} {calls / n:10.0f} {sec / n * 1e3:9.1f} {sec / calls * 1e6:8.1f}")
     whole = split.seconds.get("mode: whole interception", 0.0)
-    ops = split.seconds.get("  operator itself (_call)", 0.0)
+    ops = split.seconds.get(OPS, 0.0)
     lines.append(f"interception less the operators: {(whole - ops) / n * 1e3:.1f} ms a step; "
                  f"outside the mode (model and optimizer Python, autograd, sync at the end): "
                  f"{(sum(walls) - whole) / n * 1e3:.1f} ms a step")

@@ -565,7 +565,7 @@ def test_the_rebuild_cost_short_cut_agrees_with_the_walk(monkeypatch):
     checked = {"fast": 0, "deep": 0}
     original_end = pager_module.Pager.end
 
-    def end(self, eid, written, op="an operator"):
+    def end(self, eid, written, *rest):
         for page in list(self.table.pages.values()):
             recipe = page.recipe
             if recipe is None or recipe.held is None:
@@ -574,7 +574,7 @@ def test_the_rebuild_cost_short_cut_agrees_with_the_walk(monkeypatch):
             assert got == pytest.approx(want, rel=1e-12, abs=0.0), (page, got, want)
             deep = any(q.dropped for q in recipe.inputs)
             checked["deep" if deep else "fast"] += 1
-        return original_end(self, eid, written, op)
+        return original_end(self, eid, written, *rest)
 
     monkeypatch.setattr(pager_module.Pager, "end", end)
     ref, got, st = _run(*_chain_training(layers=2))

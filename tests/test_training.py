@@ -308,7 +308,7 @@ def test_memory_of_copies_out_counts_against_the_limit_until_they_end(monkeypatc
     original_end = pager_module.Pager.end
     seen = {"over": 0, "max_leaving": 0, "ends": 0, "held": 0}
 
-    def end(self, eid, written, op="an operator"):
+    def end(self, eid, written, *rest):
         table = self.table
         held = sum(e[2] for e in self.transfers.leaving)
         assert held == table.leaving_bytes, (held, table.leaving_bytes)
@@ -319,7 +319,7 @@ def test_memory_of_copies_out_counts_against_the_limit_until_they_end(monkeypatc
             seen["over"] += 1
         seen["max_leaving"] = max(seen["max_leaving"], table.leaving_bytes)
         seen["ends"] += 1
-        return original_end(self, eid, written, op)
+        return original_end(self, eid, written, *rest)
 
     make_model, make_batches, loss_fn = CASES["gpt2"]
     budget = _peak("gpt2") // 2

@@ -41,6 +41,8 @@ class Interner:
 
     def __init__(self) -> None:
         self._ids: dict[Hashable, int] = {}
+        # The ID of a key seen before, else None, in one C call (the interceptor's fast path).
+        self.known = self._ids.get
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -57,6 +59,8 @@ class SuccessorTable:
 
     def __init__(self) -> None:
         self._next: dict[tuple[int, ...], list[int]] = {}
+        # history -> the successors list (most recent first) or None, in one C call (hot path).
+        self.get = self._next.get
 
     def __len__(self) -> int:
         return len(self._next)
@@ -85,6 +89,8 @@ class PageCorrelation:
 
     def __init__(self) -> None:
         self._pages: dict[int, tuple[int, ...]] = {}
+        # (eid, default) -> the stable keys, in one C call (hot path; :meth:`pages` with a default).
+        self.get = self._pages.get
 
     def __len__(self) -> int:
         return len(self._pages)
@@ -131,12 +137,15 @@ class Predictor:
                 self.correct += 1
         history = self.history
         if len(history) == HISTORY:
-            self.successors.record(tuple(history), eid)
+            key = tuple(history)
+            succ = self.successors.get(key)
+            if succ is None or succ[0] != eid:  # (a repeat teaches nothing: no call)
+                self.successors.record(key, eid)
         history.append(eid)
         if hit:
             window.popleft()
             counts = self.window_pages
-            for skey in self.pages.pages(eid):
+            for skey in self.pages.get(eid, ()):
                 n = counts[skey] - 1
                 if n:
                     counts[skey] = n
@@ -175,12 +184,14 @@ class Predictor:
 
     def _fill(self) -> None:
         window, tail, counts = self.window, self._tail, self.window_pages
-        predict, pages = self.successors.predict, self.pages.pages
+        # SuccessorTable.predict and PageCorrelation.pages, written out: once per operator.
+        successors, pages = self.successors.get, self.pages.get
         while len(window) < self.lookahead and len(tail) == HISTORY:
-            nxt = predict(tuple(tail))
-            if nxt is None:
+            succ = successors(tuple(tail))
+            if not succ:
                 break
+            nxt = succ[0]
             window.append(nxt)
             tail.append(nxt)
-            for skey in pages(nxt):
+            for skey in pages(nxt, ()):
                 counts[skey] = counts.get(skey, 0) + 1

@@ -108,11 +108,12 @@ class DeepUMPolicy(LruPolicy):
         further each call, so the work per operator stays small. A pager that
         cannot fit a page calls :meth:`rewind` so the scan resumes there.
         """
-        window, pages, live = self.predictor.window, self.pages, self.live
+        window, live = self.predictor.window, self.live
+        pages = self.pages.get  # PageCorrelation.pages, written out: once per window operator
         end = min(len(window), self._cursor + max_ops)
         wanted = []
         for d in range(self._cursor, end):
-            for skey in pages.pages(window[d]):
+            for skey in pages(window[d], ()):
                 page = live.get(skey)
                 if page is not None and page.state == EVICTED:
                     wanted.append((d, page))

@@ -75,7 +75,8 @@ class RecomputeFirstPolicy(DeepUMPolicy):
         self._decided: dict[Page, Action] = {}
 
     def observe(self, eid: int) -> None:
-        super().observe(eid)
+        hit = self.predictor.observe(eid)  # DeepUMPolicy.observe, written out: every operator
+        self._cursor = max(0, self._cursor - 1) if hit else 0
         self.clock += 1
 
     def note_use(self, pages: Iterable[Page]) -> None:

@@ -39,14 +39,15 @@ class Lifecycle:
     """The part of :class:`~deepum.engine.pager.Pager` that makes, retires and restores pages."""
 
     def register(self, storage: torch.UntypedStorage, skey: int, pageable: bool,
-                 kind: Kind = Kind.OTHER, preexisting: bool = False) -> Page:
+                 kind: Kind = Kind.OTHER, preexisting: bool = False, nbytes: int = -1) -> Page:
         """A storage the engine has not seen: make it a resident page.
 
         ``preexisting``: the memory was allocated where no operator was
         intercepted (C++ internals, before the session); it counts towards the
-        peak only after the next operator has made room.
+        peak only after the next operator has made room. ``nbytes``: the
+        storage's size where the caller has read it.
         """
-        page = Page(storage._cdata, storage.nbytes(), skey, pageable)
+        page = Page(storage._cdata, storage.nbytes() if nbytes < 0 else nbytes, skey, pageable)
         page.kind = self.skey_kind.get(skey, kind)
         ref = StorageRef(storage, self._death_callback)
         ref.page = page
@@ -57,7 +58,7 @@ class Lifecycle:
         if not pageable:
             self.counters.unpageable_pages += 1
         if self.plans.mode and not preexisting:
-            self.plans.born(page)
+            self.plans.made.append(page)  # (StepPlans.born, written out: every output)
         return page
 
     def set_kind(self, page: Page, kind: Kind) -> None:

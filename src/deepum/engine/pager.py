@@ -54,16 +54,11 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         # Stable key -> the live page now playing that role (for the predictor).
         self.live: dict[int, Page] = {}
         self.costs = Costs()
-        self.policy = self._make_policy(config)
+        self.policy = _victim_policy(config, self.table, self.live, self.costs, self.rebuild_seconds)
         self.prefetch_enabled = config.prefetch and self.policy.prefetches
         self.transfers = make_transfers(device, th.cpu_copy_lag)
         self.prefetch_waits = th.plan_prefetch_waits  # (prefetch.py, prefetch_pages)
-        # The link's speed each way decides copy against rebuild (on the cpu
-        # tier a modelled one: see Thresholds.cpu_link_Bps and timing.py).
-        if device.type == "cuda":
-            self.costs.h2d_Bps, self.costs.d2h_Bps = self.transfers.measure_link()
-        else:
-            self.costs.h2d_Bps = self.costs.d2h_Bps = th.cpu_link_Bps
+        self.costs.h2d_Bps, self.costs.d2h_Bps = _link(device, self.transfers, th)
         self.counters = Stats()
         self.max_working_set_op = ""
         # The thresholds in bytes, computed once (see core/config.py for each).
@@ -110,16 +105,6 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         # siblings (intercept/register.py).
         self.in_optimizer_step = False
 
-    def _make_policy(self, config: Config):
-        """The victim and prefetch policy the options name (core/policy.py, core/remat_policy.py)."""
-        if config.policy == "deepum" and config.recompute and config.victims == "cost":
-            return RecomputeFirstPolicy(self.table, config.lookahead, self.live, self.costs,
-                                        self.rebuild_seconds,
-                                        max_candidates=config.thresholds.victim_candidates,
-                                        small_bytes=config.thresholds.of(config.thresholds.victim_small,
-                                                                         self.table.limit))
-        return make_policy(config.policy, self.table, config.lookahead, self.live)
-
     # --------------------------------------------------------- operator path
 
     def begin(self, op: object, pages: list[Page], out_bytes: int, written: list[Page] | tuple = ()) -> None:
@@ -140,9 +125,10 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
                                       [(p.kind.name.lower(), p.nbytes) for p in pages])
         for p in pages:
             p.pins += 1
-        self.policy.note_use(pages)
-        if self.plans.mode:
-            self.plans.begin(pages, written)
+        # While a plan steers, the victim policy's clock stands still (it
+        # observes no operator), so its uses need no noting.
+        if not (self.plans.mode and self.plans.begin(pages, written)):
+            self.policy.note_use(pages)
         try:
             missing = 0
             for p in pages:
@@ -184,12 +170,17 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         for p in pages:
             p.pins -= 1
 
-    def end(self, eid: int, written: list[Page], op: str = "an operator") -> None:
-        """After an operator: record writes, prefetch ahead, keep headroom.
+    def end(self, eid: int, written: list[Page], op: str = "an operator", pages: list[Page] | tuple = (),
+            out_bytes: int = 0) -> None:
+        """After an operator: unpin ``pages`` (begin()'s, with its ``out_bytes``), record
+        writes, prefetch ahead, keep headroom.
 
         Raises BudgetOvershootError under ``strict`` when ``op``'s outputs
         passed the limit (after room was made again: nothing is lost).
         """
+        self.table.reserved_bytes -= out_bytes  # unpin(), written out: every operator
+        for p in pages:
+            p.pins -= 1
         for p in written:
             storage = p.ref()
             if storage is not None and storage.nbytes() != p.nbytes:
@@ -302,9 +293,9 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             if storage is None:  # died since; its callback is queued
                 self.retire(page)
                 continue
-            live.append((storage, page))
             if page.state == ARRIVING:
                 arriving.append(page)
+            copy = False
             if page.dirty or page.host is None:
                 if (page.recipe is not None and self.recompute and action(page) == Action.DROP
                         and self._drop(page, dropping)):
@@ -312,6 +303,8 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
                     st.bytes_dropped += page.nbytes
                 else:
                     dirty.append((storage, page))
+                    copy = True
+            live.append((storage, page, copy))
         if arriving:
             # A prefetch still copying in: memory is freed on the compute
             # stream, so that stream must be past the copy first.
@@ -324,21 +317,45 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             # live on the device or on the host (see the note on interruption).
             self.transfers.save(dirty)
             st.writebacks += len(dirty)
-            st.bytes_to_host += sum(p.nbytes for _, p in dirty)
             self._note_writebacks(dirty)
         st.drops += len(dropping)
         st.dropped_clean += len(live) - len(dirty) - len(dropping)
-        copied = {id(storage) for storage, _ in dirty}
-        table = self.table
-        for storage, page in live:
+        table, free = self.table, self.transfers.free
+        # The online choice's scan rescans after losing a window page; a plan
+        # that steers has no window (its prefetches are planned).
+        on_evict = None if self.plans.steering else self.policy.on_evict
+        copied = 0
+        for storage, page, copy in live:
+            if copy:
+                copied += page.nbytes
             page.dirty = False
-            table.leaving_bytes += self.transfers.free(storage, id(storage) in copied)
+            table.leaving_bytes += free(storage, copy)
             if page.prefetched:
                 page.prefetched = False
                 self.unused_prefetch_bytes -= page.nbytes
                 st.wasted_prefetches += 1
-            self.table.evicted(page)
-            self.policy.on_evict(page)
+            table.evicted(page)
+            if on_evict is not None:
+                on_evict(page)
+        st.bytes_to_host += copied
         st.evictions += len(live)
         if self.trace is not None and live:
-            self.trace.transfer("evictions", t0, now_us(), [p for _, p in live])
+            self.trace.transfer("evictions", t0, now_us(), [p for _, p, _ in live])
+
+
+def _victim_policy(config: Config, table, live: dict, costs: Costs, rebuild_seconds):
+    """The victim and prefetch policy the options name (core/policy.py, core/remat_policy.py)."""
+    th = config.thresholds
+    if config.policy == "deepum" and config.recompute and config.victims == "cost":
+        return RecomputeFirstPolicy(table, config.lookahead, live, costs, rebuild_seconds,
+                                    max_candidates=th.victim_candidates,
+                                    small_bytes=th.of(th.victim_small, table.limit))
+    return make_policy(config.policy, table, config.lookahead, live)
+
+
+def _link(device: torch.device, transfers, th) -> tuple[float, float]:
+    """Bytes per second each way (to the device, back): the link's speed decides copy against
+    rebuild (on the cpu tier a modelled one: see Thresholds.cpu_link_Bps and timing.py)."""
+    if device.type == "cuda":
+        return transfers.measure_link()
+    return th.cpu_link_Bps, th.cpu_link_Bps

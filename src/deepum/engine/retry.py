@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ..errors import BudgetTooSmallError, UnmanagedMemoryError
 
 
@@ -36,3 +38,19 @@ def evict_for_retry(pager: Any, what: str, need: int, working: int, cause: BaseE
             raise BudgetTooSmallError(what, working, limit, pager.budget) from cause
         raise UnmanagedMemoryError(what, working, pager.table.resident_bytes, pager.budget) from cause
     pager.counters.oom_retries += 1
+
+
+def call_after_oom(pager: Any, name: str, retry_safe: bool, call, est: int, pages, error: BaseException):
+    """``call()`` once more after the out-of-memory ``error`` it raised, evicting before each
+    try until it runs or :func:`evict_for_retry` says why it cannot (``est``: the bytes of
+    its outputs; ``pages``: its inputs, resident and pinned)."""
+    while True:
+        # The allocator hit the budget (memory the engine cannot see:
+        # workspaces, fragmentation). Evict and try again.
+        with pager.lock:
+            evict_for_retry(pager, name, max(est, pager.oom_retry_bytes),
+                            est + sum(p.nbytes for p in pages), error, retry_safe, unmanaged=True)
+        try:
+            return call()
+        except torch.OutOfMemoryError as e:
+            error = e

@@ -234,11 +234,13 @@ class StepPlans:
         return self.next_pid
 
     # ------------------------------------------------------- per operator
-    def begin(self, pages: list[Page], written) -> None:
-        self.using = pages
-        self.written = written
-        if self.letting.trying and self.steering:
+    def begin(self, pages: list[Page], written) -> bool:
+        """An operator on ``pages`` is about to run; returns whether the plan steers it."""
+        self.using, self.written = pages, written
+        steering = self.mode == RUNNING and not self.left and not self.shadow  # (steering, inlined)
+        if steering and self.letting.trying:
             self.letting.before(self.by_pid)
+        return steering
 
     def recipe_wanted(self) -> bool:
         """Whether the operator about to run records recipes for its outputs ([Note: the planned step])."""
@@ -250,9 +252,6 @@ class StepPlans:
     def viewed(self, pages: list[Page]) -> None:
         """Views took ``pages`` before the next operator ([Note: views] in intercept/mode.py)."""
         self.views.extend(pages)
-
-    def born(self, page: Page) -> None:
-        self.made.append(page)
 
     def freed(self, page: Page) -> None:
         if self.mode == RECORDING and self.builder is not None:

@@ -98,6 +98,10 @@ class TraceRecorder:
         self.steps.append(ts)
 
 
+# A page kind's name by its value (an enum's .name is a Python property: one call per page copied).
+_KIND_NAMES = [k.name.lower() for k in sorted(Kind)]
+
+
 class Telemetry:
     """The part of :class:`~deepum.engine.pager.Pager` that reports what it did."""
 
@@ -120,13 +124,13 @@ class Telemetry:
         """Why each page went over the link: what it holds, or a recipe refused."""
         bytes_ = self.writeback_bytes
         for _, p in items:
-            why = "recipe too deep" if p.recipe is not None else p.kind.name.lower()
+            why = "recipe too deep" if p.recipe is not None else _KIND_NAMES[p.kind]
             bytes_[why] = bytes_.get(why, 0) + p.nbytes
 
     def _pages_by_kind(self) -> dict[str, int]:
-        counts = dict.fromkeys((k.name.lower() for k in Kind), 0)
+        counts = dict.fromkeys(_KIND_NAMES, 0)
         for page in self.table.pages.values():
-            counts[page.kind.name.lower()] += 1
+            counts[_KIND_NAMES[page.kind]] += 1
         return counts
 
     def stats(self) -> dict:

@@ -56,13 +56,15 @@ from ...core.correlation import Interner
 from ...core.pages import Page
 from ..pager import Pager
 from ..remat import capture_rng
-from ..retry import evict_for_retry
+from ..retry import call_after_oom
 from ..telemetry import now_us
 from .chunking import Chunking
 from .estimate import estimate_cached, guess
 from .plan import OpPlan, flat_outputs, hashable
 from .register import QUIET, Registration
 from .sparse import sparse_parts_resident
+
+_SKEY = operator.attrgetter("skey")
 
 # [Note: views]
 # About half the operators of a transformer's step are views (view, t,
@@ -112,8 +114,9 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         super().__init__()
         self.pager = pager
         self.device = pager.device
-        self.plans: dict[object, OpPlan] = {}
+        self.plans: dict[int, OpPlan] = {}  # by id() of the overload
         self.eids = Interner()
+        self.eid_of = self.eids.known
         self.skeys = Interner()
         # The operator (not its execution ID) that ran last; see the note.
         self.prev_plan: OpPlan | None = None
@@ -134,7 +137,9 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if kwargs is None:
             kwargs = {}
-        plan = self.plans.get(func)
+        # By address: OpOverload hashes in Python. A plan holds its overload,
+        # so no other object can take that address while the plan is kept.
+        plan = self.plans.get(id(func))
         if plan is None:
             plan = self._plan(func)
             if plan is None:
@@ -167,14 +172,14 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                 known = (self.page_of(t) for t in plan.collect(args, kwargs)[0])
                 pager.plans.viewed([p for p in known if p is not None])
         try:
-            return func(*args, **kwargs)
+            return plan.call(*args, **kwargs)
         except RuntimeError:
             pass  # an evicted storage has no bytes to check against (or the call is wrong)
         with pager.lock:
             pages, _ = self._gather(plan, func, args, kwargs)
             pager.begin(func, pages, 0)
         try:
-            return func(*args, **kwargs)
+            return plan.call(*args, **kwargs)
         finally:
             with pager.lock:
                 pager.unpin(pages)
@@ -207,7 +212,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                 pager.unpin(pages)
         with pager.lock:
             if plan.comm:
-                self._hold_for_comm(out, pages)
+                _hold_for_comm(pager, out, pages)
             table = pager.table
             for p in written:
                 storage = p.ref()
@@ -264,7 +269,10 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         with pager.lock:
             pages, written = self._gather(plan, func, args, kwargs)
             if pages:
-                eid = self.eids((plan, *[p.skey for p in pages]))
+                key = (plan, *map(_SKEY, pages))
+                eid = self.eid_of(key)
+                if eid is None:
+                    eid = self.eids(key)
             elif plan.factory and self._factory_here(kwargs):
                 pages = []
                 # Sizes and dtypes are in the arguments: two factory calls of
@@ -285,7 +293,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                     pager.begin(func, pages, est, written)
         if pages is None:
             # Nothing managed goes in; register whatever managed comes out.
-            out = func(*args, **kwargs)
+            out = plan.call(*args, **kwargs)
             if plan.fresh and any(is_managed(t) for t in flat_outputs(out)):
                 with pager.lock:
                     eid = self.eids((plan, -2, self.prev_plan))
@@ -294,14 +302,19 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
             return out
         if chunks is not None:
             return self._run_chunks(func, types, args, kwargs, chunks)
-        call = self._recipe_call(plan, func, args, kwargs)
+        call = (self._recipe_call(plan, func, args, kwargs)
+                if plan.recomputable and pager.recompute and pager.pressure else None)
         # Timed in their first runs: operators with recipes (a rebuild's cost)
         # and, for a planned step, every operator (the compute a planned copy
         # can hide behind, engine/stepplan.py).
         token = (pager.timer.start(eid) if pager.timer.cuda and (call is not None or pager.plans.enabled)
                  else None)
         try:
-            out = self._call(plan, func, args, kwargs, est, pages)
+            try:
+                out = plan.call(*args, **kwargs)
+            except torch.OutOfMemoryError as e:  # see [Note: evict and retry] in retry.py
+                out = call_after_oom(pager, plan.name, plan.retry_safe, lambda: plan.call(*args, **kwargs),
+                                     est, pages, e)
         except BaseException:
             with pager.lock:
                 pager.unpin(pages, est)
@@ -309,9 +322,8 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         if token is not None:
             pager.timer.stop(token)
         with pager.lock:
-            pager.unpin(pages, est)
             if plan.comm:
-                self._hold_for_comm(out, pages)
+                _hold_for_comm(pager, out, pages)
             new = self._register_outputs(out, eid, call) if plan.fresh else 0
             # The largest output seen: an ID whose output size varies with an
             # argument that is not part of it (a size list) is never underestimated twice.
@@ -320,27 +332,11 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                 pager.costs.note_bytes(eid, new)
             elif eid not in self.out_bytes:
                 self.out_bytes[eid] = est
-            self._finish(plan, eid, written)
+            pager.counters.ops += 1
+            pager.end(eid, written, plan.name, pages, est)
+            self.prev_plan = plan
+            self.last_eid = eid
         return out
-
-    def _hold_for_comm(self, out, pages: list[Page]) -> None:
-        """Keep a collective's pages pinned until its communication has finished.
-
-        ``c10d`` operators hand the tensors to a communication thread and
-        return at once; evicting a bucket before the all-reduce is done would
-        free memory the thread still reads and writes.
-        """
-        work_type = getattr(torch._C, "_distributed_c10d", None)
-        if work_type is None:
-            return
-        for x in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(x, torch.ScriptObject):
-                try:
-                    work = work_type.Work.unbox(x)
-                except RuntimeError:
-                    continue
-                if not work.is_completed():
-                    self.pager.hold(work, pages)
 
     def _first_sight(self, plan: OpPlan, func, args, kwargs, eid: int, pages: list[Page]) -> tuple[int, bool]:
         """(bytes to make room for, whether that is a guess) for a new execution ID;
@@ -379,18 +375,12 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         self.last_eid = eid
 
     def _call(self, plan, func, args, kwargs, est, pages):
-        pager = self.pager
-        while True:
-            try:
-                return func(*args, **kwargs)
-            except torch.OutOfMemoryError as e:
-                # The allocator hit the budget (memory the engine cannot see:
-                # workspaces, fragmentation). Evict and try again.
-                # See [Note: evict and retry] in retry.py.
-                with pager.lock:
-                    evict_for_retry(pager, plan.name, max(est, pager.oom_retry_bytes),
-                                    est + sum(p.nbytes for p in pages), e, plan.retry_safe,
-                                    unmanaged=True)
+        try:
+            return plan.call(*args, **kwargs)
+        except torch.OutOfMemoryError as e:
+            # See [Note: evict and retry] in retry.py.
+            return call_after_oom(self.pager, plan.name, plan.retry_safe, lambda: plan.call(*args, **kwargs),
+                                  est, pages, e)
 
     def _plan(self, func) -> OpPlan | None:
         if not isinstance(func, torch._ops.OpOverload):
@@ -398,5 +388,25 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         config = self.pager.config
         plan = OpPlan(func, config.recipes)
         plan.view = plan.view and config.thresholds.view_fast_path
-        self.plans[func] = plan
+        self.plans[id(func)] = plan
         return plan
+
+
+def _hold_for_comm(pager: Pager, out, pages: list[Page]) -> None:
+    """Keep a collective's pages pinned until its communication has finished.
+
+    ``c10d`` operators hand the tensors to a communication thread and
+    return at once; evicting a bucket before the all-reduce is done would
+    free memory the thread still reads and writes.
+    """
+    work_type = getattr(torch._C, "_distributed_c10d", None)
+    if work_type is None:
+        return
+    for x in out if isinstance(out, (tuple, list)) else (out,):
+        if isinstance(x, torch.ScriptObject):
+            try:
+                work = work_type.Work.unbox(x)
+            except RuntimeError:
+                continue
+            if not work.is_completed():
+                pager.hold(work, pages)

@@ -35,12 +35,14 @@ _PAGEABLE_TYPES = (torch.Tensor, torch.nn.Parameter)
 class OpPlan:
     """What the interceptor needs to know about one operator overload, computed once."""
 
-    __slots__ = ("func", "name", "slots", "n_written", "list_slots", "foreach",
+    __slots__ = ("func", "call", "name", "slots", "n_written", "list_slots", "foreach",
                  "fresh", "factory", "retry_safe", "comm", "recomputable", "seeded", "sized", "view")
 
     def __init__(self, func: torch._ops.OpOverload, recipes: str = "all") -> None:
         schema = func._schema
         self.func = func
+        # The overload's C++ callable: OpOverload.__call__ is a Python frame that only forwards to it.
+        self.call = getattr(func, "_op", func)
         self.name = str(func)
         extra = _UNANNOTATED_WRITES.get(schema.name, ())
         written, read, lists = [], [], []

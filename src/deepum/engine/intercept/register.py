@@ -85,7 +85,7 @@ class Registration:
             # Parameters live for the whole run: their identity is their role.
             skey = self.skeys(("param", len(self.skeys)))
         else:
-            skey = self._stable_key(("ext", self.prev_plan, self.plans[func], i, tuple(t.shape), t.dtype))
+            skey = self._stable_key(("ext", self.prev_plan, self.plans[id(func)], i, tuple(t.shape), t.dtype))
         kind = Kind.PARAMETER if param else Kind.OTHER
         return self.pager.register(s, skey, pageable(t, s), kind, preexisting=True)
 
@@ -96,7 +96,7 @@ class Registration:
         pages get a recipe (engine/remat.py).
         """
         pager = self.pager
-        get = pager.table.pages.get
+        get, known, live = pager.table.pages.get, self.skeys.known, pager.live
         is_managed = self.is_managed
         new = 0
         for i, t in enumerate(flat_outputs(out)):
@@ -118,8 +118,17 @@ class Registration:
             nbytes = s.nbytes()
             if nbytes == 0 or s.device != self.device:
                 continue
-            skey = QUIET_SKEY if eid == QUIET else self._stable_key(("born", eid, i))
-            p = pager.register(s, skey, pageable(t, s))
+            if eid == QUIET:
+                skey = QUIET_SKEY
+            else:  # _stable_key, its usual case written out: every output
+                name = ("born", eid, i)
+                skey = known(name)
+                if skey is None:
+                    skey = self.skeys(name)
+                holder = live.get(skey)
+                if holder is not None and self._sibling(holder):
+                    skey = self._stable_key(name)
+            p = pager.register(s, skey, pageable(t, s), nbytes=nbytes)
             new += nbytes
             if call is not None and nbytes >= pager.recompute_min_bytes and p.pageable:
                 func, args, kwargs, rng = call
