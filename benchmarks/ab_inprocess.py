@@ -21,6 +21,7 @@ steps, not the same batches.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.util
 import json
@@ -80,6 +81,7 @@ def one_session(device, sync, work, step, budget: int, setup, warmup: int, steps
             step(work.host_batch(first + i))
         sync()
         before = session.stats()
+        env0 = _environment(device)
         times = []
         for i in range(steps):
             t0 = time.perf_counter()
@@ -87,8 +89,38 @@ def one_session(device, sync, work, step, budget: int, setup, warmup: int, steps
             sync()
             times.append(time.perf_counter() - t0)
         after = session.stats()
+        env1 = _environment(device)
     counts = {k: (after[k] - before[k]) / steps for k in KEYS if k in after}
+    counts.update({k: (env1[k] - env0[k]) / steps for k in env0})
+    counts["step_ms"] = "/".join(f"{t * 1e3:.0f}" for t in times)
     return statistics.median(times), counts, after.get("plan_verdict")
+
+
+def _gc_tracker():
+    """gc.callbacks entry counting full passes and their seconds (what moves a session's time
+    besides the engine)."""
+    state = {"full": 0, "gc_s": 0.0, "t0": 0.0}
+
+    def callback(phase, info):
+        if phase == "start":
+            state["t0"] = time.perf_counter()
+        else:
+            state["gc_s"] += time.perf_counter() - state["t0"]
+            state["full"] += info.get("generation") == 2
+
+    gc.callbacks.append(callback)
+    return state
+
+
+_GC = _gc_tracker()
+
+
+def _environment(device) -> dict:
+    """The caching allocator's retries and the garbage collector's passes and seconds so far."""
+    out = {"gc_full": _GC["full"], "gc_ms": _GC["gc_s"] * 1e3}
+    if device.type == "cuda":
+        out["alloc_retries"] = torch.cuda.memory_stats(device).get("num_alloc_retries", 0)
+    return out
 
 
 def main() -> None:
@@ -113,7 +145,8 @@ def main() -> None:
             first += warmup + steps
             medians[name].append(t)
             line = (f"round {r} {name}: {t * 1e3:8.1f} ms  verdict {verdict}  "
-                    + " ".join(f"{k} {v:.4g}" for k, v in counts.items()))
+                    + " ".join(f"{k} {v:.4g}" if not isinstance(v, str) else f"{k} {v}"
+                               for k, v in counts.items()))
             print(line, flush=True)
             lines.append(line)
     a, b = statistics.median(medians["A"]), statistics.median(medians["B"])

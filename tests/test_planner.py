@@ -5,10 +5,20 @@ import time
 
 import pytest
 
+from deepum.core import planner
 from deepum.core.costs import D2H, H2D, Costs
 from deepum.core.linkcap import LinkCapacity
 from deepum.core.pages import Page, PageTable
-from deepum.core.planner import MOVE_S, Action, OpSpec, PageSpec, StepTrace, plan_step, simulate
+from deepum.core.planner import (
+    LINK_PRICE,
+    MOVE_S,
+    Action,
+    OpSpec,
+    PageSpec,
+    StepTrace,
+    plan_step,
+    simulate,
+)
 from deepum.core.remat_policy import RecomputeFirstPolicy
 
 MB = 1 << 20
@@ -255,7 +265,7 @@ class TestPlanner:
     def test_worked_example_of_the_docstring(self):
         def example(limit, gap):
             a, b, c = 0, 1, 2
-            pages = {a: PageSpec(4, rebuild_seconds=1.0),
+            pages = {a: PageSpec(4, rebuild_seconds=5.0),
                      b: PageSpec(4, rebuild_seconds=0.01, recipe_inputs=(a,)), c: PageSpec(4)}
             ops = [OpSpec(0, 1.0, creates=(a,)), OpSpec(1, 1.0, uses=(a,), creates=(b,)),
                    OpSpec(2, 1.0, uses=(b,), creates=(c,), frees=(b,))]
@@ -266,7 +276,7 @@ class TestPlanner:
 
         trace, plan = example(8, 0)
         assert plan.evictions == {1: [(0, Action.DROP)]}
-        assert check_fits(trace, plan, 8).recompute_seconds == 1.0
+        assert check_fits(trace, plan, 8).recompute_seconds == 5.0
         trace, plan = example(8, 5)
         assert plan.evictions == {1: [(0, Action.COPY)]} and plan.prefetches == {5: [0]}
         sim = check_fits(trace, plan, 8)
@@ -366,17 +376,37 @@ class TestPlanner:
         check_fits(trace, plan, 3 * MB)
 
     def test_transformer_at_half_peak_drops_pointwise_and_keeps_matmuls(self):
+        # At a tenth of the link time a hidden copy costs, only pointwise
+        # outputs are worth a rebuild; at the default (all of it) a matmul
+        # output that rebuilds faster than its round trip is dropped too, and
+        # the plan copies fewer bytes for more recompute.
         builder = transformer(layers=8)
         trace = builder.trace()
         peak = unconstrained_peak(trace)
-        plan = plan_step(trace, peak // 2, 25e9, 25e9)
-        sim = check_fits(trace, plan, peak // 2)
-        dropped = {p for p, a in actions(plan) if a == Action.DROP}
-        assert dropped, "the plan should drop something"
-        assert all(builder.kind[p] == "pointwise" for p in dropped)
         compute = sum(op.seconds for op in trace.ops)
-        assert sim.recompute_seconds < 0.05 * compute
-        assert sim.stall_seconds < 0.1 * compute
+        sims = {}
+        for price in (0.1, LINK_PRICE):
+            plan = plan_step(trace, peak // 2, 25e9, 25e9, link_price=price)
+            sim = sims[price] = check_fits(trace, plan, peak // 2)
+            dropped = {p for p, a in actions(plan) if a == Action.DROP}
+            assert dropped, "the plan should drop something"
+            assert sim.stall_seconds < 0.1 * compute
+            for p in dropped:
+                assert trace.pages[p].rebuild_seconds < price * 2 * trace.pages[p].nbytes / 25e9 or \
+                    builder.kind[p] == "pointwise", (price, builder.kind[p])
+        assert sims[0.1].recompute_seconds < 0.05 * compute
+        assert sims[LINK_PRICE].h2d_bytes < sims[0.1].h2d_bytes
+        assert sims[LINK_PRICE].recompute_seconds > sims[0.1].recompute_seconds
+
+    def test_a_plan_that_does_not_fit_is_made_again_at_the_fallback_price(self):
+        # [Note: a plan that fits first]: at 0.35 of the peak the sweep at a
+        # high price drops so much that its lineage leaves an operator short.
+        trace = transformer().trace()
+        limit = int(unconstrained_peak(trace) * 0.35)
+        greedy = planner._Sweep(trace, limit, 8e9, 8e9, 16, 2.0, planner.MOVE_S).run()
+        assert not greedy.fits
+        plan = plan_step(trace, limit, 8e9, 8e9, link_price=2.0)
+        assert plan.fits and check_fits(trace, plan, limit).peak_bytes <= limit
 
     def test_cheap_pages_are_dropped_even_while_the_link_is_idle(self):
         def plan_for(link_price, move_s=MOVE_S):
@@ -602,7 +632,6 @@ class TestPlanner:
         # pair: a rebuild of the last meets each once (as the glue's walk
         # does), where pricing path by path took 2^depth walks (a recorded
         # GPT-2 medium step took 32 s to plan).
-        from deepum.core import planner
 
         t = Builder()
         x, y = t.page(MB), t.page(MB)

@@ -380,6 +380,8 @@ def test_copies_out_that_hold_memory_and_the_two_answers_to_them():
     # (plan_leaving_room), or let a planned prefetch wait for the copies
     # holding its room (plan_prefetch_waits). Both stay exact, as does the
     # retry after the next operator (plan_prefetch_retry, on by default).
+    # Planned at a tenth of the link price, so that copies dominate the plan
+    # and the lag is the case (the default drops more and copies less).
     from deepum.core.config import Thresholds
 
     make = CASES["gpt2"]
@@ -390,7 +392,7 @@ def test_copies_out_that_hold_memory_and_the_two_answers_to_them():
         each = []
         # plan_prefetch_retry is on by default: the run named for it turns it off.
         value = option != "plan_prefetch_retry"
-        th = Thresholds(cpu_copy_lag=10, **({option: value} if option != "none" else {}))
+        th = Thresholds(cpu_copy_lag=10, plan_link_price=0.1, **({option: value} if option != "none" else {}))
         got = train(*make, STEPS, budget=budget, plan=True, each_step=each, thresholds=th)
         assert_identical(ref, got)
         steered = [s for s in each if s["planned_evictions"] > s["evictions"] / 2]

@@ -157,11 +157,9 @@ class Thresholds:
     # without the gate, as before.
     timing_gate_s: float = 100e-6
     # The share of a copy's link time the planner charges even where the
-    # link has room to hide it (core/planner.py's LINK_PRICE): higher moves
-    # the plan from copies to rebuilds, which costs host time per rebuild in
-    # a step bound by the host; for an in-process A/B (docs/BENCHMARKS.md,
-    # session 14).
-    plan_link_price: float = 0.1
+    # link has room to hide it (core/planner.py's LINK_PRICE, which says why
+    # all of it): lower moves the plan from rebuilds to copies.
+    plan_link_price: float = 1.0
     # The plan evicts a page it copies out right after the page's last use,
     # so the copy ends before its room is needed (core/planner.py, [Note:
     # copies leave early]); False evicts it right before, as until session
