@@ -22,8 +22,7 @@ MAX_DEPTH = THRESHOLDS.recipe_max_depth
 
 def _page(s, t):
     """The page of ``t``, looked at without host access faulting it in."""
-    with torch._C.DisableTorchFunction():
-        return s.pager.table.get(t.untyped_storage()._cdata)
+    return s.pager.table.get(torch._C.TensorBase.untyped_storage(t)._cdata)
 
 
 def _all_recipes(s) -> None:
@@ -235,8 +234,8 @@ def test_chains_longer_than_the_depth_limit_are_copied_beyond_it():
     with _session() as s:
         _all_recipes(s)
         outs = chain(x)
-        with torch._C.DisableTorchFunction():  # look at the pages, do not fault them in
-            pages = [s.pager.table.get(o.untyped_storage()._cdata) for o in outs]
+        # Look at the pages past host access's wrappers: do not fault them in.
+        pages = [s.pager.table.get(torch._C.TensorBase.untyped_storage(o)._cdata) for o in outs]
         dropped = [p.dropped for p in pages]
         # Every page is out (stress); no run of dropped pages is longer than the limit.
         run = longest = 0

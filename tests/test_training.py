@@ -16,6 +16,9 @@ from deepum.engine import movers
 from . import models
 from .helpers import assert_identical, train, unconstrained_peak
 
+# A tensor's storage past host access's wrappers (asking through them would fault the page in).
+_storage = torch._C.TensorBase.untyped_storage
+
 STEPS = 5
 
 CASES = {
@@ -130,12 +133,11 @@ def test_siblings_made_alike_keep_stable_keys_of_their_own():
             loss.backward()
             opt.step()
             kept.append(loss)
-            with torch._C.DisableTorchFunction():  # look at the pages, do not fault them in
-                loss_keys.append(pager.table.get(loss.untyped_storage()._cdata).skey)
+            # Look at the pages past host access's wrappers: do not fault them in.
+            loss_keys.append(pager.table.get(_storage(loss)._cdata).skey)
         tensors = list(model.parameters()) + [v for state in opt.state.values() for v in state.values()
                                               if torch.is_tensor(v) and v.numel() > 1]
-        with torch._C.DisableTorchFunction():
-            pages = [pager.table.get(t.untyped_storage()._cdata) for t in tensors]
+        pages = [pager.table.get(_storage(t)._cdata) for t in tensors]
         assert pager.pressure and session.stats()["evictions"] > 0
         keys = [p.skey for p in pages]
         assert len(pages) == 3 * 9 * 2 - 0 and len(set(keys)) == len(keys)
@@ -256,8 +258,7 @@ def test_pages_made_before_pressure_get_stable_keys_when_it_begins():
         src = torch.randn(256, 1024)
         early = [src + i for i in range(8)]
         pager = s.pager
-        with torch._C.DisableTorchFunction():  # look at the pages, do not fault them in
-            pages = [pager.table.get(t.untyped_storage()._cdata) for t in early]
+        pages = [pager.table.get(_storage(t)._cdata) for t in early]  # not faulted in
         assert not pager.pressure and {p.skey for p in pages} == {QUIET_SKEY}
         late = [torch.randn(256, 1024) for _ in range(80)]  # past the budget: pressure, evictions
         assert pager.pressure and pager.counters.evictions > 0

@@ -32,8 +32,7 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
     def page_of(t):
         if not isinstance(t, torch.Tensor):
             return None
-        with torch._C.DisableTorchFunction():  # the engine's look-up, not host access
-            return mode.page_of(t)
+        return mode.page_of(t)  # (through TensorBase: never host access's wrappers)
 
     def pack(t):
         page = page_of(t)

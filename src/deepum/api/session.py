@@ -312,7 +312,8 @@ class Session:
         self._entered_at = time.perf_counter()
         self._mode.__enter__()
         # See [Note: host access] in engine/intercept/host_access.py.
-        self._host_reads = host_access.enter(self.pager, self._mode.is_managed, self.config.host_access)
+        self._host_reads = host_access.enter(self.pager, self._mode.is_managed, self.config.host_access,
+                                             self._mode)
         if self._watch is not None and self._host_reads.watching:
             self._watch.host_mode = self._host_reads
         _active = self
@@ -384,9 +385,8 @@ class Session:
                     "no operator was being intercepted): attach threads before the first steps, "
                     "or create the session with dormant=False")
             dormancy.attached += 1
-        watch = host_access.HostAccessMode(self._host_reads.access) if self.config.host_access else None
         try:
-            with mode, (watch or contextlib.nullcontext()):
+            with mode:  # (host access watches every thread the paging mode runs on)
                 yield self
         finally:
             if dormancy is not None:

@@ -216,8 +216,8 @@ class Config:
     recipes: str = "all"
     # Watch code that reads or writes tensor memory without an operator
     # (torch.save, pickle, deepcopy, print, numpy, data pointers) and bring
-    # pages in for it (engine/intercept/host_access.py). Off saves a Python
-    # call per torch function for programs that never do so inside a session.
+    # pages in for it (engine/intercept/host_access.py). Off leaves a dozen
+    # tensor methods unwrapped, for programs that never read so inside a session.
     host_access: bool = True
     # True: record one training step, plan it (core/planner.py) and execute
     # the plan in the steps after (engine/stepplan.py). It is faster than

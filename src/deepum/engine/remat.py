@@ -50,6 +50,10 @@ from .movers import can_swap, swap_data
 from .retry import evict_for_retry
 from .telemetry import profiler_range
 
+# A tensor's storage, called on TensorBase: the engine's look-ups never pass
+# through host access's wrappers of Tensor.untyped_storage (intercept/host_access.py).
+storage_of = torch._C.TensorBase.untyped_storage
+
 # Small unmanaged tensors a recipe may copy and keep (scalars moved to a
 # device, CPU scalar tensors handed to CUDA operators).
 _CONST_MAX_BYTES = 4096
@@ -202,7 +206,7 @@ class Recipe:
             out = self.func(*args, **kwargs)
             if isinstance(out, (tuple, list)):
                 out = out[self.index]
-            src = out.untyped_storage()
+            src = storage_of(out)
             if src.nbytes() != nbytes:
                 raise RuntimeError(f"deepum: recomputing {self.func} gave {src.nbytes()} bytes, "
                                    f"the page holds {nbytes}")
@@ -235,7 +239,7 @@ def _owns(src: torch.UntypedStorage, args: list, kwargs: dict) -> bool:
 
     def shares(x) -> bool:
         if isinstance(x, torch.Tensor):
-            return x.untyped_storage().data_ptr() == ptr
+            return storage_of(x).data_ptr() == ptr
         if isinstance(x, (list, tuple)):
             return any(shares(y) for y in x)
         return False
@@ -273,7 +277,7 @@ def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_
 
     ``page_of(t)`` returns the managed page of a tensor, or None.
     """
-    if out.storage_offset() != 0 or out.numel() * out.element_size() != out.untyped_storage().nbytes():
+    if out.storage_offset() != 0 or out.numel() * out.element_size() != storage_of(out).nbytes():
         return None
     if _attention_dropout(func, args, kwargs):
         return None

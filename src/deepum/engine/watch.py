@@ -59,7 +59,7 @@ class Watch:
         th = pager.config.thresholds
         self.pager = pager
         self.mode = mode  # the interceptor (engine/intercept/mode.py)
-        self.host_mode = None  # host_access.HostAccessMode once pushed, if it watches
+        self.host_mode = None  # host_access.HostAccessMode, if it watches: entered while paging
         self.signal = signal  # engine/memsignal.py
         self.adopt = adopt  # called after paging turns on (CUDA: the adoption scan)
         self.state = Dormancy(pager.table.limit, th.engage, th.release, th.calm_windows)
@@ -230,12 +230,7 @@ class Watch:
 
     def _on_top(self) -> bool:
         dispatch = _get_current_dispatch_mode_stack()
-        if not dispatch or dispatch[-1] is not self.mode:
-            return False
-        if self.host_mode is None:
-            return True
-        functions = _get_current_function_mode_stack()
-        return bool(functions) and functions[-1] is self.host_mode
+        return bool(dispatch) and dispatch[-1] is self.mode
 
     # ------------------------------------------------------------ the session's
 

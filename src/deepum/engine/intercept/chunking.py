@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import UnsupportedError
-from .plan import logical_nbytes
+from .plan import logical_nbytes, storage_of
 
 
 class Chunking:
@@ -47,7 +47,7 @@ class Chunking:
                     "deepum cannot split this operator into parts that fit the budget")
             for j, x in enumerate(v):
                 if isinstance(x, torch.Tensor) and self.is_managed(x):
-                    cost[j] += x.untyped_storage().nbytes() or logical_nbytes(x)
+                    cost[j] += storage_of(x).nbytes() or logical_nbytes(x)
         total = sum(cost) or 1
         cap = self._chunk_cap()
         bounds, start, acc = [], 0, 0

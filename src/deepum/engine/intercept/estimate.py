@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .plan import OpPlan, flat_outputs
+from .plan import OpPlan, flat_outputs, storage_of
 from .sparse import sparse_nbytes
 
 META_CACHE_MAX = 1 << 16
@@ -40,7 +40,7 @@ def estimate(plan: OpPlan, func, args, kwargs) -> int:
     try:
         margs = to_meta(args)
         mkwargs = {k: to_meta(v) for k, v in kwargs.items()}
-        inputs = {t.untyped_storage()._cdata for t in flat_outputs(margs)}
+        inputs = {storage_of(t)._cdata for t in flat_outputs(margs)}
         out = func(*margs, **mkwargs)
     except Exception:
         return -1  # no meta kernel (or sparse arguments): see guess()
@@ -49,7 +49,7 @@ def estimate(plan: OpPlan, func, args, kwargs) -> int:
         if t.layout != torch.strided:
             total += sparse_nbytes(t)
             continue
-        s = t.untyped_storage()
+        s = storage_of(t)
         if s._cdata not in inputs:
             total += s.nbytes()
     return total

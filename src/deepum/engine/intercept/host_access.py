@@ -8,8 +8,8 @@ formats the values, ``copy.deepcopy`` clones the storage, ``torch.save`` and
 safetensors and Hugging Face read ``data_ptr()`` and storage addresses, C++
 extensions are handed raw pointers. An evicted storage has ``nbytes() == 0``
 and no memory, so each of those would see an empty storage (or garbage). They
-are caught one level up, as torch functions (:class:`HostAccessMode`), in four
-ways:
+are caught one level up, as the methods themselves (:class:`HostAccessMode`,
+[Note: host access without a torch-function mode]), in four ways:
 
 * reads (tolist, tensor_split's index tensor, repr/str/format, deepcopy): the
   tensors' pages are faulted in and pinned for the duration of the call;
@@ -48,8 +48,7 @@ import weakref
 from collections.abc import Iterator
 
 import torch
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import _disable_current_modes
+from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode_stack
 
 from ...core.pages import DEAD, EVICTED, Page
 from ...errors import UnsupportedError
@@ -58,11 +57,7 @@ from ..pager import Pager
 from .register import live_page
 
 Tensor = torch.Tensor
-_READS = {Tensor.tolist, torch.tensor_split, Tensor.tensor_split, Tensor.__repr__,
-          Tensor.__format__, Tensor.__deepcopy__}
-_ALIASES = {Tensor.numpy, Tensor.__array__, Tensor.__dlpack__}
-_POINTERS = {Tensor.data_ptr, Tensor.untyped_storage, Tensor.storage, Tensor._typed_storage}
-_CAUGHT = _READS | _ALIASES | _POINTERS
+_storage_of = torch._C.TensorBase.untyped_storage  # never through the wrappers below
 
 COMPILE_REMEDY = (
     "this torch.compile cannot be kept out of deepum's interceptor. Compile and run the function outside "
@@ -94,8 +89,8 @@ class HostAccess:
     def pin(self, op: object, tensors, alias: bool = False) -> list[Page]:
         """Fault the tensors' pages in and pin them; the caller unpins (:meth:`unpin`)."""
         pager = self.pager
-        # The engine's own storage look-ups must not be caught as host access.
-        with pager.lock, torch._C.DisableTorchFunction():
+        # The engine's own storage look-ups hold the lock: not caught as host access.
+        with pager.lock:
             pages = self.pages_of(tensors)
             if pages:
                 # The copies that bring pages back are operators themselves:
@@ -152,12 +147,11 @@ class HostAccess:
         """A host tensor with ``t``'s bytes, shape and strides, or None if ``t`` needs none."""
         if not (self.is_managed(t) and t.layout == torch.strided) or self.pager.closed:
             return None
-        with torch._C.DisableTorchFunction():
-            return self._snapshot(t)
+        return self._snapshot(t)
 
     def _snapshot(self, t: Tensor) -> Tensor | None:
         try:
-            storage = t.untyped_storage()
+            storage = _storage_of(t)
         except (RuntimeError, NotImplementedError):
             return None
         pager = self.pager
@@ -203,36 +197,117 @@ class HostAccess:
         return buf.untyped_storage()
 
 
-class HostAccessMode(TorchFunctionMode):
-    """Brings pages in before host code reads tensor memory; see [Note: host access]."""
+class HostAccessMode:
+    """Brings pages in before host code reads tensor memory; see [Note: host access].
 
-    def __init__(self, access: HostAccess) -> None:
-        super().__init__()
+    [Note: host access without a torch-function mode]
+    While entered, the caught methods are wrapped on ``torch.Tensor`` itself
+    (and ``torch.tensor_split``), not caught by a ``TorchFunctionMode``: a
+    torch-function mode costs a Python call on every torch call of the
+    program, views included, for a dozen methods that a training step calls
+    rarely. A wrapper passes straight through unless the calling thread runs
+    under this session's paging mode (the threads a torch-function mode would
+    have seen: the session's, autograd's workers, attached ones), and the
+    engine's own storage look-ups (under the pager's lock, or through
+    ``TensorBase`` directly) never wait on it. Calls a caught method makes
+    itself (``storage()`` reading ``untyped_storage()``) pass through.
+    """
+
+    def __init__(self, access: HostAccess, paging_mode=None) -> None:
         self.access = access
+        self.paging_mode = paging_mode  # whose threads are watched (None: every thread)
+        self.watching = True
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __enter__(self) -> HostAccessMode:
+        _wrap_methods(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _unwrap_methods(self)
+
+    def call(self, func, kind: int, args: tuple, kwargs: dict):
+        """``func`` (a caught method's original) with the tensors' pages in, as ``kind`` says."""
+        tensors = _tensors(args, kwargs)
+        _inside.depth = getattr(_inside, "depth", 0) + 1
+        try:
+            if kind == _POINTER:
+                self.access.hold(func, tensors)
+                return func(*args, **kwargs)
+            pages = self.access.pin(func, tensors, alias=kind == _ALIAS)
+            try:
+                if not pages:
+                    return func(*args, **kwargs)
+                # Below the paging mode: a deepcopy's new storage is passed to
+                # set_ as a storage, not a tensor, so the mode could not fault it
+                # back in had it evicted it meanwhile. What the call makes stays
+                # unmanaged until an operator first uses it.
+                with _disable_current_modes():
+                    return func(*args, **kwargs)
+            finally:
+                self.access.unpin(pages)
+        finally:
+            _inside.depth -= 1
+
+    def watches_this_thread(self) -> bool:
+        mode = self.paging_mode
+        return mode is None or mode in _get_current_dispatch_mode_stack()
+
+
+_READ, _ALIAS, _POINTER = range(3)
+_METHODS = {"tolist": _READ, "tensor_split": _READ, "__repr__": _READ, "__format__": _READ,
+            "__deepcopy__": _READ, "numpy": _ALIAS, "__array__": _ALIAS, "__dlpack__": _ALIAS,
+            "data_ptr": _POINTER, "untyped_storage": _POINTER, "storage": _POINTER,
+            "_typed_storage": _POINTER}
+_MISSING = object()
+_inside = threading.local()  # depth of caught calls on this thread
+_watch: HostAccessMode | None = None
+_saved: dict[str, object] = {}  # name -> what torch.Tensor held before (_MISSING: inherited)
+
+
+def _wrapper(original, kind: int):
+    def caught(*args, **kwargs):
+        watch = _watch
+        if (watch is None or getattr(_inside, "depth", 0) or watch.access.pager.lock._is_owned()
+                or not watch.watches_this_thread()):
+            # Not watching; a caught method's own calls; the engine itself (it
+            # holds the lock); or a thread the session does not page.
+            return original(*args, **kwargs)
         if not _dynamo_kept_out and "torch._dynamo" in sys.modules:
             keep_dynamo_out()  # torch.compile was first called inside the session
-        kwargs = kwargs or {}
-        if func not in _CAUGHT or self.access.pager.lock._is_owned():
-            # Not host access, or the engine itself (it holds the lock) looking at storages.
-            return func(*args, **kwargs)
-        tensors = _tensors(args, kwargs)
-        if func in _POINTERS:
-            self.access.hold(func, tensors)
-            return func(*args, **kwargs)
-        pages = self.access.pin(func, tensors, alias=func in _ALIASES)
-        try:
-            if not pages:
-                return func(*args, **kwargs)
-            # Below the paging mode: a deepcopy's new storage is passed to
-            # set_ as a storage, not a tensor, so the mode could not fault it
-            # back in had it evicted it meanwhile. What the call makes stays
-            # unmanaged until an operator first uses it.
-            with _disable_current_modes():
-                return func(*args, **kwargs)
-        finally:
-            self.access.unpin(pages)
+        return watch.call(original, kind, args, kwargs)
+
+    caught.__name__ = getattr(original, "__name__", "caught")
+    caught.__doc__ = getattr(original, "__doc__", None)
+    caught.__wrapped__ = original
+    return caught
+
+
+def _wrap_methods(watch: HostAccessMode) -> None:
+    global _watch
+    _watch = watch
+    if _saved:
+        return
+    for name, kind in _METHODS.items():
+        _saved[name] = Tensor.__dict__.get(name, _MISSING)
+        setattr(Tensor, name, _wrapper(getattr(Tensor, name), kind))
+    _saved["torch.tensor_split"] = torch.tensor_split
+    torch.tensor_split = _wrapper(torch.tensor_split, _READ)
+
+
+def _unwrap_methods(watch: HostAccessMode) -> None:
+    global _watch
+    if _watch is not watch:
+        return
+    _watch = None
+    if not _saved:
+        return
+    torch.tensor_split = _saved.pop("torch.tensor_split")
+    for name, before in _saved.items():
+        if before is _MISSING:
+            delattr(Tensor, name)
+        else:
+            setattr(Tensor, name, before)
+    _saved.clear()
 
 
 _dynamo_kept_out = False
@@ -300,15 +375,16 @@ def _no_deserializer(storage, location):
 torch.serialization.register_package(5, _tag, _no_deserializer)
 
 
-def enter(pager: Pager, is_managed, watch: bool = True) -> HostAccessMode:
-    """Start host access for a session (this thread); undo with :func:`leave`.
+def enter(pager: Pager, is_managed, watch: bool = True, paging_mode=None) -> HostAccessMode:
+    """Start host access for a session; undo with :func:`leave`.
 
-    ``watch=False`` (Session(host_access=False)) keeps serialization safe
-    but leaves the torch-function mode out: reads without an operator are
-    then the program's own business, and no torch function pays for them.
+    ``paging_mode``: the session's interceptor; host code is watched on the
+    threads it runs on. ``watch=False`` (Session(host_access=False)) keeps
+    serialization safe but leaves the methods unwrapped: reads without an
+    operator are then the program's own business.
     """
     keep_dynamo_out()
-    mode = HostAccessMode(HostAccess(pager, is_managed))
+    mode = HostAccessMode(HostAccess(pager, is_managed), paging_mode)
     mode.watching = watch
     if watch:
         mode.__enter__()

@@ -60,7 +60,7 @@ from ..retry import call_after_oom
 from ..telemetry import now_us
 from .chunking import Chunking
 from .estimate import estimate_cached, guess
-from .plan import OpPlan, flat_outputs, hashable
+from .plan import OpPlan, flat_outputs, hashable, storage_of
 from .register import QUIET, Registration
 from .sparse import sparse_parts_resident
 
@@ -248,7 +248,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                 sparse_parts_resident(self, t, found)
                 continue
             try:
-                s = t.untyped_storage()
+                s = storage_of(t)
             except (RuntimeError, NotImplementedError):  # other storage-less kinds
                 continue
             p = get(s._cdata)

@@ -10,7 +10,7 @@ import torch
 
 from ...core.pages import DEAD, Kind, Page
 from ..remat import record
-from .plan import flat_outputs, pageable
+from .plan import flat_outputs, pageable, storage_of
 from .sparse import sparse_parts_resident
 
 # Kinds of pages a program holds for the whole run, one per parameter.
@@ -31,7 +31,7 @@ def live_page(pages: dict[int, Page], t: torch.Tensor, is_managed) -> Page | Non
     if not is_managed(t) or t.layout != torch.strided:
         return None
     try:
-        s = t.untyped_storage()
+        s = storage_of(t)
     except (RuntimeError, NotImplementedError):
         return None
     p = pages.get(s._cdata)
@@ -62,7 +62,7 @@ class Registration:
                 if not self.is_managed(t) or t.layout != torch.strided:
                     continue
                 try:
-                    s = t.untyped_storage()
+                    s = storage_of(t)
                 except (RuntimeError, NotImplementedError):
                     continue
                 if s._cdata in self.pager.table.pages or s.nbytes() == 0 or s.device != self.device:
@@ -106,7 +106,7 @@ class Registration:
                 new += sparse_parts_resident(self, t, None)
                 continue
             try:
-                s = t.untyped_storage()
+                s = storage_of(t)
             except (RuntimeError, NotImplementedError):
                 continue
             key = s._cdata

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...core.pages import DEAD
+from ..remat import storage_of
 
 
 def sparse_parts_resident(mode, t: torch.Tensor, found: dict | None) -> int:
@@ -20,7 +21,7 @@ def sparse_parts_resident(mode, t: torch.Tensor, found: dict | None) -> int:
     pager = mode.pager
     new = 0
     for part in _sparse_parts(t):
-        s = part.untyped_storage()
+        s = storage_of(part)
         p = pager.table.pages.get(s._cdata)
         if p is None:
             if s.nbytes() and s.device == mode.device:
