@@ -57,6 +57,7 @@ from ...core.pages import Page
 from ..pager import Pager
 from ..remat import capture_rng
 from ..retry import call_after_oom
+from ..stepplan import RECORDING
 from ..telemetry import now_us
 from .chunking import Chunking
 from .estimate import estimate_cached, guess
@@ -146,6 +147,13 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                 return func(*args, **kwargs)
         pager = self.pager
         if plan.view:
+            pager.counters.views += 1
+            plans = pager.plans
+            if not (plans.mode == RECORDING and plans.builder is not None):  # (plans.recording)
+                try:  # about half of all operators: no frame of the engine's but this one
+                    return plan.call(*args, **kwargs)
+                except RuntimeError:
+                    pass  # an evicted storage has no bytes to check against (or the call is wrong)
             return self._view(plan, func, args, kwargs)
         trace = pager.trace
         if trace is None:
@@ -159,11 +167,10 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         return out
 
     def _view(self, plan, func, args, kwargs):
-        """A view: runs at once; where its bounds are checked against a storage off the
-        device, after that storage is brought in. Never an execution ID nor a step
-        position ([Note: views])."""
+        """A view that found a storage off the device (its bounds are checked against it)
+        or runs in a recorded step: runs once the storage is brought in. Never an
+        execution ID nor a step position ([Note: views])."""
         pager = self.pager
-        pager.counters.views += 1
         if pager.plans.recording:
             with pager.lock:
                 # Pages already: a storage seen first at a view becomes a page at
@@ -171,10 +178,10 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                 # stable key names that operator in recorded and planned steps.
                 known = (self.page_of(t) for t in plan.collect(args, kwargs)[0])
                 pager.plans.viewed([p for p in known if p is not None])
-        try:
-            return plan.call(*args, **kwargs)
-        except RuntimeError:
-            pass  # an evicted storage has no bytes to check against (or the call is wrong)
+            try:
+                return plan.call(*args, **kwargs)
+            except RuntimeError:
+                pass  # as in __torch_dispatch__
         with pager.lock:
             pages, _ = self._gather(plan, func, args, kwargs)
             pager.begin(func, pages, 0)
