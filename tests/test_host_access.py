@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import deepum
+from deepum.core.pages import EVICTED
 
 
 def _model():
@@ -348,3 +349,34 @@ def test_a_dead_pages_address_used_again_is_not_that_page():
     buf.seek(0)
     assert torch.equal(torch.load(buf), torch.full((256,), 7.0))
     assert listed == [7.0] * 256
+
+
+def test_the_method_wrappers_come_off_with_the_session():
+    # [Note: host access without a torch-function mode]: the caught methods
+    # are wrapped on torch.Tensor only while a session pages.
+    before = (torch.Tensor.__dict__.get("tolist"), torch.Tensor.__dict__.get("__repr__"), torch.tensor_split)
+    with deepum.oversubscribe("64MiB", "cpu", dormant=False):
+        assert hasattr(torch.Tensor.tolist, "__wrapped__") and hasattr(torch.tensor_split, "__wrapped__")
+    assert (torch.Tensor.__dict__.get("tolist"), torch.Tensor.__dict__.get("__repr__"), torch.tensor_split) == before
+    with deepum.oversubscribe("64MiB", "cpu", dormant=False, host_access=False):
+        assert not hasattr(torch.Tensor.tolist, "__wrapped__")
+
+
+def test_a_thread_the_session_does_not_page_reads_without_holding_pages():
+    # The wrappers act on the threads the paging mode runs on, as the
+    # torch-function mode did: a thread outside the session is not paged, so
+    # a pointer it asks for pins nothing (its pin would never end: it runs no
+    # operator of the session's).
+    import threading
+
+    with deepum.oversubscribe("64MiB", "cpu", stress=True) as s:
+        y = torch.arange(4096.0) * 2
+        page = s.pager.table.pages[torch._C.TensorBase.untyped_storage(y)._cdata]
+        assert page.state == EVICTED
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(y.data_ptr()))
+        thread.start()
+        thread.join()
+        assert seen and page.pins == 0 and page.state == EVICTED
+        assert y.tolist()[:3] == [0.0, 2.0, 4.0]  # this thread's read brings it in
+        assert s.stats()["faults"] > 0

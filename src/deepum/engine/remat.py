@@ -64,6 +64,7 @@ REBUILD, FAULT, DEEP = "rebuild", "fault", "deep"
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _use_count = torch._C._storage_Use_Count
 _WITHOUT_STATS = {torch.ops.aten.native_batch_norm.default}
+_WITHOUT_STATS_IDS = frozenset(map(id, _WITHOUT_STATS))
 
 # Forward kernels whose results can differ from run to run on a GPU (they
 # accumulate with atomics, or order a reduction by thread timing), and
@@ -109,18 +110,20 @@ def seeded(func: torch._ops.OpOverload) -> bool:
     return _SEEDED is not None and _SEEDED in func.tags
 
 
-# Operator -> position of its ``dropout_p`` argument, or -1 (reading the
-# schema builds its argument list anew on every call).
-_DROPOUT_AT: dict = {}
+# id(operator) -> (operator, position of its ``dropout_p`` argument, or -1):
+# reading the schema builds its argument list anew on every call, and an
+# OpOverload hashes in Python (the entry keeps the operator, so its id stays its own).
+_DROPOUT_AT: dict[int, tuple] = {}
 
 
 def _attention_dropout(func, args: tuple, kwargs: dict) -> bool:
     """Attention with dropout returns the generator's seed and offset as outputs
     and reads them back in backward: such a call is not replayed."""
-    at = _DROPOUT_AT.get(func)
-    if at is None:
-        at = _DROPOUT_AT[func] = next((i for i, a in enumerate(func._schema.arguments)
-                                       if a.name == "dropout_p"), -1)
+    entry = _DROPOUT_AT.get(id(func))
+    if entry is None:
+        entry = _DROPOUT_AT[id(func)] = (func, next((i for i, a in enumerate(func._schema.arguments)
+                                                     if a.name == "dropout_p"), -1))
+    at = entry[1]
     if at < 0:
         return False
     return bool(args[at] if at < len(args) else kwargs.get("dropout_p", 0.0))
@@ -323,7 +326,7 @@ def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_
         new_kwargs[name] = k
     if not inputs:
         return None  # a factory: nothing it depends on is tracked
-    if func in _WITHOUT_STATS:
+    if id(func) in _WITHOUT_STATS_IDS:  # (the set's operators live as long as torch.ops)
         inputs = _without_stats(new_args, inputs)
         if inputs is None:
             return None
