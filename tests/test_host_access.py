@@ -380,3 +380,36 @@ def test_a_thread_the_session_does_not_page_reads_without_holding_pages():
         assert seen and page.pins == 0 and page.state == EVICTED
         assert y.tolist()[:3] == [0.0, 2.0, 4.0]  # this thread's read brings it in
         assert s.stats()["faults"] > 0
+
+
+def test_torch_compile_first_called_inside_a_session():
+    # Dynamo imported for the first time inside the session (a fresh
+    # interpreter): torch.compile, wrapped while a session is active, puts
+    # deepum's files among Dynamo's skipped ones before any frame is traced,
+    # as the torch-function mode's check on every call used to.
+    if not hasattr(torch, "compile"):
+        pytest.skip("no torch.compile")
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, deepum\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "torch.manual_seed(0)\n"
+        "m = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(4)])\n"
+        "x = torch.randn(64, 256)\n"
+        "ref = m(x).sum().item()\n"
+        "with deepum.oversubscribe('1MiB', 'cpu') as s:\n"
+        "    c = torch.compile(m, backend='eager')\n"
+        "    out = c(x).sum()\n"
+        "    out.backward()\n"
+        "    print(s.stats()['evictions'], out.item() == ref)\n"
+        "assert torch.compile is deepum.engine.intercept.host_access._original_compile\n")
+    import os
+
+    src = os.path.dirname(os.path.dirname(deepum.__file__))  # the deepum this test imported
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    evictions, same = done.stdout.split()
+    assert int(evictions) > 0 and same == "True", done.stdout

@@ -321,7 +321,8 @@ def keep_dynamo_out() -> None:
     compiled too. Listing deepum's package with Dynamo's skipped directories
     makes Dynamo run it as it runs torch's internals, and the compiled
     function is paged like any other code. Dynamo is not imported here (it
-    takes seconds): the session calls this at entry and HostAccessMode as
+    takes seconds): the session calls this at entry, ``torch.compile`` while
+    a session is active (:func:`install`), and a caught method's wrapper as
     soon as Dynamo appears.
     """
     global _dynamo_kept_out
@@ -399,17 +400,38 @@ def leave(mode: HostAccessMode) -> None:
 
 
 def install(access: HostAccess) -> None:
-    """Reduce tensors through snapshots of their pages until :func:`uninstall`."""
+    """Reduce tensors through snapshots of their pages, and keep Dynamo out of deepum's
+    frames at a first ``torch.compile``, until :func:`uninstall`."""
     global _active
     _active = access
     Tensor._reduce_ex_internal = _reduce_ex_internal
+    torch.compile = _compile
 
 
 def uninstall() -> None:
     global _active
     _active = None
     Tensor._reduce_ex_internal = _original_reduce
+    if torch.compile is _compile:
+        torch.compile = _original_compile
     _SNAPSHOT_DEVICE.clear()
+
+
+_original_compile = torch.compile
+
+
+def _compile(*args, **kwargs):
+    """torch.compile, first called inside a session: Dynamo is imported here, so deepum's
+    package joins its skipped files before any frame is traced (:func:`keep_dynamo_out`;
+    ``nn.Module.compile`` calls this too)."""
+    import torch._dynamo  # noqa: F401, PLC0415  (what torch.compile imports first)
+
+    keep_dynamo_out()
+    return _original_compile(*args, **kwargs)
+
+
+_compile.__doc__ = (_compile.__doc__ or "") + "\n\n" + (_original_compile.__doc__ or "")
+_compile.__wrapped__ = _original_compile
 
 
 @contextlib.contextmanager
