@@ -32,8 +32,8 @@ evict pages that op ``t`` does not need, one at a time:
    rebuilds in less than its round trip takes (a cast, a pointwise output, a
    norm) is dropped even while the link is idle, and one that rebuilds in
    more (most matmul outputs) is copied. A tenth, the price until session
-   15, copied twice the bytes and ran slower on four model families out of
-   five (docs/BENCHMARKS.md).
+   15, copied more and ran slower on most model families measured
+   (docs/BENCHMARKS.md, session 15).
 3. Take the page with the least ``cost / (bytes x distance to next use)``
    (ties: furthest next use), the cheaper way (ties: drop). Book its copy on
    the link; its prefetch starts at the first slot its copy in was booked in.
