@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import deepum
+from deepum.core.pages import EVICTED, RESIDENT
 
 
 def test_non_resizable_and_sparse_tensors_stay_put():
@@ -44,6 +45,27 @@ def test_zero_tensors_are_not_paged():
         (got,) = torch.autograd.grad(torch.sgn(y).sum(), y)
     assert torch.equal(ref, got)
     assert s.stats()["faults"] > 0 and s.stats()["unpageable_pages"] >= 1
+
+
+def test_an_index_tensor_from_outside_stays_in_for_a_split_taken_before_the_session():
+    # [Note: index tensors the host reads]: tensor_split's composite kernel
+    # reads its index tensor above the paging mode, and a reference to
+    # torch.tensor_split taken before the session is not host access's
+    # wrapper. On the cpu tier a small integer tensor from outside stays in.
+    split = torch.tensor_split  # taken before the session, as OpInfo's database does
+    x = torch.randn(10, 5)
+    idx = torch.tensor([2, 5])
+    plain = [t.clone() for t in split(x + 1, idx, dim=0)]
+    with deepum.oversubscribe(1.0, "cpu", stress=True) as session:
+        session.manage(x, idx)
+        y = x + 1  # an operator: stress evicts every page it can after it
+        pages = session.pager.table.pages
+        index_page = pages[torch._C.TensorBase.untyped_storage(idx)._cdata]
+        assert index_page.state == RESIDENT and index_page.pins > 0 and index_page.pageable
+        assert pages[torch._C.TensorBase.untyped_storage(x)._cdata].state == EVICTED
+        got = [t.clone() for t in split(y, idx, dim=0)]
+        assert session.stats()["evictions"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(got, plain))
 
 
 def test_host_reads_fault_in_and_numpy_views_stay_valid():

@@ -16,6 +16,8 @@ from .sparse import sparse_parts_resident
 # Kinds of pages a program holds for the whole run, one per parameter.
 _STATE = (Kind.PARAMETER, Kind.OPTIMIZER_STATE)
 
+_INDEX_BYTES = 4096  # see [Note: index tensors the host reads]
+_FOR_GOOD = 1  # a pin no operator's unpin takes away
 QUIET = -3  # the execution ID of every operator run on the quiet path
 QUIET_SKEY = -1
 _use_count = torch._C._storage_Use_Count
@@ -68,7 +70,8 @@ class Registration:
                 if s._cdata in self.pager.table.pages or s.nbytes() == 0 or s.device != self.device:
                     continue
                 kind = Kind.PARAMETER if isinstance(t, torch.nn.Parameter) else Kind.OTHER
-                self.pager.register(s, self.skeys(("param", len(self.skeys))), pageable(t, s), kind)
+                self._keep_index(t, self.pager.register(s, self.skeys(("param", len(self.skeys))),
+                                                        pageable(t, s), kind))
                 n += 1
         return n
 
@@ -87,7 +90,7 @@ class Registration:
         else:
             skey = self._stable_key(("ext", self.prev_plan, self.plans[id(func)], i, tuple(t.shape), t.dtype))
         kind = Kind.PARAMETER if param else Kind.OTHER
-        return self.pager.register(s, skey, pageable(t, s), kind, preexisting=True)
+        return self._keep_index(t, self.pager.register(s, skey, pageable(t, s), kind, preexisting=True))
 
     def _register_outputs(self, out, eid: int, call: tuple | None = None) -> int:
         """Make new storages among the outputs pages; return their bytes.
@@ -159,6 +162,30 @@ class Registration:
         if page.readers and _use_count(page.key) == 1:
             return False  # kept only by recipes: no longer the program's
         return page.kind in _STATE or self.pager.in_optimizer_step
+
+    def _keep_index(self, t: torch.Tensor, page: Page) -> Page:
+        """On the cpu tier, pin a small integer tensor's page for good; returns the page.
+
+        [Note: index tensors the host reads]
+        Some C++ reads a host index tensor's data without an operator
+        (``tensor_split``'s ``tensor_indices_or_sections``, whose composite
+        kernel runs above the paging mode). On CUDA such a tensor is a host
+        tensor, never a page; on the cpu tier it is one, and evicted it has no
+        bytes to read. Host access wraps ``torch.tensor_split`` and the
+        method, but not a reference taken before the session (OpInfo's
+        database holds one), so on the cpu tier integer tensors of at most
+        ``_INDEX_BYTES`` that come from outside the operators the mode sees
+        (made before the session, or below it) stay resident: they free next
+        to nothing. Pinned, not made unpageable: they stay inputs a recipe may
+        read (an embedding's token IDs). Outputs of intercepted operators are
+        left alone (a step's own index tensors move with the rest); such an
+        index tensor handed to a ``tensor_split`` taken before the session can
+        still be found evicted.
+        """
+        if (self.device.type == "cpu" and page.nbytes <= _INDEX_BYTES and page.pageable and not page.pins
+                and not t.is_floating_point() and not t.is_complex()):
+            page.pins = _FOR_GOOD
+        return page
 
     def page_of(self, t: torch.Tensor) -> Page | None:
         return live_page(self.pager.table.pages, t, self.is_managed)
