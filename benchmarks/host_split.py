@@ -79,6 +79,11 @@ class Split:
         if original is None:
             print(f"host_split: {owner.__name__}.{attr} not found; skipped")
             return
+        setattr(owner, attr, self.timed(original, label))
+
+    def timed(self, original, label: str, also=None):
+        """``original`` timed under ``label`` (the outermost call only); ``also(seconds)``
+        hears each timed call."""
         split, clock = self, time.perf_counter
 
         def timed(*args, **kwargs):
@@ -89,11 +94,14 @@ class Split:
             try:
                 return original(*args, **kwargs)
             finally:
-                split.seconds[label] += clock() - t0
+                dt = clock() - t0
+                split.seconds[label] += dt
                 split.calls[label] += 1
                 split.depth[label] -= 1
+                if also is not None:
+                    also(dt)
 
-        setattr(owner, attr, timed)
+        return timed
 
     def gc_callback(self, phase: str, info: dict) -> None:
         if not self.on:
@@ -112,29 +120,18 @@ def _time_operators(split: Split) -> Split:
     """Time each operator's own call (``OpPlan.call``: launch, allocation, the allocator's
     retries) into ``split`` and, by operator name, into the Split returned (which operators
     a planned step makes slower). Patches the plans the mode makes from now on."""
-    by_op, clock = Split(), time.perf_counter
+    by_op = Split()
 
     class TimedPlan(mode.OpPlan):
         def __init__(self, func, *rest) -> None:
             super().__init__(func, *rest)
-            original, name = self.call, str(func)
+            name = str(func)
 
-            def timed(*args, **kwargs):
-                if not split.on or split.depth[OPS]:
-                    return original(*args, **kwargs)
-                split.depth[OPS] += 1
-                t0 = clock()
-                try:
-                    return original(*args, **kwargs)
-                finally:
-                    dt = clock() - t0
-                    split.depth[OPS] -= 1
-                    split.seconds[OPS] += dt
-                    split.calls[OPS] += 1
-                    by_op.seconds[name] += dt
-                    by_op.calls[name] += 1
+            def note(dt: float) -> None:
+                by_op.seconds[name] += dt
+                by_op.calls[name] += 1
 
-            self.call = timed
+            self.call = split.timed(self.call, OPS, note)
 
     mode.OpPlan = TimedPlan
     return by_op

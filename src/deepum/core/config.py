@@ -157,8 +157,8 @@ class Thresholds:
     # without the gate, as before.
     timing_gate_s: float = 100e-6
     # The share of a copy's link time the planner charges even where the
-    # link has room to hide it (core/planner.py's LINK_PRICE, which says why
-    # all of it): lower moves the plan from rebuilds to copies.
+    # link has room to hide it (core/planner.py's LINK_PRICE is this, and its
+    # rule says why all of it): lower moves the plan from rebuilds to copies.
     plan_link_price: float = 1.0
     # The plan evicts a page it copies out right after the page's last use,
     # so the copy ends before its room is needed (core/planner.py, [Note:

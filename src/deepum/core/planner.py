@@ -96,6 +96,7 @@ import heapq
 import itertools
 from collections.abc import Callable
 
+from .config import Thresholds
 from .costs import DEFAULT_LINK_BPS
 from .linkcap import LinkCapacity
 from .remat_policy import Action
@@ -106,7 +107,7 @@ __all__ = ["Action", "Fetch", "OpSpec", "PageSpec", "Plan", "SimResult", "StepTr
            "simulate"]
 
 MAX_DEPTH = 8
-LINK_PRICE = 1.0
+LINK_PRICE = Thresholds.plan_link_price  # the one config holds the number
 # [Note: a plan that fits first]
 # The sweep is greedy: each page it drops keeps the inputs its rebuild reads
 # (lineage), so a step planned at a high link price, with many drops, can

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from ...errors import UnsupportedError
-from .plan import logical_nbytes, storage_of
+from ..remat import storage_of
+from .plan import logical_nbytes
 
 
 class Chunking:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .plan import OpPlan, flat_outputs, storage_of
+from ..remat import storage_of
+from .plan import OpPlan, flat_outputs
 from .sparse import sparse_nbytes
 
 META_CACHE_MAX = 1 << 16

@@ -213,9 +213,9 @@ class HostAccessMode:
     itself (``storage()`` reading ``untyped_storage()``) pass through.
     """
 
-    def __init__(self, access: HostAccess, paging_mode=None) -> None:
+    def __init__(self, access: HostAccess, paging_mode) -> None:
         self.access = access
-        self.paging_mode = paging_mode  # whose threads are watched (None: every thread)
+        self.paging_mode = paging_mode  # the session's interceptor: its threads are watched
         self.watching = True
 
     def __enter__(self) -> HostAccessMode:
@@ -249,8 +249,7 @@ class HostAccessMode:
             _inside.depth -= 1
 
     def watches_this_thread(self) -> bool:
-        mode = self.paging_mode
-        return mode is None or mode in _get_current_dispatch_mode_stack()
+        return self.paging_mode in _get_current_dispatch_mode_stack()
 
 
 _READ, _ALIAS, _POINTER = range(3)
@@ -376,7 +375,7 @@ def _no_deserializer(storage, location):
 torch.serialization.register_package(5, _tag, _no_deserializer)
 
 
-def enter(pager: Pager, is_managed, watch: bool = True, paging_mode=None) -> HostAccessMode:
+def enter(pager: Pager, is_managed, watch: bool, paging_mode) -> HostAccessMode:
     """Start host access for a session; undo with :func:`leave`.
 
     ``paging_mode``: the session's interceptor; host code is watched on the

@@ -55,13 +55,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ...core.correlation import Interner
 from ...core.pages import Page
 from ..pager import Pager
-from ..remat import capture_rng
+from ..remat import capture_rng, storage_of
 from ..retry import call_after_oom
 from ..stepplan import RECORDING
 from ..telemetry import now_us
 from .chunking import Chunking
 from .estimate import estimate_cached, guess
-from .plan import OpPlan, flat_outputs, hashable, storage_of
+from .plan import OpPlan, flat_outputs, hashable
 from .register import QUIET, Registration
 from .sparse import sparse_parts_resident
 
@@ -317,7 +317,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         token = (pager.timer.start(eid) if pager.timer.cuda and (call is not None or pager.plans.enabled)
                  else None)
         try:
-            try:
+            try:  # (_call, written out: one frame fewer on every operator)
                 out = plan.call(*args, **kwargs)
             except torch.OutOfMemoryError as e:  # see [Note: evict and retry] in retry.py
                 out = call_after_oom(pager, plan.name, plan.retry_safe, lambda: plan.call(*args, **kwargs),

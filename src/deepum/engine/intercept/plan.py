@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..remat import recomputable, seeded, storage_of  # noqa: F401  (storage_of: for the interceptor)
+from ..remat import recomputable, seeded
 
 # Operators that write arguments their schema does not mark as written:
 # batch norm updates running_mean and running_var (arguments 3 and 4) in

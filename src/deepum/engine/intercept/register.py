@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from ...core.pages import DEAD, Kind, Page
-from ..remat import record
-from .plan import flat_outputs, pageable, storage_of
+from ..remat import record, storage_of
+from .plan import flat_outputs, pageable
 from .sparse import sparse_parts_resident
 
 # Kinds of pages a program holds for the whole run, one per parameter.
@@ -182,7 +182,7 @@ class Registration:
         index tensor handed to a ``tensor_split`` taken before the session can
         still be found evicted.
         """
-        if (self.device.type == "cpu" and page.nbytes <= _INDEX_BYTES and page.pageable and not page.pins
+        if (self.device.type == "cpu" and page.nbytes <= _INDEX_BYTES and page.pageable
                 and not t.is_floating_point() and not t.is_complex()):
             page.pins = _FOR_GOOD
         return page
