@@ -36,7 +36,8 @@ from step_anatomy import OUT, prepare
 import deepum
 
 KEYS = ("faults", "prefetches", "recomputes", "evictions", "planned_steps", "views", "leaving_waits",
-        "plan_prefetch_no_room")
+        "plan_prefetch_no_room", "drops", "late_prefetches", "bytes_to_host", "bytes_to_device",
+        "stall_seconds", "recompute_seconds")
 
 
 def engine(src: str | None):
@@ -82,17 +83,27 @@ def one_session(device, sync, work, step, budget: int, setup, warmup: int, steps
         sync()
         before = session.stats()
         env0 = _environment(device)
-        times = []
+        times, cpu, main, tail = [], [], [], []
         for i in range(steps):
-            t0 = time.perf_counter()
+            t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
             step(work.host_batch(first + warmup + i))
+            t1 = time.perf_counter()
             sync()
             times.append(time.perf_counter() - t0)
+            tail.append(time.perf_counter() - t1)
+            cpu.append(time.process_time() - c0)
+            main.append(time.thread_time() - m0)
         after = session.stats()
         env1 = _environment(device)
     counts = {k: (after[k] - before[k]) / steps for k in KEYS if k in after}
     counts.update({k: (env1[k] - env0[k]) / steps for k in env0})
     counts["step_ms"] = "/".join(f"{t * 1e3:.0f}" for t in times)
+    # Host CPU time of the step, all threads and the main thread alone (backward runs on
+    # the autograd engine's thread): tells a step the host bounds from one that waits.
+    counts["cpu_ms"] = "/".join(f"{t * 1e3:.0f}" for t in cpu)
+    counts["main_cpu_ms"] = "/".join(f"{t * 1e3:.0f}" for t in main)
+    # What the device still had queued when the host's step returned: near 0 where the host bounds.
+    counts["sync_ms"] = "/".join(f"{t * 1e3:.0f}" for t in tail)
     return statistics.median(times), counts, after.get("plan_verdict")
 
 
