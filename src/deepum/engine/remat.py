@@ -192,21 +192,22 @@ class Recipe:
     def run_into(self, storage: torch.UntypedStorage, nbytes: int, device: torch.device) -> None:
         """Run the operator again and give ``storage`` (freed, ``nbytes`` when resident) its output.
 
-        See [Note: rebuilding in place].
+        See [Note: rebuilding in place]. Runs below autograd and autocast, as the
+        original call did (the interceptor sits below both): the two switches are
+        set directly, as ``torch.no_grad()`` and ``torch.autocast(enabled=False)``
+        would, without their context objects (a rebuild is a host cost of its own).
         """
-        def arg(x):
-            if isinstance(x, _In):
-                return x.tensor(device)
-            if isinstance(x, _Const):
-                return x.value
-            if isinstance(x, list):
-                return [arg(y) for y in x]
-            return x
-
-        with torch.no_grad(), torch.autocast(device.type, enabled=False), _replaying(self.rng, device):
-            args = [arg(a) for a in self.args]
-            kwargs = {k: arg(v) for k, v in self.kwargs.items()}
-            out = self.func(*args, **kwargs)
+        kind = device.type
+        grad, cast = torch.is_grad_enabled(), torch.is_autocast_enabled(kind)
+        torch._C._set_grad_enabled(False)
+        if cast:
+            torch.set_autocast_enabled(kind, False)
+        rng = self.rng
+        saved = _swap_rng(rng, device) if rng is not None else None
+        try:
+            args = [_arg(a, device) for a in self.args]
+            kwargs = {k: _arg(v, device) for k, v in self.kwargs.items()} if self.kwargs else {}
+            out = self.func._op(*args, **kwargs)  # (OpOverload.__call__, one frame fewer)
             if isinstance(out, (tuple, list)):
                 out = out[self.index]
             src = storage_of(out)
@@ -219,6 +220,38 @@ class Recipe:
             storage.resize_(nbytes)
             dst = torch.empty(0, dtype=torch.uint8, device=device).set_(storage)
             dst.copy_(torch.empty(0, dtype=torch.uint8, device=device).set_(src))
+        finally:
+            if rng is not None:
+                _set_rng(saved, device)
+            if cast:
+                torch.set_autocast_enabled(kind, True)
+            torch._C._set_grad_enabled(grad)
+
+
+def _arg(x, device: torch.device):
+    """A recipe's argument as the operator takes it (a tensor over its page's storage)."""
+    if isinstance(x, _In):
+        return x.tensor(device)
+    if isinstance(x, _Const):
+        return x.value
+    if isinstance(x, list):
+        return [_arg(y, device) for y in x]
+    return x
+
+
+def _swap_rng(state, device: torch.device):
+    """Set the default generator's state on ``device`` (a seeded operator's replay);
+    return the one it had."""
+    saved = capture_rng(device)
+    _set_rng(state, device)
+    return saved
+
+
+def _set_rng(state, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 # [Note: rebuilding in place]
@@ -239,39 +272,15 @@ def rebuild_pages() -> int:
 def _owns(src: torch.UntypedStorage, args: list, kwargs: dict) -> bool:
     """``src`` is none of the arguments' storages (the output is a fresh allocation)."""
     ptr = src.data_ptr()
-
-    def shares(x) -> bool:
-        if isinstance(x, torch.Tensor):
-            return storage_of(x).data_ptr() == ptr
-        if isinstance(x, (list, tuple)):
-            return any(shares(y) for y in x)
-        return False
-
-    return not any(shares(a) for a in args) and not any(shares(v) for v in kwargs.values())
+    return not any(_shares(a, ptr) for a in args) and not any(_shares(v, ptr) for v in kwargs.values())
 
 
-class _replaying:
-    """Run with the generator state a seeded operator saw, then put the current one back."""
-
-    __slots__ = ("state", "device", "saved")
-
-    def __init__(self, state, device: torch.device) -> None:
-        self.state, self.device = state, device
-
-    def __enter__(self) -> None:
-        if self.state is None:
-            return
-        cuda = self.device.type == "cuda"
-        self.saved = torch.cuda.get_rng_state(self.device) if cuda else torch.get_rng_state()
-        (torch.cuda.set_rng_state(self.state, self.device) if cuda else torch.set_rng_state(self.state))
-
-    def __exit__(self, *exc) -> None:
-        if self.state is None:
-            return
-        if self.device.type == "cuda":
-            torch.cuda.set_rng_state(self.saved, self.device)
-        else:
-            torch.set_rng_state(self.saved)
+def _shares(x, ptr: int) -> bool:
+    if isinstance(x, torch.Tensor):
+        return storage_of(x).data_ptr() == ptr
+    if isinstance(x, (list, tuple)):
+        return any(_shares(y, ptr) for y in x)
+    return False
 
 
 def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_of,
@@ -285,43 +294,16 @@ def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_
     if _attention_dropout(func, args, kwargs):
         return None
     inputs: list[Page] = []
-    missing = object()
-
-    def keep(x):
-        if isinstance(x, torch.Tensor):
-            if x.is_conj() or x.is_neg() or x._is_zerotensor() or type(x) not in _PLAIN:
-                # A view rebuilt from its storage would lose these bits (the
-                # OpInfo sweep caught clone() of a conjugate view).
-                return missing
-            if x.layout != torch.strided:
-                return missing
-            page = page_of(x)
-            if page is None:
-                if x.numel() * x.element_size() <= _CONST_MAX_BYTES and not x.requires_grad:
-                    return _Const(x)
-                return missing
-            if not page.pageable:
-                # Memory the engine may not see written (numpy can share an
-                # unpageable page and write it without an operator).
-                return missing
-            if page not in inputs:
-                inputs.append(page)
-            return _In(page, x)
-        if isinstance(x, (list, tuple)) and any(isinstance(y, torch.Tensor) for y in x):
-            kept = [keep(y) if y is not None else None for y in x]
-            return missing if any(k is missing for k in kept) else kept
-        return x
-
     new_args = []
     for a in args:
-        k = keep(a)
-        if k is missing:
+        k = _keep(a, inputs, page_of)
+        if k is _MISSING:
             return None
         new_args.append(k)
     new_kwargs = {}
     for name, v in kwargs.items():
-        k = keep(v)
-        if k is missing:
+        k = _keep(v, inputs, page_of)
+        if k is _MISSING:
             return None
         new_kwargs[name] = k
     if not inputs:
@@ -331,6 +313,37 @@ def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_
         if inputs is None:
             return None
     return Recipe(func, tuple(new_args), new_kwargs, index, inputs, rng, eid)
+
+
+_MISSING = object()  # an argument a recipe cannot keep exactly
+
+
+def _keep(x, inputs: list[Page], page_of):
+    """``x`` as a recipe keeps it (a page's tensor as _In, a tiny constant as _Const), or
+    _MISSING; the pages read are added to ``inputs``, each once."""
+    if isinstance(x, torch.Tensor):
+        if type(x) not in _PLAIN or x.is_conj() or x.is_neg() or x._is_zerotensor():
+            # A view rebuilt from its storage would lose these bits (the
+            # OpInfo sweep caught clone() of a conjugate view).
+            return _MISSING
+        if x.layout != torch.strided:
+            return _MISSING
+        page = page_of(x)
+        if page is None:
+            if x.numel() * x.element_size() <= _CONST_MAX_BYTES and not x.requires_grad:
+                return _Const(x)
+            return _MISSING
+        if not page.pageable:
+            # Memory the engine may not see written (numpy can share an
+            # unpageable page and write it without an operator).
+            return _MISSING
+        if page not in inputs:
+            inputs.append(page)
+        return _In(page, x)
+    if isinstance(x, (list, tuple)) and any(isinstance(y, torch.Tensor) for y in x):
+        kept = [_keep(y, inputs, page_of) if y is not None else None for y in x]
+        return _MISSING if any(k is _MISSING for k in kept) else kept
+    return x
 
 
 def _without_stats(args: list, inputs: list[Page]) -> list[Page] | None:
