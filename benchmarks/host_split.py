@@ -9,8 +9,11 @@ perf_counter wrapper around each engine function listed in ``WATCHED``
 own a call) and the garbage collector's passes (gc.callbacks). Prints, per
 step: the wall time, the time inside the dispatch mode, inside the operators
 themselves (``OpPlan.call``: launch, allocation and the allocator's retries), and
-per watched function its calls and inclusive time; what is left of the
-mode's time after the operators is the interception's own cost. Unlike
+per watched function its calls and inclusive time, the collector's passes
+that fell inside it left out (a pass runs in whichever call allocates when it
+is due, most often while a recipe is recorded; before session 16 those passes
+were counted in the function too); what is left of the mode's time after the
+operators is the interception's own cost. Unlike
 cProfile (about twice the step) and torch.profiler, the split it gives adds
 up to the step it measured. Writes host-split-MODEL-FRACTION.txt under $OUT.
 """
@@ -82,19 +85,21 @@ class Split:
         setattr(owner, attr, self.timed(original, label))
 
     def timed(self, original, label: str, also=None):
-        """``original`` timed under ``label`` (the outermost call only); ``also(seconds)``
-        hears each timed call."""
+        """``original`` timed under ``label`` (the outermost call only), the garbage
+        collector's time inside it left out; ``also(seconds)`` hears each timed call."""
         split, clock = self, time.perf_counter
 
         def timed(*args, **kwargs):
             if not split.on or split.depth[label]:
                 return original(*args, **kwargs)
             split.depth[label] += 1
-            t0 = clock()
+            t0, gc0 = clock(), split.gc_seconds
             try:
                 return original(*args, **kwargs)
             finally:
-                dt = clock() - t0
+                # Less the collector's passes that fell inside: a full pass runs in whichever
+                # call allocated last (recording a recipe, usually), not where the garbage was made.
+                dt = clock() - t0 - (split.gc_seconds - gc0)
                 split.seconds[label] += dt
                 split.calls[label] += 1
                 split.depth[label] -= 1
@@ -193,8 +198,8 @@ def main() -> None:
     whole = split.seconds.get("mode: whole interception", 0.0)
     ops = split.seconds.get(OPS, 0.0)
     lines.append(f"interception less the operators: {(whole - ops) / n * 1e3:.1f} ms a step; "
-                 f"outside the mode (model and optimizer Python, autograd, sync at the end): "
-                 f"{(sum(walls) - whole) / n * 1e3:.1f} ms a step")
+                 f"outside the mode and the collector (model and optimizer Python, autograd, sync at "
+                 f"the end): {(sum(walls) - whole - split.gc_seconds) / n * 1e3:.1f} ms a step")
     lines.append("operators by host time (the _call of each, ms a step, calls a step):")
     for name, sec in sorted(by_op.seconds.items(), key=lambda kv: -kv[1])[:12]:
         lines.append(f"  {name:48} {sec / n * 1e3:8.1f} {by_op.calls[name] / n:8.0f}")
