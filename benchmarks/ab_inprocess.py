@@ -13,7 +13,10 @@ process's first session runs slower than the rest). Options are JSON; ``"thresho
 takes a dict of Thresholds fields (e.g. ``{"thresholds": {"view_fast_path":
 false}}``); ``"src"`` names another copy of deepum's ``src/`` (another
 commit) that the set runs, loaded beside this one under another name, so
-two engines are compared in one process. Prints each session's median step and counters, then each set's
+two engines are compared in one process. ``AB_CPUS=FIRST-LAST`` keeps the
+process (and the threads it starts, the autograd engine's among them) on
+those CPUs, to see whether the spread between sessions follows where the
+host threads run. Prints each session's median step and counters, then each set's
 median of medians and B/A; writes ab-MODEL-FRACTION$AB_TAG.txt under $OUT. The
 model keeps training across sessions, so the sets see the same kind of
 steps, not the same batches.
@@ -141,6 +144,11 @@ def main() -> None:
     model, fraction = sys.argv[1], float(sys.argv[2])
     sets = {"A": json.loads(sys.argv[3]), "B": json.loads(sys.argv[4])}
     rounds, warmup, steps = (int(a) for a in (sys.argv[5:8] + ["3", "15", "4"][len(sys.argv[5:8]):]))
+    cpus = os.environ.get("AB_CPUS")  # e.g. "0-7": the process and its threads on these CPUs only
+    if cpus:
+        first_cpu, _, last_cpu = cpus.partition("-")
+        os.sched_setaffinity(0, range(int(first_cpu), int(last_cpu or first_cpu) + 1))
+        print(f"on CPUs {sorted(os.sched_getaffinity(0))}", flush=True)
     device, sync, work, step, peak = prepare(model)
     budget = int(peak * fraction)
     order = [("A", "B") if r % 2 == 0 else ("B", "A") for r in range(rounds)]
