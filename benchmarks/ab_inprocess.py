@@ -101,6 +101,7 @@ def one_session(device, sync, work, step, budget: int, setup, warmup: int, steps
             main.append(time.thread_time() - m0)
         after = session.stats()
         env1 = _environment(device)
+        plan = _plan_print(session)
     counts = {k: (after[k] - before[k]) / steps for k in KEYS if k in after}
     counts.update({k: (env1[k] - env0[k]) / steps for k in env0})
     counts["step_ms"] = "/".join(f"{t * 1e3:.0f}" for t in times)
@@ -110,7 +111,19 @@ def one_session(device, sync, work, step, budget: int, setup, warmup: int, steps
     counts["main_cpu_ms"] = "/".join(f"{t * 1e3:.0f}" for t in main)
     # What the device still had queued when the host's step returned: near 0 where the host bounds.
     counts["sync_ms"] = "/".join(f"{t * 1e3:.0f}" for t in tail)
+    counts["plan"] = plan
     return statistics.median(times), counts, after.get("plan_verdict")
+
+
+def _plan_print(session) -> str:
+    """The session's plan in brief: pages it drops and copies a step, and the recompute
+    seconds it expects (do two sessions of one setting run different plans?)."""
+    plan = getattr(getattr(getattr(session, "pager", None), "plans", None), "plan", None)
+    if plan is None:
+        return "-"
+    actions = [a.name for moves in plan.evictions.values() for _, a in moves]
+    return (f"{actions.count('DROP')}d/{actions.count('COPY')}c/"
+            f"{plan.recompute_seconds * 1e3:.1f}ms")
 
 
 def _gc_tracker():
