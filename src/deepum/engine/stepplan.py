@@ -99,6 +99,7 @@ class StepPlans:
         self.watch: dict[int, Page] = {}
         self.letting = _Letting(pager)  # the pages the plan lets go (see the class)
         self.frees: list[tuple[int, ...]] = []  # per planned operator, the page IDs freed after it
+        self.busy: set[int] = set()  # planned operators after which the plan acts (_busy)
         self.left = False  # the program left the plan in this step
         self.shadow = False  # plan="auto": a trial's online step, keeping the plan's page IDs
         self.mismatches = 0
@@ -191,6 +192,7 @@ class StepPlans:
         self.plan = plan
         self.uses, self.tail = uses_by_page(trace)
         self.frees = [op.frees for op in trace.ops]
+        self.busy = _busy(plan, self.frees)
         self.eids = builder.eids
         self.births = builder.creates
         self.carry = carry_over(trace, builder.skeys)
@@ -289,7 +291,9 @@ class StepPlans:
                 # The engine holds more than the plan counted here: what makes
                 # the step short of room despite the plan (plan_short_evictions).
                 self.pager.counters.plan_over_ops += 1
-            self._execute(t, uses)
+            letting = self.letting
+            if t in self.busy or self.waiting or letting.trying or letting.waiting:
+                self._execute(t, uses)  # (else nothing to do: see _busy)
 
     def _record(self, eid: int, made: list[Page], uses: list[Page], written) -> None:
         builder = self.builder
@@ -363,8 +367,23 @@ class StepPlans:
 
     def late(self, page: Page) -> None:
         """A planned prefetch was waited for: start it earlier next step."""
-        if self.steering and self.by_pid.get(page.pid) is page:
-            self.plan.note_late(page.pid)
+        if self.steering and self.by_pid.get(page.pid) is page and self.plan.note_late(page.pid):
+            self.busy.update(self.plan.prefetches)  # the prefetch starts after another operator now
+
+
+def _busy(plan: Plan, frees: list) -> set[int]:
+    """The planned operators after which _execute has something to do: evictions,
+    prefetches, pages the program freed there (some may be let go) or the plan releases.
+
+    After any other operator it runs only while pages wait to be let go or
+    prefetches wait for room; about half the operators of a planned
+    transformer step (docs/BENCHMARKS.md, session 16) skip it.
+    """
+    busy = {t for t, moves in plan.evictions.items() if moves}
+    busy.update(t for t, pids in plan.prefetches.items() if pids)
+    busy.update(t for t, pids in plan.releases.items() if pids)
+    busy.update(t for t, pids in enumerate(frees) if pids)
+    return busy
 
 
 def _fetch(pager, waiting: list[Page], pages: list, used) -> list[Page]:

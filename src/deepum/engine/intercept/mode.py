@@ -249,17 +249,20 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         found: dict[int, Page] = {}
         written: list[Page] = []
         for i, t in enumerate(tensors):
-            if not is_managed(t):
-                continue
             if t.layout != torch.strided:
-                sparse_parts_resident(self, t, found)
+                if is_managed(t):
+                    sparse_parts_resident(self, t, found)
                 continue
             try:
                 s = storage_of(t)
             except (RuntimeError, NotImplementedError):  # other storage-less kinds
                 continue
+            # A known storage is managed; the device is asked only of one not seen
+            # (dead pages were reaped above, so no other storage holds a page's address).
             p = get(s._cdata)
             if p is None:
+                if not is_managed(t):
+                    continue
                 p = self._first_seen(t, s, func, i)
                 if p is None:
                     continue
