@@ -762,6 +762,52 @@ def test_random_traces_replay_within_the_limit(seed):
             assert plan.short_bytes > 0
 
 
+def transformer_with_state(layers=6, b=16 * MB):
+    """transformer() and six pages of optimizer state, alive at the start and used
+    only by the optimizer step at the end."""
+    builder = transformer(layers=layers, b=b)
+    states = [builder.page(b, "state") for _ in range(6)]
+    builder.op(POINTWISE_S, uses=tuple(states), writes=tuple(states))
+    return builder
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.7])
+def test_more_candidates_weigh_cheap_drops_against_copying_the_state(fraction):
+    # The state is always the furthest used, so two candidates see little
+    # else and copy it out; many see the pointwise outputs too, which cost
+    # less to rebuild than the state costs to copy: fewer bytes copied and
+    # less recompute, within the same limit.
+    builder = transformer_with_state()
+    trace = builder.trace()
+    limit = int(unconstrained_peak(trace) * fraction)
+    sims, copied = {}, {}
+    for k in (2, 1000):
+        plan = plan_step(trace, limit, 25e9, 25e9, candidates=k)
+        sims[k] = check_fits(trace, plan, limit)
+        copied[k] = [p for p, a in actions(plan) if a == Action.COPY]
+    assert any(builder.kind[p] == "state" for p in copied[2])
+    assert sims[1000].h2d_bytes < sims[2].h2d_bytes
+    assert sims[1000].recompute_seconds < sims[2].recompute_seconds
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pricing_bounds_leave_the_plan_as_it_was(seed, monkeypatch):
+    # The sweep skips a candidate whose price cannot beat the best so far
+    # (price_floor, and price()'s bound): exactly the plan of pricing every one.
+    rng = random.Random(seed)
+    trace = random_trace(rng, n_ops=80)
+    peak = unconstrained_peak(trace)
+    limits = [max(1, int(peak * f)) for f in (0.7, 0.4)]
+    bandwidth = rng.choice([10.0, 1000.0])
+    fast = [plan_step(trace, limit, bandwidth, 1000.0, candidates=64) for limit in limits]
+    price = planner._Prices.price
+    monkeypatch.setattr(planner._Prices, "price_floor", lambda self, t, p, nu: -1.0)
+    monkeypatch.setattr(planner._Prices, "price", lambda self, t, p, nu, bound=None: price(self, t, p, nu))
+    for limit, plan in zip(limits, fast):
+        full = plan_step(trace, limit, bandwidth, 1000.0, candidates=64)
+        assert (plan.evictions, plan.prefetches, plan.short_op) == (full.evictions, full.prefetches, full.short_op)
+
+
 class TestLinkCapacity:
     def test_booking_forward_and_backward(self):
         link = LinkCapacity([1.0, 1.0, 0.0, 1.0, 1.0], 10.0)

@@ -489,3 +489,27 @@ def test_the_link_price_reaches_the_planner_and_moves_copies_to_drops(monkeypatc
         assert_identical(ref, got)
     assert set(copied) == {0.0, 10.0}, copied
     assert min(copied[10.0]) < min(copied[0.0]), copied
+
+
+def test_the_candidate_count_reaches_the_planner_and_the_steps_stay_exact(monkeypatch):
+    # Thresholds.plan_candidates is how many pages the planner prices for each
+    # eviction; with many, the same program plans and runs bit-identically.
+    import deepum.engine.stepplan as stepplan
+    from deepum.core.config import Thresholds
+    from deepum.core.errors import OptionError
+
+    with pytest.raises(OptionError, match="plan_candidates"):
+        Thresholds(plan_candidates=0)
+    make = CASES["gpt2"]
+    budget = max(unconstrained_peak(*make, STEPS) // 3, 1 << 20)
+    original, seen = stepplan.plan_repeating, []
+
+    def planned(trace, skeys, limit, **kw):
+        seen.append(kw["candidates"])
+        return original(trace, skeys, limit, **kw)
+
+    monkeypatch.setattr(stepplan, "plan_repeating", planned)
+    ref = train(*make, STEPS)
+    got = train(*make, STEPS, budget=budget, plan=True, thresholds=Thresholds(plan_candidates=512))
+    assert_identical(ref, got)
+    assert seen and set(seen) == {512}, seen

@@ -165,10 +165,18 @@ class Thresholds:
     # copies leave early]); False evicts it right before, as until session
     # 13 (for measuring the difference in one process).
     plan_early_copies: bool = True
+    # Pages the planner prices for each eviction, the furthest used (core/planner.py's
+    # rule, step 1). Model state used only by the optimizer is always the furthest, so
+    # with few candidates the plan copies it out before it weighs dropping an activation;
+    # more make fewer evictions and copies for more planning time (docs/BENCHMARKS.md,
+    # session 16; not yet measured on the GPU).
+    plan_candidates: int = 16
 
     def __post_init__(self) -> None:
         if self.cpu_copy_lag < 0:
             raise OptionError(f"Thresholds.cpu_copy_lag={self.cpu_copy_lag!r}: give 0 or a number of operators")
+        if self.plan_candidates < 1:
+            raise OptionError(f"Thresholds.plan_candidates={self.plan_candidates!r}: give 1 or more pages")
         if self.plan_link_price < 0:
             raise OptionError(f"Thresholds.plan_link_price={self.plan_link_price!r}: give a share, 0 or more")
         if not 0.0 <= self.timing_gate_s < 0.01:

@@ -87,6 +87,11 @@ records ``short_op == 1, short_bytes == 2``.
 
 Cost: each eviction looks at ``candidates`` pages (a heap keyed by next use)
 and books the link in O(log n); the whole plan is O((ops + pages) log n).
+A candidate whose price cannot beat the best one so far is not priced in
+full: a drop costs at least the page's own rebuild and a copy at least its
+link time and moves (:meth:`_Prices.price_floor`), and asking the link's
+booking is the dearest part of a price. The plan is the same; more
+candidates cost less time to weigh.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import math
 from collections.abc import Callable
 
 from .config import Thresholds
@@ -108,6 +114,7 @@ __all__ = ["Action", "Fetch", "OpSpec", "PageSpec", "Plan", "SimResult", "StepTr
 
 MAX_DEPTH = 8
 LINK_PRICE = Thresholds.plan_link_price  # the one config holds the number
+CANDIDATES = Thresholds.plan_candidates
 # [Note: a plan that fits first]
 # The sweep is greedy: each page it drops keeps the inputs its rebuild reads
 # (lineage), so a step planned at a high link price, with many drops, can
@@ -130,7 +137,7 @@ NEW, RES, ARR, OUT, DROP, GONE = range(6)
 
 
 def plan_step(trace: StepTrace, limit: int, h2d_Bps: float = DEFAULT_LINK_BPS,
-              d2h_Bps: float = DEFAULT_LINK_BPS, *, candidates: int = 16,
+              d2h_Bps: float = DEFAULT_LINK_BPS, *, candidates: int = CANDIDATES,
               link_price: float = LINK_PRICE, move_s: float = MOVE_S,
               tails: dict[int, int] | None = None, early_copies: bool = True) -> Plan:
     """Plan one step under ``limit`` bytes with the link's bandwidth each way.
@@ -279,21 +286,32 @@ class _Prices:
         self.link_price = link_price
         self.move_s = move_s
 
-    def price(self, t: int, p: int, nu: int) -> tuple[float, Action] | None:
-        """(h, action) for evicting p before op t; None if it cannot go."""
+    def price(self, t: int, p: int, nu: int, bound: float = math.inf) -> tuple[float, Action] | None:
+        """(h, action) for evicting p before op t; None if it cannot go, or if its h
+        cannot be under ``bound`` (the best candidate's so far)."""
         b = self.spec[p].nbytes
+        # Pages not needed again this step are priced as if used two steps on.
+        per = max(b, 1) * max(1, min(nu, 2 * self.n) - t)
         drop = self.drop_cost(p, t, nu)
+        if min(math.inf if drop is None else drop, self.copy_floor(p, nu)) / per >= bound:
+            # Neither way out can beat the best so far: the link's booking,
+            # the dearest part of a price, is not asked (the choice is the same).
+            return None
         # A page dropped readers need may be copied too: ``nu`` counts their
         # rebuilds, so its copy in is booked before the first of them.
         copy = self.copy_stall(t, p, nu)
-        if drop is None and copy is None:
-            return None
-        if drop is not None and (copy is None or drop <= copy):
+        if drop is not None and drop <= copy:
             cost, action = drop, Action.DROP
         else:
             cost, action = copy, Action.COPY
-        # Pages not needed again this step are priced as if used two steps on.
-        return cost / (max(b, 1) * max(1, min(nu, 2 * self.n) - t)), action
+        return cost / per, action
+
+    def price_floor(self, t: int, p: int, nu: int) -> float:
+        """A lower bound of price()'s h, from what the page is alone: a drop costs at least
+        its own rebuild (nothing, if never used again), a copy at least copy_floor()."""
+        s = self.spec[p]
+        drop = 0.0 if nu >= NEVER else (math.inf if s.rebuild_seconds is None else s.rebuild_seconds)
+        return min(drop, self.copy_floor(p, nu)) / (max(s.nbytes, 1) * max(1, min(nu, 2 * self.n) - t))
 
     def drop_cost(self, p: int, t: int, nu: int) -> float | None:
         s = self.spec[p]
@@ -336,6 +354,13 @@ class _Prices:
                     seen.add(r)
                     stack.append(r)
         return cost
+
+    def copy_floor(self, p: int, nu: int) -> float:
+        """copy_stall() with no stall: what a copy costs at least, without the link's booking."""
+        b = self.spec[p].nbytes
+        dirty = self.dirty[p]
+        link = (b / self.d2h_Bps if dirty else 0.0) + (b / self.h2d_Bps if nu < self.n else 0.0)
+        return self.link_price * link + (int(dirty) + (nu < NEVER)) * self.move_s
 
     def copy_stall(self, t: int, p: int, nu: int) -> float:
         """Seconds of stall the copy out and back would cause, plus its link price."""
@@ -676,7 +701,9 @@ class _Sweep(_Lineage):
             if p in need:
                 continue
             seen += 1
-            priced = self.price(t, p, nu)
+            if best is not None and self.price_floor(t, p, nu) >= best[0]:
+                continue  # (price() would say so, asked dearer)
+            priced = self.price(t, p, nu, math.inf if best is None else best[0])
             if priced is not None and (best is None or priced[0] < best[0]):
                 best = (priced[0], nu, p, priced[1])
         self.plan.stats["candidates"] += seen
