@@ -1,13 +1,16 @@
 """Run the core planner on a step recorded on a GPU, without a GPU.
 
-    python benchmarks/plan_offline.py benchmarks/results/traces/FILE.json.gz [LINK_PRICE ...]
+    python benchmarks/plan_offline.py benchmarks/results/traces/FILE.json.gz [LINK_PRICE[@CANDIDATES] ...]
 
 Each file holds one step recorded by benchmarks/plan_probe.py (the trace the
 engine's planned step gave the planner, its stable keys, the limit and the
 link speeds measured on that machine), converted to JSON. Prints the step's
-make-up, then for each link price: planning time, whether the plan fits, its
-evictions by action and kind of page, and its recompute seconds. This is how
-the planner's choices were studied in session 5 (docs/BENCHMARKS.md).
+make-up, then for each link price (``1.0@256``: with 256 candidates per
+eviction, Thresholds.plan_candidates): planning time, whether the plan fits,
+its evictions and prefetches, its replay (bytes each way, recompute, stall and
+step seconds as the planner sees them), and its evictions by action and kind
+of page. This is how the planner's choices were studied in sessions 5 and 16
+(docs/BENCHMARKS.md).
 
     python benchmarks/plan_offline.py --convert plan_input.pkl OUT.json.gz
 converts a probe's pickle.
@@ -22,7 +25,7 @@ import pickle
 import sys
 import time
 
-from deepum.core.planner import plan_repeating
+from deepum.core.planner import plan_repeating, simulate
 from deepum.core.steptrace import OpSpec, PageSpec, StepTrace
 
 
@@ -54,13 +57,20 @@ def main(argv: list[str]) -> None:
     born = {p for op in trace.ops for p in op.creates}
     print(f"{len(trace.ops)} ops, {len(trace.pages)} pages, {sum(o.seconds for o in trace.ops):.3f} s of "
           f"operators, limit {limit / 1e9:.2f} GB, link {kw['h2d_Bps'] / 1e9:.1f}/{kw['d2h_Bps'] / 1e9:.1f} GB/s")
-    for price in [float(x) for x in argv[1:]] or [0.1]:
+    for arg in argv[1:] or ["1.0"]:
+        price, _, k = arg.partition("@")
+        extra = {"candidates": int(k)} if k else {}
         t0 = time.perf_counter()
-        plan = plan_repeating(trace, skeys, limit, link_price=price, **kw)
+        plan = plan_repeating(trace, skeys, limit, link_price=float(price), **kw, **extra)
         took = time.perf_counter() - t0
-        print(f"link price {price}: planned in {took:.2f} s, fits {plan.fits} "
-              f"(short {plan.short_bytes / 1e9:.2f} GB at op {plan.short_op}), "
-              f"recompute {plan.recompute_seconds * 1e3:.1f} ms, {plan.stats}")
+        sim = simulate(trace, plan, limit)
+        moves = sum(len(v) for v in plan.evictions.values())
+        print(f"link price {arg}: planned in {took:.2f} s, fits {plan.fits} "
+              f"(short {plan.short_bytes / 1e9:.2f} GB at op {plan.short_op}), {moves} evictions, "
+              f"{len(plan.fetches)} prefetches, {plan.stats}")
+        print(f"  replay: {sim.h2d_bytes / 1e9:.2f} GB in, {sim.d2h_bytes / 1e9:.2f} GB out, recompute "
+              f"{sim.recompute_seconds * 1e3:.1f} ms, stall {sim.stall_seconds * 1e3:.1f} ms, step "
+              f"{sim.step_seconds * 1e3:.1f} ms, peak {sim.peak_bytes / 1e9:.2f} GB")
         count, size = collections.Counter(), collections.Counter()
         for moves in plan.evictions.values():
             for pid, action in moves:
