@@ -169,7 +169,7 @@ class Thresholds:
     # rule, step 1). Model state used only by the optimizer is always the furthest, so
     # with few candidates the plan copies it out before it weighs dropping an activation;
     # more make fewer evictions and copies for more planning time (docs/BENCHMARKS.md,
-    # session 16; not yet measured on the GPU).
+    # session 16).
     plan_candidates: int = 16
 
     def __post_init__(self) -> None:

@@ -377,8 +377,8 @@ def _busy(plan: Plan, frees: list) -> set[int]:
     prefetches, pages the program freed there (some may be let go) or the plan releases.
 
     After any other operator it runs only while pages wait to be let go or
-    prefetches wait for room; about half the operators of a planned
-    transformer step (docs/BENCHMARKS.md, session 16) skip it.
+    prefetches wait for room: with nothing planned there it would only walk
+    empty lists.
     """
     busy = {t for t, moves in plan.evictions.items() if moves}
     busy.update(t for t, pids in plan.prefetches.items() if pids)
