@@ -83,6 +83,7 @@ def test_elementwise_chain_forward_and_backward():
     ref, got, st = _run(*_chain_training(layers=1))
     _equal(ref, got)
     assert st["drops"] > 0 and st["recomputes"] > 0, st
+    assert st["recompute_seconds"] > 0, st  # each rebuild is timed (Transfers.clock/clocked)
 
 
 @pytest.mark.skipif(not movers.can_swap(), reason="storages cannot change memory here")

@@ -35,7 +35,6 @@ Two engines with one interface: :class:`HostTransfers` for the ``cpu`` device
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -208,15 +207,14 @@ class HostTransfers:
         self.leaving: deque[tuple[int, torch.UntypedStorage | None, int]] = deque()  # (tick, holder, bytes)
         self._ticks = 0
 
-    @contextlib.contextmanager
-    def timed(self, what: str):
-        """Add the time of the block to ``<what>_seconds`` (device time on CUDA)."""
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            name = f"{what}_seconds"
-            setattr(self, name, getattr(self, name) + time.perf_counter() - t0)
+    def clock(self) -> object:
+        """A start mark for clocked() (device time on CUDA): a rebuild is timed each time,
+        so no context object is made for it."""
+        return time.perf_counter()
+
+    def clocked(self, start: object, name: str) -> None:
+        """Add the time since ``start`` (clock()'s) to the counter ``name``."""
+        setattr(self, name, getattr(self, name) + time.perf_counter() - start)
 
     def save(self, items: list) -> None:
         """Copy each page to its host buffer (taking one if it has none)."""
@@ -418,17 +416,15 @@ class CudaTransfers(HostTransfers):
         # Keep the events: a host buffer is reused only after its copy.
         return len(late)
 
-    @contextlib.contextmanager
-    def timed(self, what: str):
-        compute = self.streams_.current()
+    def clock(self) -> object:
         start = torch.cuda.Event(enable_timing=True)
-        start.record(compute)
-        try:
-            yield
-        finally:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record(compute)
-            self._timed.append((start, end, f"{what}_seconds"))
+        start.record(self.streams_.current())
+        return start
+
+    def clocked(self, start: object, name: str) -> None:
+        end = torch.cuda.Event(enable_timing=True)
+        end.record(self.streams_.current())
+        self._timed.append((start, end, name))  # read by harvest() once completed
 
     def measure_link(self, nbytes: int = 64 << 20) -> tuple[float, float]:
         """Bytes per second host to device and back, through the pinned pool and these streams."""

@@ -569,11 +569,16 @@ class Remat:
             q.pins += 1
         try:
             for q in inputs:
-                if q.dropped:
+                if q.state == EVICTED and q.host is None:  # (Page.dropped, written out)
                     self.rebuild(q)
-            evicted = [q for q in inputs if q.state == EVICTED]
+            evicted, need = [], 0
+            for q in inputs:
+                if q.state == EVICTED:
+                    evicted.append(q)
+                    need += q.nbytes
             # The page (and the operator's output, where it is copied over: rebuild_pages()).
-            need = sum(q.nbytes for q in evicted) + rebuild_pages() * page.nbytes
+            held = rebuild_pages()
+            need += held * page.nbytes
             if need > self.table.limit:
                 raise BudgetTooSmallError(f"recomputing {recipe.func}", need, self.table.limit, self.budget)
             short = need - self.table.room()
@@ -587,37 +592,45 @@ class Remat:
             for q in inputs:
                 if q.prefetched:  # fetched ahead for this rebuild (prefetch.py): its first use
                     self._prefetch_used(q)
-            # The operator's output beyond the page itself, where it is copied over.
-            extra = (rebuild_pages() - 1) * page.nbytes
-            while True:
-                self.table.arriving(page)
-                self.table.reserved_bytes += extra
-                try:
-                    with profiler_range("deepum::recompute"), self.transfers.timed("recompute"):
-                        recipe.run_into(storage, page.nbytes, self.device)
-                    break
-                except torch.OutOfMemoryError as e:
-                    self._unarrive([(storage, page)])
-                    evict_for_retry(self, f"recomputing {recipe.func}", rebuild_pages() * page.nbytes,
-                                    rebuild_pages() * page.nbytes, e)
-                except BaseException:
-                    self._unarrive([(storage, page)])
-                    raise
-                finally:
-                    self.table.reserved_bytes -= extra
-            self.table.arrived(page)
-            page.ready = None
-            page.dirty = True  # no host copy: the next eviction drops or copies it again
-            for q in inputs:
-                self.table.touch(q)
+            self._run_recipe(page, storage, held)
+            self.table.touch_all(inputs)
             # Used now, as far as the victim policy can tell: a page rebuilt
             # (early, by a prefetch, or for a reader) and the inputs just
             # brought back would otherwise look as stale as before and be the
             # next victims, dropped again before the reader or a sibling's
             # rebuild used them.
-            self.policy.note_use(inputs)
-            self.policy.note_use((page,))
+            self.policy.note_use((*inputs, page))
             self.counters.recomputes += 1
         finally:
             for q in inputs:
                 q.pins -= 1
+
+    def _run_recipe(self, page: Page, storage: torch.UntypedStorage, held: int) -> None:
+        """Run ``page``'s recipe into its storage, with room for ``held`` pages' worth of
+        output (rebuild_pages()), evicting more and trying again after an out-of-memory error."""
+        recipe = page.recipe
+        # The operator's output beyond the page itself, where it is copied over.
+        extra = (held - 1) * page.nbytes
+        table = self.table
+        while True:
+            table.arriving(page)
+            table.reserved_bytes += extra
+            try:
+                start = self.transfers.clock()
+                try:
+                    with profiler_range("deepum::recompute"):
+                        recipe.run_into(storage, page.nbytes, self.device)
+                finally:
+                    self.transfers.clocked(start, "recompute_seconds")
+                break
+            except torch.OutOfMemoryError as e:
+                self._unarrive([(storage, page)])
+                evict_for_retry(self, f"recomputing {recipe.func}", held * page.nbytes, held * page.nbytes, e)
+            except BaseException:
+                self._unarrive([(storage, page)])
+                raise
+            finally:
+                table.reserved_bytes -= extra
+        table.arrived(page)
+        page.ready = None
+        page.dirty = True  # no host copy: the next eviction drops or copies it again
