@@ -801,7 +801,7 @@ def test_pricing_bounds_leave_the_plan_as_it_was(seed, monkeypatch):
     bandwidth = rng.choice([10.0, 1000.0])
     fast = [plan_step(trace, limit, bandwidth, 1000.0, candidates=64) for limit in limits]
     price = planner._Prices.price
-    monkeypatch.setattr(planner._Prices, "price_floor", lambda self, t, p, nu: -1.0)
+    monkeypatch.setattr(planner, "PRUNE", False)
     monkeypatch.setattr(planner._Prices, "price", lambda self, t, p, nu, bound=None: price(self, t, p, nu))
     for limit, plan in zip(limits, fast):
         full = plan_step(trace, limit, bandwidth, 1000.0, candidates=64)
