@@ -89,7 +89,7 @@ Cost: each eviction looks at ``candidates`` pages (a heap keyed by next use)
 and books the link in O(log n); the whole plan is O((ops + pages) log n).
 A candidate whose price cannot beat the best one so far is not priced in
 full: a drop costs at least the page's own rebuild and a copy at least its
-link time and moves (:meth:`_Prices.copy_floor`), and asking the link's
+link time and moves (:meth:`_Prices.price_floor`), and asking the link's
 booking is the dearest part of a price. The plan is the same; more
 candidates cost less time to weigh.
 """
@@ -308,6 +308,17 @@ class _Prices:
         else:
             cost, action = copy, Action.COPY
         return cost / per, action
+
+    def price_floor(self, t: int, p: int, nu: int) -> float:
+        """A lower bound of price()'s h from the page alone: a drop costs at least its own
+        rebuild (nothing if never used again), a copy at least copy_floor() (written out:
+        this runs for every candidate)."""
+        s, dirty = self.spec[p], self.dirty[p]
+        b = s.nbytes
+        drop = 0.0 if nu >= NEVER else (math.inf if s.rebuild_seconds is None else s.rebuild_seconds)
+        copy = (self.link_price * ((b / self.d2h_Bps if dirty else 0.0) + (b / self.h2d_Bps if nu < self.n else 0.0))
+                + (int(dirty) + (nu < NEVER)) * self.move_s)
+        return min(drop, copy) / (max(b, 1) * max(1, min(nu, 2 * self.n) - t))
 
     def drop_cost(self, p: int, t: int, nu: int) -> float | None:
         s = self.spec[p]
@@ -688,8 +699,6 @@ class _Sweep(_Lineage):
 
     def _best_of(self, heap: list, t: int, need: set[int]) -> tuple[int, int, Action] | None:
         seen, back, best = 0, [], None
-        spec, dirty, n, far = self.spec, self.dirty, self.n, 2 * self.n
-        price_s, move_s, d2h, h2d = self.link_price, self.move_s, self.d2h_Bps, self.h2d_Bps
         while heap and seen < self.k:
             entry = heapq.heappop(heap)
             nu, p = -entry[0], entry[2]
@@ -699,17 +708,8 @@ class _Sweep(_Lineage):
             if p in need:
                 continue
             seen += 1
-            if best is not None and PRUNE:
-                # A lower bound of the price from the page alone (price() would say the same,
-                # asked dearer): a drop costs at least its own rebuild, nothing if never used
-                # again; a copy at least copy_floor(), written out (one per candidate).
-                s, dp = spec[p], dirty[p]
-                b = s.nbytes
-                drop = 0.0 if nu >= NEVER else (math.inf if s.rebuild_seconds is None else s.rebuild_seconds)
-                copy = (price_s * ((b / d2h if dp else 0.0) + (b / h2d if nu < n else 0.0))
-                        + (int(dp) + (nu < NEVER)) * move_s)
-                if min(drop, copy) / (max(b, 1) * max(1, min(nu, far) - t)) >= best[0]:
-                    continue
+            if best is not None and PRUNE and self.price_floor(t, p, nu) >= best[0]:
+                continue  # (price() would say so, asked dearer)
             priced = self.price(t, p, nu, math.inf if best is None else best[0])
             if priced is not None and (best is None or priced[0] < best[0]):
                 best = (priced[0], nu, p, priced[1])

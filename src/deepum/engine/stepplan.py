@@ -78,8 +78,7 @@ class StepPlans:
         self.enabled = bool(config.plan) and config.policy == "deepum"
         self.trial = _Trial(config.thresholds) if self.enabled and config.plan == "auto" else None
         self.fetches = pager.config.prefetch  # False: the plan's evictions only; pages come back on use
-        self.next_pid = 0
-        self.t = 0
+        self.next_pid = self.t = 0
         self.builder: TraceBuilder | None = None
         self.plan: Plan | None = None
         self.eids: list[int] = []
@@ -292,8 +291,7 @@ class StepPlans:
                 # The engine holds more than the plan counted here: what makes
                 # the step short of room despite the plan (plan_short_evictions).
                 self.pager.counters.plan_over_ops += 1
-            letting = self.letting
-            if t in self.busy or self.waiting or letting.trying or letting.waiting:
+            if t in self.busy or self.waiting or self.letting.trying or self.letting.waiting:
                 self._execute(t, uses)  # (else nothing to do: see _busy)
 
     def _record(self, eid: int, made: list[Page], uses: list[Page], written) -> None:
