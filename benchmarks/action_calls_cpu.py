@@ -1,6 +1,6 @@
 """Function calls per page action of a planned step, on the cpu tier: a count no other job moves.
 
-    python benchmarks/action_calls_cpu.py [FRACTION] [SRC]
+    python benchmarks/action_calls_cpu.py [FRACTION] [SRC] ['{"thresholds": {"plan_candidates": 1024}}']
 
 Trains the 4-layer tiny GPT-2 of host_cost_cpu.py with plan=True at FRACTION
 (default 0.3) of its peak for eight steps, then counts the Python and C
@@ -9,20 +9,23 @@ included), and inside each engine function below, per call of it (inclusive:
 what one recipe's recording, one rebuild, one eviction batch costs in calls).
 On the GPU a planned step is bound by the host (docs/BENCHMARKS.md, session
 16), so fewer calls per action is less host time there. SRC puts another copy
-of deepum's src/ first on the path (another commit).
+of deepum's src/ first on the path (another commit; "" for this one); the
+last argument gives session options (Thresholds as a dict).
 """
 
 import collections
+import json
 import sys
 
 import torch
 
-if len(sys.argv) > 2:
+if len(sys.argv) > 2 and sys.argv[2]:
     sys.path.insert(0, sys.argv[2])
 
 from cpu_gpt2 import gpt2_step  # noqa: E402
 
 import deepum  # noqa: E402
+from deepum.core.config import Thresholds  # noqa: E402
 
 WATCHED = ("record", "rebuild", "run_into", "_register_outputs", "evict", "_execute", "_fetch", "begin", "end",
            "_gather")
@@ -35,6 +38,9 @@ def make():
 
 def main() -> None:
     fraction = float(sys.argv[1]) if len(sys.argv) > 1 else 0.3
+    options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    if "thresholds" in options:
+        options["thresholds"] = Thresholds(**options["thresholds"])
     torch.set_num_threads(1)
     step = make()
     with deepum.oversubscribe(1.0, "cpu", dormant=False) as s:
@@ -62,7 +68,7 @@ def main() -> None:
             if frame.f_code.co_name not in seen:
                 entered[frame.f_code.co_name] += 1
 
-    with deepum.oversubscribe(int(peak * fraction), "cpu", plan=True) as s:
+    with deepum.oversubscribe(int(peak * fraction), "cpu", plan=True, **options) as s:
         for i in range(8):
             step(i)
         before = s.stats()
