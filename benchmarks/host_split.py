@@ -11,7 +11,7 @@ step: the wall time, the time inside the dispatch mode, inside the operators
 themselves (``OpPlan.call``: launch, allocation and the allocator's retries), and
 per watched function its calls and inclusive time, the collector's passes
 that fell inside it left out (a pass runs in whichever call allocates when it
-is due, most often while a recipe is recorded; before session 16 those passes
+is due, a recipe's recording among them; before session 16 those passes
 were counted in the function too); what is left of the mode's time after the
 operators is the interception's own cost. Unlike
 cProfile (about twice the step) and torch.profiler, the split it gives adds
@@ -98,7 +98,7 @@ class Split:
                 return original(*args, **kwargs)
             finally:
                 # Less the collector's passes that fell inside: a full pass runs in whichever
-                # call allocated last (recording a recipe, usually), not where the garbage was made.
+                # call allocates when one is due, not where the garbage was made.
                 dt = clock() - t0 - (split.gc_seconds - gc0)
                 split.seconds[label] += dt
                 split.calls[label] += 1
