@@ -144,7 +144,7 @@ class _In:
     def __init__(self, page: Page, t: torch.Tensor) -> None:
         self.page = page
         self.dtype = t.dtype
-        self.size = tuple(t.shape)
+        self.size = t.shape  # (a torch.Size: a tuple already)
         self.stride = t.stride()
         self.offset = t.storage_offset()
 
@@ -284,12 +284,15 @@ def _shares(x, ptr: int) -> bool:
 
 
 def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_of,
-           rng=None, eid: int = -1) -> Recipe | None:
+           rng=None, eid: int = -1, nbytes: int = -1) -> Recipe | None:
     """A recipe for output ``index`` (``out``), or None when it would not be exact.
 
-    ``page_of(t)`` returns the managed page of a tensor, or None.
+    ``page_of(t)`` returns the managed page of a tensor, or None; ``nbytes``: the
+    size of ``out``'s storage, where the caller has read it.
     """
-    if out.storage_offset() != 0 or out.numel() * out.element_size() != storage_of(out).nbytes():
+    if nbytes < 0:
+        nbytes = storage_of(out).nbytes()
+    if out.storage_offset() != 0 or out.numel() * out.element_size() != nbytes:
         return None
     if _attention_dropout(func, args, kwargs):
         return None

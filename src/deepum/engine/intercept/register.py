@@ -135,7 +135,7 @@ class Registration:
             new += nbytes
             if call is not None and nbytes >= pager.recompute_min_bytes and p.pageable:
                 func, args, kwargs, rng = call
-                recipe = record(func, args, kwargs, i, t, self.page_of, rng, eid)
+                recipe = record(func, args, kwargs, i, t, self.page_of, rng, eid, nbytes)
                 if recipe is not None:
                     pager.attach_recipe(p, recipe)
                     pager.counters.recipes += 1
