@@ -311,14 +311,10 @@ class _Prices:
 
     def price_floor(self, t: int, p: int, nu: int) -> float:
         """A lower bound of price()'s h from the page alone: a drop costs at least its own
-        rebuild (nothing if never used again), a copy at least copy_floor() (written out:
-        this runs for every candidate)."""
-        s, dirty = self.spec[p], self.dirty[p]
-        b = s.nbytes
+        rebuild (nothing if never used again), a copy at least copy_floor()."""
+        s = self.spec[p]
         drop = 0.0 if nu >= NEVER else (math.inf if s.rebuild_seconds is None else s.rebuild_seconds)
-        copy = (self.link_price * ((b / self.d2h_Bps if dirty else 0.0) + (b / self.h2d_Bps if nu < self.n else 0.0))
-                + (int(dirty) + (nu < NEVER)) * self.move_s)
-        return min(drop, copy) / (max(b, 1) * max(1, min(nu, 2 * self.n) - t))
+        return min(drop, self.copy_floor(p, nu)) / (max(s.nbytes, 1) * max(1, min(nu, 2 * self.n) - t))
 
     def drop_cost(self, p: int, t: int, nu: int) -> float | None:
         s = self.spec[p]
