@@ -48,7 +48,9 @@ def test_planned_steps_are_bit_identical_and_follow_the_plan(name):
     # online choice caught up on the GPT-2 here, 2 or 3 a step each, with
     # siblings' stable keys and optimizer slices no wider than the prefetch
     # cap; the CNN's plan still halves them.)
-    assert st["planned_evictions"] > st["evictions"] / 2, st
+    # (Over the planned steps: the steps before the plan evict more than it does.)
+    steps = [s for s in planned if s["planned_steps"]]
+    assert steps and sum(s["planned_evictions"] for s in steps) > sum(s["evictions"] for s in steps) / 2, planned
     train(*make, STEPS, budget=budget, each_step=online)
     steered = [i for i, s in enumerate(planned) if s["planned_evictions"] > s["evictions"] / 2]
     assert len(steered) >= 2, planned
@@ -485,7 +487,11 @@ def test_the_link_price_reaches_the_planner_and_moves_copies_to_drops(monkeypatc
     monkeypatch.setattr(stepplan, "plan_repeating", planned)
     ref = train(*make, STEPS)
     for price in (0.0, 10.0):
-        got = train(*make, STEPS, budget=budget, plan=True, thresholds=Thresholds(plan_link_price=price))
+        # Weighing every page, this small model's plan drops all but one page at
+        # either price (a copy's host time outweighs a rebuild here): sixteen
+        # candidates, the default until session 17, leave copies to compare.
+        got = train(*make, STEPS, budget=budget, plan=True,
+                    thresholds=Thresholds(plan_link_price=price, plan_candidates=16))
         assert_identical(ref, got)
     assert set(copied) == {0.0, 10.0}, copied
     assert min(copied[10.0]) < min(copied[0.0]), copied
@@ -493,7 +499,8 @@ def test_the_link_price_reaches_the_planner_and_moves_copies_to_drops(monkeypatc
 
 def test_the_candidate_count_reaches_the_planner_and_the_steps_stay_exact(monkeypatch):
     # Thresholds.plan_candidates is how many pages the planner prices for each
-    # eviction; with many, the same program plans and runs bit-identically.
+    # eviction; with few (the default is many), the same program plans and runs
+    # bit-identically.
     import deepum.engine.stepplan as stepplan
     from deepum.core.config import Thresholds
     from deepum.core.errors import OptionError
@@ -510,6 +517,6 @@ def test_the_candidate_count_reaches_the_planner_and_the_steps_stay_exact(monkey
 
     monkeypatch.setattr(stepplan, "plan_repeating", planned)
     ref = train(*make, STEPS)
-    got = train(*make, STEPS, budget=budget, plan=True, thresholds=Thresholds(plan_candidates=512))
+    got = train(*make, STEPS, budget=budget, plan=True, thresholds=Thresholds(plan_candidates=8))
     assert_identical(ref, got)
-    assert seen and set(seen) == {512}, seen
+    assert seen and set(seen) == {8}, seen

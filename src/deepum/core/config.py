@@ -168,9 +168,9 @@ class Thresholds:
     # Pages the planner prices for each eviction, the furthest used (core/planner.py's
     # rule, step 1). Model state used only by the optimizer is always the furthest, so
     # with few candidates the plan copies it out before it weighs dropping an activation;
-    # more make fewer evictions and copies for more planning time (docs/BENCHMARKS.md,
-    # session 16).
-    plan_candidates: int = 16
+    # more make fewer evictions and copies for more planning time, once per plan
+    # (docs/BENCHMARKS.md, sessions 16 and 17).
+    plan_candidates: int = 1024
 
     def __post_init__(self) -> None:
         if self.cpu_copy_lag < 0:

@@ -89,7 +89,7 @@ Cost: each eviction looks at ``candidates`` pages (a heap keyed by next use)
 and books the link in O(log n); the whole plan is O((ops + pages) log n).
 A candidate whose price cannot beat the best one so far is not priced in
 full: a drop costs at least the page's own rebuild and a copy at least its
-link time and moves (:meth:`_Prices.price_floor`), and asking the link's
+link time and moves (:meth:`_Prices.floor_per_byte`), and asking the link's
 booking is the dearest part of a price. The plan is the same; more
 candidates cost less time to weigh.
 """
@@ -136,6 +136,9 @@ SMALL_SHARE = 1 / 65536
 # Skip candidates whose price has a lower bound no better than the best so far
 # (the Cost paragraph above); False prices every one, for tests of the bound.
 PRUNE = True
+# A floor and a price may round apart by an ulp: the sweep stops at a floor past
+# the best price by more than that, so rounding never changes the choice.
+SLACK = 1.0 + 1e-9
 NEW, RES, ARR, OUT, DROP, GONE = range(6)
 
 
@@ -291,12 +294,12 @@ class _Prices:
 
     def price(self, t: int, p: int, nu: int, bound: float = math.inf) -> tuple[float, Action] | None:
         """(h, action) for evicting p before op t; None if it cannot go, or if its h
-        cannot be under ``bound`` (the best candidate's so far)."""
+        must be over ``bound`` (the best candidate's so far; an equal one may still win its tie)."""
         b = self.spec[p].nbytes
         # Pages not needed again this step are priced as if used two steps on.
         per = max(b, 1) * max(1, min(nu, 2 * self.n) - t)
         drop = self.drop_cost(p, t, nu)
-        if min(math.inf if drop is None else drop, self.copy_floor(p, nu)) / per >= bound:
+        if min(math.inf if drop is None else drop, self.copy_floor(p, nu)) / per > bound * SLACK:
             # Neither way out can beat the best so far: the link's booking,
             # the dearest part of a price, is not asked (the choice is the same).
             return None
@@ -309,12 +312,14 @@ class _Prices:
             cost, action = copy, Action.COPY
         return cost / per, action
 
-    def price_floor(self, t: int, p: int, nu: int) -> float:
-        """A lower bound of price()'s h from the page alone: a drop costs at least its own
-        rebuild (nothing if never used again), a copy at least copy_floor()."""
+    def floor_per_byte(self, p: int, nu: int) -> float:
+        """A lower bound of price()'s h times the distance to the next use, from the page
+        alone: a drop costs at least its own rebuild (nothing if never used again), a copy
+        at least copy_floor(). It stays the same at every op until p's next use or its
+        dirtiness changes, so the sweep keeps it with p's heap entry."""
         s = self.spec[p]
         drop = 0.0 if nu >= NEVER else (math.inf if s.rebuild_seconds is None else s.rebuild_seconds)
-        return min(drop, self.copy_floor(p, nu)) / (max(s.nbytes, 1) * max(1, min(nu, 2 * self.n) - t))
+        return min(drop, self.copy_floor(p, nu)) / max(s.nbytes, 1)
 
     def drop_cost(self, p: int, t: int, nu: int) -> float | None:
         s = self.spec[p]
@@ -381,6 +386,42 @@ class _Prices:
         if nu < NEVER:  # back in this step or the next
             moves += 1
         return stall + self.link_price * link + moves * self.move_s
+
+    def _best_of(self, heap: list, t: int, need: set[int]) -> tuple[int, int, Action] | None:
+        """The least ``cost / (bytes x distance)`` among the ``k`` furthest-used of ``heap``
+        (ties: the furthest used), as (next use, page, action)."""
+        # [Note: a floor kept with the entry]
+        # A page's heap entry is made when its next use is known (push), with
+        # floor_per_byte() as it is then. Until the page is pushed again its
+        # next use stays, and its dirtiness can only have grown (a write, a
+        # rebuild), which makes a copy dearer: the kept floor is still a lower
+        # bound. The candidates are priced cheapest floor first, so once a
+        # floor passes the best price found, no later one can win.
+        seen, back, cands = 0, [], []
+        state, key, far = self.state, self.key, 2 * self.n
+        while heap and seen < self.k:
+            entry = heapq.heappop(heap)
+            nu, p = -entry[0], entry[2]
+            if state[p] != RES or key.get(p) != nu:
+                continue
+            back.append(entry)
+            if p in need:
+                continue
+            cands.append((entry[3] / max(1, min(nu, far) - t), seen, nu, p))
+            seen += 1
+        self.plan.stats["candidates"] += seen
+        for entry in back:
+            heapq.heappush(heap, entry)
+        if PRUNE:
+            cands.sort()
+        best = None  # (h, order in the heap, next use, page, action)
+        for floor, order, nu, p in cands:
+            if best is not None and PRUNE and floor > best[0] * SLACK:
+                break  # (price() would say so of this one and of every one after it)
+            priced = self.price(t, p, nu, math.inf if best is None else best[0])
+            if priced is not None and (best is None or (priced[0], order) < best[:2]):
+                best = (priced[0], order, nu, p, priced[1])
+        return None if best is None else best[2:]
 
 
 class _Lineage(_Prices):
@@ -548,9 +589,9 @@ class _Sweep(_Lineage):
                 self.readers.setdefault(q, []).append(p)
         self.mem = sum(s.nbytes for p, s in self.spec.items() if self.state[p] == RES)
         self.tight = _tight_from(trace, limit, born)
-        self.heap: list[tuple[int, int, int]] = []
+        self.heap: list[tuple[int, int, int, float]] = []  # (-next use, seq, page, floor_per_byte)
         self.small = int(limit * SMALL_SHARE)
-        self.smalls: list[tuple[int, int, int]] = []  # the heap of pages under ``small`` bytes
+        self.smalls: list[tuple[int, int, int, float]] = []  # the heap of pages under ``small`` bytes
         self.key: dict[int, int] = {}
         self.seq = 0
         self.due: dict[int, list[Fetch]] = {}  # op index -> prefetches that start before it
@@ -571,7 +612,10 @@ class _Sweep(_Lineage):
             nu = self.key[p] = self.next_use(p)
             self.seq += 1
             # Small pages wait in a heap of their own: victims of last resort (pick).
-            heapq.heappush(self.smalls if self.spec[p].nbytes < self.small else self.heap, (-nu, self.seq, p))
+            # The entry carries the floor of its price per byte, so weighing a candidate
+            # that cannot win costs one division (see [Note: a floor kept with the entry]).
+            heapq.heappush(self.smalls if self.spec[p].nbytes < self.small else self.heap,
+                           (-nu, self.seq, p, self.floor_per_byte(p, nu)))
 
     # ------------------------------------------------------------ the sweep
     def run(self) -> Plan:
@@ -692,27 +736,6 @@ class _Sweep(_Lineage):
         among the small pages only when no larger one can go."""
         best = self._best_of(self.heap, t, need)
         return best if best is not None else self._best_of(self.smalls, t, need)
-
-    def _best_of(self, heap: list, t: int, need: set[int]) -> tuple[int, int, Action] | None:
-        seen, back, best = 0, [], None
-        while heap and seen < self.k:
-            entry = heapq.heappop(heap)
-            nu, p = -entry[0], entry[2]
-            if self.state[p] != RES or self.key.get(p) != nu:
-                continue
-            back.append(entry)
-            if p in need:
-                continue
-            seen += 1
-            if best is not None and PRUNE and self.price_floor(t, p, nu) >= best[0]:
-                continue  # (price() would say so, asked dearer)
-            priced = self.price(t, p, nu, math.inf if best is None else best[0])
-            if priced is not None and (best is None or priced[0] < best[0]):
-                best = (priced[0], nu, p, priced[1])
-        self.plan.stats["candidates"] += seen
-        for entry in back:
-            heapq.heappush(heap, entry)
-        return None if best is None else (best[1], best[2], best[3])
 
     def evict(self, t: int, p: int, action: Action, nu: int) -> None:
         b = self.spec[p].nbytes
