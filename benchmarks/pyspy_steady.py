@@ -11,8 +11,16 @@ planning, no pool growth, and no timers of the engine's functions (unlike
 host_split.py, whose clocks are themselves samples). Prints the step times
 and counters, then ``pyspy_split.py``'s shares, then the shares of the caching
 allocator's virtual-memory calls (expandable segments' maps and unmaps) and
-of the garbage collector. Writes pyspy-MODEL-FRACTION.raw.gz and the printout
-under $OUT. Needs py-spy on the PATH (benchmarks/bench_wheels.sh).
+of a few engine functions more. (The garbage collector runs inside whichever
+call allocated and has no frame of its own: ab_inprocess.py counts it.)
+Writes pyspy-MODEL-FRACTION.raw.gz and the printout under $OUT. Needs py-spy
+on the PATH (benchmarks/bench_wheels.sh).
+
+py-spy stops the whole process for each native sample: at RATE 100 a planned
+ResNet-152 step ran tens of times slower (docs/BENCHMARKS.md, session 17), so
+the default is 10, and the profiled steps' times say how far the profile
+slowed them. The shares are of that slowed process: time the
+host would have spent waiting for the device shrinks in them.
 """
 
 from __future__ import annotations
@@ -46,8 +54,6 @@ def shares(path: str) -> list[str]:
         total += n
         for name in set(names):
             inclusive[name] += n
-        # The collector runs inside whichever call allocated; py-spy names no frame
-        # of its own for it, so its share is not here (ab_inprocess.py counts it).
     out = [f"{total} samples in the timed steps"]
     for name in (*WATCHED, *MORE):
         hits = sum(n for frame, n in inclusive.items() if frame == name or frame.startswith(name + "_"))
@@ -60,7 +66,7 @@ def main() -> None:
     options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     warmup = int(sys.argv[4]) if len(sys.argv) > 4 else 15
     steps = int(sys.argv[5]) if len(sys.argv) > 5 else 6
-    rate = sys.argv[6] if len(sys.argv) > 6 else "100"
+    rate = sys.argv[6] if len(sys.argv) > 6 else "10"
     if "thresholds" in options:
         options["thresholds"] = Thresholds(**options["thresholds"])
     spy = shutil.which("py-spy")
