@@ -275,6 +275,9 @@ def test_auto_keeps_the_plan_only_where_it_is_faster(monkeypatch, plan_faster):
     assert_identical(ref, got)
     st = got[3]
     assert st["plans"] == 1 and st["evictions"] > 0, st
+    # The stats keep what the verdict was taken on: three timed steps each way.
+    planned_ms = 500.0 if plan_faster else 2000.0
+    assert st["plan_trial_ms"] == {"planned": [planned_ms] * 3, "online": [1000.0] * 3}, st
     if plan_faster:
         assert st["plan_verdict"] == 1, st
         assert st["planned_steps"] >= 7, st  # the trial's six and those after

@@ -236,6 +236,8 @@ def paged_fields(before: dict, end: dict, steps: int, fourth: dict | None = None
     row["planned_share"] = planned_share(fourth, end)
     row["prediction_accuracy"] = end.get("prediction_accuracy")
     row["plan_verdict"] = end.get("plan_verdict")
+    row["plan_trial_ms"] = end.get("plan_trial_ms")
+    row["plan_seconds"] = end.get("plan_seconds")
     return row
 
 

@@ -453,6 +453,10 @@ class _Trial(PlanTrial):
         """For stats: 1 the plan stays, 0 online for good, -1 not decided."""
         return -1 if self.verdict is None else int(self.verdict)
 
+    def ms(self) -> dict[str, list[float]]:
+        """For stats: the trial's timed steps of each way, in milliseconds (why the verdict)."""
+        return {k: [round(1e3 * t, 1) for t in v] for k, v in self.times.items()}
+
 
 class _Letting:
     """Pages the plan lets go after an operator, until the engine can.

@@ -165,5 +165,6 @@ class Telemetry:
             prediction_accuracy=self.policy.accuracy,
             plan_seconds=self.plans.plan_seconds,
             plan_verdict=self.plans.trial.code if self.plans.trial is not None else -1,
+            plan_trial_ms=self.plans.trial.ms() if self.plans.trial is not None else {},
         )
         return out
