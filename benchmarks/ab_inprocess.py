@@ -8,7 +8,7 @@ process trains the bench's MODEL (step_anatomy.py's ``prepare``: fresh host
 batch each step, bf16 autocast, AdamW) and enters a session at FRACTION of its
 unconstrained peak ROUNDS times for each option set, in the order A B B A A B
 ..., each time WARMUP steps (plan="auto" records and tries its plan in the
-first 13) and then STEPS timed steps, after one uncounted session of A (a
+first 14) and then STEPS timed steps, after one uncounted session of A (a
 process's first session runs slower than the rest). Options are JSON; ``"thresholds"``
 takes a dict of Thresholds fields (e.g. ``{"thresholds": {"view_fast_path":
 false}}``); ``"src"`` names another copy of deepum's ``src/`` (another
@@ -112,6 +112,10 @@ def one_session(device, sync, work, step, budget: int, setup, warmup: int, steps
     # What the device still had queued when the host's step returned: near 0 where the host bounds.
     counts["sync_ms"] = "/".join(f"{t * 1e3:.0f}" for t in tail)
     counts["plan"] = plan
+    # What plan="auto" decided on, and the host seconds its plans took.
+    counts["plan_s"] = f"{after.get('plan_seconds', 0.0):.2f}"
+    counts["trial_ms"] = ";".join(f"{k[0]}:" + "/".join(f"{t:.0f}" for t in v)
+                                  for k, v in (after.get("plan_trial_ms") or {}).items())
     return statistics.median(times), counts, after.get("plan_verdict")
 
 

@@ -267,7 +267,7 @@ def test_auto_keeps_the_plan_only_where_it_is_faster(monkeypatch, plan_faster):
     # turn and keeps the faster way (core/plantrial.py); either way the bits
     # are plain's.
     _steps_timed(monkeypatch, 0.5 if plan_faster else 2.0)
-    steps = 17  # the recording, three pairs of each way, and planned steps after the verdict
+    steps = 19  # the recording, two settling steps, three pairs of each way, planned steps after the verdict
     make = (models.gpt2, lambda: models.token_batches(n=steps), models.lm_loss)
     ref = train(*make, steps)
     budget = max(unconstrained_peak(*make, steps) // 3, 1 << 20)
@@ -280,10 +280,12 @@ def test_auto_keeps_the_plan_only_where_it_is_faster(monkeypatch, plan_faster):
     assert st["plan_trial_ms"] == {"planned": [planned_ms] * 3, "online": [1000.0] * 3}, st
     if plan_faster:
         assert st["plan_verdict"] == 1, st
-        assert st["planned_steps"] >= 7, st  # the trial's six and those after
+        assert st["planned_steps"] >= 8, st  # the trial's seven and those after
     else:
         assert st["plan_verdict"] == 0, st
-        assert st["planned_steps"] == 6, st  # the trial's, then online for good
+        # The trial's: two settling, the first sample right after them, then two
+        # pairs (each planned sample after an unsampled planned step); then online for good.
+        assert st["planned_steps"] == 7, st
     assert st["peak_device_bytes"] <= budget
 
 
@@ -304,8 +306,13 @@ def test_plan_trial_verdict():
     assert trial.note(ONLINE, 1.0) is None and trial.note(ONLINE, 1.2) is None
     assert not trial.wants(ONLINE)
     assert trial.note(ONLINE, 9.0) is None and trial.times[ONLINE] == [1.0, 1.2]  # enough online
-    assert trial.note(PLANNED, 1.0) is None
-    assert trial.note(PLANNED, 1.4) is True  # median 1.2 against 1.1 * 1.1
+    assert trial.note(PLANNED, 1.3) is None
+    assert trial.note(PLANNED, 1.15) is False  # the fastest: 1.15 against 1.0 * 1.1
+    fastest = PlanTrial(samples=2, margin=0.1)
+    for seconds in (1.0, 1.2):
+        fastest.note(ONLINE, seconds)
+    fastest.note(PLANNED, 3.0)  # a one-off cost (a collector pass) in one sample
+    assert fastest.note(PLANNED, 1.05) is True
     slower = PlanTrial(samples=1, margin=0.0)
     slower.note(PLANNED, 2.0)
     assert slower.note(ONLINE, 1.0) is False
@@ -327,6 +334,18 @@ def test_plan_trial_verdict():
         pairs.ended(kinds[-1], 1.0 if kinds[-1] == ONLINE else 5.0 if kinds[-2] != PLANNED else 0.5)
     assert kinds[1:] == [PLANNED, PLANNED, ONLINE, ONLINE] * 2, kinds
     assert pairs.times[PLANNED] == [0.5, 0.5] and pairs.verdict is True  # the first of each pair unseen
+    # A plan's first planned steps are no samples: with settle=2 the trial
+    # runs them, then takes its pairs.
+    settling = PlanTrial(samples=1, margin=0.0, settle=2)
+    kinds = [None]
+    settling.ended(None, 9.0)
+    while settling.verdict is None:
+        kinds.append(settling.next_kind())
+        settling.ended(kinds[-1], 5.0 if len(kinds) <= 3 else 1.0)
+    assert kinds[1:] == [PLANNED, PLANNED, PLANNED, ONLINE, ONLINE], kinds
+    assert settling.times[PLANNED] == [1.0] and settling.verdict is True
+    with pytest.raises(ValueError):
+        PlanTrial(samples=1, margin=0.0, settle=-1)
     leaving = PlanTrial(samples=2, margin=0.0)
     assert leaving.departed() is None and leaving.departed() is False  # two departures: online
     kept = PlanTrial(samples=1, margin=0.0)

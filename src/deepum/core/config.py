@@ -104,7 +104,7 @@ class Thresholds:
     watched_modules: int = 16
     # plan="auto" (core/plantrial.py): steps timed each way (the second of
     # each pair, pairs in turn) before the verdict, and how much slower than the online choice the planned
-    # step may be and still stay. Step times of one process move by a tenth
+    # step may be and still stay (the fastest of each way compared). Step times of one process move by a tenth
     # from step to step on the GPU machines: three of each. The margin leans
     # to the plan: in-process A/Bs found the planned step faster on every
     # model measured, while a trial with no margin often chose the online
@@ -112,6 +112,9 @@ class Thresholds:
     # plan moves fewer pages, so where the two are within the noise, it stays.
     plan_trial_steps: int = 3
     plan_trial_margin: float = 0.1
+    # Planned steps run before the trial's first sample: a plan's first steps
+    # pay one-time costs its later steps do not (core/plantrial.py).
+    plan_trial_settle: int = 2
     # The optimizer hooks look up every parameter's, gradient's and state's
     # page to class it (api/kinds.py), a few microseconds each. Pages born
     # again each step take their class from their stable key at birth, so
@@ -175,6 +178,8 @@ class Thresholds:
     def __post_init__(self) -> None:
         if self.cpu_copy_lag < 0:
             raise OptionError(f"Thresholds.cpu_copy_lag={self.cpu_copy_lag!r}: give 0 or a number of operators")
+        if self.plan_trial_settle < 0:
+            raise OptionError(f"Thresholds.plan_trial_settle={self.plan_trial_settle!r}: give 0 or more steps")
         if self.plan_candidates < 1:
             raise OptionError(f"Thresholds.plan_candidates={self.plan_candidates!r}: give 1 or more pages")
         if self.plan_link_price < 0:

@@ -427,7 +427,7 @@ class _Trial(PlanTrial):
     """plan="auto" in the glue: each step's host time, from boundary to boundary."""
 
     def __init__(self, th) -> None:
-        super().__init__(th.plan_trial_steps, th.plan_trial_margin)
+        super().__init__(th.plan_trial_steps, th.plan_trial_margin, th.plan_trial_settle)
         self.clock = time.perf_counter
         self.began: float | None = None  # None: the step began before pressure did
 
