@@ -125,6 +125,15 @@ def test_cpu_copy_lag_is_a_count_of_operators():
         Thresholds(cpu_copy_lag=-1)
 
 
+def test_the_trial_settles_a_count_of_planned_steps():
+    from deepum.core.config import Thresholds
+    from deepum.core.errors import OptionError
+
+    assert Thresholds(plan_trial_settle=0).plan_trial_settle == 0  # time from the first planned step
+    with pytest.raises(OptionError, match="plan_trial_settle"):
+        Thresholds(plan_trial_settle=-1)
+
+
 def test_the_timing_gate_is_a_short_sleep_and_the_cpu_tier_never_sleeps():
     import torch
 
