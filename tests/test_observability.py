@@ -53,6 +53,35 @@ def test_trace_is_valid_trace_event_json(tmp_path):
     assert set(counters[0]["args"]) == {"other", "parameter", "gradient", "optimizer_state", "activation"}
 
 
+def test_the_plans_decisions_are_in_the_trace():
+    # Issue 12: which step was recorded and which ran a plan, each eviction
+    # batch's drops and copies and whether the plan chose them, and each
+    # rebuild, on the trace's tracks.
+    batches = lambda: models.token_batches(n=6)  # noqa: E731
+    budget = unconstrained_peak(models.gpt2, batches, models.lm_loss, 3) // 3
+    torch.manual_seed(0)
+    model = models.gpt2()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    with deepum.oversubscribe(budget, device="cpu", trace=True, plan=True) as session:
+        for batch in batches():
+            opt.zero_grad(set_to_none=True)
+            models.lm_loss(model, batch).backward()
+            opt.step()
+    st = session.stats()
+    assert st["planned_steps"] >= 2 and st["drops"] > 0 and st["recomputes"] > 0, st
+    events = chrome_trace(session.pager.trace)["traceEvents"]
+    steps = [e["args"]["paging"] for e in events if e["name"].startswith("optimizer step")]
+    assert len(steps) == 6 and "recorded" in steps and steps.count("planned") == st["planned_steps"], steps
+    evictions = [e["args"] for e in events if e.get("cat") == "evictions"]
+    assert all(a["dropped"] + a["copied"] <= a["pages"] for a in evictions)
+    assert sum(a["dropped"] for a in evictions) == st["drops"]
+    assert any(a["planned"] and a["dropped"] for a in evictions)
+    assert any(not a["planned"] for a in evictions)  # the online choice's, before the plan
+    rebuilds = [e for e in events if e.get("cat") == "recomputes"]
+    assert len(rebuilds) == st["recomputes"] and any(e["args"]["planned"] for e in rebuilds)
+    assert all(e["name"].startswith("recompute aten.") and e["args"]["bytes"] > 0 for e in rebuilds)
+
+
 def test_memory_picture(tmp_path):
     session, *_ = traced_run()
     path = tmp_path / "memory.png"

@@ -12,7 +12,6 @@ import torch.optim.optimizer as optimizer_hooks
 from ..core.pages import Kind
 from ..engine.intercept.mode import PagingMode
 from ..engine.pager import Pager
-from ..engine.telemetry import now_us
 
 
 def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
@@ -78,8 +77,7 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
         settled.stepped(optimizer)
         # The engine's own copies and buffers must not become pages.
         with torch.utils._python_dispatch._disable_current_modes(), pager.lock:
-            pager.plans.boundary()
-        _mark_step(pager)
+            pager.plans.boundary()  # (and the step's mark on the trace)
 
     hooks = [optimizer_hooks.register_optimizer_step_pre_hook(before_step),
              optimizer_hooks.register_optimizer_step_post_hook(after_step),
@@ -132,12 +130,6 @@ class _Settled:
         r.steps += 1
         r.states = len(optimizer.state)
         r.changed = 0
-
-
-def _mark_step(pager: Pager) -> None:
-    """An optimizer step ended: a mark on the trace's time line (the memory picture's step lines)."""
-    if pager.trace is not None:
-        pager.trace.step(now_us())
 
 
 def _parameter_hook(pager: Pager, page_of):

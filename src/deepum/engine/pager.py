@@ -340,7 +340,7 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         st.bytes_to_host += copied
         st.evictions += len(live)
         if self.trace is not None and live:
-            self.trace.transfer("evictions", t0, now_us(), [p for _, p, _ in live])
+            self._trace_evictions(t0, [p for _, p, _ in live], len(dropping), len(dirty))
 
 
 def _victim_policy(config: Config, table, live: dict, costs: Costs, rebuild_seconds):

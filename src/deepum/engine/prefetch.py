@@ -139,7 +139,7 @@ class Prefetcher:
         st.prefetches += len(batch)
         st.bytes_to_device += sum(p.nbytes for _, p in batch)
         if self.trace is not None:
-            self.trace.transfer("prefetches", t0, now_us(), [p for _, p in batch])
+            self.trace.transfer("prefetches", t0, now_us(), [p for _, p in batch], planned=self.plans.steering)
 
     def fault(self, pages: list[Page]) -> None:
         """Bring evicted pages back now: the running operator needs them."""

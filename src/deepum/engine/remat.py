@@ -48,7 +48,7 @@ from ..core.pages import ARRIVING, DEAD, EVICTED, Kind, Page
 from ..errors import BudgetTooSmallError
 from .movers import can_swap, swap_data
 from .retry import evict_for_retry
-from .telemetry import profiler_range
+from .telemetry import now_us, profiler_range
 
 # A tensor's storage, called on TensorBase: the engine's look-ups never pass
 # through host access's wrappers of Tensor.untyped_storage (intercept/host_access.py).
@@ -615,6 +615,7 @@ class Remat:
         # The operator's output beyond the page itself, where it is copied over.
         extra = (held - 1) * page.nbytes
         table = self.table
+        t0 = now_us() if self.trace is not None else 0.0
         while True:
             table.arriving(page)
             table.reserved_bytes += extra
@@ -637,3 +638,6 @@ class Remat:
         table.arrived(page)
         page.ready = None
         page.dirty = True  # no host copy: the next eviction drops or copies it again
+        if self.trace is not None:
+            self.trace.transfer("recomputes", t0, now_us(), [page], f"recompute {recipe.func}",
+                                planned=self.plans.steering)

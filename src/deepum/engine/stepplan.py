@@ -54,6 +54,7 @@ from ..core.plantrial import ONLINE, PLANNED, PlanTrial
 from ..core.remat_policy import Action
 from ..core.replay import NEVER, uses_by_page
 from ..core.steptrace import Plan, TraceBuilder
+from .telemetry import now_us
 
 log = logging.getLogger("deepum")
 _use_count = torch._C._storage_Use_Count
@@ -119,6 +120,8 @@ class StepPlans:
     def boundary(self) -> None:
         """An optimizer step ended: plan what was recorded, or go on with the plan."""
         pager = self.pager
+        if pager.trace is not None:  # the step's end on the trace's time line, and how it paged
+            pager.trace.step(now_us(), _paged_as(self))
         if not (self.enabled and pager.pressure):
             if self.trial is not None:
                 self.trial.began = None  # only steps wholly under pressure are timed
@@ -177,11 +180,10 @@ class StepPlans:
         costs = pager.costs
         t0 = time.perf_counter()
         trace = _trace(builder, costs, pager.rebuild_overhead_s)
-        limit = pager.table.limit - pager.headroom - pager.table.unpageable_bytes
-        if pager.config.thresholds.plan_leaving_room:
-            limit -= self.leaving_peak
+        th = pager.config.thresholds
+        limit = (pager.table.limit - pager.headroom - pager.table.unpageable_bytes
+                 - (self.leaving_peak if th.plan_leaving_room else 0))
         try:
-            th = pager.config.thresholds
             plan = plan_repeating(trace, builder.skeys, limit, h2d_Bps=costs.h2d_Bps, d2h_Bps=costs.d2h_Bps,
                                   early_copies=th.plan_early_copies, link_price=th.plan_link_price,
                                   candidates=th.plan_candidates)
@@ -198,8 +200,7 @@ class StepPlans:
         self.carry = carry_over(trace, builder.skeys)
         drops = plan.dropped()
         self.recipes_for = drops | {self.carry[p] for p in drops if p in self.carry}
-        self.builder = None
-        self.mode = RUNNING
+        self.builder, self.mode = None, RUNNING
         pager.counters.plans += 1
         self.plan_seconds += time.perf_counter() - t0
         log.info("deepum: planned a step of %d operators in %.2f s (%d evictions, %d prefetches, "
@@ -368,6 +369,18 @@ class StepPlans:
         """A planned prefetch was waited for: start it earlier next step."""
         if self.steering and self.by_pid.get(page.pid) is page and self.plan.note_late(page.pid):
             self.busy.update(self.plan.prefetches)  # the prefetch starts after another operator now
+
+
+def _paged_as(plans: StepPlans) -> str:
+    """How the step now ending paged: "recorded", "planned", "left the plan", "trial online"
+    (plan="auto" timing the online choice) or "online"."""
+    if plans.mode == RECORDING and plans.builder is not None and plans.pager.pressure:
+        return "recorded"
+    if plans.mode == RUNNING:
+        if plans.shadow:
+            return "trial online"
+        return "left the plan" if plans.left or plans.t != len(plans.eids) else "planned"
+    return "online"
 
 
 def _busy(plan: Plan, frees: list) -> set[int]:

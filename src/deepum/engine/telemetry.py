@@ -21,7 +21,7 @@ from ..core.pages import Kind
 from ..errors import BudgetOvershootError
 
 KIND_NAMES = [k.name.lower() for k in Kind]
-TRACKS = {"operators": 1, "faults": 2, "prefetches": 3, "evictions": 4}
+TRACKS = {"operators": 1, "faults": 2, "prefetches": 3, "evictions": 4, "recomputes": 5}
 _NO_RANGE = contextlib.nullcontext()
 
 
@@ -78,24 +78,28 @@ class TraceRecorder:
         self.counters: list[tuple[float, tuple[int, ...]]] = []
         self.marks: list[tuple[float, str]] = []  # fault / prefetch instants for the picture
         self.steps: list[float] = []  # when each optimizer step ended
+        self.step_paging: list[str] = []  # how each of those steps paged (StepPlans.paged_as)
 
     def op(self, name: str, eid: int, start: float, end: float) -> None:
         self.slices.append((start, end - start, "operators", name, {"eid": eid}))
 
-    def transfer(self, track: str, start: float, end: float, pages: list) -> None:
+    def transfer(self, track: str, start: float, end: float, pages: list, name: str = "", **args) -> None:
+        """A slice on ``track`` for ``pages`` (its name: ``name``, else the track's and a count);
+        ``args``: more for its details (the plan's part in it, drops and copies)."""
         nbytes = sum(p.nbytes for p in pages)
         kinds = sorted({KIND_NAMES[p.kind] for p in pages})
-        self.slices.append((start, end - start, track, f"{track[:-1]} {len(pages)}",
-                            {"pages": len(pages), "bytes": nbytes, "kinds": kinds}))
+        self.slices.append((start, end - start, track, name or f"{track[:-1]} {len(pages)}",
+                            {"pages": len(pages), "bytes": nbytes, "kinds": kinds, **args}))
         if track in ("faults", "prefetches"):
             self.marks.append((start, track))
 
     def counter(self, ts: float, kind_bytes: list[int]) -> None:
         self.counters.append((ts, tuple(kind_bytes)))
 
-    def step(self, ts: float) -> None:
-        """An optimizer step ended (the session's step hook)."""
+    def step(self, ts: float, paging: str = "online") -> None:
+        """An optimizer step ended (the session's step hook); ``paging``: how it paged."""
         self.steps.append(ts)
+        self.step_paging.append(paging)
 
 
 # A page kind's name by its value (an enum's .name is a Python property: one call per page copied).
@@ -119,6 +123,11 @@ class Telemetry:
         self.make_room(over)
         if self.strict:
             raise BudgetOvershootError(op, over, self.budget)
+
+    def _trace_evictions(self, t0: float, pages: list, dropped: int, copied: int) -> None:
+        """An eviction batch on the trace: how many were dropped and copied, and whether a plan chose them."""
+        self.trace.transfer("evictions", t0, now_us(), pages, f"evictions: {dropped} dropped, {copied} copied",
+                            dropped=dropped, copied=copied, planned=self.plans.steering)
 
     def _note_writebacks(self, items: list) -> None:
         """Why each page went over the link: what it holds, or a recipe refused."""
