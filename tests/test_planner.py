@@ -767,6 +767,51 @@ def test_random_traces_replay_within_the_limit(seed):
             assert plan.short_bytes > 0
 
 
+def random_lineage_trace(rng, n_ops):
+    """Random chains of recomputable pages, each read soon after it is made and many
+    freed while their readers live: lineage kept, held and let go at every turn."""
+    pages, ops, alive = {}, [], []
+    for k in range(5):
+        pages[k] = PageSpec(rng.randint(1, 8), resident=rng.random() < 0.8, dirty=rng.random() < 0.5)
+        alive.append(k)
+    free_share = rng.choice([0.3, 0.6, 0.9])
+    for i in range(n_ops):
+        recent = alive[-6:]
+        uses = tuple(dict.fromkeys(rng.sample(recent, min(len(recent), rng.randint(1, 2)))
+                                   + rng.sample(alive, min(len(alive), rng.randint(0, 1)))))
+        creates = []
+        for _ in range(rng.randint(0, 2)):
+            pid = len(pages)
+            pages[pid] = PageSpec(rng.randint(1, 8), rebuild_seconds=rng.choice([0.0, 1e-5, 1e-3]),
+                                  recipe_inputs=uses)
+            creates.append(pid)
+        made = [p for p in alive if p >= 5 and p not in uses]
+        frees = tuple(rng.sample(made, min(len(made), rng.randint(0, 3)))) if rng.random() < free_share else ()
+        ops.append(OpSpec(i, rng.choice([1e-5, 1e-3]), uses, tuple(creates), frees, ()))
+        alive = [p for p in alive + creates if p not in frees]
+    return StepTrace(ops, pages)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_lineage_held_by_pages_on_the_device_is_let_go_with_them(seed):
+    # A kept lineage page is held by its readers still on the device (they may
+    # be dropped later). When such a reader goes because the dropped page that
+    # held it went, it must let go of what it held, as a page the program frees
+    # does; otherwise the plan kept a freed page on the device that nothing
+    # held and later evicted it, which the replay refuses (seeds 26, 42, 48 and
+    # 144 did so before session 17's fix; so did a recorded Llama-family step
+    # with its optimizer state kept on the device).
+    rng = random.Random(seed)
+    trace = random_lineage_trace(rng, rng.choice([20, 40, 80]))
+    peak = unconstrained_peak(trace)
+    for fraction in (0.7, 0.5, 0.35, 0.25):
+        limit = max(1, int(peak * fraction))
+        plan = plan_step(trace, limit, 1000.0, 1000.0)
+        sim = simulate(trace, plan, limit)
+        if plan.fits:
+            assert sim.over_limit == [] and max(plan.resident) <= limit
+
+
 def transformer_with_state(layers=6, b=16 * MB):
     """transformer() and six pages of optimizer state, alive at the start and used
     only by the optimizer step at the end."""

@@ -85,8 +85,9 @@ op 1 and starts its prefetch after op 5, two ops ahead of its use, and
 recomputes nothing. With a limit of 6 B, op 1 alone needs 8 B: the plan
 records ``short_op == 1, short_bytes == 2``.
 
-Cost: each eviction looks at ``candidates`` pages (a heap keyed by next use)
-and books the link in O(log n); the whole plan is O((ops + pages) log n).
+Cost: each eviction looks at ``candidates`` pages (a heap keyed by next use,
+k of them: O(k log k)) and books the link in O(log n); the whole plan is
+O(evictions x k log k + (ops + pages) log n).
 A candidate whose price cannot beat the best one so far is not priced in
 full: a drop costs at least the page's own rebuild and a copy at least its
 link time and moves (:meth:`_Prices.floor_per_byte`), and asking the link's
@@ -282,6 +283,9 @@ class _Prices:
     fetch_of: dict[int, Fetch]
     writes_now: set[int]
     n: int
+    k: int  # candidates per eviction
+    key: dict[int, int]  # page -> the next use its live heap entry has
+    plan: Plan
     own_next: Callable[[int], int]
 
     def __init__(self, trace: StepTrace, h2d: float, d2h: float, link_price: float, move_s: float) -> None:
@@ -503,8 +507,11 @@ class _Lineage(_Prices):
             if not held:
                 del self.pending[q]
                 if q in self.dead:
-                    if self.depth.pop(q, None) is not None:
-                        self.unhold(q)
+                    # Gone now, dropped or not: a page still on the device can hold
+                    # pages too, as a kept lineage page's holder (keep()), and
+                    # must let them go as it goes, as a freed page does (retire).
+                    self.depth.pop(q, None)
+                    self.unhold(q)
                     self.release(q)
                 else:
                     self.push(q)
