@@ -767,18 +767,23 @@ def test_random_traces_replay_within_the_limit(seed):
             assert plan.short_bytes > 0
 
 
-def random_lineage_trace(rng, n_ops):
+def random_lineage_trace(rng, n_ops, write_share=0.0, unpageable_share=0.0):
     """Random chains of recomputable pages, each read soon after it is made and many
-    freed while their readers live: lineage kept, held and let go at every turn."""
+    freed while their readers live: lineage kept, held and let go at every turn.
+    ``write_share``: of the uses, writes in place; ``unpageable_share``: of the pages
+    alive at the start, pages that never leave the device (benchmarks/plan_fuzz.py)."""
     pages, ops, alive = {}, [], []
     for k in range(5):
-        pages[k] = PageSpec(rng.randint(1, 8), resident=rng.random() < 0.8, dirty=rng.random() < 0.5)
+        fixed = unpageable_share > 0 and rng.random() < unpageable_share
+        pages[k] = PageSpec(rng.randint(1, 8), resident=fixed or rng.random() < 0.8, dirty=rng.random() < 0.5,
+                            pageable=not fixed)
         alive.append(k)
     free_share = rng.choice([0.3, 0.6, 0.9])
     for i in range(n_ops):
         recent = alive[-6:]
         uses = tuple(dict.fromkeys(rng.sample(recent, min(len(recent), rng.randint(1, 2)))
                                    + rng.sample(alive, min(len(alive), rng.randint(0, 1)))))
+        writes = tuple(p for p in uses if rng.random() < write_share) if write_share > 0 else ()
         creates = []
         for _ in range(rng.randint(0, 2)):
             pid = len(pages)
@@ -787,7 +792,7 @@ def random_lineage_trace(rng, n_ops):
             creates.append(pid)
         made = [p for p in alive if p >= 5 and p not in uses]
         frees = tuple(rng.sample(made, min(len(made), rng.randint(0, 3)))) if rng.random() < free_share else ()
-        ops.append(OpSpec(i, rng.choice([1e-5, 1e-3]), uses, tuple(creates), frees, ()))
+        ops.append(OpSpec(i, rng.choice([1e-5, 1e-3]), uses, tuple(creates), frees, writes))
         alive = [p for p in alive + creates if p not in frees]
     return StepTrace(ops, pages)
 
