@@ -756,10 +756,16 @@ def test_random_traces_replay_within_the_limit(seed):
     # within the limit at every op.
     rng = random.Random(seed)
     trace = random_trace(rng)
+    assert_plans_replay(trace, (0.9, 0.6, 0.4, 0.25), lambda: rng.choice([10.0, 1000.0]))
+
+
+def assert_plans_replay(trace, fractions, h2d_Bps) -> None:
+    """Plan ``trace`` at each fraction of its peak (``h2d_Bps()``: the link in, asked
+    each time): every plan replays, and one that says it fits stays within its limit."""
     peak = unconstrained_peak(trace)
-    for fraction in (0.9, 0.6, 0.4, 0.25):
+    for fraction in fractions:
         limit = max(1, int(peak * fraction))
-        plan = plan_step(trace, limit, rng.choice([10.0, 1000.0]), 1000.0)
+        plan = plan_step(trace, limit, h2d_Bps(), 1000.0)
         sim = simulate(trace, plan, limit)
         if plan.fits:
             assert sim.over_limit == [] and max(plan.resident) <= limit
@@ -808,13 +814,7 @@ def test_lineage_held_by_pages_on_the_device_is_let_go_with_them(seed):
     # with its optimizer state kept on the device).
     rng = random.Random(seed)
     trace = random_lineage_trace(rng, rng.choice([20, 40, 80]))
-    peak = unconstrained_peak(trace)
-    for fraction in (0.7, 0.5, 0.35, 0.25):
-        limit = max(1, int(peak * fraction))
-        plan = plan_step(trace, limit, 1000.0, 1000.0)
-        sim = simulate(trace, plan, limit)
-        if plan.fits:
-            assert sim.over_limit == [] and max(plan.resident) <= limit
+    assert_plans_replay(trace, (0.7, 0.5, 0.35, 0.25), lambda: 1000.0)
 
 
 def transformer_with_state(layers=6, b=16 * MB):

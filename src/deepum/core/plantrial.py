@@ -31,8 +31,8 @@ Why settle, and why the fastest. A plan's first steps can pay once for
 what later steps reuse (pinned buffers and device segments of sizes the
 online steps did not use, prefetches moved earlier after arriving late). On
 ResNet-152 on the GPU the trial's planned steps ran well slower than the
-same plan's steps later, and some trials kept an online choice that was
-slower still (docs/BENCHMARKS.md, session 17; which one-time cost it was is
+same plan's steps later, and one trial kept an online choice that ran
+slower than those later steps (docs/BENCHMARKS.md, session 17; which one-time cost it was is
 not measured). So the first planned steps are not samples, and a one-off cost
 in a sampled step (a collector pass) does not decide: each way is judged by
 its fastest step.
