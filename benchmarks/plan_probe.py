@@ -73,6 +73,10 @@ def main() -> None:
         with open(os.path.join(OUT, "plan_input.pkl"), "wb") as f:
             pickle.dump({"trace": trace, "skeys": skeys, "limit": limit, "kw": kw, "walls": list(walls)}, f)
         walls.clear()
+        pager = holder[0].pager
+        print(f"limit {limit} = table limit {pager.table.limit} - headroom {pager.headroom} - unpageable "
+              f"{pager.table.unpageable_bytes} (- leaving peak {pager.plans.leaving_peak} if plan_leaving_room)",
+              flush=True)
         t0 = time.perf_counter()
         plan = original_plan(trace, skeys, limit, **kw)
         print(f"plan: {len(trace.ops)} ops ({sum(o.seconds for o in trace.ops) * 1e3:.1f} ms of them as timed), "
@@ -84,7 +88,9 @@ def main() -> None:
     stepplan.StepPlans.boundary = boundary
     stepplan.plan_repeating = plan_repeating
     dev = torch.device("cuda", 0)
+    holder = []
     with deepum.oversubscribe(budget, dev, plan=planned) as session:
+        holder.append(session)
         work = Workload(model, dev, dev)
         step = standard_step(work, adamw(work.model, dev))
         for i in range(steps):

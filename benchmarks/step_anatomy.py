@@ -160,12 +160,12 @@ def retries_by_operator(session, run_step) -> list[str]:
                 where["engine (begin: faults, rebuilds)", state["op"]] += now - state["mark"]
             state["mark"] = now
 
-    def counted_end(self, eid, written, op="an operator"):
+    def counted_end(self, eid, written, op="an operator", *rest):
         now = retries()
         if now > state["mark"]:
             where["operator", str(op)] += now - state["mark"]
         try:
-            return end(self, eid, written, op)
+            return end(self, eid, written, op, *rest)
         finally:
             after = retries()
             if after > now:
@@ -261,6 +261,8 @@ def main() -> None:
         pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats("deepum/(engine|core)", 45)
         lines.append("the engine's functions, by cumulative time:")
         lines += [ln for ln in buf.getvalue().splitlines() if "deepum/" in ln]
+        with open(os.path.join(OUT, f"anatomy-{model}-{fraction}.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")  # kept if the count below fails
         if session is not None and device.type == "cuda":
             lines += retries_by_operator(session, lambda: step(work.host_batch(steps + 2)))
     finally:

@@ -146,7 +146,8 @@ NEW, RES, ARR, OUT, DROP, GONE = range(6)
 def plan_step(trace: StepTrace, limit: int, h2d_Bps: float = DEFAULT_LINK_BPS,
               d2h_Bps: float = DEFAULT_LINK_BPS, *, candidates: int = CANDIDATES,
               link_price: float = LINK_PRICE, move_s: float = MOVE_S,
-              tails: dict[int, int] | None = None, early_copies: bool = True) -> Plan:
+              tails: dict[int, int] | None = None, early_copies: bool = True,
+              lineage_through_dead: bool = False) -> Plan:
     """Plan one step under ``limit`` bytes with the link's bandwidth each way.
 
     ``candidates``: pages priced per eviction (the furthest used);
@@ -156,14 +157,18 @@ def plan_step(trace: StepTrace, limit: int, h2d_Bps: float = DEFAULT_LINK_BPS,
     when they are next used after the step (as :func:`~.replay.uses_by_page`
     counts it), where the caller knows better (:func:`plan_repeating`);
     ``early_copies``: copies out leave right after the page's last use
-    ([Note: copies leave early]), else right before the room is needed.
+    ([Note: copies leave early]), else right before the room is needed;
+    ``lineage_through_dead``: a page the program frees may be kept as lineage
+    although its recipe reads freed pages (the rule before session 18; [Note:
+    no lineage through freed pages]).
     """
     if limit <= 0 or h2d_Bps <= 0 or d2h_Bps <= 0 or candidates < 1 or link_price < 0 or move_s < 0:
         raise ValueError("limit, bandwidths and candidates must be positive, link_price and move_s >= 0")
     trace.validate()
     plan = None
     for price in (link_price, FALLBACK_PRICE) if link_price > FALLBACK_PRICE else (link_price,):
-        sweep = _Sweep(trace, limit, h2d_Bps, d2h_Bps, candidates, price, move_s, early_copies)
+        sweep = _Sweep(trace, limit, h2d_Bps, d2h_Bps, candidates, price, move_s, early_copies,
+                       lineage_through_dead)
         if tails:
             sweep.tail.update(tails)
         tried = sweep.run()
@@ -535,10 +540,17 @@ class _Lineage(_Prices):
         st = self.state[p]
         if st not in (RES, OUT, DROP) or not s.pageable or t + 1 >= self.tight:
             return False  # (from t + 1 on, what the program holds fits: no reader will be dropped)
-        if st == DROP and self._holds_dead(p):
-            # Kept, it would hold inputs the program has freed (with their
-            # own inputs) for its holders' sake: on the recorded ViT-L step this
-            # made the plan copy more (docs/BENCHMARKS.md, session 7).
+        if (st == DROP or not self.through_dead) and self._holds_dead(p):
+            # [Note: no lineage through freed pages]
+            # Kept, p would hold inputs the program has freed (with their own
+            # inputs) for its holders' sake, for as long as any holder may be
+            # rebuilt: chains of freed pages pile up behind each kept page.
+            # On the recorded ViT-L step a dropped p kept so made the plan copy
+            # more (session 7). A resident p kept so did the same on the
+            # recorded Llama-family step (session 18): each fp32 gradient's
+            # cast read a bf16 gradient kept as lineage, which held the freed
+            # activations of its matmul until the optimizer step, gigabytes
+            # the plan then lacked for the optimizer's state.
             return False
         holders = {r for r in self.readers.get(p, ()) if self.state[r] in (RES, ARR, OUT)
                    and self.spec[r].rebuild_seconds is not None and r not in self.broken
@@ -569,9 +581,11 @@ class _Lineage(_Prices):
 
 class _Sweep(_Lineage):
     def __init__(self, trace: StepTrace, limit: int, h2d: float, d2h: float, k: int,
-                 link_price: float, move_s: float, early_copies: bool = True) -> None:
+                 link_price: float, move_s: float, early_copies: bool = True,
+                 through_dead: bool = False) -> None:
         self.ops, self.spec, self.limit, self.k = trace.ops, trace.pages, limit, k
         self.early_copies = early_copies  # [Note: copies leave early]
+        self.through_dead = through_dead  # [Note: no lineage through freed pages]
         self.n = n = len(trace.ops)
         super().__init__(trace, h2d, d2h, link_price, move_s)
         seconds = [op.seconds for op in trace.ops]
