@@ -186,8 +186,7 @@ class StepPlans:
         try:
             plan = plan_repeating(trace, builder.skeys, limit, h2d_Bps=costs.h2d_Bps, d2h_Bps=costs.d2h_Bps,
                                   early_copies=th.plan_early_copies, link_price=th.plan_link_price,
-                                  lineage_through_dead=th.plan_lineage_through_dead,
-                                  candidates=th.plan_candidates)
+                                  lineage_through_dead=th.plan_lineage_through_dead, candidates=th.plan_candidates)
         except ValueError as e:  # a trace that does not add up: stay online, record again
             log.info("deepum: step not planned (%s)", e)
             self.builder = None
