@@ -136,6 +136,43 @@ def summarize(trace: dict, wall_us: float) -> list[str]:
     lines.append("CUDA calls on the CPU (count, ms):")
     for name, (n, dur) in sorted(runtime.items(), key=lambda kv: -kv[1][1]):
         lines.append(f"  {name:40s} {n:7d} {dur / 1e3:9.1f}")
+    return lines + phases(trace, compute)
+
+
+def phases(trace: dict, compute: int | None) -> list[str]:
+    """Wall, kernel time and each way's copy time and bytes (copies on any stream, demand
+    faults on the compute stream too) in the forward pass, the backward pass (from its
+    first operator whose name says backward) and the optimizer step (its profiler
+    annotation): which phase the link or the host bounds."""
+    events = [ev for ev in trace.get("traceEvents", []) if ev.get("ph") == "X" and "ts" in ev]
+    if not events:
+        return []
+    t0 = min(float(ev["ts"]) for ev in events)
+    t_end = max(float(ev["ts"]) + float(ev.get("dur", 0)) for ev in events)
+    backward = [float(ev["ts"]) for ev in events if ev.get("cat") == "cpu_op" and "backward" in ev.get("name", "").lower()]
+    optimizer = [(float(ev["ts"]), float(ev["ts"]) + float(ev.get("dur", 0))) for ev in events
+                 if ev.get("cat") == "user_annotation" and ev.get("name", "").startswith("Optimizer.step")]
+    cuts = [t0, min(backward, default=t_end), min(optimizer, default=(t_end, t_end))[0],
+            max((b for _, b in optimizer), default=t_end)]
+    lines = ["phase: wall, kernels on the compute stream, link in (ms, GB), link out (ms, GB)"]
+    for name, lo, hi in zip(("forward", "backward", "optimizer"), cuts, cuts[1:]):
+        kernels, ways = [], {"HtoD": ([], 0), "DtoH": ([], 0)}
+        for ev in events:
+            ts, te = float(ev["ts"]), float(ev["ts"]) + float(ev.get("dur", 0))
+            if te <= lo or ts >= hi:
+                continue
+            span = (max(ts, lo), min(te, hi))
+            args = ev.get("args", {})
+            if ev.get("cat") == "kernel" and int(args.get("stream", -1)) == compute:
+                kernels.append(span)
+            elif ev.get("cat") == "gpu_memcpy":
+                way = "HtoD" if "HtoD" in ev.get("name", "") else "DtoH" if "DtoH" in ev.get("name", "") else None
+                if way is not None:
+                    spans, nbytes = ways[way]
+                    spans.append(span)
+                    ways[way] = (spans, nbytes + int(args.get("bytes", 0)))
+        link = ", ".join(f"{_union(ways[w][0]) / 1e3:.1f} ms {ways[w][1] / 1e9:.2f} GB" for w in ("HtoD", "DtoH"))
+        lines.append(f"  {name:9s} {(hi - lo) / 1e3:7.1f} ms, kernels {_union(kernels) / 1e3:.1f} ms, {link}")
     return lines
 
 
