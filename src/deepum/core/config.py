@@ -168,9 +168,9 @@ class Thresholds:
     # copies leave early]); False evicts it right before, as until session
     # 13 (for measuring the difference in one process).
     plan_early_copies: bool = True
-    # True lets the planner keep a freed page as lineage although its recipe
-    # reads pages the program already freed (core/planner.py, [Note: no
-    # lineage through freed pages]): the rule until session 18, kept for A/Bs.
+    # True lets the planner keep a resident page the program frees as lineage
+    # although its recipe reads pages the program already freed (core/planner.py,
+    # [Note: no lineage through freed pages]): the rule until session 18, kept for A/Bs.
     plan_lineage_through_dead: bool = False
     # Pages the planner prices for each eviction, the furthest used (core/planner.py's
     # rule, step 1). Model state used only by the optimizer is always the furthest, so

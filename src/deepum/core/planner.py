@@ -60,7 +60,9 @@ themselves (a chain, at most :data:`MAX_DEPTH` deep) but not copied; one
 already on the host is booked to come back by the rebuild. If the program
 frees an input held so, it stays, holding memory, until no dropped page needs
 it (DTR's lineage); a freed page that is itself dropped keeps holding its own
-inputs. A write to a page first rebuilds the dropped pages whose recipes read
+inputs. A page the program frees while live pages' recipes read it is kept
+so too (dropped there if resident), unless it would hold on the device a page
+the program already freed ([Note: no lineage through freed pages]). A write to a page first rebuilds the dropped pages whose recipes read
 it, and ends its own recipe and those of its readers; so a page whose recipe
 reads what op ``t`` writes is never dropped to make room for op ``t``.
 
@@ -158,9 +160,9 @@ def plan_step(trace: StepTrace, limit: int, h2d_Bps: float = DEFAULT_LINK_BPS,
     counts it), where the caller knows better (:func:`plan_repeating`);
     ``early_copies``: copies out leave right after the page's last use
     ([Note: copies leave early]), else right before the room is needed;
-    ``lineage_through_dead``: a page the program frees may be kept as lineage
-    although its recipe reads freed pages (the rule before session 18; [Note:
-    no lineage through freed pages]).
+    ``lineage_through_dead``: a resident page the program frees may be kept as
+    lineage although its recipe reads freed pages (the rule before session 18;
+    [Note: no lineage through freed pages]).
     """
     if limit <= 0 or h2d_Bps <= 0 or d2h_Bps <= 0 or candidates < 1 or link_price < 0 or move_s < 0:
         raise ValueError("limit, bandwidths and candidates must be positive, link_price and move_s >= 0")
@@ -540,17 +542,19 @@ class _Lineage(_Prices):
         st = self.state[p]
         if st not in (RES, OUT, DROP) or not s.pageable or t + 1 >= self.tight:
             return False  # (from t + 1 on, what the program holds fits: no reader will be dropped)
-        if (st == DROP or not self.through_dead) and self._holds_dead(p):
+        if (st == DROP or st == RES and not self.through_dead) and self._holds_dead(p):
             # [Note: no lineage through freed pages]
-            # Kept, p would hold inputs the program has freed (with their own
-            # inputs) for its holders' sake, for as long as any holder may be
-            # rebuilt: chains of freed pages pile up behind each kept page.
-            # On the recorded ViT-L step a dropped p kept so made the plan copy
-            # more (session 7). A resident p kept so did the same on the
-            # recorded Llama-family step (session 18): each fp32 gradient's
-            # cast read a bf16 gradient kept as lineage, which held the freed
-            # activations of its matmul until the optimizer step, gigabytes
-            # the plan then lacked for the optimizer's state.
+            # Kept, a dropped p (or a resident one, dropped here) would hold
+            # inputs the program has freed (with their own inputs) for its
+            # holders' sake, for as long as any holder may be rebuilt: chains
+            # of freed pages pile up behind each kept page. On the recorded
+            # ViT-L step a dropped p kept so made the plan copy more (session
+            # 7). A resident p kept so did the same on the recorded
+            # Llama-family step (session 18): each fp32 gradient's cast read a
+            # bf16 gradient kept as lineage, which held the freed activations
+            # of its matmul until the optimizer step, gigabytes the plan then
+            # lacked for the optimizer's state. A p on the host holds nothing
+            # (a holder's rebuild brings it back), so it may still be kept.
             return False
         holders = {r for r in self.readers.get(p, ()) if self.state[r] in (RES, ARR, OUT)
                    and self.spec[r].rebuild_seconds is not None and r not in self.broken
