@@ -149,7 +149,8 @@ def phases(trace: dict, compute: int | None) -> list[str]:
         return []
     t0 = min(float(ev["ts"]) for ev in events)
     t_end = max(float(ev["ts"]) + float(ev.get("dur", 0)) for ev in events)
-    backward = [float(ev["ts"]) for ev in events if ev.get("cat") == "cpu_op" and "backward" in ev.get("name", "").lower()]
+    backward = [float(ev["ts"]) for ev in events
+                if ev.get("cat") == "cpu_op" and "backward" in ev.get("name", "").lower()]
     optimizer = [(float(ev["ts"]), float(ev["ts"]) + float(ev.get("dur", 0))) for ev in events
                  if ev.get("cat") == "user_annotation" and ev.get("name", "").startswith("Optimizer.step")]
     cuts = [t0, min(backward, default=t_end), min(optimizer, default=(t_end, t_end))[0],
