@@ -57,10 +57,10 @@ def cnn_batches(n=8):
     return [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)]
 
 
-def gpt2():
+def gpt2(dropout=0.0):
     from transformers import GPT2Config, GPT2LMHeadModel
     cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=256, n_positions=64,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                     resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
     return GPT2LMHeadModel(cfg)
 
 
@@ -73,11 +73,11 @@ def lm_loss(model, ids):
     return model(input_ids=ids, labels=ids).loss
 
 
-def bert():
+def bert(dropout=0.0):
     from transformers import BertConfig, BertForMaskedLM
     cfg = BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
-                     vocab_size=256, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
+                     vocab_size=256, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                     attention_probs_dropout_prob=dropout)
     return BertForMaskedLM(cfg)
 
 
