@@ -4,7 +4,9 @@
         --time-budget 500 [--old-src /path/to/other/src] [--warmup 3 --steps 3]
 
 A case is MODEL:METHOD[:FRACTION]; FRACTION (of the model's unconstrained
-peak) is for deepum and lru. Each case runs in its own process through the
+peak) is for deepum and lru, or ``ckpt``: the peak the model's ``ckpt`` case
+of this round reached (list MODEL:ckpt before it), for issue 12's target of
+no slower than checkpointing within its memory. Each case runs in its own process through the
 bench's case machinery (``deepum.benchsuite.case.run_case``); the plain case
 of each model runs first whether listed or not, since fractions need its
 peak. With ``--old-src DIR`` every deepum and lru case runs a second time
@@ -94,13 +96,16 @@ def _options(items: list[str]) -> dict:
     return out
 
 
-def parse_cases(spec: str) -> list[tuple[str, str, float | None]]:
+CKPT = "ckpt"  # a budget: the peak of the model's checkpointing case in this round
+
+
+def parse_cases(spec: str) -> list[tuple[str, str, float | str | None]]:
     out = []
     for item in spec.split(","):
         parts = item.strip().split(":")
         if len(parts) not in (2, 3):
             raise SystemExit(f"gpu_round: case {item!r}: write MODEL:METHOD or MODEL:METHOD:FRACTION")
-        frac = float(parts[2]) if len(parts) == 3 else None
+        frac = (parts[2] if parts[2] == CKPT else float(parts[2])) if len(parts) == 3 else None
         if parts[1] in PAGED and frac is None:
             raise SystemExit(f"gpu_round: case {item!r}: {parts[1]} needs a budget fraction (e.g. :0.5)")
         out.append((parts[0], parts[1], frac))
@@ -155,7 +160,8 @@ def short_table(rows: list[dict]) -> str:
     lines = [f"{'src':4} {'model':14} {'method':15} {'budget':7} {'ms/step':>9} {'x plain':>7} {'peak GiB':>8} "
              f"{'planned':>7} {'drops/st':>8} {'GB in+out/st':>12}"]
     for r in rows:
-        budget = f"{r['fraction']:.3g}" if r.get("fraction") is not None else "-"
+        frac = r.get("fraction")
+        budget = "-" if frac is None else frac if frac == CKPT else f"{frac:.3g}"
         head = f"{r.get('src', 'new'):4} {r['model']:14} {r['method']:15} {budget:7}"
         if "median_s" not in r:
             lines.append(f"{head} {r.get('skipped') or r.get('error', '?')}"[:160])
@@ -200,22 +206,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_round(args, cases, out: str) -> list[dict]:
     """Run the planned cases within the time budget, appending each row to $OUT/results.jsonl."""
-    start, slowest, rows, peaks = time.time(), 0.0, [], {}
+    start, slowest, rows = time.time(), 0.0, []
+    peaks: dict[tuple[str, str], int] = {}  # (model, "plain" or "ckpt") -> the peak that case reached
     with open(os.path.join(out, "results.jsonl"), "a") as results, open(os.path.join(out, "round.log"), "a") as log:
         for model, method, frac, label in plan(cases, args.old_src, getattr(args, "pairs", 1)):
             row = {"model": model, "method": method, "fraction": frac, "src": label}
+            base = (model, CKPT if frac == CKPT else "plain")
             if time.time() - start + slowest > args.time_budget:
                 row["skipped"] = f"time budget of {args.time_budget:.0f} s would be exceeded"
-            elif frac is not None and model not in peaks:
-                row["skipped"] = "no unconstrained peak to scale"
+            elif frac is not None and base not in peaks:
+                row["skipped"] = ("no checkpointing peak: list MODEL:ckpt before this case" if frac == CKPT
+                                  else "no unconstrained peak to scale")
             else:
-                budget = int(peaks[model] * frac) if frac is not None else None
+                budget = None if frac is None else peaks[base] if frac == CKPT else int(peaks[base] * frac)
                 t0 = time.time()
                 src = args.old_src if label == "old" else SRC
                 row.update(run_child(args, model, method, budget, src, log), fraction=frac, src=label)
                 slowest = max(slowest, time.time() - t0)
-                if method == "plain" and row.get("peak_device_bytes"):
-                    peaks[model] = row["peak_device_bytes"]
+                if method in ("plain", CKPT) and row.get("peak_device_bytes"):
+                    peaks[model, method] = row["peak_device_bytes"]
             rows.append(row)
             results.write(json.dumps(row) + "\n")
             results.flush()

@@ -386,3 +386,23 @@ def test_gpu_round_skips_the_cases_the_time_budget_cannot_hold(tmp_path, monkeyp
     assert [r.get("skipped", "")[:11] for r in rows] == ["", "time budget", "time budget"]
     with pytest.raises(SystemExit, match="needs a budget fraction"):
         gr.parse_cases("a:deepum")
+
+
+def test_gpu_round_budgets_a_case_at_the_checkpointing_peak(tmp_path, monkeypatch):
+    # MODEL:deepum:ckpt pages within the memory checkpointing took in the same
+    # round (issue 12: no slower than checkpointing at its peak).
+    gr = _gpu_round()
+    budgets = []
+
+    def fake_child(args, model, method, budget, src, log):
+        budgets.append((model, method, budget))
+        return {"model": model, "method": method, "median_s": 0.1,
+                "peak_device_bytes": {"plain": 1000, "ckpt": 400}.get(method, 300)}
+
+    monkeypatch.setattr(gr, "run_child", fake_child)
+    args = gr.argparse.Namespace(old_src=None, time_budget=60)
+    rows = gr.run_round(args, gr.parse_cases("a:ckpt,a:deepum:ckpt,a:deepum:0.5,b:deepum:ckpt"), str(tmp_path))
+    assert budgets == [("a", "plain", None), ("a", "ckpt", None), ("a", "deepum", 400), ("a", "deepum", 500),
+                       ("b", "plain", None)]
+    assert rows[-1]["skipped"].startswith("no checkpointing peak")
+    assert "deepum          ckpt" in gr.short_table(rows)
