@@ -542,7 +542,7 @@ class _Lineage(_Prices):
         st = self.state[p]
         if st not in (RES, OUT, DROP) or not s.pageable or t + 1 >= self.tight:
             return False  # (from t + 1 on, what the program holds fits: no reader will be dropped)
-        if (st == DROP or st == RES and not self.through_dead) and self._holds_dead(p):
+        if (st == DROP or (st == RES and not self.through_dead)) and self._holds_dead(p):
             # [Note: no lineage through freed pages]
             # Kept, a dropped p (or a resident one, dropped here) would hold
             # inputs the program has freed (with their own inputs) for its
