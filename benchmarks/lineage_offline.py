@@ -26,35 +26,16 @@ from deepum.core import replay
 
 def held_freed_peak(trace, plan, limit) -> tuple[int, int]:
     """(bytes, op): the most bytes of freed pages the plan holds on the device at an operator
-    (the replay's own steps, watching its state)."""
-    sim = replay._Replay(trace, plan, limit)
-    sim.bandwidth(plan.h2d_Bps, plan.d2h_Bps)
-    best = (0, -1)
-    for t, op in enumerate(trace.ops):
-        sim.slot(t - 1, replay._needs(trace, t, sim))
-        for p in replay._needs(trace, t, sim):
-            sim.bring(p, t)
-        for p in op.creates:
-            sim.unborn.discard(p)
-            sim.res.add(p)
-            sim.mem += trace.pages[p].nbytes
+    (watched in the replay)."""
+    best = [0, -1]
+
+    def watch(t, sim) -> None:
         held = sum(trace.pages[p].nbytes for p in sim.res if p in sim.dead)
-        best = max(best, (held, t))
-        sim.now += op.seconds
-        for w in op.writes:
-            sim.dirty[w] = True
-            sim.broken.add(w)
-        for p in sim.rebuilt:
-            sim.unhold(p)
-        sim.rebuilt.clear()
-        for p in op.frees:
-            if p in plan.kept:
-                sim.keep(p, plan.kept[p])
-        for p in op.frees:
-            sim.dead.add(p)
-            if not sim.holders.get(p):
-                sim.free(p)
-    return best
+        if held > best[0]:
+            best[:] = [held, t]
+
+    replay.simulate(trace, plan, limit, watch=watch)
+    return best[0], best[1]
 
 
 def main(paths: list[str]) -> None:

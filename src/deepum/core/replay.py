@@ -13,6 +13,7 @@ the operator needs, dropping a page that cannot be rebuilt).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .remat_policy import Action
@@ -215,8 +216,9 @@ def _needs(trace: StepTrace, t: int, sim: _Replay) -> set[int]:
 
 
 def simulate(trace: StepTrace, plan: Plan, limit: int, h2d_Bps: float | None = None,
-             d2h_Bps: float | None = None) -> SimResult:
-    """Replay ``plan`` on ``trace`` under ``limit`` (bandwidths default to the plan's)."""
+             d2h_Bps: float | None = None, watch: Callable[[int, _Replay], None] | None = None) -> SimResult:
+    """Replay ``plan`` on ``trace`` under ``limit`` (bandwidths default to the plan's);
+    ``watch(t, replay)`` sees the replay's state while op t runs (for studies of a plan)."""
     sim = _Replay(trace, plan, limit)
     sim.bandwidth(h2d_Bps or plan.h2d_Bps, d2h_Bps or plan.d2h_Bps)
     r = sim.r
@@ -233,6 +235,8 @@ def simulate(trace: StepTrace, plan: Plan, limit: int, h2d_Bps: float | None = N
             sim.res.add(p)
             sim.mem += trace.pages[p].nbytes
         r.resident.append(sim.mem)
+        if watch is not None:
+            watch(t, sim)
         r.peak_bytes = max(r.peak_bytes, sim.mem)
         if sim.mem > limit:
             r.over_limit.append((t, sim.mem - limit))
