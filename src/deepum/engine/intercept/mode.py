@@ -55,7 +55,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ...core.correlation import Interner
 from ...core.pages import Page
 from ..pager import Pager
-from ..remat import capture_rng, storage_of
+from ..remat import capture_rng
 from ..retry import call_after_oom
 from ..stepplan import RECORDING
 from ..telemetry import now_us
@@ -63,7 +63,6 @@ from .chunking import Chunking
 from .estimate import estimate_cached, guess
 from .plan import OpPlan, flat_outputs, hashable
 from .register import QUIET, Registration
-from .sparse import sparse_parts_resident
 
 _SKEY = operator.attrgetter("skey")
 
@@ -233,46 +232,6 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                 pager.end(QUIET, [], plan.name)  # starts pressure, makes room if outputs overshot
         return out
 
-    def _gather(self, plan, func, args, kwargs) -> tuple[list[Page], list[Page]]:
-        """The operator's pages (each once) and those it writes; retires dead pages first.
-
-        Called under the pager's lock. A storage never seen becomes a page.
-        """
-        pager = self.pager
-        if pager.dead:
-            pager.reap()
-        if pager.held:
-            pager.release_held()
-        tensors, nw = plan.collect(args, kwargs)
-        is_managed = self.is_managed
-        get = pager.table.pages.get
-        found: dict[int, Page] = {}
-        written: list[Page] = []
-        for i, t in enumerate(tensors):
-            if t.layout != torch.strided:
-                if is_managed(t):
-                    sparse_parts_resident(self, t, found)
-                continue
-            try:
-                s = storage_of(t)
-            except (RuntimeError, NotImplementedError):  # other storage-less kinds
-                continue
-            # A known storage is managed; the device is asked only of one not seen
-            # (dead pages were reaped above, so no other storage holds a page's address).
-            p = get(s._cdata)
-            if p is None:
-                if not is_managed(t):
-                    continue
-                p = self._first_seen(t, s, func, i)
-                if p is None:
-                    continue
-            found[p.key] = p
-            if i < nw:
-                written.append(p)
-        if pager.host_holds is not None:  # pages pinned for a pointer (host_access.py)
-            pager.host_holds(found)
-        return list(found.values()), written
-
     def _dispatch(self, plan, func, types, args, kwargs):
         pager = self.pager
         is_managed = self.is_managed
@@ -312,8 +271,10 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
             return out
         if chunks is not None:
             return self._run_chunks(func, types, args, kwargs, chunks)
-        call = (self._recipe_call(plan, func, args, kwargs)
-                if plan.recomputable and pager.recompute and pager.pressure else None)
+        call = None
+        if plan.recomputable and pager.recompute and pager.pressure:  # _recipe_call's usual case written out
+            call = self._recipe_call(plan, func, args, kwargs) if plan.seeded or pager.plans.mode else (
+                func, args, kwargs, None)
         # Timed in their first runs: operators with recipes (a rebuild's cost)
         # and, for a planned step, every operator (the compute a planned copy
         # can hide behind, engine/stepplan.py).
