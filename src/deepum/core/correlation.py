@@ -155,8 +155,24 @@ class Predictor:
             window.clear()
             self.window_pages.clear()
             self._tail = deque(history, maxlen=HISTORY)
-        if len(window) < self.lookahead:
-            self._fill()
+        lookahead = self.lookahead
+        if len(window) < lookahead and len(self._tail) == HISTORY:
+            # Refill from the tail: SuccessorTable.predict and PageCorrelation.pages
+            # written out, as is the loop itself (once per operator). A full tail
+            # stays full (its appends keep its length).
+            tail, counts = self._tail, self.window_pages
+            successors, pages = self.successors.get, self.pages.get
+            while True:
+                succ = successors(tuple(tail))
+                if not succ:
+                    break
+                nxt = succ[0]
+                window.append(nxt)
+                tail.append(nxt)
+                for skey in pages(nxt, ()):
+                    counts[skey] = counts.get(skey, 0) + 1
+                if len(window) >= lookahead:
+                    break
         return hit
 
     @property
@@ -181,17 +197,3 @@ class Predictor:
             for skey in pages(eid):
                 first.setdefault(skey, distance)
         return first
-
-    def _fill(self) -> None:
-        window, tail, counts = self.window, self._tail, self.window_pages
-        # SuccessorTable.predict and PageCorrelation.pages, written out: once per operator.
-        successors, pages = self.successors.get, self.pages.get
-        while len(window) < self.lookahead and len(tail) == HISTORY:
-            succ = successors(tuple(tail))
-            if not succ:
-                break
-            nxt = succ[0]
-            window.append(nxt)
-            tail.append(nxt)
-            for skey in pages(nxt, ()):
-                counts[skey] = counts.get(skey, 0) + 1

@@ -26,7 +26,7 @@ import torch
 
 from ..core.config import Config
 from ..core.costs import Costs
-from ..core.pages import ARRIVING, EVICTED, Kind, Page, PageTable
+from ..core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, PageTable
 from ..core.policy import make_policy
 from ..core.remat_policy import RecomputeFirstPolicy
 from ..errors import BudgetTooSmallError
@@ -115,8 +115,11 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
         """
         table = self.table
         working = out_bytes
+        calm = True  # every page resident: no rebuild, fault or arrival to wait for
         for p in pages:
             working += p.nbytes
+            if p.state != RESIDENT:
+                calm = False
         if working > self.counters.max_working_set_bytes:
             # The smallest budget that would do (deepum estimate).
             self.counters.max_working_set_bytes = working
@@ -128,42 +131,69 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
             p.pins += 1
         # While a plan steers, the victim policy's clock stands still (it
         # observes no operator), so its uses need no noting.
+        now = None
         if not (self.plans.mode and self.plans.begin(pages, written)):
-            self.policy.note_use(pages)
+            now = self.policy.clock  # (note_use, written out below where the policy keeps a clock)
+            if now is None or not calm:
+                self.policy.note_use(pages)
         try:
-            missing = 0
-            for p in pages:
-                if p.state == EVICTED:
-                    if p.host is None:  # dropped: computed again, its inputs first
-                        self.rebuild(p)
-                    else:
-                        missing += p.nbytes
-            for p in written:
-                if p.readers or p.recipe is not None:
-                    self.before_write(p)
-            short = missing + out_bytes - table.room()
-            if short > 0:
-                self.make_room(short)
-            faults, arriving = [], []
-            for p in pages:
-                state = p.state
-                if state == EVICTED:
-                    faults.append(p)
-                elif state == ARRIVING:
-                    arriving.append(p)
-                elif p.prefetched:  # arrived earlier, first use now
-                    self._prefetch_used(p)
-            if faults:
-                self.fault(faults)
-            if arriving:
-                self._arrive(arriving)
-            table.touch_all(pages)
+            if calm:
+                # The usual operator: the loops below in one, and no fault. The
+                # uses are noted after the room is made: pinned pages are no
+                # victims, so no choice reads them before.
+                for p in written:
+                    if p.readers or p.recipe is not None:
+                        self.before_write(p)
+                short = out_bytes - (table.limit - table.resident_bytes - table.reserved_bytes - table.leaving_bytes)
+                if short > 0:
+                    self.make_room(short)
+                to_end = table.to_end
+                for p in pages:
+                    if now is not None:
+                        p.last_use = now
+                    if p.prefetched:  # arrived earlier, first use now
+                        self._prefetch_used(p)
+                    if p.pageable:
+                        to_end(p.key)
+            else:
+                self._bring_in(pages, written, out_bytes)
             if table.resident_bytes > table.window_peak_bytes:
                 table.note_peak()
         except BaseException:
             self.unpin(pages)
             raise
         table.reserved_bytes += out_bytes
+
+    def _bring_in(self, pages: list[Page], written: list[Page] | tuple, out_bytes: int) -> None:
+        """begin() where a page is off the device or still arriving: rebuild, fault, wait."""
+        table = self.table
+        missing = 0
+        for p in pages:
+            if p.state == EVICTED:
+                if p.host is None:  # dropped: computed again, its inputs first
+                    self.rebuild(p)
+                else:
+                    missing += p.nbytes
+        for p in written:
+            if p.readers or p.recipe is not None:
+                self.before_write(p)
+        short = missing + out_bytes - table.room()
+        if short > 0:
+            self.make_room(short)
+        faults, arriving = [], []
+        for p in pages:
+            state = p.state
+            if state == EVICTED:
+                faults.append(p)
+            elif state == ARRIVING:
+                arriving.append(p)
+            elif p.prefetched:  # arrived earlier, first use now
+                self._prefetch_used(p)
+        if faults:
+            self.fault(faults)
+        if arriving:
+            self._arrive(arriving)
+        table.touch_all(pages)
 
     def unpin(self, pages: list[Page], out_bytes: int = 0) -> None:
         """After an operator: its pages may be evicted again; ``out_bytes`` is begin()'s reservation."""
@@ -204,7 +234,9 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
             plans.after(eid)
             steering = plans.steering
         if self.prefetch_enabled and self.pressure and not steering:
-            self._prefetch_ahead(eid)
+            wanted = self.policy.advance(eid, self.scan_ops)  # the window slides, its new pages scanned
+            if wanted:
+                self._prefetch_ahead(wanted)
         elif self.pressure and self.policy.prefetches and not steering:
             # prefetch=False keeps the policy's victim choice, which needs
             # the prediction window: it observes without fetching. A planned
@@ -213,7 +245,8 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
             self.policy.observe(eid)
         # A planned step keeps no headroom of its own: the plan left room
         # for what comes next (see [Note: the planned step]).
-        short = (0 if steering else self.headroom) - table.room()
+        short = ((0 if steering else self.headroom)  # - table.room(), written out: every operator
+                 - (table.limit - table.resident_bytes - table.reserved_bytes - table.leaving_bytes))
         if short > 0:
             self.make_room(short, protect_window=True, wait=False)
         if self.stress:
