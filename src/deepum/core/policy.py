@@ -121,8 +121,7 @@ class DeepUMPolicy(LruPolicy):
         end = min(len(window), self._cursor + max_ops)
         wanted = []
         for d in range(self._cursor, end):
-            for skey in pages(window[d], ()):
-                page = live.get(skey)
+            for page in map(live.get, pages(window[d], ())):
                 if page is not None and page.state == EVICTED:
                     wanted.append((d, page))
         self._cursor = end
@@ -143,8 +142,7 @@ class DeepUMPolicy(LruPolicy):
             end = cursor + max_ops
         wanted = []
         for d in range(cursor, end):
-            for skey in pages(window[d], ()):
-                page = live.get(skey)
+            for page in map(live.get, pages(window[d], ())):  # (the look-ups in C)
                 if page is not None and page.state == EVICTED:
                     wanted.append((d, page))
         self._cursor = end
