@@ -25,6 +25,7 @@ import torch
 
 from ..core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, State
 from ..errors import RestoreError
+from .stepplan import RECORDING
 
 _use_count = torch._C._storage_Use_Count
 
@@ -80,14 +81,14 @@ class Lifecycle:
 
     def reap(self) -> None:
         """Retire pages whose storages the program freed."""
-        dead, live, table = self.dead, self.live, self.table
+        dead, live, table, plans = self.dead, self.live, self.table, self.plans
         if self.closed:  # the table is forgotten: nothing to retire
             dead.clear()
         while dead:
             page = dead.popleft().page
             # Most dead pages are plain activations: retire() written out for them.
             if (page.state == State.DEAD or page.prefetched or page.recipe is not None or page.readers
-                    or page.host is not None or self.plans.mode):
+                    or page.host is not None or plans.mode == RECORDING):  # (plans.freed records)
                 self.retire(page)
                 continue
             table.retire(page)

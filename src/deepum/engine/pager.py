@@ -36,7 +36,7 @@ from .lifecycle import Lifecycle, StorageRef
 from .movers import make_transfers
 from .prefetch import Prefetcher
 from .remat import Remat
-from .stepplan import StepPlans
+from .stepplan import RUNNING, StepPlans
 from .telemetry import Stats, Telemetry, TraceRecorder, now_us
 from .timing import OpTimer
 
@@ -232,7 +232,7 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
         steering = False
         if plans.mode:
             plans.after(eid)
-            steering = plans.steering
+            steering = plans.mode == RUNNING and not plans.left and not plans.shadow  # (plans.steering)
         if self.prefetch_enabled and self.pressure and not steering:
             wanted = self.policy.advance(eid, self.scan_ops)  # the window slides, its new pages scanned
             if wanted:

@@ -65,6 +65,7 @@ from .plan import OpPlan, flat_outputs, hashable
 from .register import QUIET, Registration
 
 _SKEY = operator.attrgetter("skey")
+_NBYTES = operator.attrgetter("nbytes")
 
 # [Note: views]
 # About half the operators of a transformer's step are views (view, t,
@@ -256,7 +257,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                     est, guessed = self._first_sight(plan, func, args, kwargs, eid, pages)
                 chunks = None
                 if (plan.foreach and len(pages) > 1
-                        and est + sum(p.nbytes for p in pages) > self._chunk_cap()):
+                        and est + sum(map(_NBYTES, pages)) > self._chunk_cap()):
                     chunks = self._chunks(plan, args, kwargs, est)
                 if chunks is None:
                     pager.begin(func, pages, est, written)

@@ -102,7 +102,7 @@ class OpPlan:
             if v is None:
                 continue
             if is_list:
-                out.extend(x for x in v if isinstance(x, Tensor))
+                out += [x for x in v if isinstance(x, Tensor)]
                 n = len(out)
             elif isinstance(v, Tensor):
                 # Python scalars can stand where the schema says Tensor.
