@@ -86,32 +86,41 @@ class Registration:
             pager.reap()
         if pager.held:
             pager.release_held()
-        tensors, nw = plan.collect(args, kwargs)
         is_managed = self.is_managed
         get = pager.table.pages.get
         found: dict[int, Page] = {}
         written: list[Page] = []
-        for i, t in enumerate(tensors):
-            if t.layout != torch.strided:
-                if is_managed(t):
-                    sparse_parts_resident(self, t, found)
+        # OpPlan.collect, written out: each tensor is handled where it is met.
+        nargs, n_written = len(args), plan.n_written
+        i = -1  # the tensor's position among the tensor arguments (collect's order)
+        for k, (index, name, is_list) in enumerate(plan.slots):
+            v = args[index] if index < nargs else kwargs.get(name)
+            if v is None:
                 continue
-            try:
-                s = storage_of(t)
-            except (RuntimeError, NotImplementedError):  # other storage-less kinds
-                continue
-            # A known storage is managed; the device is asked only of one not seen
-            # (dead pages were reaped above, so no other storage holds a page's address).
-            p = get(s._cdata)
-            if p is None:
-                if not is_managed(t):
+            for t in (v if is_list else (v,)):
+                if not isinstance(t, Tensor):  # (Python scalars can stand where the schema says Tensor)
                     continue
-                p = self._first_seen(t, s, func, i)
+                i += 1
+                if t.layout != torch.strided:
+                    if is_managed(t):
+                        sparse_parts_resident(self, t, found)
+                    continue
+                try:
+                    s = storage_of(t)
+                except (RuntimeError, NotImplementedError):  # other storage-less kinds
+                    continue
+                # A known storage is managed; the device is asked only of one not seen
+                # (dead pages were reaped above, so no other storage holds a page's address).
+                p = get(s._cdata)
                 if p is None:
-                    continue
-            found[p.key] = p
-            if i < nw:
-                written.append(p)
+                    if not is_managed(t):
+                        continue
+                    p = self._first_seen(t, s, func, i)
+                    if p is None:
+                        continue
+                found[p.key] = p
+                if k < n_written:
+                    written.append(p)
         if pager.host_holds is not None:  # pages pinned for a pointer (host_access.py)
             pager.host_holds(found)
         return list(found.values()), written
