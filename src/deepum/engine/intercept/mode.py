@@ -213,11 +213,22 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
             # makes room for it or says why it cannot fit.
             return self._dispatch(plan, func, types, args, kwargs)
         try:
-            out = self._call(plan, func, args, kwargs, 0, pages)
-        finally:
+            out = plan.call(*args, **kwargs)
+        except torch.OutOfMemoryError as e:  # see [Note: evict and retry] in retry.py
+            try:
+                out = call_after_oom(pager, plan.name, plan.retry_safe, lambda: plan.call(*args, **kwargs),
+                                     0, pages, e)
+            except BaseException:
+                with pager.lock:
+                    pager.unpin(pages)
+                raise
+        except BaseException:
             with pager.lock:
                 pager.unpin(pages)
+            raise
         with pager.lock:
+            for p in pages:  # (unpin, written out)
+                p.pins -= 1
             if plan.comm:
                 _hold_for_comm(pager, out, pages)
             table = pager.table
@@ -282,7 +293,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         token = (pager.timer.start(eid) if pager.timer.cuda and (call is not None or pager.plans.enabled)
                  else None)
         try:
-            try:  # (_call, written out: one frame fewer on every operator)
+            try:
                 out = plan.call(*args, **kwargs)
             except torch.OutOfMemoryError as e:  # see [Note: evict and retry] in retry.py
                 out = call_after_oom(pager, plan.name, plan.retry_safe, lambda: plan.call(*args, **kwargs),
@@ -345,14 +356,6 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         self.pager.end(eid, written, plan.name)
         self.prev_plan = plan
         self.last_eid = eid
-
-    def _call(self, plan, func, args, kwargs, est, pages):
-        try:
-            return plan.call(*args, **kwargs)
-        except torch.OutOfMemoryError as e:
-            # See [Note: evict and retry] in retry.py.
-            return call_after_oom(self.pager, plan.name, plan.retry_safe, lambda: plan.call(*args, **kwargs),
-                                  est, pages, e)
 
     def _plan(self, func) -> OpPlan | None:
         if not isinstance(func, torch._ops.OpOverload):
