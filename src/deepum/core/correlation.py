@@ -136,7 +136,9 @@ class Predictor:
                 hit = True
                 self.correct += 1
         history = self.history
-        if len(history) == HISTORY:
+        # A window is only ever filled from a full tail, so with a window the history is
+        # full (and stays so: it has a maximum length and is never cleared).
+        if window or len(history) == HISTORY:
             key = tuple(history)
             succ = self.successors.get(key)
             if succ is None or succ[0] != eid:  # (a repeat teaches nothing: no call)
@@ -156,10 +158,11 @@ class Predictor:
             self.window_pages.clear()
             self._tail = deque(history, maxlen=HISTORY)
         lookahead = self.lookahead
-        if len(window) < lookahead and len(self._tail) == HISTORY:
+        if len(window) < lookahead and (hit or len(self._tail) == HISTORY):
             # Refill from the tail: SuccessorTable.predict and PageCorrelation.pages
             # written out, as is the loop itself (once per operator). A full tail
-            # stays full (its appends keep its length).
+            # stays full (its appends keep its length), and after a hit it is full
+            # (the window it predicted was filled from it).
             tail, counts = self._tail, self.window_pages
             successors, pages = self.successors.get, self.pages.get
             while True:
