@@ -122,7 +122,9 @@ class Costs:
         # seconds() and fallback_seconds() written out: once per victim candidate.
         est = self._time.get(eid)
         if est is not None:
-            return est.value if est.value is not None else est.warm_median
+            s = est.value if est.value is not None else est.warm_median
+            if s is not None:
+                return s
         nbytes = self._bytes.get(eid)
         if nbytes is None:
             return None
