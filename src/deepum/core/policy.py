@@ -129,7 +129,8 @@ class DeepUMPolicy(LruPolicy):
 
     def advance(self, eid: int, max_ops: int) -> list[tuple[int, Page]]:
         # observe() and prefetch_plan() written out (and a clock's tick where
-        # a subclass keeps one): once per operator under pressure.
+        # a subclass keeps one): once per operator under pressure. A change to
+        # either must be made here too (tests/test_core.py calls them apart).
         hit = self.predictor.observe(eid)
         if self.clock is not None:
             self.clock += 1
