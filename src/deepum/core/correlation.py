@@ -136,7 +136,9 @@ class Predictor:
                 hit = True
                 self.correct += 1
         history = self.history
-        if len(history) == HISTORY:
+        # A window is only ever filled from a full tail, so with a window the history is
+        # full (and stays so: it has a maximum length and is never cleared).
+        if window or len(history) == HISTORY:
             key = tuple(history)
             succ = self.successors.get(key)
             if succ is None or succ[0] != eid:  # (a repeat teaches nothing: no call)
@@ -155,8 +157,25 @@ class Predictor:
             window.clear()
             self.window_pages.clear()
             self._tail = deque(history, maxlen=HISTORY)
-        if len(window) < self.lookahead:
-            self._fill()
+        lookahead = self.lookahead
+        if len(window) < lookahead and (hit or len(self._tail) == HISTORY):
+            # Refill from the tail: SuccessorTable.predict and PageCorrelation.pages
+            # written out, as is the loop itself (once per operator). A full tail
+            # stays full (its appends keep its length), and after a hit it is full
+            # (the window it predicted was filled from it).
+            tail, counts = self._tail, self.window_pages
+            successors, pages = self.successors.get, self.pages.get
+            while True:
+                succ = successors(tuple(tail))
+                if not succ:
+                    break
+                nxt = succ[0]
+                window.append(nxt)
+                tail.append(nxt)
+                for skey in pages(nxt, ()):
+                    counts[skey] = counts.get(skey, 0) + 1
+                if len(window) >= lookahead:
+                    break
         return hit
 
     @property
@@ -181,17 +200,3 @@ class Predictor:
             for skey in pages(eid):
                 first.setdefault(skey, distance)
         return first
-
-    def _fill(self) -> None:
-        window, tail, counts = self.window, self._tail, self.window_pages
-        # SuccessorTable.predict and PageCorrelation.pages, written out: once per operator.
-        successors, pages = self.successors.get, self.pages.get
-        while len(window) < self.lookahead and len(tail) == HISTORY:
-            succ = successors(tuple(tail))
-            if not succ:
-                break
-            nxt = succ[0]
-            window.append(nxt)
-            tail.append(nxt)
-            for skey in pages(nxt, ()):
-                counts[skey] = counts.get(skey, 0) + 1

@@ -125,6 +125,8 @@ class PageTable:
         self.pages: dict[int, Page] = {}
         # Resident pageable pages, least recently used first.
         self._lru: OrderedDict[int, Page] = OrderedDict()
+        # touch() by key, in one C call (the engine's operator path; the caller checks pageable).
+        self.to_end = self._lru.move_to_end
         self.resident_bytes = 0
         # Room promised to the outputs of operators now running. With one
         # thread it is the current operator's; with several, a second

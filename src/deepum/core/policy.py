@@ -34,6 +34,9 @@ class Action(IntEnum):
 class LruPolicy:
     name = "lru"
     prefetches = False
+    # Operators observed so far, where the policy weighs staleness (Page.last_use
+    # then holds the clock at the page's last use, as note_use writes it); None: it does not.
+    clock: int | None = None
 
     def __init__(self, table: PageTable) -> None:
         self.table = table
@@ -44,6 +47,11 @@ class LruPolicy:
     def prefetch_plan(self, max_ops: int) -> list[tuple[int, Page]]:
         """(distance, page) pairs to prefetch now; demand paging has none."""
         return []
+
+    def advance(self, eid: int, max_ops: int) -> list[tuple[int, Page]]:
+        """:meth:`observe` then :meth:`prefetch_plan`: what the pager asks after every operator."""
+        self.observe(eid)
+        return self.prefetch_plan(max_ops)
 
     def rewind(self, distance: int) -> None:
         pass
@@ -113,8 +121,29 @@ class DeepUMPolicy(LruPolicy):
         end = min(len(window), self._cursor + max_ops)
         wanted = []
         for d in range(self._cursor, end):
-            for skey in pages(window[d], ()):
-                page = live.get(skey)
+            for page in map(live.get, pages(window[d], ())):
+                if page is not None and page.state == EVICTED:
+                    wanted.append((d, page))
+        self._cursor = end
+        return wanted
+
+    def advance(self, eid: int, max_ops: int) -> list[tuple[int, Page]]:
+        # observe() and prefetch_plan() written out (and a clock's tick where
+        # a subclass keeps one): once per operator under pressure. A change to
+        # either must be made here too (tests/test_core.py calls them apart).
+        hit = self.predictor.observe(eid)
+        if self.clock is not None:
+            self.clock += 1
+        cursor = self._cursor
+        cursor = (cursor - 1 if cursor > 0 else 0) if hit else 0
+        window, live = self.predictor.window, self.live
+        pages = self.pages.get
+        end = len(window)
+        if cursor + max_ops < end:
+            end = cursor + max_ops
+        wanted = []
+        for d in range(cursor, end):
+            for page in map(live.get, pages(window[d], ())):  # (the look-ups in C)
                 if page is not None and page.state == EVICTED:
                     wanted.append((d, page))
         self._cursor = end

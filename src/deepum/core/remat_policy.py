@@ -119,6 +119,7 @@ class RecomputeFirstPolicy(DeepUMPolicy):
         if cap is None:
             cap = len(self.table)
         found = 0  # bytes among ranked and rest
+        n_ranked = 0  # len(ranked), kept by hand
         # score() inline: this loop runs for every eviction under pressure,
         # and the host is what a paged step waits for (docs/DESIGN.md, "What
         # limits the speed"). Same arithmetic as score(); a test holds them equal.
@@ -132,7 +133,8 @@ class RecomputeFirstPolicy(DeepUMPolicy):
             # A page that no longer plays its role (an older page of the same
             # stable key, kept only as a recipe's input) is no window page.
             if page.skey in window and live.get(page.skey) is page:
-                in_window.append(page)
+                if not protect_window:  # (else never a victim: no list of them)
+                    in_window.append(page)
                 continue
             nbytes = page.nbytes
             if nbytes < small_bytes:
@@ -141,7 +143,7 @@ class RecomputeFirstPolicy(DeepUMPolicy):
                 # cost a copy out and a fault back for next to no room.
                 small.append(page)
                 continue
-            if len(ranked) < cap:
+            if n_ranked < cap:
                 copy = (0.0 if (not page.dirty and page.host is not None) else nbytes / d2h) + nbytes / h2d
                 rebuild = rebuild_seconds(page)
                 if rebuild is not None and rebuild <= copy:
@@ -149,7 +151,8 @@ class RecomputeFirstPolicy(DeepUMPolicy):
                     decided[page] = Action.DROP
                 else:
                     decided[page] = Action.COPY
-                ranked.append((copy / (max(nbytes, 1) * (clock - page.last_use + 1)), len(ranked), page))
+                ranked.append((copy / ((nbytes if nbytes > 1 else 1) * (clock - page.last_use + 1)), n_ranked, page))
+                n_ranked += 1
             elif found >= need:
                 break  # enough candidates: the rest of the table is not scanned
             else:

@@ -25,6 +25,7 @@ import torch
 
 from ..core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, State
 from ..errors import RestoreError
+from .stepplan import RECORDING
 
 _use_count = torch._C._storage_Use_Count
 
@@ -66,22 +67,34 @@ class Lifecycle:
         if page.skey >= 0:
             self.skey_kind[page.skey] = kind
 
-    # One bound method for every page's weak reference: made anew per page,
-    # each was one more object for the garbage collector to carry from a
-    # page's birth into its oldest generation (benchmarks/gc_census_cpu.py).
-    _death_callback = functools.cached_property(lambda self: self._on_death)
-
-    def _on_death(self, ref: StorageRef) -> None:
-        # Runs wherever the storage died (any thread, inside any operator):
-        # only queue it; the next operator retires it under the lock.
-        if not self.closed:
-            self.dead.append(ref)
+    # [Note: a page's death]
+    # A storage's weak-reference callback runs wherever the storage died (any
+    # thread, inside any operator), so it only queues the reference; the next
+    # operator retires the page under the lock (reap). The callback is the
+    # queue's own append: no Python frame at every death, and one object for
+    # every page's weak reference (a bound method made anew per page was one
+    # more object for the garbage collector to carry from a page's birth into
+    # its oldest generation, benchmarks/gc_census_cpu.py). After close() the
+    # queue is cleared and never read again; deaths after it still land there,
+    # at most one small reference per page alive at close, freed with the pager.
+    _death_callback = functools.cached_property(lambda self: self.dead.append)
 
     def reap(self) -> None:
         """Retire pages whose storages the program freed."""
-        dead = self.dead
+        dead, live, table, plans = self.dead, self.live, self.table, self.plans
+        if self.closed:  # the table is forgotten: nothing to retire
+            dead.clear()
         while dead:
-            self.retire(dead.popleft().page)
+            page = dead.popleft().page
+            # Most dead pages are plain activations: retire() written out for them.
+            if (page.state == State.DEAD or page.prefetched or page.recipe is not None or page.readers
+                    or page.host is not None or plans.mode == RECORDING):  # (plans.freed records)
+                self.retire(page)
+                continue
+            table.retire(page)
+            if live.get(page.skey) is page:
+                del live[page.skey]
+            self.counters.dead_pages += 1
 
     def retire(self, page: Page) -> None:
         if page.state == State.DEAD:
@@ -192,7 +205,7 @@ class Lifecycle:
         """Forget every page (after restore_all) and give host memory back."""
         self.table.leaving_bytes -= self.transfers.synchronize()
         self.closed = True
-        self.dead.clear()
+        self.dead.clear()  # (see [Note: a page's death])
         for page in list(self.table.pages.values()):
             self.transfers.release_host(page)
         self.table.pages.clear()

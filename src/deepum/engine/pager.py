@@ -26,23 +26,24 @@ import torch
 
 from ..core.config import Config
 from ..core.costs import Costs
-from ..core.pages import ARRIVING, EVICTED, Kind, Page, PageTable
-from ..core.policy import Action, make_policy
+from ..core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, PageTable
+from ..core.policy import make_policy
 from ..core.remat_policy import RecomputeFirstPolicy
 from ..errors import BudgetTooSmallError
 from .energy import Energy
+from .evict import Evictor
 from .lifecycle import Lifecycle, StorageRef
 from .movers import make_transfers
 from .prefetch import Prefetcher
 from .remat import Remat
-from .stepplan import StepPlans
-from .telemetry import Stats, Telemetry, TraceRecorder, now_us, profiler_range
+from .stepplan import RUNNING, StepPlans
+from .telemetry import Stats, Telemetry, TraceRecorder, now_us
 from .timing import OpTimer
 
 log = logging.getLogger("deepum")
 
 
-class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
+class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
     """The fault path: begin/end of an operator, eviction, faults and prefetches."""
 
     def __init__(self, device: torch.device, budget: int, limit: int, config: Config) -> None:
@@ -114,8 +115,11 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         """
         table = self.table
         working = out_bytes
+        calm = True  # every page resident: no rebuild, fault or arrival to wait for
         for p in pages:
             working += p.nbytes
+            if p.state != RESIDENT:
+                calm = False
         if working > self.counters.max_working_set_bytes:
             # The smallest budget that would do (deepum estimate).
             self.counters.max_working_set_bytes = working
@@ -127,42 +131,69 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             p.pins += 1
         # While a plan steers, the victim policy's clock stands still (it
         # observes no operator), so its uses need no noting.
+        now = None
         if not (self.plans.mode and self.plans.begin(pages, written)):
-            self.policy.note_use(pages)
+            now = self.policy.clock  # (note_use, written out below where the policy keeps a clock)
+            if now is None or not calm:
+                self.policy.note_use(pages)
         try:
-            missing = 0
-            for p in pages:
-                if p.state == EVICTED:
-                    if p.host is None:  # dropped: computed again, its inputs first
-                        self.rebuild(p)
-                    else:
-                        missing += p.nbytes
-            for p in written:
-                if p.readers or p.recipe is not None:
-                    self.before_write(p)
-            short = missing + out_bytes - table.room()
-            if short > 0:
-                self.make_room(short)
-            faults, arriving = [], []
-            for p in pages:
-                state = p.state
-                if state == EVICTED:
-                    faults.append(p)
-                elif state == ARRIVING:
-                    arriving.append(p)
-                elif p.prefetched:  # arrived earlier, first use now
-                    self._prefetch_used(p)
-            if faults:
-                self.fault(faults)
-            if arriving:
-                self._arrive(arriving)
-            table.touch_all(pages)
+            if calm:
+                # The usual operator: the loops below in one, and no fault. The
+                # uses are noted after the room is made: pinned pages are no
+                # victims, so no choice reads them before.
+                for p in written:
+                    if p.readers or p.recipe is not None:
+                        self.before_write(p)
+                short = out_bytes - (table.limit - table.resident_bytes - table.reserved_bytes - table.leaving_bytes)
+                if short > 0:
+                    self.make_room(short)
+                to_end = table.to_end
+                for p in pages:
+                    if now is not None:
+                        p.last_use = now
+                    if p.prefetched:  # arrived earlier, first use now
+                        self._prefetch_used(p)
+                    if p.pageable:
+                        to_end(p.key)
+            else:
+                self._bring_in(pages, written, out_bytes)
             if table.resident_bytes > table.window_peak_bytes:
                 table.note_peak()
         except BaseException:
             self.unpin(pages)
             raise
         table.reserved_bytes += out_bytes
+
+    def _bring_in(self, pages: list[Page], written: list[Page] | tuple, out_bytes: int) -> None:
+        """begin() where a page is off the device or still arriving: rebuild, fault, wait."""
+        table = self.table
+        missing = 0
+        for p in pages:
+            if p.state == EVICTED:
+                if p.host is None:  # dropped: computed again, its inputs first
+                    self.rebuild(p)
+                else:
+                    missing += p.nbytes
+        for p in written:
+            if p.readers or p.recipe is not None:
+                self.before_write(p)
+        short = missing + out_bytes - table.room()
+        if short > 0:
+            self.make_room(short)
+        faults, arriving = [], []
+        for p in pages:
+            state = p.state
+            if state == EVICTED:
+                faults.append(p)
+            elif state == ARRIVING:
+                arriving.append(p)
+            elif p.prefetched:  # arrived earlier, first use now
+                self._prefetch_used(p)
+        if faults:
+            self.fault(faults)
+        if arriving:
+            self._arrive(arriving)
+        table.touch_all(pages)
 
     def unpin(self, pages: list[Page], out_bytes: int = 0) -> None:
         """After an operator: its pages may be evicted again; ``out_bytes`` is begin()'s reservation."""
@@ -201,9 +232,11 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         steering = False
         if plans.mode:
             plans.after(eid)
-            steering = plans.steering
+            steering = plans.mode == RUNNING and not plans.left and not plans.shadow  # (plans.steering)
         if self.prefetch_enabled and self.pressure and not steering:
-            self._prefetch_ahead(eid)
+            wanted = self.policy.advance(eid, self.scan_ops)  # the window slides, its new pages scanned
+            if wanted:
+                self._prefetch_ahead(wanted)
         elif self.pressure and self.policy.prefetches and not steering:
             # prefetch=False keeps the policy's victim choice, which needs
             # the prediction window: it observes without fetching. A planned
@@ -212,7 +245,8 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
             self.policy.observe(eid)
         # A planned step keeps no headroom of its own: the plan left room
         # for what comes next (see [Note: the planned step]).
-        short = (0 if steering else self.headroom) - table.room()
+        short = ((0 if steering else self.headroom)  # - table.room(), written out: every operator
+                 - (table.limit - table.resident_bytes - table.reserved_bytes - table.leaving_bytes))
         if short > 0:
             self.make_room(short, protect_window=True, wait=False)
         if self.stress:
@@ -228,119 +262,6 @@ class Pager(Prefetcher, Lifecycle, Remat, Telemetry):
         self.pressure = True
         if self.on_pressure is not None:
             self.on_pressure()
-
-    # ------------------------------------------------------ moving the pages
-
-    def make_room(self, need: int, protect_window: bool = False, wait: bool = True) -> bool:
-        """Evict victims until ``need`` more bytes are free; False if it cannot.
-
-        Memory still held by copies out (``table.leaving_bytes``) counts as
-        coming: fewer victims are taken for it, and with ``wait`` the oldest of
-        those copies are waited for until the room is there. Without ``wait``
-        (headroom kept ahead, prefetches), nothing blocks and False says the
-        room is not free yet.
-        """
-        table = self.table
-        goal = table.room() + need
-        table.leaving_bytes -= self.transfers.release_finished()
-        short = goal - table.room() - table.leaving_bytes
-        if short > 0:
-            # A batch (Thresholds.evict_batch); a planned step takes what it lacks.
-            self.evict_bytes(short if self.plans.steering else max(short, self.evict_batch), protect_window)
-        if table.room() < goal and wait and table.leaving_bytes:
-            table.leaving_bytes -= self.transfers.settle(goal - table.room())
-            self.counters.leaving_waits += 1
-        return table.room() >= goal
-
-    def evict_bytes(self, need: int, protect_window: bool = False) -> int:
-        """Evict up to about ``need`` bytes of victims; return how many were freed."""
-        if not self.pressure:
-            self._pressure_begins()
-        if self.plans.steering:
-            # Short of room despite the plan: the recorded step still says
-            # which pages are needed last (stepplan.py).
-            victims = self.plans.victims(need)
-            self.counters.plan_short_evictions += len(victims)
-        else:
-            victims = self.policy.choose_victims(need, protect_window=protect_window)
-            self.counters.victim_choices += 1
-        if victims:
-            with profiler_range("deepum::evict"):
-                self.evict(victims)
-        return sum(v.nbytes for v in victims)
-
-    def evict_unpinned(self) -> None:
-        """Evict every resident page no operator is using (stress mode)."""
-        if not self.pressure:
-            self._pressure_begins()
-        self.evict([p for p in self.table.lru() if p.pins == 0])
-
-    def evict(self, pages: list[Page], action=None) -> None:
-        """Copy the dirty ones out (or drop those with a recipe), then free the device memory of all.
-
-        ``action(page)``: drop or copy (default: the policy's choice).
-        """
-        st = self.counters
-        live, dirty, arriving = [], [], []
-        dropping: set[Page] = set()  # dropped in this batch, not yet marked evicted
-        if action is None:
-            action = self.policy.action
-        # Lineage nodes first: releasing one voids its readers' recipes, which
-        # must happen before any of those readers is chosen to be dropped.
-        pages = [p for p in pages if not (p.readers and p.recipe is None and self._release_lineage(p))]
-        for page in pages:
-            storage = page.ref()
-            if storage is None:  # died since; its callback is queued
-                self.retire(page)
-                continue
-            if page.state == ARRIVING:
-                arriving.append(page)
-            copy = False
-            if page.dirty or page.host is None:
-                if (page.recipe is not None and self.recompute and action(page) == Action.DROP
-                        and self._drop(page, dropping)):
-                    dropping.add(page)
-                    st.bytes_dropped += page.nbytes
-                else:
-                    dirty.append((storage, page))
-                    copy = True
-            live.append((storage, page, copy))
-        if arriving:
-            # A prefetch still copying in: memory is freed on the compute
-            # stream, so that stream must be past the copy first.
-            self.transfers.wait(arriving)
-            for page in arriving:
-                self.table.arrived(page)
-        t0 = now_us() if self.trace is not None else 0.0
-        if dirty:
-            # Copy out before freeing anything: at every instant the bytes
-            # live on the device or on the host (see the note on interruption).
-            self.transfers.save(dirty)
-            st.writebacks += len(dirty)
-            self._note_writebacks(dirty)
-        st.drops += len(dropping)
-        st.dropped_clean += len(live) - len(dirty) - len(dropping)
-        table, free = self.table, self.transfers.free
-        # The online choice's scan rescans after losing a window page; a plan
-        # that steers has no window (its prefetches are planned).
-        on_evict = None if self.plans.steering else self.policy.on_evict
-        copied = 0
-        for storage, page, copy in live:
-            if copy:
-                copied += page.nbytes
-            page.dirty = False
-            table.leaving_bytes += free(storage, copy)
-            if page.prefetched:
-                page.prefetched = False
-                self.unused_prefetch_bytes -= page.nbytes
-                st.wasted_prefetches += 1
-            table.evicted(page)
-            if on_evict is not None:
-                on_evict(page)
-        st.bytes_to_host += copied
-        st.evictions += len(live)
-        if self.trace is not None and live:
-            self._trace_evictions(t0, [p for _, p, _ in live], len(dropping), len(dirty))
 
 
 def _victim_policy(config: Config, table, live: dict, costs: Costs, rebuild_seconds):

@@ -63,12 +63,12 @@ class Prefetcher:
             self._load_ahead(batch)
         return short
 
-    def _prefetch_ahead(self, eid: int) -> None:
-        """DeepUM's chained prefetch: fetch what the predicted operators need, in order."""
+    def _prefetch_ahead(self, wanted: list[tuple[int, Page]]) -> None:
+        """DeepUM's chained prefetch: fetch what the predicted operators need, in order
+        (``wanted``: the policy's (distance, page) pairs, from ``advance``)."""
         policy, table = self.policy, self.table
-        policy.observe(eid)
         batch = []
-        for distance, page in policy.prefetch_plan(self.scan_ops):
+        for distance, page in wanted:
             if page.state != EVICTED:
                 continue
             if page.host is None:

@@ -248,9 +248,9 @@ class StepPlans:
     def recipe_wanted(self) -> bool:
         """Whether the operator about to run records recipes for its outputs ([Note: the planned step])."""
         t, births = self.t, self.births
-        if not self.steering or t >= len(births):
+        if not (self.mode == RUNNING and not self.left and not self.shadow) or t >= len(births):  # (steering)
             return True
-        return any(pid in self.recipes_for for pid in births[t])
+        return not self.recipes_for.isdisjoint(births[t])
 
     def viewed(self, pages: list[Page]) -> None:
         """Views took ``pages`` before the next operator ([Note: views] in intercept/mode.py)."""

@@ -55,7 +55,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ...core.correlation import Interner
 from ...core.pages import Page
 from ..pager import Pager
-from ..remat import capture_rng, storage_of
+from ..remat import capture_rng
 from ..retry import call_after_oom
 from ..stepplan import RECORDING
 from ..telemetry import now_us
@@ -63,9 +63,9 @@ from .chunking import Chunking
 from .estimate import estimate_cached, guess
 from .plan import OpPlan, flat_outputs, hashable
 from .register import QUIET, Registration
-from .sparse import sparse_parts_resident
 
 _SKEY = operator.attrgetter("skey")
+_NBYTES = operator.attrgetter("nbytes")
 
 # [Note: views]
 # About half the operators of a transformer's step are views (view, t,
@@ -213,11 +213,22 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
             # makes room for it or says why it cannot fit.
             return self._dispatch(plan, func, types, args, kwargs)
         try:
-            out = self._call(plan, func, args, kwargs, 0, pages)
-        finally:
+            out = plan.call(*args, **kwargs)
+        except torch.OutOfMemoryError as e:  # see [Note: evict and retry] in retry.py
+            try:
+                out = call_after_oom(pager, plan.name, plan.retry_safe, lambda: plan.call(*args, **kwargs),
+                                     0, pages, e)
+            except BaseException:
+                with pager.lock:
+                    pager.unpin(pages)
+                raise
+        except BaseException:
             with pager.lock:
                 pager.unpin(pages)
+            raise
         with pager.lock:
+            for p in pages:  # (unpin, written out)
+                p.pins -= 1
             if plan.comm:
                 _hold_for_comm(pager, out, pages)
             table = pager.table
@@ -232,46 +243,6 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
             if table.resident_bytes > pager.pressure_bytes:
                 pager.end(QUIET, [], plan.name)  # starts pressure, makes room if outputs overshot
         return out
-
-    def _gather(self, plan, func, args, kwargs) -> tuple[list[Page], list[Page]]:
-        """The operator's pages (each once) and those it writes; retires dead pages first.
-
-        Called under the pager's lock. A storage never seen becomes a page.
-        """
-        pager = self.pager
-        if pager.dead:
-            pager.reap()
-        if pager.held:
-            pager.release_held()
-        tensors, nw = plan.collect(args, kwargs)
-        is_managed = self.is_managed
-        get = pager.table.pages.get
-        found: dict[int, Page] = {}
-        written: list[Page] = []
-        for i, t in enumerate(tensors):
-            if t.layout != torch.strided:
-                if is_managed(t):
-                    sparse_parts_resident(self, t, found)
-                continue
-            try:
-                s = storage_of(t)
-            except (RuntimeError, NotImplementedError):  # other storage-less kinds
-                continue
-            # A known storage is managed; the device is asked only of one not seen
-            # (dead pages were reaped above, so no other storage holds a page's address).
-            p = get(s._cdata)
-            if p is None:
-                if not is_managed(t):
-                    continue
-                p = self._first_seen(t, s, func, i)
-                if p is None:
-                    continue
-            found[p.key] = p
-            if i < nw:
-                written.append(p)
-        if pager.host_holds is not None:  # pages pinned for a pointer (host_access.py)
-            pager.host_holds(found)
-        return list(found.values()), written
 
     def _dispatch(self, plan, func, types, args, kwargs):
         pager = self.pager
@@ -297,7 +268,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                     est, guessed = self._first_sight(plan, func, args, kwargs, eid, pages)
                 chunks = None
                 if (plan.foreach and len(pages) > 1
-                        and est + sum(p.nbytes for p in pages) > self._chunk_cap()):
+                        and est + sum(map(_NBYTES, pages)) > self._chunk_cap()):
                     chunks = self._chunks(plan, args, kwargs, est)
                 if chunks is None:
                     pager.begin(func, pages, est, written)
@@ -312,15 +283,17 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
             return out
         if chunks is not None:
             return self._run_chunks(func, types, args, kwargs, chunks)
-        call = (self._recipe_call(plan, func, args, kwargs)
-                if plan.recomputable and pager.recompute and pager.pressure else None)
+        call = None
+        if plan.recomputable and pager.recompute and pager.pressure:  # _recipe_call's usual case written out
+            call = self._recipe_call(plan, func, args, kwargs) if plan.seeded or pager.plans.mode else (
+                func, args, kwargs, None)
         # Timed in their first runs: operators with recipes (a rebuild's cost)
         # and, for a planned step, every operator (the compute a planned copy
         # can hide behind, engine/stepplan.py).
         token = (pager.timer.start(eid) if pager.timer.cuda and (call is not None or pager.plans.enabled)
                  else None)
         try:
-            try:  # (_call, written out: one frame fewer on every operator)
+            try:
                 out = plan.call(*args, **kwargs)
             except torch.OutOfMemoryError as e:  # see [Note: evict and retry] in retry.py
                 out = call_after_oom(pager, plan.name, plan.retry_safe, lambda: plan.call(*args, **kwargs),
@@ -383,14 +356,6 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
         self.pager.end(eid, written, plan.name)
         self.prev_plan = plan
         self.last_eid = eid
-
-    def _call(self, plan, func, args, kwargs, est, pages):
-        try:
-            return plan.call(*args, **kwargs)
-        except torch.OutOfMemoryError as e:
-            # See [Note: evict and retry] in retry.py.
-            return call_after_oom(self.pager, plan.name, plan.retry_safe, lambda: plan.call(*args, **kwargs),
-                                  est, pages, e)
 
     def _plan(self, func) -> OpPlan | None:
         if not isinstance(func, torch._ops.OpOverload):

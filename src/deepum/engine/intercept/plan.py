@@ -29,7 +29,7 @@ UNRELIABLE_META = {
 _REPLAY_WITHOUT_STATS = {"aten::native_batch_norm"}
 
 Tensor = torch.Tensor
-_PAGEABLE_TYPES = (torch.Tensor, torch.nn.Parameter)
+PAGEABLE_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 class OpPlan:
@@ -93,20 +93,23 @@ class OpPlan:
         """The tensor arguments, written ones first, and how many are written."""
         out = []
         nargs = len(args)
-        nw = 0
+        n_written = self.n_written
+        nw, n = -1, 0  # (len(out) kept by hand: every operator)
         for k, (index, name, is_list) in enumerate(self.slots):
-            if k == self.n_written:
-                nw = len(out)
+            if k == n_written:
+                nw = n
             v = args[index] if index < nargs else kwargs.get(name)
             if v is None:
                 continue
             if is_list:
-                out.extend(x for x in v if isinstance(x, Tensor))
+                out += [x for x in v if isinstance(x, Tensor)]
+                n = len(out)
             elif isinstance(v, Tensor):
                 # Python scalars can stand where the schema says Tensor.
                 out.append(v)
-        if self.n_written == len(self.slots):
-            nw = len(out)
+                n += 1
+        if nw < 0:  # every tensor argument is written (k never reached n_written)
+            nw = n
         return out, nw
 
 
@@ -128,7 +131,7 @@ def pageable(t: torch.Tensor, s: torch.UntypedStorage) -> bool:
     """Can this storage be freed and re-allocated in place without anyone noticing?"""
     # A ZeroTensor (autograd's allocation-free zeros) has a storage with a
     # size and no memory: there is nothing to copy out.
-    return (type(t) in _PAGEABLE_TYPES and s.resizable() and not t.is_quantized
+    return (type(t) in PAGEABLE_TYPES and s.resizable() and not t.is_quantized
             and not t.is_nested and t.layout == torch.strided and not t._is_zerotensor())
 
 

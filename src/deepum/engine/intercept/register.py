@@ -10,7 +10,7 @@ import torch
 
 from ...core.pages import DEAD, Kind, Page
 from ..remat import record, storage_of
-from .plan import flat_outputs, pageable
+from .plan import PAGEABLE_TYPES, flat_outputs, pageable
 from .sparse import sparse_parts_resident
 
 # Kinds of pages a program holds for the whole run, one per parameter.
@@ -21,6 +21,7 @@ _FOR_GOOD = 1  # a pin no operator's unpin takes away
 QUIET = -3  # the execution ID of every operator run on the quiet path
 QUIET_SKEY = -1
 _use_count = torch._C._storage_Use_Count
+Tensor = torch.Tensor
 
 
 def live_page(pages: dict[int, Page], t: torch.Tensor, is_managed) -> Page | None:
@@ -75,6 +76,55 @@ class Registration:
                 n += 1
         return n
 
+    def _gather(self, plan, func, args, kwargs) -> tuple[list[Page], list[Page]]:
+        """The operator's pages (each once) and those it writes; retires dead pages first.
+
+        Called under the pager's lock. A storage never seen becomes a page.
+        """
+        pager = self.pager
+        if pager.dead:
+            pager.reap()
+        if pager.held:
+            pager.release_held()
+        is_managed = self.is_managed
+        get = pager.table.pages.get
+        found: dict[int, Page] = {}
+        written: list[Page] = []
+        # OpPlan.collect, written out: each tensor is handled where it is met.
+        nargs, n_written = len(args), plan.n_written
+        i = -1  # the tensor's position among the tensor arguments (collect's order)
+        for k, (index, name, is_list) in enumerate(plan.slots):
+            v = args[index] if index < nargs else kwargs.get(name)
+            if v is None:
+                continue
+            for t in (v if is_list else (v,)):
+                if not isinstance(t, Tensor):  # (Python scalars can stand where the schema says Tensor)
+                    continue
+                i += 1
+                if t.layout != torch.strided:
+                    if is_managed(t):
+                        sparse_parts_resident(self, t, found)
+                    continue
+                try:
+                    s = storage_of(t)
+                except (RuntimeError, NotImplementedError):  # other storage-less kinds
+                    continue
+                # A known storage is managed; the device is asked only of one not seen
+                # (dead pages were reaped above, so no other storage holds a page's address).
+                p = get(s._cdata)
+                if p is None:
+                    if not is_managed(t):
+                        continue
+                    p = self._first_seen(t, s, func, i)
+                    if p is None:
+                        continue
+                found[p.key] = p
+                if k < n_written:
+                    written.append(p)
+        if pager.host_holds is not None:  # pages pinned for a pointer (host_access.py)
+            pager.host_holds(found)
+        return list(found.values()), written
+
     def _first_seen(self, t: torch.Tensor, s: torch.UntypedStorage, func, i: int) -> Page | None:
         """A storage no operator has used yet: a parameter, a new batch, ..."""
         nbytes = s.nbytes()
@@ -102,7 +152,7 @@ class Registration:
         get, known, live = pager.table.pages.get, self.skeys.known, pager.live
         is_managed = self.is_managed
         new = 0
-        for i, t in enumerate(flat_outputs(out)):
+        for i, t in enumerate((out,) if type(out) is Tensor else flat_outputs(out)):
             if not is_managed(t):
                 continue
             if t.layout != torch.strided:
@@ -131,7 +181,10 @@ class Registration:
                 holder = live.get(skey)
                 if holder is not None and self._sibling(holder):
                     skey = self._stable_key(name)
-            p = pager.register(s, skey, pageable(t, s), nbytes=nbytes)
+            # pageable(), written out (the layout is strided here): every output
+            ok = (type(t) in PAGEABLE_TYPES and s.resizable() and not t.is_quantized and not t.is_nested
+                  and not t._is_zerotensor())
+            p = pager.register(s, skey, ok, nbytes=nbytes)
             new += nbytes
             if call is not None and nbytes >= pager.recompute_min_bytes and p.pageable:
                 func, args, kwargs, rng = call
