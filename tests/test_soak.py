@@ -2,6 +2,7 @@
 
 import resource
 
+import pytest
 import torch
 
 import deepum
@@ -47,3 +48,64 @@ def test_500_steps_stay_flat():
     # bounded by what is evicted now plus its free lists, not by history.
     assert final["host_bytes"] < 4 * budget
     assert final["dead_pages"] > 10 * final["managed_pages"]
+
+
+class _FakeEvent:
+    """A CUDA event's surface as CudaTransfers uses it for timing; the device is as far as ``done`` says."""
+
+    made = 0
+    done = True
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        type(self).made += 1
+
+    def record(self, stream=None) -> None:
+        pass
+
+    def query(self) -> bool:
+        return type(self).done
+
+    def elapsed_time(self, other) -> float:
+        return 1.0  # milliseconds
+
+
+class _FakeStreams:
+    def current(self):
+        return None
+
+
+def _timing_transfers(monkeypatch):
+    from deepum.engine import movers
+
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(_FakeEvent, "made", 0)
+    t = movers.CudaTransfers.__new__(movers.CudaTransfers)  # no streams: only the timing side is used
+    t.streams_, t._timed, t._spare = _FakeStreams(), [], []
+    t._harvest_at, t.recompute_seconds, t.stall_seconds = movers.HARVEST_AT, 0.0, 0.0
+    return t, movers.HARVEST_AT
+
+
+def test_timed_rebuilds_are_read_without_stats_and_their_events_reused(monkeypatch):
+    # [Note: timed spans] in engine/movers.py: a program that never asks for the
+    # stats must not keep two CUDA events for every rebuild of the run.
+    t, every = _timing_transfers(monkeypatch)
+    for _ in range(10_000):
+        t.clocked(t.clock(), "recompute_seconds")
+    assert len(t._timed) < every
+    assert _FakeEvent.made <= 2 * every  # recorded again, not made anew
+    t.harvest()
+    assert t.recompute_seconds == pytest.approx(10_000 * 1e-3)  # every span counted once
+
+
+def test_timed_spans_the_device_has_not_reached_are_not_rescanned_at_every_new_one(monkeypatch):
+    t, every = _timing_transfers(monkeypatch)
+    monkeypatch.setattr(_FakeEvent, "done", False)
+    scans = []
+    harvest = type(t).harvest
+    monkeypatch.setattr(type(t), "harvest", lambda self: (scans.append(len(self._timed)), harvest(self)))
+    for _ in range(5_000):
+        t.clocked(t.clock(), "recompute_seconds")
+    assert len(t._timed) == 5_000 and len(scans) < 10  # the reading point doubles
+    monkeypatch.setattr(_FakeEvent, "done", True)
+    t.harvest()
+    assert t._timed == [] and t.recompute_seconds == pytest.approx(5_000 * 1e-3)

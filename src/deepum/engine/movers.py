@@ -313,6 +313,10 @@ class _StreamSwitch:
             self._set(stream.stream_id, stream.device_index, stream.device_type)
 
 
+# Timed spans kept before they are read (see [Note: timed spans]).
+HARVEST_AT = 64
+
+
 class CudaTransfers(HostTransfers):
     """Copies on dedicated streams: one in, one out, so both directions overlap."""
 
@@ -325,7 +329,10 @@ class CudaTransfers(HostTransfers):
         # High priority for copies in: compute is waiting for them sooner or later.
         self.h2d = torch.cuda.Stream(device, priority=-1)
         self.d2h = torch.cuda.Stream(device)
-        self._timed: list[tuple[torch.cuda.Event, torch.cuda.Event, str]] = []
+        # Timed spans not yet read: (start, end, counter, whether end may be reused).
+        self._timed: list[tuple[torch.cuda.Event, torch.cuda.Event, str, bool]] = []
+        self._spare: list[torch.cuda.Event] = []  # timing events read already, to record again
+        self._harvest_at = HARVEST_AT
         # Prefetch batches still copying: (event, storages kept alive until it completes).
         self._inflight: deque[tuple[torch.cuda.Event, list]] = deque()
         # Memory of evicted pages whose copy out runs: (event, holder, bytes), oldest first.
@@ -374,7 +381,7 @@ class CudaTransfers(HostTransfers):
             # A demand fault: compute needs the pages now, so copy on the
             # compute stream itself; nothing queued for prefetch delays it.
             stream = compute
-            start = torch.cuda.Event(enable_timing=True)
+            start = self._timing_event()
             start.record(compute)
         waited = set()
         for _, page in items:
@@ -394,7 +401,7 @@ class CudaTransfers(HostTransfers):
         if prefetch:
             self._inflight.append((event, [storage for storage, _ in items]))
         else:
-            self._timed.append((start, event, "stall_seconds"))
+            self._time(start, event, "stall_seconds", reuse_end=False)  # (the pages' ready event)
         for _, page in items:
             page.ready = event
 
@@ -402,7 +409,7 @@ class CudaTransfers(HostTransfers):
         compute = self.streams_.current()
         late = [p for p in pages if not p.ready.query()]
         if late:
-            start = torch.cuda.Event(enable_timing=True)
+            start = self._timing_event()
             start.record(compute)
         seen = set()
         for page in pages:
@@ -410,21 +417,41 @@ class CudaTransfers(HostTransfers):
                 compute.wait_event(page.ready)
                 seen.add(id(page.ready))
         if late:
-            end = torch.cuda.Event(enable_timing=True)
+            end = self._timing_event()
             end.record(compute)
-            self._timed.append((start, end, "stall_seconds"))
+            self._time(start, end, "stall_seconds")
         # Keep the events: a host buffer is reused only after its copy.
         return len(late)
 
     def clock(self) -> object:
-        start = torch.cuda.Event(enable_timing=True)
+        start = self._timing_event()
         start.record(self.streams_.current())
         return start
 
     def clocked(self, start: object, name: str) -> None:
-        end = torch.cuda.Event(enable_timing=True)
+        end = self._timing_event()
         end.record(self.streams_.current())
-        self._timed.append((start, end, name))  # read by harvest() once completed
+        self._time(start, end, name)
+
+    # [Note: timed spans]
+    # Every rebuild and every wait for a late copy is timed by a pair of
+    # events, read once both have completed. They are read at most every
+    # HARVEST_AT spans (or twice those the device had not reached at the
+    # last reading), not only when the stats are asked for: a program that
+    # never asks would otherwise keep two CUDA events a rebuild for the whole
+    # run. A pair read is kept for the next span, so a paged step records
+    # events without creating them, except an end that pages still hold as
+    # their ready event (a demand fault's copy).
+
+    def _timing_event(self) -> torch.cuda.Event:
+        spare = self._spare
+        return spare.pop() if spare else torch.cuda.Event(enable_timing=True)
+
+    def _time(self, start: torch.cuda.Event, end: torch.cuda.Event, name: str, reuse_end: bool = True) -> None:
+        timed = self._timed
+        timed.append((start, end, name, reuse_end))
+        if len(timed) >= self._harvest_at:
+            self.harvest()
 
     def measure_link(self, nbytes: int = 64 << 20) -> tuple[float, float]:
         """Bytes per second host to device and back, through the pinned pool and these streams."""
@@ -484,13 +511,20 @@ class CudaTransfers(HostTransfers):
 
     def harvest(self) -> None:
         """Add the timed stalls and recomputes whose events have completed to their counters."""
-        keep = []
-        for start, end, name in self._timed:
+        keep, spare = [], self._spare
+        for item in self._timed:
+            start, end, name, reuse_end = item
             if end.query():
                 setattr(self, name, getattr(self, name) + start.elapsed_time(end) / 1000.0)
+                if len(spare) < 2 * HARVEST_AT:
+                    spare.append(start)
+                    if reuse_end:
+                        spare.append(end)
             else:
-                keep.append((start, end, name))
+                keep.append(item)
         self._timed = keep
+        # Spans the device has not reached yet are not scanned again at every new one.
+        self._harvest_at = max(HARVEST_AT, 2 * len(keep))
 
 
 def make_transfers(device: torch.device, cpu_copy_lag: int = 0) -> HostTransfers:
