@@ -8,7 +8,8 @@ weigh a dict look-up like a tensor's construction. This counts the
 instructions the host executes (valgrind's callgrind, ``Collected``), with
 string hashing fixed (``PYTHONHASHSEED=0``) and the garbage collector off
 (its passes fall at different operators from run to run; what it costs is
-measured apart, by the bench's ``step_gc_s``). Each case runs twice in a
+measured apart, by the bench's ``step_gc_s``). Counts still differ by a few
+per cent between runs of one tree (docs/BENCHMARKS.md, session 19). Each case runs twice in a
 fresh interpreter, with a small and a large number of operators; the
 difference over the extra operators is the cost of one, start-up (torch's
 import, the model) taken out. Cases, for each SRC (a copy of deepum's src/,
