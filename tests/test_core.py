@@ -205,3 +205,59 @@ class TestPolicies:
         assert make_policy("deepum", table, 4, {}).name == "deepum"
         with pytest.raises(ValueError):
             make_policy("fifo", table, 4, {})
+
+
+def _policy_pair(kind, lookahead, n_pages):
+    """Two policies of ``kind`` over tables of their own, alike in every respect."""
+    from deepum.core.costs import Costs
+    from deepum.core.remat_policy import RecomputeFirstPolicy
+
+    out = []
+    for _ in range(2):
+        table, pages = make_table(10_000, [10] * n_pages)
+        live = {p.skey: p for p in pages}
+        if kind == "cost":
+            pol = RecomputeFirstPolicy(table, lookahead, live, Costs(), lambda page: None)
+        else:
+            pol = DeepUMPolicy(table, lookahead, live)
+        out.append((table, pages, pol))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("kind", ["deepum", "cost"])
+def test_advance_is_observe_then_prefetch_plan(kind, seed):
+    # DeepUMPolicy.advance writes observe() and prefetch_plan() out for the
+    # pager's every operator (core/policy.py): on a loop with detours, pages
+    # leaving and coming back and scans rewound, it must say and keep what
+    # the two calls do.
+    import random
+
+    rng = random.Random(seed)
+    lookahead, n_pages, max_ops = rng.choice([2, 4, 8]), 12, rng.choice([1, 3, 16])
+    (ta, pa, a), (tb, pb, b) = _policy_pair(kind, lookahead, n_pages)
+    body = list(range(rng.randint(3, 9)))
+    for eid in body + [100, 101]:
+        used = rng.sample(range(n_pages), 2)
+        a.pages.record(eid, used)
+        b.pages.record(eid, used)
+    for i in range(400):
+        eid = rng.choice([100, 101]) if rng.random() < 0.1 else body[i % len(body)]
+        got = a.advance(eid, max_ops)
+        b.observe(eid)
+        want = b.prefetch_plan(max_ops)
+        assert [(d, p.key) for d, p in got] == [(d, p.key) for d, p in want]
+        assert (a._cursor, list(a.predictor.window), a.clock) == (b._cursor, list(b.predictor.window), b.clock)
+        k, leave = rng.randrange(n_pages), rng.random() < 0.5
+        for table, pages, pol in ((ta, pa, a), (tb, pb, b)):
+            page = pages[k]
+            if page.state == State.RESIDENT and leave:
+                table.evicted(page)
+                pol.on_evict(page)
+            elif page.state == State.EVICTED:
+                table.arriving(page)
+                table.arrived(page)
+        if rng.random() < 0.05:
+            d = rng.randint(0, lookahead)
+            a.rewind(d)
+            b.rewind(d)
