@@ -119,16 +119,13 @@ class Costs:
     def recompute_seconds(self, eid: int) -> float | None:
         """Seconds to run ``eid`` again: its estimate, else the fallback
         ([Note: fallback cost]); None if it was neither timed nor sized."""
-        # seconds() and fallback_seconds() written out: once per victim candidate.
-        est = self._time.get(eid)
-        if est is not None:
-            s = est.value if est.value is not None else est.warm_median
-            if s is not None:
-                return s
+        s = self.seconds(eid)
+        if s is not None:
+            return s
         nbytes = self._bytes.get(eid)
         if nbytes is None:
             return None
-        return self.launch_s + 3 * nbytes / self.memory_Bps
+        return self.fallback_seconds(nbytes)
 
     def fallback_seconds(self, nbytes: int) -> float:
         """What an operator never timed that made ``nbytes`` is assumed to take ([Note: fallback cost])."""

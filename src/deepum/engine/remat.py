@@ -495,8 +495,7 @@ class Remat:
         if not self.recompute or recipe.held is None:
             return None
         costs = self.costs
-        total = costs.recompute_seconds(recipe.eid)  # _own_rebuild_seconds, written out (every candidate)
-        total = self.rebuild_overhead_s + (total if total is not None else costs.fallback_seconds(page.nbytes))
+        total = self._own_rebuild_seconds(page)
         for q in recipe.inputs:
             if q.state == EVICTED:
                 if q.host is None:

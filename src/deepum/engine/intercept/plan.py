@@ -29,7 +29,7 @@ UNRELIABLE_META = {
 _REPLAY_WITHOUT_STATS = {"aten::native_batch_norm"}
 
 Tensor = torch.Tensor
-PAGEABLE_TYPES = (torch.Tensor, torch.nn.Parameter)
+_PAGEABLE_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 class OpPlan:
@@ -131,7 +131,7 @@ def pageable(t: torch.Tensor, s: torch.UntypedStorage) -> bool:
     """Can this storage be freed and re-allocated in place without anyone noticing?"""
     # A ZeroTensor (autograd's allocation-free zeros) has a storage with a
     # size and no memory: there is nothing to copy out.
-    return (type(t) in PAGEABLE_TYPES and s.resizable() and not t.is_quantized
+    return (type(t) in _PAGEABLE_TYPES and s.resizable() and not t.is_quantized
             and not t.is_nested and t.layout == torch.strided and not t._is_zerotensor())
 
 

@@ -10,7 +10,7 @@ import torch
 
 from ...core.pages import DEAD, Kind, Page
 from ..remat import record, storage_of
-from .plan import PAGEABLE_TYPES, flat_outputs, pageable
+from .plan import flat_outputs, pageable
 from .sparse import sparse_parts_resident
 
 # Kinds of pages a program holds for the whole run, one per parameter.
@@ -181,10 +181,7 @@ class Registration:
                 holder = live.get(skey)
                 if holder is not None and self._sibling(holder):
                     skey = self._stable_key(name)
-            # pageable(), written out (the layout is strided here): every output
-            ok = (type(t) in PAGEABLE_TYPES and s.resizable() and not t.is_quantized and not t.is_nested
-                  and not t._is_zerotensor())
-            p = pager.register(s, skey, ok, nbytes=nbytes)
+            p = pager.register(s, skey, pageable(t, s), nbytes=nbytes)
             new += nbytes
             if call is not None and nbytes >= pager.recompute_min_bytes and p.pageable:
                 func, args, kwargs, rng = call
