@@ -325,3 +325,51 @@ def test_optimizer_hooks_stop_looking_once_classes_settle(monkeypatch):
     n_params = len(list(model.parameters()))
     # Gradients born again in a step that did not look still carry their class.
     assert all(inside[i]["gradient"] == n_params for i, d in enumerate(looked) if not d), inside
+
+
+class _CountingNvml:
+    """NVML's energy query, counted: a millijoule more each time it is asked."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle) -> int:  # noqa: N802 (NVML's name)
+        self.queries += 1
+        return 1000 * self.queries
+
+
+def test_energy_reading_is_reused_while_young(monkeypatch):
+    """stats() on every phase of every step must not query NVML each time (a slow call on
+    some drivers); a reading older than the limit is taken again, and a zero limit reads anew."""
+    from deepum.engine import energy as energy_mod
+
+    clock = [100.0]
+    monkeypatch.setattr(energy_mod.time, "perf_counter", lambda: clock[0])
+    nvml = _CountingNvml()
+    e = energy_mod.Energy(nvml, handle=None)
+    assert nvml.queries == 1  # the start
+    clock[0] += 2.0
+    first = e.joules(1.0)
+    assert nvml.queries == 2 and first == 1.0
+    clock[0] += 0.5
+    assert e.joules(1.0) == first and nvml.queries == 2  # young: reused
+    clock[0] += 0.6
+    assert e.joules(1.0) == 2.0 and nvml.queries == 3  # old: read again
+    assert e.joules() == 3.0 and nvml.queries == 4  # the harness's fresh reading
+
+
+def test_a_build_lock_left_behind_is_removed(tmp_path):
+    """A killed build leaves torch's lock file, on which every later build waits forever:
+    an old one is removed, a fresh one (a build under way elsewhere) is left."""
+    import os
+    import time
+
+    from deepum.engine.build import clear_stale_lock
+
+    lock = tmp_path / "lock"
+    assert not clear_stale_lock(str(lock), stale_s=60)  # none
+    lock.write_text("")
+    assert not clear_stale_lock(str(lock), stale_s=60) and lock.exists()  # fresh: another build
+    old = time.time() - 120
+    os.utime(lock, (old, old))
+    assert clear_stale_lock(str(lock), stale_s=60) and not lock.exists()

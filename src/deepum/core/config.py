@@ -71,6 +71,9 @@ class Thresholds:
     # so a slow modelled link makes them take the decisions (drop rather than
     # copy) that a GPU's host link makes for the pages of large models.
     cpu_link_Bps: float = 1e9
+    # A native extension's build lock older than this was left by a killed
+    # build and is removed (engine/build.py, [Note: a build lock left behind]).
+    native_lock_stale_s: float = 600.0
     # On the cpu tier a copy out is done when it returns; on CUDA the page's
     # memory is free only once the copy on its stream has ended, and the
     # pager counts it as leaving until then. A positive value makes the cpu
@@ -98,6 +101,10 @@ class Thresholds:
     # window). The cpu tier's counter is cheap: no limit there.
     reading_interval_s: float = 2e-3
     window_min_s: float = 2e-2
+    # NVML's energy counter is slow to read on some drivers; session.stats()
+    # reuses a reading younger than this (a program that reads the stats
+    # every phase of every step pays one query per interval, not three a step).
+    energy_read_s: float = 1.0
     # While dormant, module calls are watched on the root module and its
     # upper levels, at most this many modules (engine/watch.py): each hooked
     # module's call takes PyTorch's slower call path.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -15,6 +16,8 @@ class Energy:
     def __init__(self, nvml, handle) -> None:
         self.nvml, self.handle = nvml, handle
         self.start = nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+        self.read_at = time.perf_counter()
+        self.last = 0.0
 
     @classmethod
     def open(cls, device: torch.device) -> Energy | None:
@@ -37,6 +40,12 @@ class Energy:
             log.debug("GPU energy not available: %s", e)
             return None
 
-    def joules(self) -> float:
-        return (self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) - self.start) / 1000.0
+    def joules(self, max_age_s: float = 0.0) -> float:
+        """Joules since the session began; a reading younger than ``max_age_s`` is reused
+        (Thresholds.energy_read_s: the query is slow on some drivers)."""
+        now = time.perf_counter()
+        if now - self.read_at >= max_age_s:
+            self.last = (self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) - self.start) / 1000.0
+            self.read_at = now
+        return self.last
 

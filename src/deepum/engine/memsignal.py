@@ -16,6 +16,7 @@ import os
 import torch
 
 from ..core.config import THRESHOLDS
+from .build import build
 
 log = logging.getLogger("deepum")
 _NATIVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "counter.cpp")
@@ -32,9 +33,7 @@ def load_counter():
         _counter_failed = True
         return None
     try:
-        from torch.utils.cpp_extension import load  # noqa: PLC0415  (imports setuptools; only when asked)
-
-        _counter = load(name="deepum_counter", sources=[_NATIVE], extra_cflags=["-O2"], verbose=False)
+        _counter = build("deepum_counter", _NATIVE)
     except Exception as e:  # no compiler, no headers, a read-only cache
         _counter_failed = True
         log.warning("deepum: the cpu tier's memory counter could not be built (%s); the session "

@@ -44,6 +44,7 @@ import torch
 
 from ..core.pages import Page
 from ..errors import HostMemoryError
+from .build import build
 
 log = logging.getLogger("deepum")
 
@@ -62,9 +63,7 @@ def _load_swap():
             _swap_module = False
         else:
             try:
-                from torch.utils.cpp_extension import load  # noqa: PLC0415  (imports setuptools)
-
-                _swap_module = load(name="deepum_swap", sources=[_NATIVE_SWAP], extra_cflags=["-O2"])
+                _swap_module = build("deepum_swap", _NATIVE_SWAP)
             except Exception as e:  # no compiler, no headers, a read-only cache
                 log.warning("deepum: storages cannot change memory without a copy (%s): pages "
                             "are copied when rebuilt", str(e).splitlines()[0] if str(e) else type(e).__name__)

@@ -147,7 +147,7 @@ class Telemetry:
         st = self.counters
         out = {name: getattr(st, name) for name in Stats.__slots__}
         if self.energy is not None:
-            out["energy_joules"] = self.energy.joules()
+            out["energy_joules"] = self.energy.joules(self.config.thresholds.energy_read_s)
             if st.optimizer_steps:
                 out["energy_joules_per_step"] = out["energy_joules"] / st.optimizer_steps
         if self.device.type == "cuda":
