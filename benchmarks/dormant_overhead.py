@@ -175,13 +175,13 @@ VARIANTS = [("plain", None), ("dormant", {}), ("paged", {"dormant": False}),
             ("dormant-noexp", {"expandable_segments": False}), ("plain-again", None)]
 
 
-def interleaved(name: str, device: torch.device, budget, rounds: int) -> list[dict]:
+def interleaved(name: str, device: torch.device, budget, rounds: int, variants=VARIANTS) -> list[dict]:
     """Best time of each variant over ``rounds`` rounds that alternate them on one case
     (drift on the machine then touches every variant alike; no identity check)."""
     run, reps = CASES[name](device)
     best = {}
     for _ in range(rounds):
-        for variant, options in VARIANTS[:3]:
+        for variant, options in [v for v in variants if v[0] != "plain-again"][:3]:
             if options is None:
                 secs, _ = timed(run, reps, device)
             else:
@@ -195,10 +195,9 @@ def interleaved(name: str, device: torch.device, budget, rounds: int) -> list[di
             for v, t in best.items()]
 
 
-def one_case(name: str, device: torch.device, budget) -> list[dict]:
+def one_case(name: str, device: torch.device, budget, variants=VARIANTS) -> list[dict]:
     rows = []
     results = {}
-    variants = VARIANTS
     timed(*CASES[name](device), device)  # unreported: the first run of a case pays for warming up
     for variant, options in variants:
         run, reps = CASES[name](device)  # the same seeds: every variant starts from the same state
@@ -263,16 +262,19 @@ def main() -> None:
                     help="also cProfile the dormant variant of each case; top functions to $OUT/profile-CASE.txt")
     ap.add_argument("--rounds", type=int, default=0,
                     help="then time plain, dormant and paged alternately this many rounds, best of each")
+    ap.add_argument("--variants", default=",".join(v for v, _ in VARIANTS),
+                    help="which of the variants to run (plain first); leaving out paged keeps a slow case short")
     args = ap.parse_args()
+    chosen = [v for v in VARIANTS if v[0] in args.variants.split(",")]
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     budget = 0.95 if device.type == "cuda" else 0.5
     rows = []
     for name in args.cases.split(","):
-        rows += one_case(name, device, budget)
+        rows += one_case(name, device, budget, chosen)
         if args.rounds:
-            rows += interleaved(name, device, budget, args.rounds)
+            rows += interleaved(name, device, budget, args.rounds, chosen)
         if args.profile:
             profile_dormant(name, device, budget)
     out = os.environ.get("OUT")

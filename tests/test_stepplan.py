@@ -542,3 +542,36 @@ def test_the_candidate_count_reaches_the_planner_and_the_steps_stay_exact(monkey
     got = train(*make, STEPS, budget=budget, plan=True, thresholds=Thresholds(plan_candidates=8))
     assert_identical(ref, got)
     assert seen and set(seen) == {8}, seen
+
+
+def test_after_looks_at_waiting_pages_only_when_something_moved():
+    """A page the plan lets go may wait for a dropped reader's rebuild; the plan looks at the
+    waiting pages again only after an operator that rebuilt or released something, and
+    otherwise does nothing after an operator where nothing is planned."""
+    from types import SimpleNamespace
+
+    from deepum.core.pages import Page
+    from deepum.engine.stepplan import RUNNING, StepPlans, _Letting
+
+    counters = SimpleNamespace(recomputes=0, lineage_released=0, plan_over_ops=0)
+    pager = SimpleNamespace(counters=counters, table=SimpleNamespace(resident_bytes=0))
+    plans = StepPlans.__new__(StepPlans)
+    plans.pager, plans.mode, plans.left, plans.shadow = pager, RUNNING, False, False
+    plans.t, plans.eids, plans.births = 0, [7, 7, 7], [(), (), ()]
+    plans.made, plans.using, plans.written, plans.by_pid = [], [], (), {}
+    plans.plan = SimpleNamespace(resident=[0, 0, 0], limit=64)
+    plans.busy, plans.waiting, plans.mismatches = set(), [], 0
+    plans.letting = _Letting(pager)
+    plans.letting.waiting = {1: Page(1, 100)}
+    plans.letting.stamp = plans.letting.now()
+    ran = []
+    plans._execute = lambda t, used=(): ran.append(t)
+    plans.after(7)
+    assert ran == []  # nothing moved: the waiting page is not looked at
+    counters.recomputes += 1  # a rebuild: its inputs may be free to go now
+    plans.after(7)
+    assert ran == [1]
+    plans.letting.waiting = {}
+    counters.lineage_released += 1
+    plans.after(7)
+    assert ran == [1]  # nothing waits and nothing is planned

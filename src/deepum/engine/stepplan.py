@@ -292,8 +292,8 @@ class StepPlans:
                 # The engine holds more than the plan counted here: what makes
                 # the step short of room despite the plan (plan_short_evictions).
                 self.pager.counters.plan_over_ops += 1
-            if t in self.busy or self.waiting or self.letting.trying or self.letting.waiting:
-                self._execute(t, uses)  # (else nothing to do: see _busy)
+            if t in self.busy or self.waiting or self.letting.trying or (self.letting.waiting and self.letting.due()):
+                self._execute(t, uses)  # (else nothing to do: see _busy and _Letting)
 
     def _record(self, eid: int, made: list[Page], uses: list[Page], written) -> None:
         builder = self.builder
@@ -495,6 +495,16 @@ class _Letting:
         self.waiting: dict[int, Page] = {}
         self.stamp = -1
 
+    def now(self) -> int:
+        """What moves when a page in ``waiting`` may have become free to go: rebuilds and
+        releases so far (after an operator that did neither, ``waiting`` is not looked at)."""
+        st = self.pager.counters
+        return st.recomputes + st.lineage_released
+
+    def due(self) -> bool:
+        """Whether ``waiting`` is to be looked at after this operator (something moved)."""
+        return self.stamp != self.now()
+
     def before(self, by_pid: dict[int, Page]) -> None:
         """An operator is about to run: pages the program let go since the last one go now
         (the recording places those frees after the last one: the plan counts them gone)."""
@@ -512,8 +522,7 @@ class _Letting:
                 page = by_pid.get(pid)
                 if page is not None and page.readers and page.state != DEAD:
                     trying[pid] = RETRIES
-        st = self.pager.counters
-        stamp = st.recomputes + st.lineage_released
+        stamp = self.now()
         if waiting and stamp != self.stamp:
             for pid in list(waiting):
                 page = waiting[pid]
