@@ -406,3 +406,19 @@ def test_gpu_round_budgets_a_case_at_the_checkpointing_peak(tmp_path, monkeypatc
                        ("b", "plain", None)]
     assert rows[-1]["skipped"].startswith("no checkpointing peak")
     assert "deepum          ckpt" in gr.short_table(rows)
+
+
+def test_timed_steps_start_once_the_plan_trial_has_decided():
+    # plan="auto" takes turns between the planned step and the online choice
+    # in its first steps under pressure; timed, those turns would mix both
+    # ways of paging in one row (a warm-up of 12 did on the GPU, session 20).
+    cpu = torch.device("cpu")
+    plain = case.run_case("tiny-mlp", "plain", None, cpu, steps=1, warmup=0)
+    half = plain["peak_device_bytes"] // 2
+    auto = case.run_case("tiny-mlp", "deepum", half, cpu, steps=2, warmup=3)
+    assert auto["warmup_steps"] > 3 and auto["plan_verdict"] in (0, 1), auto
+    assert len(auto["times_s"]) == 2
+    fixed = case.run_case("tiny-mlp", "deepum", half, cpu, steps=2, warmup=3, options={"plan": True})
+    assert fixed["warmup_steps"] == 3, fixed  # no trial to wait for
+    roomy = case.run_case("tiny-mlp", "deepum", 4 * plain["peak_device_bytes"], cpu, steps=2, warmup=3)
+    assert roomy["warmup_steps"] == 3, roomy  # never under pressure: nothing to decide

@@ -199,7 +199,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="fractions of the unconstrained peak, 'card', or sizes such as 24GiB")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed steps first; a paged case warms up longer (20 steps at most) while "
+                        "plan='auto' is still timing its plan against the online choice")
     p.add_argument("--out", default="bench-out")
     p.add_argument("--timeout", type=int, default=900, help="seconds per case")
     p.add_argument("--case", action="store_true", help=argparse.SUPPRESS)

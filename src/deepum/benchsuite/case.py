@@ -169,7 +169,11 @@ def _build_step(model: str, method: str, device: torch.device, session):
 
 
 def _timed_steps(step, work: Workload, device: torch.device, session, phases, warmup: int, steps: int) -> dict:
-    """Run warm-up and measured steps; the batch of each is made before its clock starts, as a loader would."""
+    """Run warm-up and measured steps; the batch of each is made before its clock starts, as a loader would.
+
+    The warm-up runs on, up to TRIAL_EXTRA_STEPS steps more, while plan="auto" is undecided
+    (``warmup_steps`` in the row says how many it took).
+    """
     import psutil
 
     energy = _energy_counter(device)
@@ -177,8 +181,13 @@ def _timed_steps(step, work: Workload, device: torch.device, session, phases, wa
     retries0 = 0
     proc = psutil.Process()
     host_peak = proc.memory_info().rss
+    extra = 0
     with GcClock() as gc_clock:
-        for i in range(warmup + steps):
+        i = 0
+        while i < warmup + steps:
+            if i == warmup and extra < TRIAL_EXTRA_STEPS and _trial_open(session):
+                warmup += 1  # see _trial_open
+                extra += 1
             if i == warmup:
                 before = session.stats() if session else {}
                 joules0 = energy.joules() if energy else None
@@ -196,8 +205,10 @@ def _timed_steps(step, work: Workload, device: torch.device, session, phases, wa
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
             host_peak = max(host_peak, proc.memory_info().rss)
+            i += 1
     end = session.stats() if session else {}
-    out = {"times_s": times, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+    out = {"times_s": times, "warmup_steps": warmup, "median_s": statistics.median(times),
+           "min_s": min(times), "max_s": max(times),
            "samples_per_s": work.batch / statistics.median(times), "peak_host_bytes": host_peak,
            "step_gc_s": sum(gc_clock.seconds) / steps, "step_full_gcs": gc_clock.count[2] / steps,
            "_before": before, "_end": end, "_fourth": fourth}
@@ -210,6 +221,24 @@ def _timed_steps(step, work: Workload, device: torch.device, session, phases, wa
     out["peak_device_bytes"] = (torch.cuda.max_memory_reserved(device) if device.type == "cuda"
                                 else end.get("peak_device_bytes"))
     return out
+
+
+# Warm-up steps a case adds, at most, while plan="auto" has not decided (_trial_open).
+TRIAL_EXTRA_STEPS = 20
+
+
+def _trial_open(session) -> bool:
+    """Whether ``plan="auto"`` is still timing the planned step against the online choice.
+
+    Its online steps are turns of the trial, not the session's steady state:
+    timed, they would mix the two ways of paging in one row (session 20's
+    first call, warm-up 12, did). So the timed steps start once it has decided.
+    """
+    pager = getattr(session, "pager", None)
+    plans = getattr(pager, "plans", None)
+    trial = getattr(plans, "trial", None)
+    return bool(plans is not None and pager.pressure and plans.enabled and trial is not None
+                and trial.verdict is None)
 
 
 def _alloc_retries(device: torch.device) -> int:
