@@ -23,9 +23,14 @@ log = logging.getLogger("deepum")
 def build(name: str, source: str):
     """The extension ``name`` built from ``source`` (or loaded from torch's cache); raises
     what the build raises (no compiler, no headers, a read-only cache)."""
-    from torch.utils.cpp_extension import _get_build_directory, load  # noqa: PLC0415  (imports setuptools)
+    from torch.utils.cpp_extension import load  # noqa: PLC0415  (imports setuptools)
 
-    clear_stale_lock(os.path.join(_get_build_directory(name, False), "lock"))
+    try:  # torch's private helper: where it is missing, the build goes on as torch's load does
+        from torch.utils.cpp_extension import _get_build_directory  # noqa: PLC0415
+
+        clear_stale_lock(os.path.join(_get_build_directory(name, False), "lock"))
+    except (ImportError, OSError, TypeError):
+        pass
     return load(name=name, sources=[source], extra_cflags=["-O2"], verbose=False)
 
 
