@@ -49,6 +49,14 @@ def load(path: str) -> tuple[StepTrace, dict, int, dict]:
     return StepTrace(ops, pages), {int(k): v for k, v in d["skeys"].items()}, d["limit"], d["kw"]
 
 
+def started(trace: StepTrace, plan) -> StepTrace:
+    """``trace`` beginning where ``plan`` begins (plan_repeating may start a page on the
+    device that the recorded step found on the host): the trace to replay the plan on."""
+    return StepTrace(trace.ops, {p: PageSpec(s.nbytes, s.resident or p in plan.start, s.rebuild_seconds,
+                                             s.recipe_inputs, s.dirty, s.pageable)
+                                 for p, s in trace.pages.items()})
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--convert"]:
         save(argv[1], argv[2])
@@ -63,7 +71,7 @@ def main(argv: list[str]) -> None:
         t0 = time.perf_counter()
         plan = plan_repeating(trace, skeys, limit, link_price=float(price), **kw, **extra)
         took = time.perf_counter() - t0
-        sim = simulate(trace, plan, limit)
+        sim = simulate(started(trace, plan), plan, limit)
         moves = sum(len(v) for v in plan.evictions.values())
         print(f"link price {arg}: planned in {took:.2f} s, fits {plan.fits} "
               f"(short {plan.short_bytes / 1e9:.2f} GB at op {plan.short_op}), {moves} evictions, "
