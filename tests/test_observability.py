@@ -343,8 +343,10 @@ def test_energy_reading_is_reused_while_young(monkeypatch):
     some drivers); a reading older than the limit is taken again, and a zero limit reads anew."""
     from deepum.engine import energy as energy_mod
 
+    from types import SimpleNamespace
+
     clock = [100.0]
-    monkeypatch.setattr(energy_mod.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(energy_mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     nvml = _CountingNvml()
     e = energy_mod.Energy(nvml, handle=None)
     assert nvml.queries == 1  # the start
