@@ -9,7 +9,8 @@ step as the engine would (``plan_repeating``) at FRACTION of its recorded
 limit (default 1.0), replays it, and at each operator adds the bytes of
 copies out that the replay's link has not yet finished (their ``out_done``
 is after the operator starts). Prints, per fraction: the replay's step and
-stall, the most bytes such copies held at once, how many operators within
+stall, the same with ``simulate(copy_wait=True)`` (an operator that would pass
+the limit waits for copies to end, as on CUDA), the most bytes such copies held at once, how many operators within
 the limit in the replay would run over it with them counted and by how
 much at most (and how many the replay itself has over the limit), and the
 worst ten, each with its share of the step (where in the step the overrun
@@ -50,8 +51,10 @@ def main(argv: list[str]) -> None:
         own = [r for r in rows if r[2] > 0]  # over in the replay itself
         over = [r for r in rows if r[2] <= 0 < r[3]]  # over only with copies in flight
         worst = sorted(over, key=lambda r: -r[3])[:10]
+        waited = simulate(started(trace, plan), plan, lim, copy_wait=True)
         print(f"{frac:.3f} of the limit ({lim / 1e9:.2f} GB): step {sim.step_seconds * 1e3:.1f} ms, stall "
-              f"{sim.stall_seconds * 1e3:.1f} ms; copies out held at most {max(r[1] for r in rows) / 1e9:.2f} GB; "
+              f"{sim.stall_seconds * 1e3:.1f} ms (waiting for copies out: step {waited.step_seconds * 1e3:.1f} ms, "
+              f"stall {waited.stall_seconds * 1e3:.1f} ms); copies out held at most {max(r[1] for r in rows) / 1e9:.2f} GB; "
               f"{len(over)} of {n} operators over the limit only with them, by at most "
               f"{max((r[3] for r in over), default=0) / 1e9:.2f} GB; {len(own)} over in the replay itself")
         if worst:

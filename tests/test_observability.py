@@ -341,9 +341,9 @@ class _CountingNvml:
 def test_energy_reading_is_reused_while_young(monkeypatch):
     """stats() on every phase of every step must not query NVML each time (a slow call on
     some drivers); a reading older than the limit is taken again, and a zero limit reads anew."""
-    from deepum.engine import energy as energy_mod
-
     from types import SimpleNamespace
+
+    from deepum.engine import energy as energy_mod
 
     clock = [100.0]
     monkeypatch.setattr(energy_mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))

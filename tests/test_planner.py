@@ -947,3 +947,24 @@ class TestLinkCapacity:
         assert link.take_forward(0, 25) == 3
         assert link.free(0, 5) == 0
         assert link.take_backward(5, 0, 1) == 5  # nothing left
+
+
+def test_replay_can_hold_a_copy_out_memory_until_the_copy_ends():
+    # On CUDA a page copied out holds its memory until its copy has ended
+    # (session 20: at tight limits many operators would pass the limit with
+    # those copies counted). With copy_wait the replay makes an operator that
+    # would pass the limit wait for copies to end; without it the memory is
+    # free at eviction, as the planner assumes.
+    from deepum.core.steptrace import Plan
+
+    a, b = 1, 2
+    trace = StepTrace([OpSpec(0, 0.1, uses=(a,)), OpSpec(1, 0.1, creates=(b,)), OpSpec(2, 0.1, uses=(b,))],
+                      {a: PageSpec(100, resident=True, dirty=True), b: PageSpec(100)})
+    plan = Plan(150, [0.1, 0.1, 0.1], {a: 100, b: 100}, 100.0, 100.0, evictions={0: [(a, Action.COPY)]})
+    free_at_once = simulate(trace, plan, 150)
+    held = simulate(trace, plan, 150, copy_wait=True)
+    assert free_at_once.stall_seconds == 0 and free_at_once.step_seconds == pytest.approx(0.3)
+    # A's copy (100 bytes at 100 bytes/s) leaves after op 0 and ends at 1.1 s: op 1 makes B
+    # and would hold 200 bytes against 150 until then, so it waits.
+    assert held.stall_seconds == pytest.approx(1.0) and held.step_seconds == pytest.approx(1.3)
+    assert held.d2h_bytes == free_at_once.d2h_bytes == 100

@@ -115,6 +115,18 @@ class _Replay:
             self.mem += b
             self.r.h2d_bytes += b
 
+    def wait_for_copies(self, t: int) -> None:
+        """Op t begins only when the copies out still in flight leave it room (oldest first)."""
+        flying = sorted((done, p) for p, done in self.out_done.items() if done > self.now and p not in self.res)
+        held = sum(self.spec[p].nbytes for _, p in flying)
+        for done, p in flying:
+            if self.mem + held <= self.limit:
+                break
+            self.r.stall_seconds += done - self.now
+            self.r.late.append((t, p))
+            self.now = done
+            held -= self.spec[p].nbytes
+
     def bring(self, p: int, t: int) -> None:
         """Make p resident for op t: wait for its arrival, fault it in, or rebuild it."""
         if p in self.arrive:
@@ -216,9 +228,13 @@ def _needs(trace: StepTrace, t: int, sim: _Replay) -> set[int]:
 
 
 def simulate(trace: StepTrace, plan: Plan, limit: int, h2d_Bps: float | None = None,
-             d2h_Bps: float | None = None, watch: Callable[[int, _Replay], None] | None = None) -> SimResult:
+             d2h_Bps: float | None = None, watch: Callable[[int, _Replay], None] | None = None,
+             copy_wait: bool = False) -> SimResult:
     """Replay ``plan`` on ``trace`` under ``limit`` (bandwidths default to the plan's);
-    ``watch(t, replay)`` sees the replay's state while op t runs (for studies of a plan)."""
+    ``watch(t, replay)`` sees the replay's state while op t runs (for studies of a plan).
+    ``copy_wait``: a page copied out holds its memory until its copy has ended, and an
+    operator that would pass the limit with such memory counted waits for copies to end
+    (as on CUDA, where the planner does not model it: docs/BENCHMARKS.md, session 20)."""
     sim = _Replay(trace, plan, limit)
     sim.bandwidth(h2d_Bps or plan.h2d_Bps, d2h_Bps or plan.d2h_Bps)
     r = sim.r
@@ -234,6 +250,8 @@ def simulate(trace: StepTrace, plan: Plan, limit: int, h2d_Bps: float | None = N
             sim.unborn.discard(p)
             sim.res.add(p)
             sim.mem += trace.pages[p].nbytes
+        if copy_wait:
+            sim.wait_for_copies(t)
         r.resident.append(sim.mem)
         if watch is not None:
             watch(t, sim)
