@@ -23,9 +23,11 @@ import statistics
 import sys
 import time
 
+from gpu_pstats import timed_steps
 from step_anatomy import OUT, prepare
 
 import deepum
+from deepum.benchsuite.case import GcClock
 
 
 def main() -> None:
@@ -33,15 +35,6 @@ def main() -> None:
     warmup = int(sys.argv[4]) if len(sys.argv) > 4 else 15
     steps = int(sys.argv[5]) if len(sys.argv) > 5 else 12
     device, sync, work, step, peak = prepare(model)
-    passes, seconds, began = [0, 0, 0], [0.0], [0.0]
-
-    def clock(phase: str, info: dict) -> None:
-        if phase == "start":
-            began[0] = time.perf_counter()
-        else:
-            seconds[0] += time.perf_counter() - began[0]
-            passes[info["generation"]] += 1
-
     with deepum.oversubscribe(int(peak * fraction), device) as session:
         for i in range(warmup):
             step(work.host_batch(i))
@@ -52,26 +45,19 @@ def main() -> None:
         frozen = gc.get_freeze_count()
         tracked = len(gc.get_objects())
         before = session.stats()
-        gc.callbacks.append(clock)
-        times = []
-        t_all = time.perf_counter()
-        for i in range(warmup, warmup + steps):
-            batch = work.host_batch(i)
-            sync()
-            t0 = time.perf_counter()
-            step(batch)
-            sync()
-            times.append(time.perf_counter() - t0)
-        wall = time.perf_counter() - t_all
-        gc.callbacks.remove(clock)
+        with GcClock() as collector:
+            collector.on = True
+            t_all = time.perf_counter()
+            times = timed_steps(step, work, warmup, steps, sync)
+            wall = time.perf_counter() - t_all
         after = session.stats()
         if how == "freeze":
             gc.unfreeze()
     row = {"model": model, "fraction": fraction, "how": how, "steps": steps, "frozen": frozen,
            "tracked": tracked, "mean_ms": 1e3 * statistics.mean(times),
            "median_ms": 1e3 * statistics.median(times), "max_ms": 1e3 * max(times),
-           "wall_per_step_ms": 1e3 * wall / steps, "gc_ms_per_step": 1e3 * seconds[0] / steps,
-           "gc_passes": passes,
+           "wall_per_step_ms": 1e3 * wall / steps, "gc_ms_per_step": 1e3 * sum(collector.seconds) / steps,
+           "gc_passes": collector.count,
            "planned_steps": after["planned_steps"] - before["planned_steps"]}
     print(json.dumps(row))
     with open(os.path.join(OUT, "gc_freeze.jsonl"), "a") as f:

@@ -36,7 +36,8 @@ import deepum
 KEYS = ("ops", "views", "evictions", "drops", "recomputes", "prefetches", "faults", "planned_steps")
 
 
-def _timed(step, work, first: int, n: int, sync) -> list[float]:
+def timed_steps(step, work, first: int, n: int, sync) -> list[float]:
+    """Seconds of steps ``first`` .. ``first + n - 1``, each batch made before its clock starts."""
     times = []
     for i in range(first, first + n):
         batch = work.host_batch(i)
@@ -69,13 +70,13 @@ def main() -> None:
     options = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
     device, sync, work, step, peak = prepare(model)
     tag = f"{model}-{fraction}"
-    plain = _timed(step, work, 2, steps + 1, sync)
+    plain = timed_steps(step, work, 2, steps + 1, sync)
     text = _profiled(step, work, 10, steps, sync, os.path.join(OUT, f"pstats-{tag}-plain.prof"))
     lines = [f"{model}: plain steps {[round(t * 1e3, 1) for t in plain]} ms", text]
     with deepum.oversubscribe(int(peak * fraction), device, **options) as session:
         for i in range(warmup):
             step(work.host_batch(20 + i))
-        paged = _timed(step, work, 100, steps + 1, sync)
+        paged = timed_steps(step, work, 100, steps + 1, sync)
         before = session.stats()
         text = _profiled(step, work, 200, steps, sync, os.path.join(OUT, f"pstats-{tag}-session.prof"))
         after = session.stats()

@@ -234,11 +234,11 @@ def _trial_open(session) -> bool:
     timed, they would mix the two ways of paging in one row (session 20's
     first call, warm-up 12, did). So the timed steps start once it has decided.
     """
-    pager = getattr(session, "pager", None)
-    plans = getattr(pager, "plans", None)
-    trial = getattr(plans, "trial", None)
-    return bool(plans is not None and pager.pressure and plans.enabled and trial is not None
-                and trial.verdict is None)
+    if session is None:
+        return False
+    pager = session.pager
+    trial = pager.plans.trial
+    return pager.pressure and pager.plans.enabled and trial is not None and trial.verdict is None
 
 
 def _alloc_retries(device: torch.device) -> int:
