@@ -1,6 +1,6 @@
 """The floor of interception by a Python dispatch mode: what a step costs under a mode that pages nothing.
 
-    python benchmarks/mode_floor.py MODEL [ROUNDS] [STEPS] [--time-ops]
+    python benchmarks/mode_floor.py MODEL [ROUNDS] [STEPS] [--time-ops] [--filler=N]
 
 Trains the bench's MODEL (step_anatomy.py's ``prepare``: a fresh host batch
 each step, bf16 autocast, AdamW) with no session, and times STEPS steps
@@ -22,7 +22,12 @@ With ``--time-ops``, one more way, ``timed``, is a pass-through that times each
 operator's own call with ``perf_counter`` and prints the operators by host time
 a step, the same table ``host_split.py`` prints for a paged step: set side by
 side, they say how much more an operator's own call (launch, allocation) takes
-under deepum's budget than with no budget at all.
+under deepum's budget than with no budget at all. With ``--filler=N`` as
+well, one more way, ``timed+filler``, does the same and then, after each
+operator, reads N objects at random places of a large heap of Python
+objects made at start (about what an engine's Python between two operators
+touches): if the operators' own calls slow down with it, what slows them in
+a paged step is the host's caches, not the device or the allocator.
 """
 
 from __future__ import annotations
@@ -105,6 +110,28 @@ class Timed(PassThrough):
         return out
 
 
+class Filler(Timed):
+    """Timed, and after each operator reads ``n`` objects at random places of a large heap."""
+
+    def __init__(self, n: int, size: int = 1 << 20) -> None:
+        super().__init__()
+        import random  # noqa: PLC0415
+
+        rng = random.Random(0)
+        self.heap = [[i, str(i)] for i in range(size)]
+        self.order = [rng.randrange(size) for _ in range(1 << 16)]
+        self.n, self.at = n, 0
+        self.sink = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        heap, order, at, sink = self.heap, self.order, self.at, 0
+        for j in range(self.n):
+            sink += len(heap[order[(at + j) & 0xFFFF]][1])
+        self.at, self.sink = (at + self.n) & 0xFFFF, sink
+        return out
+
+
 def main() -> None:
     argv = [a for a in sys.argv[1:] if not a.startswith("--")]
     model = argv[0]
@@ -112,9 +139,12 @@ def main() -> None:
     steps = int(argv[2]) if len(argv) > 2 else 4
     device, sync, work, step, _ = prepare(model)
     ways = {"plain": None, "pass-through": PassThrough, "storages": Storages}
+    filler = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--filler=")), 0)
     if "--time-ops" in sys.argv:
         ways["timed"] = Timed
-    timed = None
+        if filler:
+            ways["timed+filler"] = lambda: Filler(filler)
+    timers: dict[str, Timed] = {}
     times: dict[str, list[list[float]]] = {w: [] for w in ways}
     ops: dict[str, float] = {}
     first = 10
@@ -122,7 +152,7 @@ def main() -> None:
         for way, mode_type in ways.items():
             mode = mode_type() if mode_type is not None else None
             if isinstance(mode, Timed):
-                timed = mode
+                timers[way] = mode
             if mode is not None:
                 mode.__enter__()
             try:
@@ -145,10 +175,10 @@ def main() -> None:
         print(f"{model} {way:13} {med * 1e3:8.1f} ms ({med / plain:.3f}x plain); rounds "
               f"{row[way + '_rounds_ms']}")
     print(f"{model} operators a step under the mode: {ops}")
-    if timed is not None:
-        n = rounds * (steps + 1)
-        print(f"{model} operators by host time, no budget (the call of each, ms a step, calls a step; "
-              f"all: {sum(timed.seconds.values()) / n * 1e3:.1f} ms):")
+    n = rounds * (steps + 1)
+    for way, timed in timers.items():
+        print(f"{model} {way}: operators by host time, no budget (the call of each, ms a step, calls a "
+              f"step; all: {sum(timed.seconds.values()) / n * 1e3:.1f} ms):")
         for name, sec in sorted(timed.seconds.items(), key=lambda kv: -kv[1])[:12]:
             print(f"  {name:50} {sec / n * 1e3:8.1f} {timed.calls[name] / n:8.0f}")
     with open(os.path.join(OUT, "mode_floor.jsonl"), "a") as f:
