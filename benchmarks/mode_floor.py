@@ -25,9 +25,10 @@ side, they say how much more an operator's own call (launch, allocation) takes
 under deepum's budget than with no budget at all. With ``--filler=N`` as
 well, one more way, ``timed+filler``, does the same and then, after each
 operator, reads N objects at random places of a large heap of Python
-objects made at start (about what an engine's Python between two operators
-touches): if the operators' own calls slow down with it, what slows them in
-a paged step is the host's caches, not the device or the allocator.
+objects made at start (about as much as an engine's Python between two
+operators touches): if the operators' own calls slow down with it, Python
+between operators alone can slow them, with no budget and nothing in
+flight. The filler stands in for the engine's Python; it is not the engine.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -115,8 +117,6 @@ class Filler(Timed):
 
     def __init__(self, n: int, size: int = 1 << 20) -> None:
         super().__init__()
-        import random  # noqa: PLC0415
-
         rng = random.Random(0)
         self.heap = [[i, str(i)] for i in range(size)]
         self.order = [rng.randrange(size) for _ in range(1 << 16)]
