@@ -15,6 +15,13 @@ from .helpers import unconstrained_peak
 MLP_PEAK = None
 
 
+# These tests stop the engine at a chosen operator and compare with a plain
+# run stopped at the same one: regions' census runs blocks a second time,
+# which a plain run does not, so they page without regions (tests/test_regions.py
+# has the regions' own error paths).
+PAGES_ONLY = {"recompute_blocks": False}
+
+
 def mlp_budget():
     global MLP_PEAK
     if MLP_PEAK is None:
@@ -149,7 +156,7 @@ def test_host_memory_exhausted_mid_eviction(monkeypatch, where, patch, message):
     monkeypatch.setattr(transfer, where, patch)
     model, opt = setup()
     with pytest.raises(deepum.HostMemoryError, match=f"(?s){message}.*nothing was lost"):
-        with deepum.oversubscribe(mlp_budget(), device="cpu"):
+        with deepum.oversubscribe(mlp_budget(), device="cpu", **PAGES_ONLY):
             for batch in models.mlp_batches()[:3]:
                 step(model, opt, batch)
     monkeypatch.undo()
@@ -157,7 +164,7 @@ def test_host_memory_exhausted_mid_eviction(monkeypatch, where, patch, message):
     # The operator that needed room never ran: the state is that of a plain
     # run stopped just before it.
     assert_same(snapshot(model, opt), plain_interrupted_at(count["ops"]))
-    with deepum.oversubscribe(mlp_budget(), device="cpu") as s:  # usable again
+    with deepum.oversubscribe(mlp_budget(), device="cpu", **PAGES_ONLY) as s:  # usable again
         step(model, opt, models.mlp_batches()[0])
     assert s.stats()["evictions"] > 0
 
@@ -166,7 +173,7 @@ def test_host_memory_exhausted_mid_eviction(monkeypatch, where, patch, message):
 
 def test_normal_exit_leaves_ordinary_tensors():
     model, opt = setup()
-    with deepum.oversubscribe(mlp_budget(), device="cpu") as s:
+    with deepum.oversubscribe(mlp_budget(), device="cpu", **PAGES_ONLY) as s:
         for batch in models.mlp_batches()[:3]:
             step(model, opt, batch)
         inside = s.stats()
@@ -210,7 +217,7 @@ def test_exception_in_backward_hook(exc):
 
 def _ops_in_deepum_run(steps=3):
     model, opt = setup()
-    with deepum.oversubscribe(mlp_budget(), device="cpu") as s:
+    with deepum.oversubscribe(mlp_budget(), device="cpu", **PAGES_ONLY) as s:
         for batch in models.mlp_batches()[:steps]:
             step(model, opt, batch)
     return s.stats()["ops"]
@@ -272,7 +279,7 @@ def test_keyboard_interrupt_inside_the_engine(monkeypatch, where):
         monkeypatch.setattr(Pager, "fault", fault)
     model, opt = setup()
     with pytest.raises(KeyboardInterrupt):
-        with deepum.oversubscribe(mlp_budget(), device="cpu"):
+        with deepum.oversubscribe(mlp_budget(), device="cpu", **PAGES_ONLY):
             for batch in models.mlp_batches()[:3]:
                 step(model, opt, batch)
     monkeypatch.undo()

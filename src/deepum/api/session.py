@@ -26,6 +26,7 @@ from ..engine.intercept import host_access
 from ..engine.intercept.mode import PagingMode
 from ..engine.memsignal import open_signal
 from ..engine.pager import Pager
+from ..engine.regions import Regions
 from ..engine.telemetry import TraceRecorder
 from ..engine.watch import Watch
 from ..errors import BudgetError, DeviceUnavailableError, OptionError, UnsupportedError
@@ -494,7 +495,9 @@ def _open_watch(session: Session) -> Watch | None:
     signal = open_signal(session.device)
     if signal is None:
         return None
-    return Watch(session.pager, session._mode, signal, adopt=session._adopt_existing if session.adopt else None)
+    regions = Regions(session.pager) if cfg.recompute_blocks else None
+    return Watch(session.pager, session._mode, signal, adopt=session._adopt_existing if session.adopt else None,
+                 regions=regions)
 
 
 def oversubscribe(budget: int | float | str, device: str | torch.device | None = None,

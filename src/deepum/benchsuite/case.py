@@ -22,7 +22,7 @@ STEP_COUNTERS = ("bytes_to_device", "bytes_to_host", "bytes_dropped", "recompute
                  "prefetches", "prefetch_hits", "late_prefetches", "wasted_prefetches", "evictions",
                  "stall_seconds", "drops", "recomputes", "planned_evictions", "planned_steps",
                  "plan_departures", "plans", "plan_over_ops", "plan_short_evictions", "oom_retries",
-                 "leaving_waits", "victim_choices")
+                 "leaving_waits", "victim_choices", "region_calls", "region_recomputes", "ops")
 
 
 class PhaseBytes:
@@ -269,6 +269,9 @@ def paged_fields(before: dict, end: dict, steps: int, fourth: dict | None = None
     row["plan_verdict"] = end.get("plan_verdict")
     row["plan_trial_ms"] = end.get("plan_trial_ms")
     row["plan_seconds"] = end.get("plan_seconds")
+    row["regions"] = end.get("regions")
+    row["dormant"] = end.get("dormant")
+    row["paging_stops"] = end.get("paging_stops")
     return row
 
 

@@ -94,6 +94,18 @@ class Thresholds:
     engage: float = 3 / 4
     release: float = 2 / 3
     calm_windows: int = 2
+    # Regions ([Note: regions] in core/regions.py): the forward's peak is cut
+    # to ``region_target`` of the *budget* by recomputing module calls, in at
+    # most ``region_rounds`` rounds; while regions are set, dormancy stops
+    # intercepting under ``region_release`` of the budget and starts again
+    # over ``region_engage`` of it. Shares of the budget, not of the limit:
+    # an unintercepted step is held by the allocator's cap, which is the
+    # budget, and the rest of the budget is the margin for what the pages do
+    # not count (allocator rounding, workspaces, the backward's recompute).
+    region_target: float = 0.85
+    region_release: float = 0.9
+    region_engage: float = 0.95
+    region_rounds: int = 3
     # CUDA, while dormant: host seconds between two readings of the
     # allocator's statistics (each costs tens of microseconds), and the
     # shortest window: a root module call sooner than this after the last
@@ -191,6 +203,10 @@ class Thresholds:
             raise OptionError(f"Thresholds.cpu_copy_lag={self.cpu_copy_lag!r}: give 0 or a number of operators")
         if self.plan_trial_settle < 0:
             raise OptionError(f"Thresholds.plan_trial_settle={self.plan_trial_settle!r}: give 0 or more steps")
+        if not 0 < self.region_target <= self.region_release <= self.region_engage <= 1:
+            raise OptionError("Thresholds: give 0 < region_target <= region_release <= region_engage <= 1")
+        if self.region_rounds < 1:
+            raise OptionError(f"Thresholds.region_rounds={self.region_rounds!r}: give 1 or more")
         if self.plan_candidates < 1:
             raise OptionError(f"Thresholds.plan_candidates={self.plan_candidates!r}: give 1 or more pages")
         if self.plan_link_price < 0:
@@ -252,6 +268,11 @@ class Config:
     # Stop intercepting while memory is not tight (core/dormancy.py). Off
     # keeps every operator intercepted for the whole session.
     dormant: bool = True
+    # Recompute whole module calls (a transformer's layers, a CNN's blocks)
+    # in the backward pass where the forward's peak passes the limit,
+    # through PyTorch's checkpointing ([Note: regions] in core/regions.py).
+    # Needs ``dormant`` (its module hooks find the blocks).
+    recompute_blocks: bool = True
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
@@ -262,7 +283,7 @@ class Config:
         if self.policy not in POLICIES:
             raise OptionError(f"policy {self.policy!r} is unknown; choose one of {', '.join(POLICIES)}")
         for name in ("prefetch", "recompute", "expandable_segments", "freeze_gc", "trace", "stress",
-                     "strict", "host_access", "dormant"):
+                     "strict", "host_access", "dormant", "recompute_blocks"):
             _check_bool(name, getattr(self, name), optional=False)
         if not (isinstance(self.plan, bool) or self.plan == "auto"):
             raise OptionError(f"option plan={self.plan!r} must be True, False or 'auto'")

@@ -19,6 +19,17 @@ page table's while paging, the allocator's while dormant.
   from window to window, and a prediction from them can turn paging on
   in a step that stays far below the limit.)
 
+While regions are set ([Note: regions] in core/regions.py) the step's
+forward was measured and cut to fit, so ``release`` and ``engage`` become
+``Thresholds.region_release`` and ``region_engage`` of the *budget*: the
+step then runs unintercepted with its peak closer to the allocator's cap,
+which is the budget; what is left of it is the margin for what pages do not
+count. A window *moved* pages, for this rule, when it copied or dropped more
+than a 64th of the limit (a page plan made before the regions may still
+move a few small pages the step no longer needs moved); while paging, the
+resident peak cannot pass the limit, so only a window that moved nothing
+shows the step's own peak.
+
 The one risk: memory that grows, between two readings, from under ``engage``
 of the limit to past the limit is allocated with no interceptor to make room.
 On CUDA the allocator's cap stops it with an out-of-memory error; on the cpu
@@ -47,14 +58,20 @@ class Dormancy:
     """The state machine of [Note: dormancy]; ``paging`` is the current state."""
 
     def __init__(self, limit: int, engage: float, release: float, calm: int) -> None:
-        assert 0 < release <= engage <= 1, "release must not exceed engage"
-        self.engage_bytes = int(limit * engage)
-        self.release_bytes = int(limit * release)
+        self.limit = limit
+        self.retarget(engage, release)
         self.calm_needed = calm
         self.paging = True
         self.calm = 0
         self.engaged = 0  # times paging started again
         self.released = 0  # times paging stopped
+
+    def retarget(self, engage: float, release: float, of: int | None = None) -> None:
+        """New shares of ``of`` bytes (default: the limit) for the two turns."""
+        assert 0 < release <= engage <= 1, "release must not exceed engage"
+        base = self.limit if of is None else of
+        self.engage_bytes = int(base * engage)
+        self.release_bytes = int(base * release)
 
     def boundary(self, peak: int, moved: bool) -> Turn:
         """A window ended with ``peak`` bytes at most in use; ``moved``: pages left the device in it."""

@@ -43,7 +43,7 @@ from torch.overrides import _get_current_function_mode_stack
 from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode_stack
 
 from ..core.dormancy import Dormancy, Turn
-from ..core.pages import RESIDENT
+from ..core.pages import RESIDENT, Kind
 from ..errors import RestoreError
 from .stepplan import StepPlans
 
@@ -54,7 +54,7 @@ _graph_task = torch._C._current_graph_task_id
 class Watch:
     """One session's dormancy: the hook, the signal, and the two transitions."""
 
-    def __init__(self, pager, mode, signal, adopt=None) -> None:
+    def __init__(self, pager, mode, signal, adopt=None, regions=None) -> None:
         """Made before the session pushes its modes (their depth is taken here)."""
         th = pager.config.thresholds
         self.pager = pager
@@ -62,6 +62,9 @@ class Watch:
         self.host_mode = None  # host_access.HostAccessMode, if it watches: entered while paging
         self.signal = signal  # engine/memsignal.py
         self.adopt = adopt  # called after paging turns on (CUDA: the adoption scan)
+        self.regions = regions  # engine/regions.py, or None
+        if regions is not None:
+            regions.watch = self
         self.state = Dormancy(pager.table.limit, th.engage, th.release, th.calm_windows)
         self.owner = threading.get_ident()
         self.root: weakref.ref | None = None
@@ -82,6 +85,8 @@ class Watch:
     def _find_root(self) -> None:
         self.root = None
         self.root_id = 0  # id() of the root while it lives (its weak reference clears this)
+        if self.regions is not None:
+            self.regions.close()
         self._remove_hooks()
         self.hooks.append(torch.nn.modules.module.register_module_forward_pre_hook(_Hook(self)))
 
@@ -136,6 +141,8 @@ class Watch:
             self.root = weakref.ref(module, self._root_died)
             self.root_id = id(module)
             self._hook_tree(module)
+            if self.regions is not None:
+                self.regions.attach(module)
             return
         if is_root and now >= self.window_ends:
             self.window_ends = now + self.window_min_s
@@ -149,6 +156,22 @@ class Watch:
 
     def _boundary(self) -> None:
         state = self.state
+        moved, self.moved = self.moved, self._moved()
+        moved_bytes = self.moved[2] - moved[2]
+        # A stale page plan may still move a few small pages the step no
+        # longer needs moved: a 64th of the limit is noise ([Note: dormancy]).
+        significant = moved_bytes > self.pager.table.limit // 64
+        if self.regions is not None and self.regions.boundary(moved_bytes if significant and state.paging else 0):
+            th = self.pager.config.thresholds
+            state.retarget(th.region_engage, th.region_release, of=self.pager.budget)
+        if self.regions is not None and self.regions.retargeted and self.regions.plan.dropped:
+            th = self.pager.config.thresholds
+            state.retarget(th.engage, th.release)  # every region unset: dormancy's own rule again
+            self.regions.retargeted = False
+        if self.regions is not None and self.regions.retargeted:
+            changed = significant
+        else:
+            changed = moved[:2] != self.moved[:2]
         if state.paging:
             table = self.pager.table
             off = sum(p.nbytes for p in table.pages.values() if p.state != RESIDENT)
@@ -157,8 +180,7 @@ class Watch:
             if self.pager.device.type == "cuda":
                 peak = max(peak, allocated)
             table.window_peak_bytes = table.resident_bytes
-            moved, self.moved = self.moved, self._moved()
-            turn = state.boundary(peak, moved != self.moved)
+            turn = state.boundary(peak, changed)
             if turn is Turn.RELEASE and not self._release():
                 state.refused()
             return
@@ -171,9 +193,23 @@ class Watch:
         if state.boundary(peak, False) is Turn.ENGAGE:
             self._engage()
 
-    def _moved(self) -> tuple[int, int]:
+    def held(self) -> int:
+        """Bytes of the program's model state (parameters, gradients, optimizer state), paged out or not.
+
+        What else is on the device at a step's start may be what recipes keep
+        of pages the program freed (lineage), which is the engine's choice,
+        not the program's demand; the batch and other small tensors are left
+        out with it.
+        """
+        pager = self.pager
+        state = (Kind.PARAMETER, Kind.GRADIENT, Kind.OPTIMIZER_STATE)
+        with _disable_current_modes(), pager.lock:
+            pager.reap()
+            return sum(p.nbytes for p in pager.table.pages.values() if p.kind in state)
+
+    def _moved(self) -> tuple[int, int, int]:
         st = self.pager.counters
-        return st.evictions, st.drops
+        return st.evictions, st.drops, st.bytes_to_host + st.bytes_dropped
 
     # ------------------------------------------------------------ transitions
 
@@ -246,6 +282,8 @@ class Watch:
     def close(self) -> None:
         self.closed = True
         self._remove_hooks()
+        if self.regions is not None:
+            self.regions.close()
         self.signal.close()
 
 

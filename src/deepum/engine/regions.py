@@ -1,0 +1,529 @@
+"""Regions: module calls recomputed in the backward pass (executes core/regions.py).
+
+[Note: running a region]
+The candidates are a model's *blocks*: the members of a ``ModuleList`` or
+``Sequential`` that holds at least two modules of one class with parameters
+(a transformer's layers, an encoder's and a decoder's, a ResNet's
+bottlenecks), found from the root module down, not inside one another.
+
+One census window measures each candidate's calls (the bytes autograd saves
+inside the call, through a saved-tensor hook, less the call's own
+arguments, which a region keeps; host seconds) and checks that a call can
+be run again: every argument a tensor or a plain value (numbers,
+strings, dtypes, None, and containers of them), no argument tensor written
+by the call, gradients on. Buffers the call writes (BatchNorm's running
+statistics) are noted: the recompute writes scratch copies of them, so the
+step's buffers are updated once, as without deepum.
+
+A chosen region runs under PyTorch's non-reentrant checkpointing, started
+and ended by module hooks as torch.distributed's composable ``checkpoint``
+does: the forward keeps the call's inputs, the backward runs the module
+again with the forward's RNG states and autocast state, and PyTorch checks
+that the recomputed tensors have the saved ones' shapes and dtypes. A
+Hugging Face layer (a ``GradientCheckpointingLayer``) is switched by its own
+flag instead, for the call only: its layer then drops its key-value cache
+argument, which a second run of the layer would extend a second time.
+
+The recompute runs the module's own code; the bits are the same as the
+forward's because the same kernels run on the same inputs (the RNG state
+restored for dropout). A module whose forward depends on Python state that
+changes between the forward and the backward is not safe to recompute, as
+with any checkpointing; the census's checks catch argument kinds and
+writes, not such state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import inspect
+import time
+import weakref
+from collections import Counter
+from typing import Any
+
+import torch
+from torch.utils import checkpoint as _ckpt
+
+from ..core.regions import Census, RegionPlan
+
+_graph_task = torch._C._current_graph_task_id
+_top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size,
+          torch.memory_format, torch.layout, enum.Enum)
+
+
+def find_blocks(root: torch.nn.Module) -> list[torch.nn.Module]:
+    """The root's blocks, outermost first (see [Note: running a region])."""
+    out: list[torch.nn.Module] = []
+
+    def walk(m: torch.nn.Module, depth: int) -> None:
+        if depth > 8:
+            return
+        kids = list(m.children())
+        counts = Counter(type(k) for k in kids if _composite(k))
+        if isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential)) and counts:
+            cls, n = counts.most_common(1)[0]
+            if n >= 2:
+                out.extend(k for k in kids if type(k) is cls)
+                for k in kids:
+                    if type(k) is not cls:
+                        walk(k, depth + 1)
+                return
+        for k in kids:
+            walk(k, depth + 1)
+
+    walk(root, 0)
+    return out
+
+
+def _composite(m: torch.nn.Module) -> bool:
+    """A module of modules with parameters (a layer, a bottleneck), not a single Linear or activation."""
+    return any(True for _ in m.children()) and any(True for _ in m.parameters())
+
+
+def _leaves(obj: Any, out: list) -> list:
+    """The leaves of nested tuples (a list or dict is a leaf: it may change before the recompute)."""
+    if isinstance(obj, tuple):
+        for o in obj:
+            _leaves(o, out)
+    else:
+        out.append(obj)
+    return out
+
+
+def _outputs(obj: Any) -> list:
+    """The leaves of a module's output, through tuples, lists and dicts (model outputs are dicts)."""
+    if isinstance(obj, (tuple, list)):
+        return [x for o in obj for x in _outputs(o)]
+    if isinstance(obj, dict):
+        return [x for o in obj.values() for x in _outputs(o)]
+    return [obj]
+
+
+def _is_hf_layer(module: torch.nn.Module) -> bool:
+    return hasattr(module, "gradient_checkpointing") and any(
+        c.__name__ == "GradientCheckpointingLayer" for c in type(module).__mro__)
+
+
+# torch.utils.checkpoint's generator takes its options positionally before
+# the call's arguments, and their number grew across versions.
+_GEN = _ckpt._checkpoint_without_reentrant_generator
+_GEN_PARAMS = [p for p in inspect.signature(_GEN).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+def _start(fn, context_fn, args, kwargs):
+    given = {"fn": fn, "preserve_rng_state": True, "context_fn": context_fn, "determinism_check": "default",
+             "debug": False}
+    head = [given.get(p.name, p.default) for p in _GEN_PARAMS]
+    gen = _GEN(*head, *args, **kwargs)
+    next(gen)
+    return gen
+
+
+class _Tally:
+    """One candidate's census: its calls' saved bytes and seconds, and whether each could be run again."""
+
+    __slots__ = ("order", "saved", "seconds", "safe", "calls", "hf", "why")
+
+    def __init__(self, order: int) -> None:
+        self.order = order
+        self.saved = 0
+        self.seconds = 0.0
+        self.safe = True
+        self.calls = 0
+        self.hf = False  # a Hugging Face layer called with a cache: runs as a region without it
+        self.why = ""  # why it is not safe, for the census's report
+
+
+class _Recompute:
+    """The context of a region's recompute: the module's buffers are scratch copies.
+
+    A forward may write its buffers (BatchNorm's running statistics, written
+    inside the kernel without a version bump, so a census could not tell):
+    the recompute writes copies, and the step's buffers are written once.
+    """
+
+    def __init__(self, regions: Regions, module: torch.nn.Module, count: bool = True) -> None:
+        self.regions = regions
+        self.module = module
+        self.count = count
+        self.swapped: list = []
+
+    def __enter__(self) -> None:
+        self.regions.recomputing += 1
+        if self.count:
+            self.regions.counters.region_recomputes += 1
+        for m in self.module.modules():
+            for name, b in m._buffers.items():
+                if b is not None:
+                    self.swapped.append((m, name, b))
+        for m, name, b in self.swapped:
+            m._buffers[name] = b.clone()
+
+    def __exit__(self, *exc) -> None:
+        for m, name, b in self.swapped:
+            m._buffers[name] = b
+        self.swapped = []
+        self.regions.recomputing -= 1
+
+
+class Regions:
+    """One session's regions: the census, the plan, and the hooks that run the chosen ones."""
+
+    def __init__(self, pager) -> None:
+        th = pager.config.thresholds
+        self.pager = pager
+        self.counters = pager.counters
+        self.target = th.region_target
+        self.rounds = th.region_rounds
+        self.plan = RegionPlan(pager.budget, self.target, self.rounds)
+        self.census_ids: list[int] = []
+        self.blocks: list[weakref.ref] = []
+        self.tallies: dict[int, _Tally] = {}
+        self.census_hooks: list = []
+        self.set_hooks: list = []
+        self.root_hooks: list = []
+        self.stack: list = []  # the candidate calls running now, innermost last
+        self.recomputing = 0
+        self.saving = None  # the saved-tensor hooks of the root call being measured
+        self.outer = None  # the pair of saved-tensor hooks ours replaced, called from ours
+        self.seen: set[int] = set()  # storages counted as saved in that call
+        self.saved_bytes = 0
+        self.start_bytes = 0
+        self.forward_peak = 0
+        self.retargeted = False
+        self.history: list[tuple[int, int]] = []  # (the window's forward peak, regions added then)
+        self.watch = None  # engine/watch.py's Watch, which sets itself here: held(), paging
+
+    # ------------------------------------------------------------ census
+
+    def attach(self, root: torch.nn.Module) -> None:
+        """The watch found the root in its first call's pre-hooks: take a census of its blocks in this call."""
+        self.close()
+        blocks = find_blocks(root)
+        if not blocks:
+            return
+        self.blocks = [weakref.ref(b) for b in blocks]
+        self.tallies = {}
+        self.plan = RegionPlan(self.pager.budget, self.target, self.rounds)
+        for b in blocks:
+            self.census_hooks.append(b.register_forward_pre_hook(_Fn(self._census_pre), with_kwargs=True))
+            self.census_hooks.append(b.register_forward_hook(_Fn(self._census_post), with_kwargs=True,
+                                                             always_call=True))
+        self.root_hooks = [root.register_forward_pre_hook(_Fn(self._root_pre)),
+                           root.register_forward_hook(_Fn(self._root_done), always_call=True)]
+        # Called from the root's first call, before its forward runs: this
+        # call is the census's (its pre-hook came too late to run for it).
+        self._root_pre(root, ())
+
+    def _root_pre(self, module, args) -> None:
+        """A measured root call begins: what the program holds now, and a hook on what autograd saves."""
+        watch = self.watch
+        if _graph_task() != -1 or self.recomputing or self.saving is not None or watch is None or not watch.paging:
+            return  # a dormant step is not measured: it pays nothing
+        if not self.root_hooks:
+            # Removed by this very call's boundary (the call had gathered its
+            # hooks before): its forward hook would not run to pop ours.
+            return
+        self.start_bytes = watch.held()
+        self.seen = set()
+        self.saved_bytes = 0
+        # Hooks nest by replacing: the innermost pair alone runs. So a pair
+        # already there (the session's kinds hook, the program's own) is
+        # called from ours, and sees every saved tensor as before.
+        top = _top_hooks(False) if _top_hooks is not None else None
+        self.outer = top if top is not None and top[0] is not None else None
+        self.saving = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self.saving.__enter__()
+
+    def _pack(self, t: torch.Tensor):
+        self._count(t)
+        return t if self.outer is None else self.outer[0](t)
+
+    def _unpack(self, packed):
+        return packed if self.outer is None else self.outer[1](packed)
+
+    def _count(self, t: torch.Tensor) -> None:
+        # What autograd keeps for the backward: the forward's live bytes
+        # beyond what the program held as the call began (parameters are
+        # leaves, held anyway; a storage saved twice counts once).
+        if self.recomputing or t.is_leaf or t.is_meta or t.layout != torch.strided:
+            return
+        s = t.untyped_storage()
+        key = s.data_ptr()
+        if key in self.seen or not key:
+            return
+        self.seen.add(key)
+        self.saved_bytes += s.nbytes()
+        if self.stack:
+            call = self.stack[-1]
+            if key not in call[2]:
+                call[1].saved += s.nbytes()
+        return
+
+    def _root_done(self, module, args, output) -> None:
+        if self.saving is None or _graph_task() != -1:
+            return
+        self.saving.__exit__(None, None, None)
+        self.saving = None
+        self.forward_peak = max(self.forward_peak, self.start_bytes + self.saved_bytes)
+
+    def _census_pre(self, module, args, kwargs) -> None:
+        if _graph_task() != -1 or self.recomputing:
+            return
+        tally = self.tallies.get(id(module))
+        if tally is None:
+            tally = self.tallies[id(module)] = _Tally(len(self.tallies))
+        leaves = _leaves((args, *kwargs.values()), [])
+        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+        plain = all(isinstance(x, (torch.Tensor, *_PLAIN)) for x in leaves)
+        # A Hugging Face layer's cache keywords are left out of a region's
+        # runs; anything else that is not a tensor or a plain value (a cache
+        # passed by position) keeps the call out.
+        if not plain and _is_hf_layer(module):
+            hf_args, hf_kwargs = _hf_call(module, args, kwargs)
+            hf_ok = all(isinstance(x, (torch.Tensor, *_PLAIN)) for x in _leaves((hf_args, *hf_kwargs.values()), []))
+        else:
+            hf_ok = False
+        ok = torch.is_grad_enabled() and (plain or hf_ok)
+        # The call's own arguments stay saved as a region's inputs: not what it frees.
+        inputs = {t.untyped_storage().data_ptr() for t in tensors if t.layout == torch.strided}
+        self.stack.append((module, tally, inputs, time.perf_counter(), [(t, t._version) for t in tensors],
+                           ok, plain, _rng_states(tensors)))
+
+    def _census_post(self, module, args, kwargs, output) -> None:
+        if not self.stack or self.stack[-1][0] is not module:
+            return
+        _, tally, _, t0, versions, ok, plain, rng = self.stack.pop()
+        tally.calls += 1
+        tally.seconds += time.perf_counter() - t0
+        tally.hf = tally.hf or not plain
+        if not ok:
+            tally.why = tally.why or "arguments"
+        elif any(t._version != v for t, v in versions):
+            tally.why = tally.why or "writes an argument"
+        # Run the call again as its recompute would and compare every bit
+        # of its outputs: what checkpointing cannot promise (kernels that
+        # differ from run to run, a cache dropped that changed a layout) is
+        # found here, once, and the module stays out of the regions.
+        elif tally.safe and not _same_again(self, module, args, kwargs, output, rng, tally):
+            tally.why = "differs when run again"
+        tally.safe = not tally.why
+
+    # ------------------------------------------------------------ each window
+
+    def boundary(self, moved: int = 0) -> bool:
+        """The root is called again: close the census, choose regions; True when the watch is to retarget.
+
+        ``moved``: bytes the ending window copied out or dropped.
+        """
+        retarget = False
+        peak = self.forward_peak
+        if self.census_hooks:
+            # The census window was the first step: its peak lacks the
+            # optimizer's state, so the first choice waits for the next window.
+            self._close_census()
+        elif peak and not self.plan.done:
+            added = self.plan.window(peak, moved)
+            self.history.append((peak, len(added)))
+            if self.plan.dropped:
+                for hook in self.set_hooks:
+                    hook.remove()
+                self.set_hooks = []
+                self.counters.regions = 0
+            for i in added:
+                self._set(self.census_ids[i])
+            if added and not self.retargeted:
+                self.retargeted = retarget = True
+        if self.plan.done and not self.plan.chosen:
+            # No region: nothing to measure any more. (With regions set, each
+            # paging window's forward is measured: whether it now fits.)
+            self._remove(self.root_hooks)
+        self.forward_peak = 0
+        return retarget
+
+    def _close_census(self) -> None:
+        self._remove(self.census_hooks)
+        self.stack = []
+        order = sorted(self.tallies.items(), key=lambda kv: kv[1].order)
+        self.census_ids = [k for k, _ in order]
+        self.plan.take_census([Census(t.saved, t.seconds, t.safe) for _, t in order])
+
+    def report(self) -> list[dict]:
+        """The census, one row per candidate in call order (what each frees, costs, and why it is left out)."""
+        chosen = {self.census_ids[i] for i in self.plan.chosen}
+        return [{"order": t.order, "saved_bytes": t.saved, "seconds": t.seconds, "calls": t.calls,
+                 "safe": t.safe, "why": t.why, "hf_cache": t.hf, "chosen": k in chosen}
+                for k, t in sorted(self.tallies.items(), key=lambda kv: kv[1].order)]
+
+    def _set(self, module_id: int) -> None:
+        module = next((m for m in (r() for r in self.blocks) if m is not None and id(m) == module_id), None)
+        if module is None:
+            return
+        self.counters.regions += 1
+        self.set_hooks.append(_Checkpointed(self, module, self.tallies[module_id].hf))
+
+    @staticmethod
+    def _remove(hooks: list) -> None:
+        for h in hooks:
+            h.remove()
+        hooks.clear()
+
+    def close(self) -> None:
+        self._remove(self.census_hooks)
+        self._remove(self.root_hooks)
+        for s in self.set_hooks:
+            s.remove()
+        self.set_hooks = []
+        if self.saving is not None:
+            self.saving.__exit__(None, None, None)
+            self.saving = None
+        self.stack = []
+
+
+def _rng_states(tensors) -> tuple:
+    cuda = sorted({t.device.index or 0 for t in tensors if t.is_cuda})
+    return torch.get_rng_state(), [(d, torch.cuda.get_rng_state(d)) for d in cuda]
+
+
+_CACHE_NAMES = ("cache", "past_key_values", "past_key_value", "layer_past")
+
+
+def _hf_call(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A Hugging Face layer's arguments with its key-value cache left out, as its own checkpointing does.
+
+    A second run of the layer would extend the cache a second time; the
+    layer's outputs do not depend on a cache that starts empty, which the
+    census's second run checks (it found T5's decoder layers differ: their
+    cached keys have another memory layout). The cache may come by keyword
+    or by position (GPT-2's blocks take it second).
+    """
+    kw = dict(kwargs)
+    if kw.get("use_cache"):
+        kw["use_cache"] = False
+    if getattr(module, "_can_checkpoint_with_cache", False):
+        return args, kw
+    for name in _CACHE_NAMES:
+        if kw.get(name) is not None:
+            kw[name] = None
+    names = _positional_names(type(module))
+    args = tuple(None if i < len(names) and names[i] in _CACHE_NAMES else a for i, a in enumerate(args))
+    return args, kw
+
+
+_NAMES: dict[type, list[str]] = {}
+
+
+def _positional_names(cls: type) -> list[str]:
+    names = _NAMES.get(cls)
+    if names is None:
+        try:
+            params = list(inspect.signature(cls.forward).parameters.values())[1:]  # after self
+        except (TypeError, ValueError):
+            params = []
+        names = _NAMES[cls] = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names
+
+
+def _same_again(regions: Regions, module, args, kwargs, output, rng, tally: _Tally) -> bool:
+    """Whether running ``module`` again, as a region's recompute would, gives ``output`` bit for bit."""
+    cpu, cuda = rng
+    args, kw = _hf_call(module, args, kwargs) if tally.hf else (args, kwargs)
+    # With gradients, as the recompute runs (without them some models take
+    # other kernels); but not under the census's saved-tensor hook: with an
+    # identity hook a saved output and its node form a cycle that only a
+    # backward breaks, and this graph is never run backward.
+    saving = regions.saving
+    if saving is not None:
+        top = _top_hooks(False) if _top_hooks is not None else None
+        if top is None or top[0] != regions._pack:
+            return False  # the program's own hooks are inside ours: no second run
+        saving.__exit__(None, None, None)
+    try:
+        return _compare_again(regions, module, args, kw, output, cpu, cuda)
+    except Exception:  # noqa: BLE001  (a second run that fails is a region that could fail: not one)
+        return False
+    finally:
+        if saving is not None:
+            saving.__enter__()
+
+
+def _compare_again(regions: Regions, module, args, kw, output, cpu, cuda) -> bool:
+    with torch.random.fork_rng(devices=[d for d, _ in cuda], device_type="cuda" if cuda else "cpu"), \
+            _Recompute(regions, module, count=False):
+        torch.set_rng_state(cpu)
+        for d, state in cuda:
+            torch.cuda.set_rng_state(state, d)
+        again = module.forward(*args, **kw)
+    first, second = _outputs(output), _outputs(again)
+    if len(first) != len(second):
+        return False
+    for a, b in zip(first, second):
+        if isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor):
+            return False
+        if isinstance(a, torch.Tensor) and not (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)):
+            return False
+    return True
+
+
+class _Checkpointed:
+    """A chosen module's hooks: its calls run under non-reentrant checkpointing."""
+
+    def __init__(self, regions: Regions, module: torch.nn.Module, hf: bool) -> None:
+        self.regions = regions
+        self.module = weakref.ref(module)
+        self.hf = hf
+        self.gens: list = []
+        self.hooks = [module.register_forward_pre_hook(_Fn(self._pre), with_kwargs=True),
+                      module.register_forward_hook(_Fn(self._post), prepend=True, always_call=True)]
+
+    def _context(self):
+        return contextlib.nullcontext(), _Recompute(self.regions, self.module())
+
+    def _pre(self, module, args, kwargs):
+        if self.regions.recomputing or not torch.is_grad_enabled() or _graph_task() != -1:
+            self.gens.append(None)
+            return
+        self.regions.counters.region_calls += 1
+        if self.hf:
+            args, kwargs = _hf_call(module, args, kwargs)
+        self.gens.append(_start(module, self._context, args, kwargs))
+        return (args, kwargs) if self.hf else None
+
+    def _post(self, module, args, output) -> None:
+        gen = self.gens.pop() if self.gens else None
+        if gen is None:
+            return
+        try:
+            next(gen)
+        except StopIteration:
+            return
+        raise RuntimeError("deepum: a region's checkpoint did not end with its module call")
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+def _noop(*args, **kwargs) -> None:
+    return None
+
+
+def _as_noop() -> object:
+    return _noop
+
+
+class _Fn:
+    """A region hook; a module saved whole (pickle, deepcopy) keeps a no-op instead of the session."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self):
+        return (_as_noop, ())

@@ -1,0 +1,349 @@
+"""Regions: module calls recomputed in the backward pass ([Note: regions], core/regions.py).
+
+The core's choice is tested on synthetic censuses; the engine on five model
+families trained on the cpu tier under a budget the regions make fit: the
+losses, parameters and buffers must equal a plain run's bit for bit, with
+regions set and recomputed (counted), and the session must stop
+intercepting once they fit.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import deepum
+from deepum.core.regions import Census, RegionPlan, choose, freed
+from deepum.engine.regions import find_blocks
+
+from .helpers import assert_identical, train
+
+# ---------------------------------------------------------------- the core
+
+
+def test_freed_counts_all_but_the_largest_region():
+    assert freed([]) == 0
+    assert freed([5]) == 0  # one region's backward holds what it saved again
+    assert freed([5, 3, 2]) == 5
+
+
+def test_choose_takes_bytes_per_second_first_until_the_excess_is_covered():
+    census = [Census(100, 1.0), Census(100, 0.1), Census(50, 0.01), Census(100, 0.2)]
+    # Bytes per second: 100, 1000, 5000, 500 -> order 2, 1, 3, 0.
+    assert choose(census, 1) == [2, 1]  # one region alone frees nothing
+    assert choose(census, 50) == [2, 1]  # 150 - 100
+    added = choose(census, 150)
+    assert added == [2, 1, 3]
+    assert freed([census[i].saved for i in added]) >= 150
+
+
+def test_choose_leaves_unsafe_and_empty_candidates_and_nothing_for_no_excess():
+    census = [Census(100, 0.1, safe=False), Census(0, 0.1), Census(100, 0.1), Census(100, 0.1)]
+    assert choose(census, 50) == [2, 3]
+    assert choose(census, 0) == []
+    assert choose(census, -5) == []
+
+
+def test_choose_returns_all_useful_candidates_when_they_fall_short():
+    census = [Census(10, 1.0), Census(10, 1.0), Census(10, 1.0)]
+    assert choose(census, 10**9) == [0, 1, 2]
+
+
+def test_plan_sets_nothing_when_every_region_would_not_fit():
+    plan = RegionPlan(budget=1000, target=0.8, rounds=3)
+    plan.take_census([Census(100, 1.0)] * 4)  # all four free 300
+    assert plan.window(forward_peak=1200) == []  # 400 over the target of 800
+    assert plan.done and plan.chosen == []
+
+
+def test_plan_adds_regions_while_the_forward_peak_stays_over_the_target():
+    plan = RegionPlan(budget=1000, target=0.8, rounds=3)
+    plan.take_census([Census(100, 1.0)] * 8)  # the census overstates nothing here
+    first = plan.window(forward_peak=950)  # 150 over: three regions free 200
+    assert len(first) == 3
+    # The next window is still 60 over (the census was short): one more.
+    second = plan.window(forward_peak=860)
+    assert len(second) == 1 and not set(first) & set(second)
+    for _ in range(RegionPlan.SETTLE):
+        assert plan.window(forward_peak=790) == [] and not plan.done  # settling
+    assert plan.window(forward_peak=790) == []  # under the target, settled: decided
+    assert plan.done
+    assert plan.window(forward_peak=900) == []
+
+
+def test_plan_unsets_every_region_when_all_of_them_still_page():
+    plan = RegionPlan(budget=1000, target=0.8, rounds=5)
+    plan.take_census([Census(100, 1.0)] * 3)
+    assert len(plan.window(forward_peak=950)) == 3  # 150 over; all three free 200
+    # While the page planner settles, bytes it moves do not count.
+    for _ in range(RegionPlan.SETTLE):
+        assert plan.window(forward_peak=700, moved=150) == [] and not plan.dropped
+    # Settled, the forward fits, yet the engine still paged 150 bytes (what the census missed).
+    assert plan.window(forward_peak=700, moved=150) == []
+    assert plan.dropped and plan.chosen == [] and plan.done
+
+
+def test_plan_stops_after_its_rounds():
+    plan = RegionPlan(budget=1000, target=0.5, rounds=2)
+    plan.take_census([Census(100, 1.0)] * 20)
+    assert plan.window(forward_peak=700)
+    assert plan.window(forward_peak=600)
+    assert plan.done
+    assert plan.window(forward_peak=600) == []
+
+
+# ---------------------------------------------------------------- the models
+
+
+def _gpt2(dropout=0.0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    return GPT2LMHeadModel(GPT2Config(n_layer=8, n_embd=64, n_head=4, vocab_size=128, n_positions=128,
+                                      resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout))
+
+
+def _llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=8, hidden_size=64, intermediate_size=176,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
+                                        max_position_embeddings=128, tie_word_embeddings=False))
+
+
+def _bert():
+    from transformers import BertConfig, BertForMaskedLM
+    return BertForMaskedLM(BertConfig(num_hidden_layers=8, hidden_size=64, num_attention_heads=4,
+                                      intermediate_size=256, vocab_size=128, max_position_embeddings=128,
+                                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+
+
+def _t5():
+    from transformers import T5Config, T5ForConditionalGeneration
+    return T5ForConditionalGeneration(T5Config(d_model=64, d_ff=128, d_kv=16, num_layers=6, num_decoder_layers=6,
+                                               num_heads=4, vocab_size=128, dropout_rate=0.0,
+                                               feed_forward_proj="gated-gelu", decoder_start_token_id=0,
+                                               pad_token_id=0, tie_word_embeddings=False))
+
+
+def _vit():
+    from transformers import ViTConfig, ViTModel
+    return ViTModel(ViTConfig(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=8,
+                              num_attention_heads=4, intermediate_size=256, hidden_dropout_prob=0.0,
+                              attention_probs_dropout_prob=0.0), add_pooling_layer=False)
+
+
+class _Block(nn.Module):
+    """A ResNet basic block with BatchNorm: its running statistics must be written once a step."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
+
+
+def _cnn():
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Sequential(*[_Block(16) for _ in range(8)]),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+def _tokens(n=18, batch=8, seq=96):
+    g = torch.Generator().manual_seed(3)
+    return [torch.randint(1, 128, (batch, seq), generator=g) for _ in range(n)]
+
+
+def _images(n=18, shape=(16, 3, 32, 32)):
+    g = torch.Generator().manual_seed(4)
+    return [(torch.randn(*shape, generator=g), torch.randint(0, 10, (shape[0],), generator=g)) for _ in range(n)]
+
+
+def _lm(model, ids):
+    return model(input_ids=ids, labels=ids).loss
+
+
+def _mlm(model, ids):
+    labels = ids.clone()
+    labels[:, ::2] = -100
+    return model(input_ids=ids, labels=labels).loss
+
+
+def _seq2seq(model, ids):
+    return model(input_ids=ids, labels=ids.flip(1)).loss
+
+
+def _vit_loss(model, batch):
+    return model(pixel_values=batch[0]).last_hidden_state.float().pow(2).mean()
+
+
+def _cnn_loss(model, batch):
+    return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+
+FAMILIES = {
+    "gpt2": (_gpt2, _tokens, _lm),
+    "llama": (_llama, _tokens, _lm),
+    "bert": (_bert, _tokens, _mlm),
+    "t5": (_t5, lambda: _tokens(seq=48), _seq2seq),
+    "vit": (_vit, _images, _vit_loss),
+    "cnn": (_cnn, _images, _cnn_loss),
+}
+
+
+def _peak(make_model, make_batches, loss_fn) -> int:
+    *_, stats = train(make_model, make_batches, loss_fn, steps=2, budget=1.0, dormant=False,
+                      recompute_blocks=False)
+    return stats["peak_managed_bytes"]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_regions_fit_the_step_and_keep_every_bit(family):
+    make_model, make_batches, loss_fn = FAMILIES[family]
+    ref = train(make_model, make_batches, loss_fn, steps=18)
+    budget = int(_peak(make_model, make_batches, loss_fn) * 0.75)
+    got = train(make_model, make_batches, loss_fn, steps=18, budget=budget)
+    assert_identical(ref, got)
+    stats = got[3]
+    assert stats["regions"] >= 2, stats
+    assert stats["region_recomputes"] >= stats["regions"], stats
+    # The regions made the step fit: paging stopped, and it was paging before.
+    assert stats["paging_stops"] >= 1, stats
+
+
+def test_regions_with_dropout_keep_every_bit():
+    ref = train(lambda: _gpt2(0.1), _tokens, _lm, steps=6)
+    budget = int(_peak(lambda: _gpt2(0.1), _tokens, _lm) * 0.75)
+    got = train(lambda: _gpt2(0.1), _tokens, _lm, steps=6, budget=budget)
+    assert_identical(ref, got)
+    assert got[3]["region_recomputes"] > 0
+
+
+def test_recompute_blocks_off_sets_no_region():
+    make_model, make_batches, loss_fn = FAMILIES["gpt2"]
+    budget = int(_peak(make_model, make_batches, loss_fn) * 0.75)
+    got = train(make_model, make_batches, loss_fn, steps=6, budget=budget, recompute_blocks=False)
+    assert got[3]["regions"] == 0 and got[3]["evictions"] > 0
+
+
+def test_blocks_are_the_repeated_members_of_module_lists():
+    assert len(find_blocks(_gpt2())) == 8
+    assert len(find_blocks(_llama())) == 8
+    t5 = _t5()
+    assert len(find_blocks(t5)) == 12  # encoder and decoder
+    assert len(find_blocks(_cnn())) == 8
+    # A stack of layers of different kinds has no blocks to recompute.
+    # Single layers are not blocks: checkpointing one keeps what it would free.
+    assert find_blocks(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))) == []
+
+
+class _LogBlock(nn.Module):
+    """A block that takes a Python list (a log): the list could change before its recompute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 64)
+        self.act = nn.Tanh()
+
+    def forward(self, x, log):
+        log.append(1)
+        return self.act(self.lin(x))
+
+
+class _TakesObject(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(_LogBlock() for _ in range(6))
+
+    def forward(self, x):
+        log: list = []
+        for b in self.blocks:
+            x = b(x, log)
+        return x.pow(2).mean()
+
+
+def _check_not_chosen(make, why):
+    def batches():
+        g = torch.Generator().manual_seed(5)
+        return [torch.randn(4096, 64, generator=g) for _ in range(5)]
+
+    def loss(m, x):
+        return m(x)
+
+    ref = train(make, batches, loss, steps=5)
+    peak = _peak(make, batches, loss)
+    with deepum.oversubscribe(int(peak * 0.75), device="cpu") as session:
+        torch.manual_seed(0)
+        model = make()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+        losses = []
+        for x in batches():
+            opt.zero_grad(set_to_none=True)
+            out = loss(model, x)
+            out.backward()
+            opt.step()
+            losses.append(float(out))
+        report = session._watch.regions.report()
+    assert losses == ref[0]
+    assert report and all(not r["safe"] and r["why"] == why and not r["chosen"] for r in report), report
+
+
+def test_a_block_taking_an_object_is_not_a_region():
+    _check_not_chosen(_TakesObject, "arguments")
+
+
+class _CountBlock(nn.Module):
+    """A block that counts its calls in a tensor it is given: a recompute would count twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 64)
+        self.act = nn.Tanh()
+
+    def forward(self, x, calls):
+        calls.add_(1)
+        return self.act(self.lin(x))
+
+
+class _Writes(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(_CountBlock() for _ in range(6))
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x, self.calls)
+        return x.pow(2).mean()
+
+
+def test_a_block_writing_its_input_is_not_a_region():
+    _check_not_chosen(_Writes, "writes an argument")
+
+
+def test_a_model_with_regions_set_saves_and_copies_without_the_session():
+    make_model, make_batches, loss_fn = FAMILIES["gpt2"]
+    budget = int(_peak(make_model, make_batches, loss_fn) * 0.75)
+    torch.manual_seed(0)
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    with deepum.oversubscribe(budget, device="cpu") as session:
+        for ids in make_batches():
+            opt.zero_grad(set_to_none=True)
+            _lm(model, ids).backward()
+            opt.step()
+        assert session.stats()["regions"] > 0
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        twin = copy.deepcopy(model)
+        pickled = pickle.loads(pickle.dumps(model))
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    ids = make_batches()[0]
+    want = _lm(model, ids)
+    for other in (loaded, twin, pickled):
+        assert torch.equal(_lm(other, ids), want)
+        _lm(other, ids).backward()  # no session, no region: a plain backward
