@@ -2,34 +2,41 @@
 
 [Note: running a region]
 The candidates are a model's *blocks*: the members of a ``ModuleList`` or
-``Sequential`` that holds at least two modules of one class with parameters
-(a transformer's layers, an encoder's and a decoder's, a ResNet's
-bottlenecks), found from the root module down, not inside one another.
+``Sequential`` that holds at least two modules of one class made of modules
+with parameters (a transformer's layers, an encoder's and a decoder's, a
+ResNet's bottlenecks), found from the root module down, not inside one
+another. A single layer (a Linear) is not a block: checkpointed, it keeps
+its input, which is what it saves.
 
-One census window measures each candidate's calls (the bytes autograd saves
-inside the call, through a saved-tensor hook, less the call's own
-arguments, which a region keeps; host seconds) and checks that a call can
-be run again: every argument a tensor or a plain value (numbers,
-strings, dtypes, None, and containers of them), no argument tensor written
-by the call, gradients on. Buffers the call writes (BatchNorm's running
-statistics) are noted: the recompute writes scratch copies of them, so the
-step's buffers are updated once, as without deepum.
+The census is the root's first call. A saved-tensor hook counts what
+autograd saves inside each candidate call, less the call's own arguments
+(a region keeps them); the call's host seconds are its cost. A call can be
+a region when every argument is a tensor or a plain value (numbers,
+strings, dtypes, None, tuples of them; a list or dict could change before
+the recompute), the call writes none of its argument tensors, gradients
+are on, and a second run of the module, as its recompute would run (RNG
+states restored, buffers as scratch copies), gives its outputs bit for bit.
+That second run is what catches kernels that differ from run to run and a
+Hugging Face layer whose outputs depend on its key-value cache. The
+forward's peak is measured the same way in each window that chooses: the
+program's model state plus what autograd saved (engine/watch.py ``held``).
 
 A chosen region runs under PyTorch's non-reentrant checkpointing, started
 and ended by module hooks as torch.distributed's composable ``checkpoint``
 does: the forward keeps the call's inputs, the backward runs the module
 again with the forward's RNG states and autocast state, and PyTorch checks
-that the recomputed tensors have the saved ones' shapes and dtypes. A
-Hugging Face layer (a ``GradientCheckpointingLayer``) is switched by its own
-flag instead, for the call only: its layer then drops its key-value cache
-argument, which a second run of the layer would extend a second time.
+that the recomputed tensors have the saved ones' shapes and dtypes. During
+the recompute the module's buffers are scratch copies (BatchNorm writes its
+running statistics inside the kernel, with no version bump to tell by), so
+the step writes them once, as without deepum. A Hugging Face layer
+(``GradientCheckpointingLayer``) called with a key-value cache object runs as
+a region without it, by keyword or by position, as under Hugging Face's own
+checkpointing: a second run would extend the cache a second time.
 
-The recompute runs the module's own code; the bits are the same as the
-forward's because the same kernels run on the same inputs (the RNG state
-restored for dropout). A module whose forward depends on Python state that
-changes between the forward and the backward is not safe to recompute, as
-with any checkpointing; the census's checks catch argument kinds and
-writes, not such state.
+A module whose forward depends on Python state that changes between the
+forward and the backward is not safe to recompute, as with any
+checkpointing; the census catches argument kinds, writes and outputs that
+differ, not such state.
 """
 
 from __future__ import annotations
