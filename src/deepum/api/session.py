@@ -214,6 +214,12 @@ class Session:
         device this needs a small allocator that counts, compiled on first
         use; without a compiler the session keeps paging. Off under
         ``stress`` and ``trace``. Default: on.
+    recompute_blocks:
+        Where a step's forward needs more than the budget, recompute whole
+        blocks of the model (a transformer's layers, a CNN's blocks) in the
+        backward pass through PyTorch's checkpointing, as few as make the
+        step fit, so the session can stop intercepting ([Note: regions] in
+        core/regions.py). Needs ``dormant``. Default: on.
     plan:
         ``True``: record one step (optimizer step to optimizer step), plan
         every page's evictions, drops and prefetches from each page's next
