@@ -70,10 +70,10 @@ def test_plan_adds_regions_while_the_forward_peak_stays_over_the_target():
     second = plan.window(forward_peak=860)
     assert len(second) == 1 and not set(first) & set(second)
     for _ in range(RegionPlan.SETTLE):
-        assert plan.window(forward_peak=790) == [] and not plan.done  # settling
-    assert plan.window(forward_peak=790) == []  # under the target, settled: decided
-    assert plan.done
-    assert plan.window(forward_peak=900) == []
+        assert plan.window(forward_peak=790, moved=50) == []  # settling: bytes moved do not count
+    assert plan.window(forward_peak=790) == []  # under the target and nothing paged: nothing more
+    assert len(plan.window(forward_peak=790, moved=50)) == 1  # a later window that pages adds one
+    assert plan.done  # three rounds spent
 
 
 def test_plan_unsets_every_region_when_all_of_them_still_page():

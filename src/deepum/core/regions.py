@@ -45,8 +45,7 @@ peak again, and if it is still over the target, or the engine still had to
 page bytes out (what the measure misses: a loss's transient upcast, the
 backward's own peak), more regions are added, for at most
 ``region_rounds`` rounds (a region once set stays: a plan that shrinks and
-grows again would pay each change twice); the first window under the target
-that paged nothing out ends the choosing. The regions are
+grows again would pay each change twice). The regions are
 decided in a program's first steps: a program whose steps later grow is
 left to the page planner for what they add.
 Whatever the regions cannot free (the optimizer's state, a large head) is
@@ -141,8 +140,9 @@ class RegionPlan:
             moved = 0
         excess = max(forward_peak - self.target_bytes, moved if self.chosen else 0)
         if excess <= 0:
-            if not settling:
-                self.rounds_left = 0  # the step fits and pages nothing: the regions are decided
+            # This window fits and paged nothing. Another may still page (a
+            # page plan's trial alternates two ways of paging): the rounds
+            # stay open until they run out or the session stops paging.
             return []
         if self.chosen and not self._remaining():
             # Every region is set and the step still pages: regions and paging

@@ -53,6 +53,7 @@ import torch
 from torch.utils import checkpoint as _ckpt
 
 from ..core.regions import Census, RegionPlan
+from .stepplan import StepPlans
 
 _graph_task = torch._C._current_graph_task_id
 _top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
@@ -341,6 +342,13 @@ class Regions:
                 self.counters.regions = 0
             for i in added:
                 self._set(self.census_ids[i])
+            if added or self.plan.dropped:
+                # The step changed: a page plan recorded before would be
+                # tried against it and move pages the step no longer needs
+                # moved. The page planner starts over (at a root call, as
+                # the watch's release starts it over).
+                with self.pager.lock:
+                    self.pager.plans = StepPlans(self.pager)
             if added and not self.retargeted:
                 self.retargeted = retarget = True
         if self.plan.done and not self.plan.chosen:
