@@ -45,11 +45,11 @@ peak again, and if it is still over the target, or the engine still had to
 page bytes out (what the measure misses: a loss's transient upcast, the
 backward's own peak), more regions are added, for at most
 ``region_rounds`` rounds (a region once set stays: a plan that shrinks and
-grows again would pay each change twice). The regions are
-decided in a program's first steps: a program whose steps later grow is
-left to the page planner for what they add.
-Whatever the regions cannot free (the optimizer's state, a large head) is
-left to the page planner.
+grows again would pay each change twice). The two windows after a change
+do not count the bytes they paged: the page planner, started over by the
+engine, records and plans the new step in them. The regions are decided in
+a program's first steps: a program whose steps later grow is left to the
+page planner for what they add.
 
 Pure logic: the engine feeds it byte counts and seconds, and sets what it returns.
 """
