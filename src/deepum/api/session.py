@@ -191,7 +191,7 @@ class Session:
     prefetch:
         Turn prefetching off while keeping the deepum policy's victim choice.
     lookahead:
-        How many predicted operators ahead the prefetcher works.
+        Predicted operators the prefetcher works ahead.
     recompute:
         Evict a page that a cheap deterministic operator made from pages that
         still exist (elementwise operators, dtype casts) without copying it,
@@ -215,11 +215,7 @@ class Session:
         use; without a compiler the session keeps paging. Off under
         ``stress`` and ``trace``. Default: on.
     recompute_blocks:
-        Where a step's forward needs more than the budget, recompute whole
-        blocks of the model (a transformer's layers, a CNN's blocks) in the
-        backward pass through PyTorch's checkpointing, as few as make the
-        step fit, so the session can stop intercepting ([Note: regions] in
-        core/regions.py). Needs ``dormant``. Default: on.
+        Recompute whole blocks in the backward pass where that makes the step fit ([Note: regions]).
     plan:
         ``True``: record one step (optimizer step to optimizer step), plan
         every page's evictions, drops and prefetches from each page's next
@@ -229,8 +225,7 @@ class Session:
         ``"auto"`` (default) times both on the program in turn and keeps the
         faster (``stats()["plan_verdict"]``). ``False``: online only.
     stress:
-        Evict every page after every operator, so that every operator's
-        inputs are faulted back in (for testing the engine, very slow).
+        Evict every page after every operator (for testing the engine; very slow).
     trace:
         Record a trace of operators, transfers and residency for
         :meth:`export_trace` and :meth:`plot_memory` (costs a little per operator).
