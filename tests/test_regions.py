@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import deepum
-from deepum.core.regions import Census, RegionPlan, choose, freed
+from deepum.core.regions import NONE, SELECTIVE, WHOLE, Census, RegionPlan, choose, freed, freed_by
 from deepum.engine.regions import find_blocks
 
 from .helpers import assert_identical, train
@@ -32,33 +32,69 @@ def test_freed_counts_all_but_the_largest_region():
     assert freed([5, 3, 2]) == 5
 
 
+def _whole(*indices):
+    return dict.fromkeys(indices, WHOLE)
+
+
 def test_choose_takes_bytes_per_second_first_until_the_excess_is_covered():
     census = [Census(100, 1.0), Census(100, 0.1), Census(50, 0.01), Census(100, 0.2)]
     # Bytes per second: 100, 1000, 5000, 500 -> order 2, 1, 3, 0.
-    assert choose(census, 1) == [2, 1]  # one region alone frees nothing
-    assert choose(census, 50) == [2, 1]  # 150 - 100
+    assert list(choose(census, 1).items()) == list(_whole(2, 1).items())  # one region alone frees nothing
+    assert choose(census, 50) == _whole(2, 1)  # 150 - 100
     added = choose(census, 150)
-    assert added == [2, 1, 3]
-    assert freed([census[i].saved for i in added]) >= 150
+    assert list(added) == [2, 1, 3] and set(added.values()) == {WHOLE}
+    assert freed_by(census, added) >= 150
 
 
 def test_choose_leaves_unsafe_and_empty_candidates_and_nothing_for_no_excess():
     census = [Census(100, 0.1, safe=False), Census(0, 0.1), Census(100, 0.1), Census(100, 0.1)]
-    assert choose(census, 50) == [2, 3]
-    assert choose(census, 0) == []
-    assert choose(census, -5) == []
+    assert choose(census, 50) == _whole(2, 3)
+    assert choose(census, 0) == {}
+    assert choose(census, -5) == {}
 
 
 def test_choose_returns_all_useful_candidates_when_they_fall_short():
     census = [Census(10, 1.0), Census(10, 1.0), Census(10, 1.0)]
-    assert choose(census, 10**9) == [0, 1, 2]
+    assert choose(census, 10**9) == _whole(0, 1, 2)
+
+
+def test_choose_sets_calls_selective_first_and_whole_only_for_what_is_still_over():
+    # Each call saves 100 bytes; its matmuls keep 20 and take 0.8 of its second.
+    census = [Census(100, 1.0, kept=20, cheap=0.2)] * 4
+    # Selective frees 80 per call at 400 bytes/s; whole, 100 at 100 bytes/s.
+    assert choose(census, 160) == dict.fromkeys([0, 1, 2], SELECTIVE)  # 240 - 80
+    # 300 is more than four selective calls free (320 - 80 = 240): calls go whole.
+    levels = choose(census, 300)
+    assert list(levels.values()).count(SELECTIVE) == 4 - sum(v == WHOLE for v in levels.values())
+    assert freed_by(census, levels) >= 300 and WHOLE in levels.values()
+    # Calls whose kept bytes are all they save go whole straight away.
+    assert choose([Census(100, 1.0, kept=100, cheap=0.1)] * 3, 100) == _whole(0, 1)
+
+
+def test_freed_by_counts_each_level():
+    census = [Census(100, 1.0, kept=30, cheap=0.1), Census(100, 1.0, kept=30, cheap=0.1)]
+    assert freed_by(census, {0: SELECTIVE, 1: SELECTIVE}) == 70
+    assert freed_by(census, {0: WHOLE, 1: SELECTIVE}) == 70  # 170 - 100
+    assert freed_by(census, {0: WHOLE, 1: WHOLE}) == 100
+    assert freed_by(census, {0: NONE}) == 0
+
+
+def test_plan_raises_levels_in_a_later_round():
+    plan = RegionPlan(budget=1000, target=0.8, rounds=3)
+    plan.take_census([Census(100, 1.0, kept=40, cheap=0.1)] * 6)  # selective frees 60 each, 300 for all six
+    first = plan.window(forward_peak=900)  # 100 over: three selective calls free 120
+    assert set(first.values()) == {SELECTIVE} and len(first) == 3
+    second = plan.window(forward_peak=1050)  # the census was short: 250 over what the set frees now
+    assert WHOLE in plan.chosen.values()
+    assert freed_by(plan.census, plan.chosen) >= 250 + 120
+    assert second and all(plan.chosen[i] == level for i, level in second.items())
 
 
 def test_plan_sets_nothing_when_every_region_would_not_fit():
     plan = RegionPlan(budget=1000, target=0.8, rounds=3)
     plan.take_census([Census(100, 1.0)] * 4)  # all four free 300
-    assert plan.window(forward_peak=1200) == []  # 400 over the target of 800
-    assert plan.done and plan.chosen == []
+    assert plan.window(forward_peak=1200) == {}  # 400 over the target of 800
+    assert plan.done and plan.chosen == {}
 
 
 def test_plan_adds_regions_while_the_forward_peak_stays_over_the_target():
@@ -66,14 +102,26 @@ def test_plan_adds_regions_while_the_forward_peak_stays_over_the_target():
     plan.take_census([Census(100, 1.0)] * 8)  # the census overstates nothing here
     first = plan.window(forward_peak=950)  # 150 over: three regions free 200
     assert len(first) == 3
-    # The next window is still 60 over (the census was short): one more.
-    second = plan.window(forward_peak=860)
+    # Measured with them set, the forward holds 760, and the backward runs
+    # one region again (100): 60 over the target still (the census was short).
+    second = plan.window(forward_peak=760)
     assert len(second) == 1 and not set(first) & set(second)
     for _ in range(RegionPlan.SETTLE):
-        assert plan.window(forward_peak=790, moved=50) == []  # settling: bytes moved do not count
-    assert plan.window(forward_peak=790) == []  # under the target and nothing paged: nothing more
-    assert len(plan.window(forward_peak=790, moved=50)) == 1  # a later window that pages adds one
+        assert plan.window(forward_peak=690, moved=50) == {}  # settling: bytes moved do not count
+    assert plan.window(forward_peak=690) == {}  # 790, under the target, and nothing paged: nothing more
+    assert len(plan.window(forward_peak=690, moved=50)) == 1  # a later window that pages adds one
     assert plan.done  # three rounds spent
+
+
+def test_plan_adds_what_the_whole_step_is_over_the_release_share():
+    plan = RegionPlan(budget=1000, target=0.7, rounds=3, release=0.8)
+    plan.take_census([Census(100, 1.0, kept=50, cheap=0.1)] * 8)  # selective frees 50 each
+    assert plan.window(forward_peak=780) == dict.fromkeys([0, 1, 2], SELECTIVE)  # 80 over: 100 freed
+    for _ in range(RegionPlan.SETTLE):
+        assert plan.window(forward_peak=630, step_peak=900) == {}  # settling
+    # The forward fits (630 + 50 for the backward's rerun), the step peaks
+    # 40 over the release share, having paged little: one more call.
+    assert plan.window(forward_peak=630, step_peak=840) == {3: SELECTIVE}
 
 
 def test_plan_unsets_every_region_when_all_of_them_still_page():
@@ -82,10 +130,10 @@ def test_plan_unsets_every_region_when_all_of_them_still_page():
     assert len(plan.window(forward_peak=950)) == 3  # 150 over; all three free 200
     # While the page planner settles, bytes it moves do not count.
     for _ in range(RegionPlan.SETTLE):
-        assert plan.window(forward_peak=700, moved=150) == [] and not plan.dropped
+        assert plan.window(forward_peak=700, moved=150) == {} and not plan.dropped
     # Settled, the forward fits, yet the engine still paged 150 bytes (what the census missed).
-    assert plan.window(forward_peak=700, moved=150) == []
-    assert plan.dropped and plan.chosen == [] and plan.done
+    assert plan.window(forward_peak=700, moved=150) == {}
+    assert plan.dropped and plan.chosen == {} and plan.done
 
 
 def test_plan_stops_after_its_rounds():
@@ -94,7 +142,7 @@ def test_plan_stops_after_its_rounds():
     assert plan.window(forward_peak=700)
     assert plan.window(forward_peak=600)
     assert plan.done
-    assert plan.window(forward_peak=600) == []
+    assert plan.window(forward_peak=600) == {}
 
 
 # ---------------------------------------------------------------- the models
@@ -353,3 +401,32 @@ def test_a_model_with_regions_set_saves_and_copies_without_the_session():
     for other in (loaded, twin, pickled):
         assert torch.equal(_lm(other, ids), want)
         _lm(other, ids).backward()  # no session, no region: a plain backward
+
+
+@pytest.fixture
+def matmuls_dominate(monkeypatch):
+    """The census measures calls as a GPU would: matmuls and attention take most of a call's time.
+
+    (The cpu tier's small models spend as long in each pointwise operator as
+    in a matmul, so the choice between levels there is a near tie.)
+    """
+    from deepum.engine import regions
+
+    monkeypatch.setattr(regions._Split, "cheap_share", lambda self: 0.1)
+
+
+SELECTIVE_FAMILIES = dict(FAMILIES, gpt2_dropout=(lambda: _gpt2(0.1), _tokens, _lm))
+
+
+@pytest.mark.parametrize("family", list(SELECTIVE_FAMILIES))
+def test_selective_regions_keep_every_bit(family, matmuls_dominate):
+    make_model, make_batches, loss_fn = SELECTIVE_FAMILIES[family]
+    ref = train(make_model, make_batches, loss_fn, steps=10)
+    budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
+    got = train(make_model, make_batches, loss_fn, steps=10, budget=budget)
+    assert_identical(ref, got)
+    stats = got[3]
+    # Set from the second window on (a later round may raise some to whole),
+    # so recomputed in the steps after.
+    assert stats["regions_selective"] >= 1, stats
+    assert stats["region_recomputes"] >= stats["regions"], stats

@@ -215,7 +215,7 @@ class Session:
         use; without a compiler the session keeps paging. Off under
         ``stress`` and ``trace``. Default: on.
     recompute_blocks:
-        Recompute whole blocks in the backward pass where that makes the step fit ([Note: regions]).
+        Recompute blocks in the backward pass where that makes the step fit ([Note: regions]); ``"whole"``: no selective level.
     plan:
         ``True``: record one step (optimizer step to optimizer step), plan
         every page's evictions, drops and prefetches from each page's next

@@ -268,11 +268,13 @@ class Config:
     # Stop intercepting while memory is not tight (core/dormancy.py). Off
     # keeps every operator intercepted for the whole session.
     dormant: bool = True
-    # Recompute whole module calls (a transformer's layers, a CNN's blocks)
-    # in the backward pass where the forward's peak passes the limit,
-    # through PyTorch's checkpointing ([Note: regions] in core/regions.py).
+    # Recompute module calls (a transformer's layers, a CNN's blocks) in the
+    # backward pass where the forward's peak passes the limit, through
+    # PyTorch's checkpointing ([Note: regions] in core/regions.py): True
+    # keeps their matmul and attention outputs where that is enough and
+    # runs the whole call again where it is not; "whole" only the latter.
     # Needs ``dormant`` (its module hooks find the blocks).
-    recompute_blocks: bool = True
+    recompute_blocks: bool | str = True
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
@@ -283,8 +285,10 @@ class Config:
         if self.policy not in POLICIES:
             raise OptionError(f"policy {self.policy!r} is unknown; choose one of {', '.join(POLICIES)}")
         for name in ("prefetch", "recompute", "expandable_segments", "freeze_gc", "trace", "stress",
-                     "strict", "host_access", "dormant", "recompute_blocks"):
+                     "strict", "host_access", "dormant"):
             _check_bool(name, getattr(self, name), optional=False)
+        if not (isinstance(self.recompute_blocks, bool) or self.recompute_blocks == "whole"):
+            raise OptionError(f"option recompute_blocks={self.recompute_blocks!r} must be True, False or 'whole'")
         if not (isinstance(self.plan, bool) or self.plan == "auto"):
             raise OptionError(f"option plan={self.plan!r} must be True, False or 'auto'")
         for name in ("adopt", "track_kinds"):

@@ -17,10 +17,14 @@ which a region keeps) live until that backward. Checkpointed, the call keeps
 none of them; its backward makes them again, and they live until that
 backward ends. The forward's peak is measured the same way in every window
 that chooses: the bytes the program held as the root call began (paged out
-or not) plus what autograd saved during it. Backward passes
-run one region at a time, so regions ``R`` lower the forward's peak by
+or not) plus what autograd saved during it, and what the regions set keep
+(their inputs, a selective region's cache). Backward passes run one region
+at a time, so regions ``R`` lower the forward's peak by
 
     freed(R) = sum(saved[r] for r in R) - max(saved[r] for r in R)
+
+and a window measured with regions set adds that largest one back: the
+step holds it again when its backward runs it.
 
 Which first. Each region costs its forward again, so the planner takes
 regions by bytes per second of forward, most first (the rule compile's
@@ -35,29 +39,67 @@ All or nothing. Regions pay off when they let the step run unintercepted; a
 step that would page anyway would pay their forwards again on top of the
 page planner's work. So when even every candidate cannot bring the
 forward's peak under the target, none is set (the census's bytes are the
-prediction), and when every candidate is set and the step still pages, all
-are unset again.
+prediction), and when every candidate is set whole and the step still
+pages, all are unset again.
 
 Feedback. The census is of one window (the first step, before the
 optimizer has made its state, so the first choice waits for the next
 window's peak); the next window with the regions set measures the forward's
-peak again, and if it is still over the target, or the engine still had to
-page bytes out (what the measure misses: a loss's transient upcast, the
-backward's own peak), more regions are added, for at most
-``region_rounds`` rounds (a region once set stays: a plan that shrinks and
-grows again would pay each change twice). The two windows after a change
+peak again, and if it is still over the target, or the whole step's peak
+is over the share at which paging stops (``region_release``), or the engine
+still had to page bytes out (what the measure misses: a loss's transient
+upcast, the backward's own peak), more regions are added, for at most
+``region_rounds`` rounds (a region once set stays, though its level may
+rise: a plan that shrinks and grows again would pay each change twice). The two windows after a change
 do not count the bytes they paged: the page planner, started over by the
 engine, records and plans the new step in them. The regions are decided in
 a program's first steps: a program whose steps later grow is left to the
 page planner for what they add.
+
+Two levels. A region at ``WHOLE`` keeps nothing of what the call saved
+and runs all of the call again. Most of a transformer layer's saved bytes
+are casts and pointwise outputs (norms, activations, dropout masks) that the
+device makes again in a small share of the call's time, while its matmuls
+and attention take most of the time and save a small share of the bytes. A
+region at ``SELECTIVE`` keeps the outputs of the operators in ``KEEP_OPS``
+(matmuls, convolutions, attention) and runs only the others again
+(PyTorch's selective checkpointing, with ``keeps`` as its policy). Its
+census is the call's ``kept`` bytes and ``cheap`` seconds (the share of the
+call's time outside those operators). A region at ``SELECTIVE`` drops
+``saved - kept``; one at ``WHOLE`` drops ``saved``; ``freed`` above holds
+with these drops in place of ``saved``. The choice goes by steps, each a
+call's next level, best bytes per second first: a call goes to
+``SELECTIVE`` or straight to ``WHOLE``, whichever frees more per second, and
+from ``SELECTIVE`` it may later go to ``WHOLE`` (its kept bytes for the rest
+of its time). On a transformer that is every layer selective first, and
+whole layers only for what is still over.
 
 Pure logic: the engine feeds it byte counts and seconds, and sets what it returns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+NONE, SELECTIVE, WHOLE = 0, 1, 2  # a call's level: kept as is, recomputed but for KEEP_OPS, recomputed whole
+
+# What a SELECTIVE region keeps: operators whose time is large next to the
+# bytes they write (matmuls, convolutions, fused attention), by aten name.
+# Random operators are not here: they run again with the RNG state restored.
+KEEP_OPS = frozenset({
+    "mm", "addmm", "bmm", "baddbmm", "addbmm", "_int_mm", "_scaled_mm",
+    "convolution", "_convolution", "convolution_overrideable", "cudnn_convolution", "mkldnn_convolution",
+    "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_fused_attention_overrideable", "_flash_attention_forward",
+    "_efficient_attention_forward",
+})
+
+
+def keeps(op_name: str) -> bool:
+    """The SELECTIVE policy: whether a region keeps this operator's outputs rather than running it again."""
+    return op_name in KEEP_OPS
 
 
 @dataclass(frozen=True)
@@ -66,58 +108,100 @@ class Census:
 
     ``saved``: bytes the call left alive beyond its outputs; ``seconds``:
     its forward's duration; ``safe``: its arguments can be kept and passed
-    again (tensors and plain values, none written by the call).
+    again (tensors and plain values, none written by the call); ``kept``:
+    bytes of its ``KEEP_OPS`` outputs (-1: no SELECTIVE level); ``cheap``:
+    seconds of its forward outside those operators.
     """
 
     saved: int
     seconds: float
     safe: bool = True
+    kept: int = -1
+    cheap: float = 0.0
+
+    def drops(self, level: int) -> int:
+        """Bytes of ``saved`` a region at ``level`` does not keep."""
+        if level == WHOLE:
+            return self.saved
+        if level == SELECTIVE:
+            return max(self.saved - self.kept, 0)
+        return 0
+
+    def cost(self, level: int) -> float:
+        return self.seconds if level == WHOLE else self.cheap if level == SELECTIVE else 0.0
+
+    @property
+    def usable(self) -> bool:
+        return self.safe and self.saved > 0
 
 
-def freed(saved: Sequence[int]) -> int:
-    """Bytes off the forward's peak when the regions of ``saved`` are recomputed (see the Note)."""
-    return sum(saved) - max(saved) if saved else 0
+def freed(drops: Sequence[int]) -> int:
+    """Bytes off the forward's peak when regions dropping ``drops`` are recomputed (see the Note)."""
+    return sum(drops) - max(drops) if drops else 0
 
 
-def choose(census: Sequence[Census], excess: int, chosen: Sequence[int] = ()) -> list[int]:
-    """Indices to add to ``chosen`` so that the regions free ``excess`` bytes, cheapest per byte first.
+def freed_by(census: Sequence[Census], levels: Mapping[int, int]) -> int:
+    """``freed`` of the regions ``levels`` (census index to level)."""
+    return freed([census[i].drops(level) for i, level in levels.items() if level])
 
-    Returns every remaining useful candidate when even all of them fall short
-    (the page planner takes the rest), and nothing when ``excess`` is not positive.
+
+def _next_step(c: Census, level: int) -> tuple[float, int] | None:
+    """A call's next level from ``level`` and its bytes per second, or None at WHOLE."""
+    if level == WHOLE:
+        return None
+    options = [WHOLE]
+    if level == NONE and c.kept >= 0 and c.drops(SELECTIVE) > 0:
+        options.append(SELECTIVE)
+    best = None
+    for to in options:
+        ratio = (c.drops(to) - c.drops(level)) / max(c.cost(to) - c.cost(level), 1e-9)
+        if best is None or ratio > best[0]:
+            best = (ratio, to)
+    return best
+
+
+def choose(census: Sequence[Census], excess: int, chosen: Mapping[int, int] | None = None) -> dict[int, int]:
+    """Levels to change (index to new level) so that the regions free ``excess`` bytes, best per second first.
+
+    Returns every remaining step when even all of them fall short (the page
+    planner takes the rest), and nothing when ``excess`` is not positive.
     """
+    levels = dict(chosen or {})
+    changes: dict[int, int] = {}
     if excess <= 0:
-        return []
-    have = set(chosen)
-    pool = [i for i, c in enumerate(census) if c.safe and c.saved > 0 and i not in have]
-    # Most bytes per second first; among equals the earlier call (stable sort).
-    pool.sort(key=lambda i: -census[i].saved / max(census[i].seconds, 1e-9))
-    saved = [census[i].saved for i in have]
-    added: list[int] = []
-    for i in pool:
-        if freed(saved) >= excess:
+        return changes
+    while freed_by(census, levels) < excess:
+        best = None
+        for i, c in enumerate(census):
+            step = _next_step(c, levels.get(i, NONE)) if c.usable else None
+            # Most bytes per second first; among equals the earlier call.
+            if step is not None and (best is None or step[0] > best[0]):
+                best = (step[0], i, step[1])
+        if best is None:
             break
-        saved.append(census[i].saved)
-        added.append(i)
-    return added
+        levels[best[1]] = changes[best[1]] = best[2]
+    return changes
 
 
 class RegionPlan:
-    SETTLE = 2  # windows after a change before the bytes moved count (the page planner records again)
-
     """The regions' state across windows: census, then up to ``rounds`` rounds of choosing.
 
     ``window(forward_peak, moved)`` is called at each boundary with the
     measured peak of the window's forward pass and the bytes it still paged
-    out; it returns the census indices to set from now on (possibly none).
+    out; it returns the levels to change from now on (census index to
+    level; possibly none). ``chosen`` holds every region set, with its level.
     """
 
-    def __init__(self, budget: int, target: float, rounds: int) -> None:
-        assert 0 < target <= 1 and rounds >= 1
+    SETTLE = 2  # windows after a change before the bytes moved count (the page planner records again)
+
+    def __init__(self, budget: int, target: float, rounds: int, release: float = 1.0) -> None:
+        assert 0 < target <= release <= 1 and rounds >= 1
         self.target_bytes = int(budget * target)
+        self.release_bytes = int(budget * release)
         self.rounds_left = rounds
         self.census: list[Census] | None = None
-        self.chosen: list[int] = []
-        self.dropped = False  # every region was set, the step still paged, and they were all unset
+        self.chosen: dict[int, int] = {}
+        self.dropped = False  # every region was set whole, the step still paged, and they were all unset
         self.settling = 0  # windows left whose bytes moved do not count (see window)
 
     def take_census(self, census: Sequence[Census]) -> None:
@@ -127,46 +211,57 @@ class RegionPlan:
     def done(self) -> bool:
         return self.rounds_left == 0 or (self.census is not None and not self.chosen and not self._remaining())
 
-    def window(self, forward_peak: int, moved: int = 0) -> list[int]:
-        """``moved``: bytes the window still paged out with the regions set (what they left over)."""
+    def window(self, forward_peak: int, moved: int = 0, step_peak: int = 0) -> dict[int, int]:
+        """``moved``: bytes the window still paged out with the regions set (what they left over);
+        ``step_peak``: the window's whole peak as dormancy reads it."""
         if self.census is None or self.done:
-            return []
-        settling = self.settling > 0
-        if settling:
+            return {}
+        if self.settling > 0:
             # The windows right after a change page by the page planner's
             # older plans (it departs and records again): their bytes moved
             # are not the regions' to answer for.
             self.settling -= 1
-            moved = 0
+            moved = step_peak = 0
+        census = self.census
+        if self.chosen:
+            # With regions set, the measured forward holds what they keep;
+            # the backward then runs one of them again, up to the largest
+            # one's drops on top (the census's ``freed`` counts it too).
+            forward_peak += max(census[i].drops(level) for i, level in self.chosen.items())
         excess = max(forward_peak - self.target_bytes, moved if self.chosen else 0)
+        if self.chosen:
+            # The step is over the share at which paging stops with regions
+            # set: what the forward's measure missed (the backward's own
+            # transients) is at least that much.
+            excess = max(excess, step_peak - self.release_bytes)
         if excess <= 0:
             # This window fits and paged nothing. Another may still page (a
             # page plan's trial alternates two ways of paging): the rounds
             # stay open until they run out or the session stops paging.
-            return []
+            return {}
         if self.chosen and not self._remaining():
-            # Every region is set and the step still pages: regions and paging
-            # together cost more than paging alone. All of them go.
-            self.chosen = []
+            # Every region is set whole and the step still pages: regions and
+            # paging together cost more than paging alone. All of them go.
+            self.chosen = {}
             self.rounds_left = 0
             self.dropped = True
-            return []
-        if not self.chosen and freed([self.census[i].saved for i in self._remaining()]) < excess:
-            # Even every region would leave the step paging: each would then
-            # add its forward again to a step the page planner already pays
-            # for, so the step is left to the page planner whole.
+            return {}
+        if not self.chosen and freed_by(census, dict.fromkeys(self._remaining(), WHOLE)) < excess:
+            # Even every region whole would leave the step paging: each would
+            # then add its forward again to a step the page planner already
+            # pays for, so the step is left to the page planner whole.
             self.rounds_left = 0
-            return []
+            return {}
         self.rounds_left -= 1
         # The regions set already freed what they could, and the window's
-        # peak shows what is over the target still: the new ones must free
+        # peak shows what is over the target still: the new levels must free
         # that on top of what the set frees now.
-        added = choose(self.census, excess + freed([self.census[i].saved for i in self.chosen]), self.chosen)
-        self.chosen += added
-        if added:
+        changes = choose(census, excess + freed_by(census, self.chosen), self.chosen)
+        self.chosen.update(changes)
+        if changes:
             self.settling = self.SETTLE
-        return added
+        return changes
 
     def _remaining(self) -> list[int]:
-        have = set(self.chosen)
-        return [i for i, c in enumerate(self.census or ()) if c.safe and c.saved > 0 and i not in have]
+        """Candidates not yet at WHOLE."""
+        return [i for i, c in enumerate(self.census or ()) if c.usable and self.chosen.get(i, NONE) != WHOLE]

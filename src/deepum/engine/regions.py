@@ -33,6 +33,17 @@ the step writes them once, as without deepum. A Hugging Face layer
 a region without it, by keyword or by position, as under Hugging Face's own
 checkpointing: a second run would extend the cache a second time.
 
+A region at the SELECTIVE level (core/regions.py) runs under PyTorch's
+selective checkpointing with the core's ``keeps`` as its policy: the
+forward keeps the outputs of matmuls, convolutions and attention, and the
+recompute runs every other operator again and takes those from the cache.
+The census's second run measures a call's two figures for it, under a
+dispatch mode of its own: the bytes those operators write (the cache) and
+the share of the call's time they take (CUDA events on the GPU, the host's
+clock on the cpu device). In the windows that measure, a region's inputs
+and its cache count toward the forward's peak (autograd's hooks do not see
+inside a region: checkpointing holds them).
+
 A module whose forward depends on Python state that changes between the
 forward and the backward is not safe to recompute, as with any
 checkpointing; the census catches argument kinds, writes and outputs that
@@ -51,8 +62,9 @@ from typing import Any
 
 import torch
 from torch.utils import checkpoint as _ckpt
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..core.regions import Census, RegionPlan
+from ..core.regions import NONE, SELECTIVE, WHOLE, Census, RegionPlan, keeps
 from .stepplan import StepPlans
 
 _graph_task = torch._C._current_graph_task_id
@@ -132,7 +144,7 @@ def _start(fn, context_fn, args, kwargs):
 class _Tally:
     """One candidate's census: its calls' saved bytes and seconds, and whether each could be run again."""
 
-    __slots__ = ("order", "saved", "seconds", "safe", "calls", "hf", "why")
+    __slots__ = ("order", "saved", "seconds", "safe", "calls", "hf", "why", "kept", "cheap")
 
     def __init__(self, order: int) -> None:
         self.order = order
@@ -142,6 +154,8 @@ class _Tally:
         self.calls = 0
         self.hf = False  # a Hugging Face layer called with a cache: runs as a region without it
         self.why = ""  # why it is not safe, for the census's report
+        self.kept = 0  # bytes of KEEP_OPS outputs (a SELECTIVE region's cache), from the second runs
+        self.cheap = 0.0  # seconds of its calls outside KEEP_OPS
 
 
 class _Recompute:
@@ -185,12 +199,14 @@ class Regions:
         self.counters = pager.counters
         self.target = th.region_target
         self.rounds = th.region_rounds
-        self.plan = RegionPlan(pager.budget, self.target, self.rounds)
+        self.selective = pager.config.recompute_blocks is True  # "whole": whole calls only
+        self.release = th.region_release
+        self.plan = RegionPlan(pager.budget, self.target, self.rounds, self.release)
         self.census_ids: list[int] = []
         self.blocks: list[weakref.ref] = []
         self.tallies: dict[int, _Tally] = {}
         self.census_hooks: list = []
-        self.set_hooks: list = []
+        self.set_hooks: dict[int, _Checkpointed] = {}  # module id -> its hooks
         self.root_hooks: list = []
         self.stack: list = []  # the candidate calls running now, innermost last
         self.recomputing = 0
@@ -214,7 +230,7 @@ class Regions:
             return
         self.blocks = [weakref.ref(b) for b in blocks]
         self.tallies = {}
-        self.plan = RegionPlan(self.pager.budget, self.target, self.rounds)
+        self.plan = RegionPlan(self.pager.budget, self.target, self.rounds, self.release)
         for b in blocks:
             self.census_hooks.append(b.register_forward_pre_hook(_Fn(self._census_pre), with_kwargs=True))
             self.census_hooks.append(b.register_forward_hook(_Fn(self._census_post), with_kwargs=True,
@@ -256,19 +272,33 @@ class Regions:
         # What autograd keeps for the backward: the forward's live bytes
         # beyond what the program held as the call began (parameters are
         # leaves, held anyway; a storage saved twice counts once).
-        if self.recomputing or t.is_leaf or t.is_meta or t.layout != torch.strided:
-            return
-        s = t.untyped_storage()
-        key = s.data_ptr()
-        if key in self.seen or not key:
-            return
-        self.seen.add(key)
-        self.saved_bytes += s.nbytes()
-        if self.stack:
+        key, nbytes = self.count_held(t, leaves=False)
+        if key and self.stack:
             call = self.stack[-1]
             if key not in call[2]:
-                call[1].saved += s.nbytes()
-        return
+                call[1].saved += nbytes
+
+    def count_held(self, t: torch.Tensor, leaves: bool) -> tuple[int, int]:
+        """Count ``t``'s storage once toward the measured forward: its key and bytes, or (0, 0).
+
+        ``leaves``: count a leaf too (a selective region's cache holds
+        detached outputs; other leaves are parameters, held anyway). A
+        storage paged out already counts its page's bytes: the measure is
+        of what the step would hold unpaged.
+        """
+        if self.recomputing or (t.is_leaf and not leaves) or t.is_meta or t.layout != torch.strided:
+            return 0, 0
+        s = t.untyped_storage()
+        key = s._cdata
+        if key in self.seen:
+            return 0, 0
+        nbytes = s.nbytes()
+        if not nbytes:
+            page = self.pager.table.pages.get(key)
+            nbytes = page.nbytes if page is not None else 0
+        self.seen.add(key)
+        self.saved_bytes += nbytes
+        return key, nbytes
 
     def _root_done(self, module, args, output) -> None:
         if self.saving is None or _graph_task() != -1:
@@ -296,7 +326,7 @@ class Regions:
             hf_ok = False
         ok = torch.is_grad_enabled() and (plain or hf_ok)
         # The call's own arguments stay saved as a region's inputs: not what it frees.
-        inputs = {t.untyped_storage().data_ptr() for t in tensors if t.layout == torch.strided}
+        inputs = {t.untyped_storage()._cdata for t in tensors if t.layout == torch.strided}
         self.stack.append((module, tally, inputs, time.perf_counter(), [(t, t._version) for t in tensors],
                            ok, plain, _rng_states(tensors)))
 
@@ -304,8 +334,9 @@ class Regions:
         if not self.stack or self.stack[-1][0] is not module:
             return
         _, tally, _, t0, versions, ok, plain, rng = self.stack.pop()
+        seconds = time.perf_counter() - t0
         tally.calls += 1
-        tally.seconds += time.perf_counter() - t0
+        tally.seconds += seconds
         tally.hf = tally.hf or not plain
         if not ok:
             tally.why = tally.why or "arguments"
@@ -315,16 +346,17 @@ class Regions:
         # of its outputs: what checkpointing cannot promise (kernels that
         # differ from run to run, a cache dropped that changed a layout) is
         # found here, once, and the module stays out of the regions.
-        elif tally.safe and not _same_again(self, module, args, kwargs, output, rng, tally):
+        elif tally.safe and not _same_again(self, module, args, kwargs, output, rng, tally, seconds):
             tally.why = "differs when run again"
         tally.safe = not tally.why
 
     # ------------------------------------------------------------ each window
 
-    def boundary(self, moved: int = 0) -> bool:
+    def boundary(self, moved: int = 0, step_peak: int = 0) -> bool:
         """The root is called again: close the census, choose regions; True when the watch is to retarget.
 
-        ``moved``: bytes the ending window copied out or dropped.
+        ``moved``: bytes the ending window copied out or dropped;
+        ``step_peak``: its peak demand, as dormancy reads it (0 when dormant).
         """
         retarget = False
         peak = self.forward_peak
@@ -333,15 +365,15 @@ class Regions:
             # optimizer's state, so the first choice waits for the next window.
             self._close_census()
         elif peak and not self.plan.done:
-            added = self.plan.window(peak, moved)
+            added = self.plan.window(peak, moved, step_peak)
             self.history.append((peak, len(added)))
             if self.plan.dropped:
-                for hook in self.set_hooks:
+                for hook in self.set_hooks.values():
                     hook.remove()
-                self.set_hooks = []
-                self.counters.regions = 0
-            for i in added:
-                self._set(self.census_ids[i])
+                self.set_hooks = {}
+                self._count_levels()
+            for i, level in added.items():
+                self._set(self.census_ids[i], level)
             if added or self.plan.dropped:
                 # The step changed: a page plan recorded before would be
                 # tried against it and move pages the step no longer needs
@@ -363,21 +395,31 @@ class Regions:
         self.stack = []
         order = sorted(self.tallies.items(), key=lambda kv: kv[1].order)
         self.census_ids = [k for k, _ in order]
-        self.plan.take_census([Census(t.saved, t.seconds, t.safe) for _, t in order])
+        self.plan.take_census([Census(t.saved, t.seconds, t.safe, kept=t.kept if self.selective else -1,
+                                      cheap=t.cheap) for _, t in order])
 
     def report(self) -> list[dict]:
         """The census, one row per candidate in call order (what each frees, costs, and why it is left out)."""
-        chosen = {self.census_ids[i] for i in self.plan.chosen}
-        return [{"order": t.order, "saved_bytes": t.saved, "seconds": t.seconds, "calls": t.calls,
-                 "safe": t.safe, "why": t.why, "hf_cache": t.hf, "chosen": k in chosen}
+        level = {self.census_ids[i]: lv for i, lv in self.plan.chosen.items()}
+        names = {NONE: "", SELECTIVE: "selective", WHOLE: "whole"}
+        return [{"order": t.order, "saved_bytes": t.saved, "kept_bytes": t.kept, "seconds": t.seconds,
+                 "cheap_seconds": t.cheap, "calls": t.calls, "safe": t.safe, "why": t.why, "hf_cache": t.hf,
+                 "chosen": k in level, "level": names[level.get(k, NONE)]}
                 for k, t in sorted(self.tallies.items(), key=lambda kv: kv[1].order)]
 
-    def _set(self, module_id: int) -> None:
+    def _set(self, module_id: int, level: int) -> None:
         module = next((m for m in (r() for r in self.blocks) if m is not None and id(m) == module_id), None)
         if module is None:
             return
-        self.counters.regions += 1
-        self.set_hooks.append(_Checkpointed(self, module, self.tallies[module_id].hf))
+        old = self.set_hooks.pop(module_id, None)
+        if old is not None:
+            old.remove()  # its level rises: between steps, so no call of it is open
+        self.set_hooks[module_id] = _Checkpointed(self, module, self.tallies[module_id].hf, level)
+        self._count_levels()
+
+    def _count_levels(self) -> None:
+        self.counters.regions = len(self.set_hooks)
+        self.counters.regions_selective = sum(h.level == SELECTIVE for h in self.set_hooks.values())
 
     @staticmethod
     def _remove(hooks: list) -> None:
@@ -388,9 +430,9 @@ class Regions:
     def close(self) -> None:
         self._remove(self.census_hooks)
         self._remove(self.root_hooks)
-        for s in self.set_hooks:
+        for s in self.set_hooks.values():
             s.remove()
-        self.set_hooks = []
+        self.set_hooks = {}
         if self.saving is not None:
             self.saving.__exit__(None, None, None)
             self.saving = None
@@ -441,7 +483,7 @@ def _positional_names(cls: type) -> list[str]:
     return names
 
 
-def _same_again(regions: Regions, module, args, kwargs, output, rng, tally: _Tally) -> bool:
+def _same_again(regions: Regions, module, args, kwargs, output, rng, tally: _Tally, seconds: float) -> bool:
     """Whether running ``module`` again, as a region's recompute would, gives ``output`` bit for bit."""
     cpu, cuda = rng
     args, kw = _hf_call(module, args, kwargs) if tally.hf else (args, kwargs)
@@ -456,7 +498,7 @@ def _same_again(regions: Regions, module, args, kwargs, output, rng, tally: _Tal
             return False  # the program's own hooks are inside ours: no second run
         saving.__exit__(None, None, None)
     try:
-        return _compare_again(regions, module, args, kw, output, cpu, cuda)
+        return _compare_again(regions, module, args, kw, output, cpu, cuda, tally, seconds)
     except Exception:  # noqa: BLE001  (a second run that fails is a region that could fail: not one)
         return False
     finally:
@@ -464,13 +506,17 @@ def _same_again(regions: Regions, module, args, kwargs, output, rng, tally: _Tal
             saving.__enter__()
 
 
-def _compare_again(regions: Regions, module, args, kw, output, cpu, cuda) -> bool:
+def _compare_again(regions: Regions, module, args, kw, output, cpu, cuda, tally: _Tally, seconds: float) -> bool:
+    split = _Split(bool(cuda))
     with torch.random.fork_rng(devices=[d for d, _ in cuda], device_type="cuda" if cuda else "cpu"), \
             _Recompute(regions, module, count=False):
         torch.set_rng_state(cpu)
         for d, state in cuda:
             torch.cuda.set_rng_state(state, d)
-        again = module.forward(*args, **kw)
+        with split:
+            again = module.forward(*args, **kw)
+    tally.kept += split.kept
+    tally.cheap += seconds * split.cheap_share()
     first, second = _outputs(output), _outputs(again)
     if len(first) != len(second):
         return False
@@ -482,43 +528,138 @@ def _compare_again(regions: Regions, module, args, kw, output, cpu, cuda) -> boo
     return True
 
 
-class _Checkpointed:
-    """A chosen module's hooks: its calls run under non-reentrant checkpointing."""
+class _Split(TorchDispatchMode):
+    """The census's second run of a call: what a SELECTIVE region would keep, and the share of time it would run.
 
-    def __init__(self, regions: Regions, module: torch.nn.Module, hf: bool) -> None:
+    Spans are CUDA events on the GPU (the host's clock sees only launches)
+    and host seconds on the cpu device.
+    """
+
+    def __init__(self, cuda: bool) -> None:
+        super().__init__()
+        self.cuda = cuda
+        self.kept = 0
+        self.seen: set[int] = set()
+        self.spans: list = []  # (kept, start, end)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        keep = keeps(func.overloadpacket.__name__)
+        start = self._mark()
+        out = func(*args, **(kwargs or {}))
+        self.spans.append((keep, start, self._mark()))
+        if keep:
+            for t in _outputs(out):
+                if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+                    s = t.untyped_storage()
+                    if s._cdata not in self.seen:
+                        self.seen.add(s._cdata)
+                        self.kept += s.nbytes()
+        return out
+
+    def _mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def cheap_share(self) -> float:
+        """The share of the run's time outside KEEP_OPS."""
+        if self.cuda and self.spans:
+            self.spans[-1][2].synchronize()
+            times = [(k, a.elapsed_time(b)) for k, a, b in self.spans]
+        else:
+            times = [(k, b - a) for k, a, b in self.spans]
+        total = sum(t for _, t in times)
+        return sum(t for k, t in times if not k) / total if total > 0 else 1.0
+
+
+_POLICY: dict = {}
+
+
+def _policy(ctx, func, *args, **kwargs):
+    """The SELECTIVE level's checkpoint policy: the core's ``keeps``, cached per operator."""
+    policy = _POLICY.get(func)
+    if policy is None:
+        save = keeps(func.overloadpacket.__name__)
+        policy = _POLICY[func] = _ckpt.CheckpointPolicy.MUST_SAVE if save else _ckpt.CheckpointPolicy.PREFER_RECOMPUTE
+    return policy
+
+
+@contextlib.contextmanager
+def _both(first, second):
+    with first, second:
+        yield
+
+
+class _Checkpointed:
+    """A chosen module's hooks: its calls run under non-reentrant checkpointing, selective or whole."""
+
+    def __init__(self, regions: Regions, module: torch.nn.Module, hf: bool, level: int) -> None:
         self.regions = regions
         self.module = weakref.ref(module)
         self.hf = hf
-        self.gens: list = []
+        self.level = level
+        self.gens: list = []  # (the checkpoint's generator, its caching mode or None) per open call
+        self.caching = None  # the caching mode _context made last
         self.hooks = [module.register_forward_pre_hook(_Fn(self._pre), with_kwargs=True),
                       module.register_forward_hook(_Fn(self._post), prepend=True, always_call=True)]
 
     def _context(self):
-        return contextlib.nullcontext(), _Recompute(self.regions, self.module())
+        recompute = _Recompute(self.regions, self.module())
+        if self.level != SELECTIVE:
+            self.caching = None
+            return contextlib.nullcontext(), recompute
+        self.caching, cached = _ckpt.create_selective_checkpoint_contexts(_policy)
+        return self.caching, _both(recompute, cached)
 
     def _pre(self, module, args, kwargs):
         if self.regions.recomputing or not torch.is_grad_enabled() or _graph_task() != -1:
             self.gens.append(None)
             return
-        self.regions.counters.region_calls += 1
+        regions = self.regions
+        regions.counters.region_calls += 1
         if self.hf:
             args, kwargs = _hf_call(module, args, kwargs)
-        self.gens.append(_start(module, self._context, args, kwargs))
+        if regions.saving is not None:
+            for t in _leaves((args, *kwargs.values()), []):
+                if isinstance(t, torch.Tensor):
+                    regions.count_held(t, leaves=False)  # the region keeps its inputs
+        self.gens.append((_start(module, self._context, args, kwargs), self.caching))
         return (args, kwargs) if self.hf else None
 
     def _post(self, module, args, output) -> None:
-        gen = self.gens.pop() if self.gens else None
-        if gen is None:
+        call = self.gens.pop() if self.gens else None
+        if call is None:
             return
+        gen, caching = call
         try:
             next(gen)
         except StopIteration:
+            if caching is not None and self.regions.saving is not None:
+                for t in _cached(getattr(caching, "storage", {}), []):
+                    self.regions.count_held(t, leaves=True)
             return
         raise RuntimeError("deepum: a region's checkpoint did not end with its module call")
 
     def remove(self) -> None:
         for h in self.hooks:
             h.remove()
+
+
+def _cached(obj: Any, out: list) -> list:
+    """The tensors of a selective checkpoint's cache (nested dicts and lists of wrapped outputs)."""
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _cached(v, out)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _cached(v, out)
+    elif isinstance(getattr(obj, "val", None), (torch.Tensor, list, tuple, dict)):
+        _cached(obj.val, out)
+    return out
 
 
 def _noop(*args, **kwargs) -> None:

@@ -47,7 +47,8 @@ class Stats:
         "recomputes", "bytes_dropped", "lineage_released", "overshoot_max_bytes",
         "max_working_set_bytes", "plans", "planned_steps", "plan_departures", "planned_evictions",
         "plan_over_ops", "plan_short_evictions", "paging_starts", "paging_stops", "victim_choices",
-        "views", "recipes", "plan_prefetch_no_room", "regions", "region_calls", "region_recomputes",
+        "views", "recipes", "plan_prefetch_no_room", "regions", "regions_selective", "region_calls",
+        "region_recomputes",
     )
 
     def __init__(self) -> None:

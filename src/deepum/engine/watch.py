@@ -161,7 +161,9 @@ class Watch:
         # A stale page plan may still move a few small pages the step no
         # longer needs moved: a 64th of the limit is noise ([Note: dormancy]).
         significant = moved_bytes > self.pager.table.limit // 64
-        if self.regions is not None and self.regions.boundary(moved_bytes if significant and state.paging else 0):
+        peak = self._paging_peak() if state.paging else 0
+        if self.regions is not None and self.regions.boundary(moved_bytes if significant and state.paging else 0,
+                                                              peak):
             th = self.pager.config.thresholds
             state.retarget(th.region_engage, th.region_release, of=self.pager.budget)
         if self.regions is not None and self.regions.retargeted and self.regions.plan.dropped:
@@ -173,13 +175,6 @@ class Watch:
         else:
             changed = moved[:2] != self.moved[:2]
         if state.paging:
-            table = self.pager.table
-            off = sum(p.nbytes for p in table.pages.values() if p.state != RESIDENT)
-            peak = table.window_peak_bytes + off
-            allocated = self.signal.close_window()
-            if self.pager.device.type == "cuda":
-                peak = max(peak, allocated)
-            table.window_peak_bytes = table.resident_bytes
             turn = state.boundary(peak, changed)
             if turn is Turn.RELEASE and not self._release():
                 state.refused()
@@ -192,6 +187,17 @@ class Watch:
             st.overshoot_max_bytes = max(st.overshoot_max_bytes, over)
         if state.boundary(peak, False) is Turn.ENGAGE:
             self._engage()
+
+    def _paging_peak(self) -> int:
+        """A paging window's peak demand (what it held, paged out or not); starts the next window."""
+        table = self.pager.table
+        off = sum(p.nbytes for p in table.pages.values() if p.state != RESIDENT)
+        peak = table.window_peak_bytes + off
+        allocated = self.signal.close_window()
+        if self.pager.device.type == "cuda":
+            peak = max(peak, allocated)
+        table.window_peak_bytes = table.resident_bytes
+        return peak
 
     def held(self) -> int:
         """Bytes of the program's model state (parameters, gradients, optimizer state), paged out or not.
