@@ -158,7 +158,7 @@ def short_table(rows: list[dict]) -> str:
     """model, method, budget, ms/step, x plain, peak GiB, planned share, drops/step, bytes copied/step."""
     plain = {r["model"]: r["median_s"] for r in rows if r["method"] == "plain" and "median_s" in r}
     lines = [f"{'src':4} {'model':14} {'method':15} {'budget':7} {'ms/step':>9} {'x plain':>7} {'peak GiB':>8} "
-             f"{'planned':>7} {'drops/st':>8} {'GB in+out/st':>12} {'regions':>7} {'ops/st':>7}"]
+             f"{'planned':>7} {'drops/st':>8} {'GB in+out/st':>12} {'regions':>7} {'select':>6} {'ops/st':>7}"]
     for r in rows:
         frac = r.get("fraction")
         budget = "-" if frac is None else frac if frac == CKPT else f"{frac:.3g}"
@@ -172,7 +172,8 @@ def short_table(rows: list[dict]) -> str:
         lines.append(f"{head} {r['median_s'] * 1e3:9.1f} {_cell(r['median_s'] / base if base else None, '7.2f')} "
                      f"{_cell(peak / 2**30 if peak else None, '8.2f')} {_cell(r.get('planned_share'), '7.0%')} "
                      f"{_cell(r.get('step_drops'), '8.0f')} {_cell(moved, '12.2f')} "
-                     f"{_cell(r.get('regions'), '7d')} {_cell(r.get('step_ops'), '7.0f')}")
+                     f"{_cell(r.get('regions'), '7d')} {_cell(r.get('regions_selective'), '6d')} "
+                     f"{_cell(r.get('step_ops'), '7.0f')}")
     return "\n".join(lines)
 
 

@@ -143,7 +143,8 @@ def identity_check(name: str, device: torch.device, steps: int, options: dict | 
             "evictions": stats["evictions"], "faults": stats["faults"], "prefetches": stats["prefetches"],
             "drops": stats.get("drops", 0), "recomputes": stats.get("recomputes", 0),
             "planned_steps": stats.get("planned_steps", 0), "planned_evictions": stats.get("planned_evictions", 0),
-            "losses": l1, "ok": deterministic and same and peak1 <= budget and stats["evictions"] > 0}
+            "regions": stats.get("regions", 0), "regions_selective": stats.get("regions_selective", 0),
+            "region_recomputes": stats.get("region_recomputes", 0), "losses": l1, "ok": deterministic and same and peak1 <= budget and stats["evictions"] > 0}
 
 
 def _energy_counter(device: torch.device):
@@ -270,6 +271,7 @@ def paged_fields(before: dict, end: dict, steps: int, fourth: dict | None = None
     row["plan_trial_ms"] = end.get("plan_trial_ms")
     row["plan_seconds"] = end.get("plan_seconds")
     row["regions"] = end.get("regions")
+    row["regions_selective"] = end.get("regions_selective")
     row["dormant"] = end.get("dormant")
     row["paging_stops"] = end.get("paging_stops")
     return row
