@@ -317,6 +317,14 @@ def _measured(model: str, method: str, budget: int | None, device: torch.device,
     try:
         step, work, note, phases = _build_step(model, method, device, session)
         out = _timed_steps(step, work, device, session, phases, warmup, steps)
+        regions = getattr(getattr(session, "_watch", None), "regions", None)
+        if regions is not None:
+            # Each candidate's level ("s"elective, "w"hole, "." none) and each window's (forward peak, changes).
+            report = regions.report()
+            out["region_levels"] = "".join((r["level"] or ".")[0] for r in report)
+            out["region_history"] = regions.history
+            out["region_census"] = [(r["saved_bytes"], r["kept_bytes"], r["seconds"], r["cheap_seconds"])
+                                    for r in report[:3]]
     finally:
         if session is not None:
             session.__exit__(None, None, None)

@@ -49,7 +49,7 @@ peak again, and if it is still over the target, or the whole step's peak
 is over the share at which paging stops (``region_release``), or the engine
 still had to page bytes out (what the measure misses: a loss's transient
 upcast, the backward's own peak), more regions are added, for at most
-``region_rounds`` rounds (a region once set stays, though its level may
+``region_rounds`` rounds, the last of which sets every candidate whole (a region once set stays, though its level may
 rise: a plan that shrinks and grows again would pay each change twice). The two windows after a change
 do not count the bytes they paged: the page planner, started over by the
 engine, records and plans the new step in them. The regions are decided in
@@ -86,7 +86,9 @@ NONE, SELECTIVE, WHOLE = 0, 1, 2  # a call's level: kept as is, recomputed but f
 
 # What a SELECTIVE region keeps: operators whose time is large next to the
 # bytes they write (matmuls, convolutions, fused attention), by aten name.
-# Random operators are not here: they run again with the RNG state restored.
+# Random operators are not here: they run again with the RNG state restored,
+# and an attention with dropout is one (a kept one would leave the generator
+# behind in the recompute, and every later mask would differ).
 KEEP_OPS = frozenset({
     "mm", "addmm", "bmm", "baddbmm", "addbmm", "_int_mm", "_scaled_mm",
     "convolution", "_convolution", "convolution_overrideable", "cudnn_convolution", "mkldnn_convolution",
@@ -97,9 +99,9 @@ KEEP_OPS = frozenset({
 })
 
 
-def keeps(op_name: str) -> bool:
+def keeps(op_name: str, dropout_p: float = 0.0) -> bool:
     """The SELECTIVE policy: whether a region keeps this operator's outputs rather than running it again."""
-    return op_name in KEEP_OPS
+    return op_name in KEEP_OPS and not dropout_p
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,16 @@ class RegionPlan:
             self.rounds_left = 0
             return {}
         self.rounds_left -= 1
+        if self.rounds_left == 0 and self.chosen:
+            # The last round: every candidate whole, the most the regions can
+            # free. The step then fits and stops paging, or it still pages
+            # and the next window unsets them all: it never ends paging with
+            # regions set, paying for both.
+            self.rounds_left = 1
+            changes = dict.fromkeys(self._remaining(), WHOLE)
+            self.chosen.update(changes)
+            self.settling = self.SETTLE
+            return changes
         # The regions set already freed what they could, and the window's
         # peak shows what is over the target still: the new levels must free
         # that on top of what the set frees now.

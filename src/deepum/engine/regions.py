@@ -543,9 +543,10 @@ class _Split(TorchDispatchMode):
         self.spans: list = []  # (kept, start, end)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        keep = keeps(func.overloadpacket.__name__)
+        kwargs = kwargs or {}
+        keep = _policy(None, func, *args, **kwargs) is _MUST_SAVE
         start = self._mark()
-        out = func(*args, **(kwargs or {}))
+        out = func(*args, **kwargs)
         self.spans.append((keep, start, self._mark()))
         if keep:
             for t in _outputs(out):
@@ -574,15 +575,24 @@ class _Split(TorchDispatchMode):
         return sum(t for k, t in times if not k) / total if total > 0 else 1.0
 
 
-_POLICY: dict = {}
+_MUST_SAVE = _ckpt.CheckpointPolicy.MUST_SAVE
+_RECOMPUTE = _ckpt.CheckpointPolicy.PREFER_RECOMPUTE
+_POLICY: dict = {}  # operator -> its policy, or the position of its dropout_p (an attention)
 
 
 def _policy(ctx, func, *args, **kwargs):
-    """The SELECTIVE level's checkpoint policy: the core's ``keeps``, cached per operator."""
+    """The SELECTIVE level's checkpoint policy: the core's ``keeps``, per operator and its dropout."""
     policy = _POLICY.get(func)
     if policy is None:
-        save = keeps(func.overloadpacket.__name__)
-        policy = _POLICY[func] = _ckpt.CheckpointPolicy.MUST_SAVE if save else _ckpt.CheckpointPolicy.PREFER_RECOMPUTE
+        name = func.overloadpacket.__name__
+        names = [a.name for a in func._schema.arguments]
+        if keeps(name) and "dropout_p" in names:
+            policy = _POLICY[func] = names.index("dropout_p")
+        else:
+            policy = _POLICY[func] = _MUST_SAVE if keeps(name) else _RECOMPUTE
+    if isinstance(policy, int):
+        p = args[policy] if policy < len(args) else kwargs.get("dropout_p", 0.0)
+        return _MUST_SAVE if keeps(func.overloadpacket.__name__, p) else _RECOMPUTE
     return policy
 
 
