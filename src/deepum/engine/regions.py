@@ -64,6 +64,7 @@ import torch
 from torch.utils import checkpoint as _ckpt
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..core.costs import DEFAULT_LAUNCH_S
 from ..core.regions import NONE, SELECTIVE, WHOLE, Census, RegionPlan, keeps
 from .stepplan import StepPlans
 
@@ -531,8 +532,12 @@ def _compare_again(regions: Regions, module, args, kw, output, cpu, cuda, tally:
 class _Split(TorchDispatchMode):
     """The census's second run of a call: what a SELECTIVE region would keep, and the share of time it would run.
 
-    Spans are CUDA events on the GPU (the host's clock sees only launches)
-    and host seconds on the cpu device.
+    On the cpu device the share is of host seconds. On the GPU the host's
+    clock sees launches, and events around each operator, in a census that
+    intercepts every operator, see mostly the host's own time between
+    launches: the share is estimated instead, from each kept operator's
+    FLOPs and each other operator's bytes read and written, at the rates
+    the device reaches (measured once, ``_rates``), plus a launch each.
     """
 
     def __init__(self, cuda: bool) -> None:
@@ -540,39 +545,94 @@ class _Split(TorchDispatchMode):
         self.cuda = cuda
         self.kept = 0
         self.seen: set[int] = set()
-        self.spans: list = []  # (kept, start, end)
+        self.spans: list = []  # cpu: (kept, start, end) host seconds
+        self.flops: dict = {}  # cuda: FLOPs of kept operators per dtype
+        self.moved = 0  # cuda: bytes the other operators read and write
+        self.ops = [0, 0]  # cuda: operators run again, kept
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         keep = _policy(None, func, *args, **kwargs) is _MUST_SAVE
-        start = self._mark()
+        start = None if self.cuda else time.perf_counter()
         out = func(*args, **kwargs)
-        self.spans.append((keep, start, self._mark()))
+        outs = [t for t in _outputs(out) if isinstance(t, torch.Tensor)]
+        if not self.cuda:
+            self.spans.append((keep, start, time.perf_counter()))
+        elif keep and outs:
+            self.flops[outs[0].dtype] = self.flops.get(outs[0].dtype, 0) + _flops(func, args, outs[0])
+        else:
+            self.moved += sum(_nbytes(t) for t in _leaves((args, *kwargs.values()), []) + outs
+                              if isinstance(t, torch.Tensor))
+        self.ops[keep] += 1
         if keep:
-            for t in _outputs(out):
-                if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+            for t in outs:
+                if t.layout == torch.strided:
                     s = t.untyped_storage()
                     if s._cdata not in self.seen:
                         self.seen.add(s._cdata)
                         self.kept += s.nbytes()
         return out
 
-    def _mark(self):
-        if not self.cuda:
-            return time.perf_counter()
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
     def cheap_share(self) -> float:
         """The share of the run's time outside KEEP_OPS."""
-        if self.cuda and self.spans:
-            self.spans[-1][2].synchronize()
-            times = [(k, a.elapsed_time(b)) for k, a, b in self.spans]
-        else:
-            times = [(k, b - a) for k, a, b in self.spans]
+        if self.cuda:
+            flops_s, bytes_s, launch_s = _rates(torch.cuda.current_device(), list(self.flops))
+            cheap = self.moved / bytes_s + self.ops[0] * launch_s
+            kept = sum(f / flops_s[d] for d, f in self.flops.items()) + self.ops[1] * launch_s
+            total = cheap + kept
+            return cheap / total if total > 0 else 1.0
+        times = [(k, b - a) for k, a, b in self.spans]
         total = sum(t for _, t in times)
         return sum(t for k, t in times if not k) / total if total > 0 else 1.0
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size() if t.layout == torch.strided else 0
+
+
+def _flops(func, args, out: torch.Tensor) -> int:
+    """FLOPs of a kept operator: matmuls by their contracted size, convolutions by their filter, attention by its two products."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    name = func.overloadpacket.__name__
+    if "attention" in name and len(tensors) >= 3:
+        q, k, v = tensors[:3]
+        return 2 * q.numel() * k.shape[-2] + 2 * q.numel() // max(q.shape[-1], 1) * k.shape[-2] * v.shape[-1]
+    if "convolution" in name and len(tensors) >= 2:
+        w = tensors[1]
+        return 2 * out.numel() * (w.numel() // max(w.shape[0], 1))
+    # mm, addmm, bmm, baddbmm: the contracted size is the last of the left factor (after a bias).
+    left = tensors[1] if name in ("addmm", "baddbmm", "addbmm") and len(tensors) >= 3 else tensors[0] if tensors else None
+    return 2 * out.numel() * (left.shape[-1] if left is not None and left.dim() else 1)
+
+
+_RATE_CACHE: dict = {}
+
+
+def _rates(device: int, dtypes: list) -> tuple[dict, float, float]:
+    """The device's matmul FLOP/s per dtype, copy bytes/s (measured once per process) and a launch's seconds."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes(), torch.no_grad():
+        if (device, None) not in _RATE_CACHE:
+            x = torch.empty(1 << 24, device=device)  # 64 MiB, read and written
+            _RATE_CACHE[device, None] = 2 * x.numel() * 4 / _timed(torch.clone, x)
+        for dtype in dtypes:
+            if (device, dtype) not in _RATE_CACHE:
+                a = torch.randn(2048, 2048, device=device).to(dtype)
+                _RATE_CACHE[device, dtype] = 2 * 2048**3 / _timed(torch.mm, a, a)
+    return {d: _RATE_CACHE[device, d] for d in dtypes}, _RATE_CACHE[device, None], DEFAULT_LAUNCH_S
+
+
+def _timed(fn, *args, reps: int = 3) -> float:
+    """Seconds of one ``fn(*args)`` on the device, after one run to warm up."""
+    fn(*args)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn(*args)
+    end.record()
+    end.synchronize()
+    return max(start.elapsed_time(end) / 1e3 / reps, 1e-9)
 
 
 _MUST_SAVE = _ckpt.CheckpointPolicy.MUST_SAVE
