@@ -48,7 +48,9 @@ window's peak); the next window with the regions set measures the forward's
 peak again, and if it is still over the target, or the whole step's peak
 is over the share at which paging stops (``region_release``), or the engine
 still had to page bytes out (what the measure misses: a loss's transient
-upcast, the backward's own peak), more regions are added, for at most
+upcast, the backward's own peak; they count up to the margin between the
+target and the budget, since a page may move several times a step), more
+regions are added, for at most
 ``region_rounds`` rounds, the last of which sets every candidate whole (a region once set stays, though its level may
 rise: a plan that shrinks and grows again would pay each change twice). The two windows after a change
 do not count the bytes they paged: the page planner, started over by the
@@ -200,6 +202,7 @@ class RegionPlan:
         assert 0 < target <= release <= 1 and rounds >= 1
         self.target_bytes = int(budget * target)
         self.release_bytes = int(budget * release)
+        self.margin = budget - self.target_bytes
         self.rounds_left = rounds
         self.census: list[Census] | None = None
         self.chosen: dict[int, int] = {}
@@ -230,12 +233,14 @@ class RegionPlan:
             # the backward then runs one of them again, up to the largest
             # one's drops on top (the census's ``freed`` counts it too).
             forward_peak += max(census[i].drops(level) for i, level in self.chosen.items())
-        excess = max(forward_peak - self.target_bytes, moved if self.chosen else 0)
+        excess = forward_peak - self.target_bytes
         if self.chosen:
             # The step is over the share at which paging stops with regions
             # set: what the forward's measure missed (the backward's own
-            # transients) is at least that much.
-            excess = max(excess, step_peak - self.release_bytes)
+            # transients) is at least that much. Bytes paged say the step
+            # is over, not by how much (a page moves several times a step):
+            # they count up to the margin between the target and the budget.
+            excess = max(excess, step_peak - self.release_bytes, min(moved, self.margin))
         if excess <= 0:
             # This window fits and paged nothing. Another may still page (a
             # page plan's trial alternates two ways of paging): the rounds
