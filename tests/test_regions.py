@@ -296,6 +296,16 @@ def test_recompute_blocks_off_sets_no_region():
     assert got[3]["regions"] == 0 and got[3]["evictions"] > 0
 
 
+def test_recompute_blocks_whole_sets_no_selective_region(matmuls_dominate):
+    make_model, make_batches, loss_fn = FAMILIES["gpt2"]
+    ref = train(make_model, make_batches, loss_fn, steps=10)
+    budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
+    got = train(make_model, make_batches, loss_fn, steps=10, budget=budget, recompute_blocks="whole")
+    assert_identical(ref, got)
+    # Where the default sets selective regions (test_selective_regions_keep_every_bit), none.
+    assert got[3]["regions"] >= 2 and got[3]["regions_selective"] == 0 and not matmuls_dominate, got[3]
+
+
 def test_blocks_are_the_repeated_members_of_module_lists():
     assert len(find_blocks(_gpt2())) == 8
     assert len(find_blocks(_llama())) == 8
