@@ -39,8 +39,8 @@ forward keeps the outputs of matmuls, convolutions and attention, and the
 recompute runs every other operator again and takes those from the cache.
 The census's second run measures a call's two figures for it, under a
 dispatch mode of its own: the bytes those operators write (the cache) and
-the share of the call's time they take (CUDA events on the GPU, the host's
-clock on the cpu device). In the windows that measure, a region's inputs
+the share of the call's time the others take (the host's clock on the cpu
+device; on the GPU an estimate from FLOPs and bytes, see ``_Split``). In the windows that measure, a region's inputs
 and its cache count toward the forward's peak (autograd's hooks do not see
 inside a region: checkpointing holds them).
 
@@ -576,7 +576,11 @@ class _Split(TorchDispatchMode):
     def cheap_share(self) -> float:
         """The share of the run's time outside KEEP_OPS."""
         if self.cuda:
-            flops_s, bytes_s, launch_s = _rates(torch.cuda.current_device(), list(self.flops))
+            try:
+                flops_s, bytes_s, launch_s = _rates(torch.cuda.current_device(), list(self.flops))
+            except RuntimeError:  # no room for the measurement (CUDA's out-of-memory error is one)
+                return 1.0  # as costly as the whole call: the choice then takes whole calls, as before levels
+
             cheap = self.moved / bytes_s + self.ops[0] * launch_s
             kept = sum(f / flops_s[d] for d, f in self.flops.items()) + self.ops[1] * launch_s
             total = cheap + kept
@@ -650,7 +654,7 @@ def _policy(ctx, func, *args, **kwargs):
             policy = _POLICY[func] = names.index("dropout_p")
         else:
             policy = _POLICY[func] = _MUST_SAVE if keeps(name) else _RECOMPUTE
-    if isinstance(policy, int):
+    if type(policy) is int:
         p = args[policy] if policy < len(args) else kwargs.get("dropout_p", 0.0)
         return _MUST_SAVE if keeps(func.overloadpacket.__name__, p) else _RECOMPUTE
     return policy
