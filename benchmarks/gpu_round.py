@@ -4,7 +4,8 @@
         --time-budget 500 [--old-src /path/to/other/src] [--warmup 3 --steps 3]
 
 A case is MODEL:METHOD[:FRACTION]; FRACTION (of the model's unconstrained
-peak) is for deepum and lru, or ``ckpt``: the peak the model's ``ckpt`` case
+peak) is for deepum, lru and identity (default for identity: a third of its
+own plain peak), or ``ckpt``: the peak the model's ``ckpt`` case
 of this round reached (list MODEL:ckpt before it), for issue 12's target of
 no slower than checkpointing within its memory. Each case runs in its own process through the
 bench's case machinery (``deepum.benchsuite.case.run_case``); the plain case

@@ -104,9 +104,10 @@ def link_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> dict:
     return out
 
 
-def identity_check(name: str, device: torch.device, steps: int, options: dict | None = None) -> dict:
-    """Plain twice (is the reference itself deterministic?) and deepum at a third of the peak
-    (with the session ``options``, e.g. plan=True)."""
+def identity_check(name: str, device: torch.device, steps: int, options: dict | None = None,
+                   budget: int | None = None) -> dict:
+    """Plain twice (is the reference itself deterministic?) and deepum at ``budget`` bytes, or a third
+    of the peak (with the session ``options``, e.g. plan=True)."""
     import deepum
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -135,7 +136,7 @@ def identity_check(name: str, device: torch.device, steps: int, options: dict | 
     l0, p0, _, peak0 = train()
     l0b, p0b, _, _ = train()
     deterministic = l0 == l0b and all(torch.equal(a, b) for a, b in zip(p0, p0b))
-    budget = peak0 // 3
+    budget = budget or peak0 // 3
     l1, p1, stats, peak1 = train(budget)
     same = l0 == l1 and all(torch.equal(a, b) for a, b in zip(p0, p1))
     return {"reference_deterministic": deterministic, "bit_identical": same, "unconstrained_peak": peak0,
@@ -284,7 +285,7 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
            "torch": torch.__version__, "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "date": time.strftime("%Y-%m-%d")}
     if method == "identity":
-        row.update(identity_check(model, device, steps, options))
+        row.update(identity_check(model, device, steps, options, budget))
         return row
     if method == "link":
         row.update(link_bandwidth(device), card_bytes=torch.cuda.get_device_properties(device).total_memory)
