@@ -99,6 +99,22 @@ def test_plan_raises_levels_in_a_later_round():
     assert second and all(plan.chosen[i] == level for i, level in second.items())
 
 
+def test_plan_lowers_whole_regions_once_where_the_measured_step_leaves_room():
+    plan = RegionPlan(budget=1000, target=0.7, rounds=3, release=0.8)
+    # Lowering saves 0.5 s for 50 kept bytes (call 0), 0.6 s for 40 (1), 0.1 s for 30 (2).
+    plan.take_census([Census(100, 1.0, kept=50, cheap=0.5), Census(100, 1.0, kept=40, cheap=0.4),
+                      Census(100, 1.0, kept=30, cheap=0.9), Census(100, 1.0)])
+    plan.chosen = _whole(0, 1, 2, 3)
+    # Room 85: call 1 first (its 40 bytes fit), call 0 (50) no longer fits, call 2 (30) does.
+    assert plan.lower(step_peak=715) == {1: SELECTIVE, 2: SELECTIVE}
+    assert plan.chosen == {0: WHOLE, 1: SELECTIVE, 2: SELECTIVE, 3: WHOLE}
+    assert plan.lower(step_peak=100) == {}  # once
+    fresh = RegionPlan(budget=1000, target=0.7, rounds=3, release=0.8)
+    fresh.take_census([Census(100, 1.0, kept=50, cheap=0.5)] * 2)
+    fresh.chosen = _whole(0, 1)
+    assert fresh.lower(step_peak=790) == {} and fresh.lowered  # no room
+
+
 def test_plan_sets_nothing_when_every_region_would_not_fit():
     plan = RegionPlan(budget=1000, target=0.8, rounds=3)
     plan.take_census([Census(100, 1.0)] * 4)  # all four free 300
@@ -304,6 +320,33 @@ def test_recompute_blocks_whole_sets_no_selective_region(matmuls_dominate):
     assert_identical(ref, got)
     # Where the default sets selective regions (test_selective_regions_keep_every_bit), none.
     assert got[3]["regions"] >= 2 and got[3]["regions_selective"] == 0 and not matmuls_dominate, got[3]
+
+
+def test_whole_regions_are_lowered_once_the_step_runs_unintercepted(monkeypatch):
+    from deepum.engine import regions
+
+    # Pointwise operators as costly as the matmuls: the choice takes whole calls first.
+    monkeypatch.setattr(regions._Split, "cheap_share", lambda self: 0.9)
+    make_model, make_batches, loss_fn = FAMILIES["gpt2"]
+    ref = train(make_model, make_batches, loss_fn, steps=14)
+    budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
+    torch.manual_seed(0)
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    losses = []
+    with deepum.oversubscribe(budget, device="cpu") as session:
+        for ids in make_batches()[:14]:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model, ids)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        history = session._watch.regions.history
+        stats = session.stats()
+    assert losses == ref[0]
+    lowered = [n for peak, n in history if peak < 0]
+    assert lowered and lowered[0] > 0, history  # a dormant window's peak left room
+    assert stats["regions_selective"] >= 1 and stats["paging_stops"] >= 1, stats
 
 
 def test_blocks_are_the_repeated_members_of_module_lists():

@@ -76,6 +76,15 @@ from ``SELECTIVE`` it may later go to ``WHOLE`` (its kept bytes for the rest
 of its time). On a transformer that is every layer selective first, and
 whole layers only for what is still over.
 
+Lowering, once. The forward's measure is an estimate; once the step runs
+unintercepted, the allocator's peak of a whole step is a measurement. If
+it leaves room under ``region_release``, whole regions go back to
+selective, most seconds saved per kept byte first, while their kept bytes
+fit in that room (a selective region adds its kept bytes to the step's
+peak, and its rerun is smaller than the whole one's). This happens once:
+if the step then pages again, the rounds go on as before, and the last
+round sets every candidate whole.
+
 Pure logic: the engine feeds it byte counts and seconds, and sets what it returns.
 """
 
@@ -208,6 +217,7 @@ class RegionPlan:
         self.chosen: dict[int, int] = {}
         self.dropped = False  # every region was set whole, the step still paged, and they were all unset
         self.settling = 0  # windows left whose bytes moved do not count (see window)
+        self.lowered = False  # the one lowering is spent (see lower)
 
     def take_census(self, census: Sequence[Census]) -> None:
         self.census = list(census)
@@ -277,6 +287,24 @@ class RegionPlan:
         self.chosen.update(changes)
         if changes:
             self.settling = self.SETTLE
+        return changes
+
+    def lower(self, step_peak: int) -> dict[int, int]:
+        """Whole regions to set selective, given an unintercepted step's measured peak (once; see the Note)."""
+        if self.lowered or self.census is None or not self.chosen or self.dropped:
+            return {}
+        self.lowered = True
+        census, room = self.census, self.release_bytes - step_peak
+        pool = [i for i, level in self.chosen.items()
+                if level == WHOLE and census[i].kept >= 0 and census[i].drops(SELECTIVE) > 0]
+        pool.sort(key=lambda i: -(census[i].cost(WHOLE) - census[i].cost(SELECTIVE)) / max(census[i].kept, 1))
+        changes: dict[int, int] = {}
+        for i in pool:
+            if census[i].kept > room:
+                continue
+            room -= census[i].kept
+            changes[i] = SELECTIVE
+        self.chosen.update(changes)
         return changes
 
     def _remaining(self) -> list[int]:

@@ -218,7 +218,9 @@ class Regions:
         self.start_bytes = 0
         self.forward_peak = 0
         self.retargeted = False
-        self.history: list[tuple[int, int]] = []  # (the window's forward peak, regions added then)
+        self.dormant_windows = 0
+        # (the window's forward peak, regions changed then); a dormant window's whole peak is negated
+        self.history: list[tuple[int, int]] = []
         self.watch = None  # engine/watch.py's Watch, which sets itself here: held(), paging
 
     # ------------------------------------------------------------ census
@@ -232,6 +234,7 @@ class Regions:
         self.blocks = [weakref.ref(b) for b in blocks]
         self.tallies = {}
         self.plan = RegionPlan(self.pager.budget, self.target, self.rounds, self.release)
+        self.dormant_windows = 0
         for b in blocks:
             self.census_hooks.append(b.register_forward_pre_hook(_Fn(self._census_pre), with_kwargs=True))
             self.census_hooks.append(b.register_forward_hook(_Fn(self._census_post), with_kwargs=True,
@@ -391,6 +394,25 @@ class Regions:
         self.forward_peak = 0
         return retarget
 
+    def dormant_window(self, peak: int) -> None:
+        """A window ran unintercepted with regions set, peaking at ``peak``: lower regions where that leaves room.
+
+        The first such window is skipped: it follows the step in which
+        paging stopped and every page came back.
+        """
+        if not self.set_hooks or self.plan.lowered:
+            return
+        self.dormant_windows += 1
+        if self.dormant_windows < 2:
+            return
+        changes = self.plan.lower(peak)
+        self.history.append((-peak, len(changes)))  # negative: a dormant window's whole peak
+        for i, level in changes.items():
+            self._set(self.census_ids[i], level)
+        if changes:
+            with self.pager.lock:
+                self.pager.plans = StepPlans(self.pager)
+
     def _close_census(self) -> None:
         self._remove(self.census_hooks)
         self.stack = []
@@ -545,6 +567,7 @@ class _Split(TorchDispatchMode):
         self.cuda = cuda
         self.kept = 0
         self.seen: set[int] = set()
+        self.held: list = []
         self.spans: list = []  # cpu: (kept, start, end) host seconds
         self.flops: dict = {}  # cuda: FLOPs of kept operators per dtype
         self.moved = 0  # cuda: bytes the other operators read and write
@@ -570,6 +593,7 @@ class _Split(TorchDispatchMode):
                     s = t.untyped_storage()
                     if s._cdata not in self.seen:
                         self.seen.add(s._cdata)
+                        self.held.append(s)  # alive to the run's end, as in a region's cache: no key reused
                         self.kept += s.nbytes()
         return out
 

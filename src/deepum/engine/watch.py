@@ -185,6 +185,8 @@ class Watch:
             st = self.pager.counters
             st.overshoots += 1
             st.overshoot_max_bytes = max(st.overshoot_max_bytes, over)
+        if self.regions is not None:
+            self.regions.dormant_window(peak)
         if state.boundary(peak, False) is Turn.ENGAGE:
             self._engage()
 
