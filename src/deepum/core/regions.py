@@ -291,8 +291,8 @@ class RegionPlan:
 
     def lower(self, step_peak: int) -> dict[int, int]:
         """Whole regions to set selective, given an unintercepted step's measured peak (once; see the Note)."""
-        if self.lowered or self.census is None or not self.chosen or self.dropped:
-            return {}
+        if self.lowered or self.census is None or not self.chosen or self.dropped or self.done:
+            return {}  # (done: no round would be left to raise them again if the step then paged)
         self.lowered = True
         census, room = self.census, self.release_bytes - step_peak
         pool = [i for i, level in self.chosen.items()
