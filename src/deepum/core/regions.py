@@ -199,10 +199,12 @@ def choose(census: Sequence[Census], excess: int, chosen: Mapping[int, int] | No
 class RegionPlan:
     """The regions' state across windows: census, then up to ``rounds`` rounds of choosing.
 
-    ``window(forward_peak, moved)`` is called at each boundary with the
-    measured peak of the window's forward pass and the bytes it still paged
-    out; it returns the levels to change from now on (census index to
-    level; possibly none). ``chosen`` holds every region set, with its level.
+    ``window(forward_peak, moved, step_peak)`` is called at each paging
+    window's boundary with the measured peak of its forward pass, the bytes
+    it still paged out and its whole peak; ``lower(step_peak)`` at a window
+    that ran unintercepted. Both return the levels to change from now on
+    (census index to level; possibly none). ``chosen`` holds every region
+    set, with its level.
     """
 
     SETTLE = 2  # windows after a change before the bytes moved count (the page planner records again)
