@@ -330,22 +330,10 @@ def test_whole_regions_are_lowered_once_the_step_runs_unintercepted(monkeypatch)
     make_model, make_batches, loss_fn = FAMILIES["gpt2"]
     ref = train(make_model, make_batches, loss_fn, steps=14)
     budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
-    torch.manual_seed(0)
-    model = make_model()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
-    losses = []
-    with deepum.oversubscribe(budget, device="cpu") as session:
-        for ids in make_batches()[:14]:
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model, ids)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        history = session._watch.regions.history
-        stats = session.stats()
+    losses, regions_, stats = _train_watched(make_model, make_batches, loss_fn, budget, steps=14)
     assert losses == ref[0]
-    lowered = [n for peak, n in history if peak < 0]
-    assert lowered and lowered[0] > 0, history  # a dormant window's peak left room
+    lowered = [n for peak, n in regions_.history if peak < 0]
+    assert lowered and lowered[0] > 0, regions_.history  # a dormant window's peak left room
     assert stats["regions_selective"] >= 1 and stats["paging_stops"] >= 1, stats
 
 
@@ -385,6 +373,22 @@ class _TakesObject(nn.Module):
         return x.pow(2).mean()
 
 
+def _train_watched(make, batches, loss_fn, budget, steps):
+    """Train a model made inside a session: (losses, the session's regions, its stats)."""
+    with deepum.oversubscribe(budget, device="cpu") as session:
+        torch.manual_seed(0)
+        model = make()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+        losses = []
+        for batch in batches()[:steps]:
+            opt.zero_grad(set_to_none=True)
+            out = loss_fn(model, batch)
+            out.backward()
+            opt.step()
+            losses.append(out.item())
+        return losses, session._watch.regions, session.stats()
+
+
 def _check_not_chosen(make, why):
     def batches():
         g = torch.Generator().manual_seed(5)
@@ -394,19 +398,8 @@ def _check_not_chosen(make, why):
         return m(x)
 
     ref = train(make, batches, loss, steps=5)
-    peak = _peak(make, batches, loss)
-    with deepum.oversubscribe(int(peak * 0.75), device="cpu") as session:
-        torch.manual_seed(0)
-        model = make()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
-        losses = []
-        for x in batches():
-            opt.zero_grad(set_to_none=True)
-            out = loss(model, x)
-            out.backward()
-            opt.step()
-            losses.append(float(out))
-        report = session._watch.regions.report()
+    losses, regions_, _ = _train_watched(make, batches, loss, int(_peak(make, batches, loss) * 0.75), steps=5)
+    report = regions_.report()
     assert losses == ref[0]
     assert report and all(not r["safe"] and r["why"] == why and not r["chosen"] for r in report), report
 
