@@ -26,7 +26,7 @@ def test_device_of_the_wrong_type_is_refused(device):
     ("reserve", 1.5, "size string"),
     ("policy", "fifo", "choose one of deepum, lru"),
     ("plan", "yes", "True, False or 'auto'"),
-    ("recompute_blocks", "selective", "True, False or 'whole'"),
+    ("recompute_blocks", "partial", "True, False, 'whole' or 'selective'"),
 ])
 def test_bad_option_is_refused_naming_it(option, value, words):
     with pytest.raises(deepum.OptionError, match=f"{option}.*{words}") as err:

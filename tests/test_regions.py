@@ -101,18 +101,34 @@ def test_plan_raises_levels_in_a_later_round():
 
 def test_plan_lowers_whole_regions_once_where_the_measured_step_leaves_room():
     plan = RegionPlan(budget=1000, target=0.7, rounds=3, release=0.8)
-    # Lowering saves 0.5 s for 50 kept bytes (call 0), 0.6 s for 40 (1), 0.1 s for 30 (2).
-    plan.take_census([Census(100, 1.0, kept=50, cheap=0.5), Census(100, 1.0, kept=40, cheap=0.4),
-                      Census(100, 1.0, kept=30, cheap=0.9), Census(100, 1.0)])
+    # Seconds saved per byte added: call 0 unset 1.0/100 (selective 0.1/20);
+    # call 1 selective 0.8/10 (unset 1.0/100); call 2 unset 1.0/100 (no
+    # selective level); call 3 unset 2.0/100.
+    plan.take_census([Census(100, 1.0, kept=20, cheap=0.9), Census(100, 1.0, kept=10, cheap=0.2),
+                      Census(100, 1.0), Census(100, 2.0)])
     plan.chosen = _whole(0, 1, 2, 3)
-    # Room 85: call 1 first (its 40 bytes fit), call 0 (50) no longer fits, call 2 (30) does.
-    assert plan.lower(step_peak=715) == {1: SELECTIVE, 2: SELECTIVE}
-    assert plan.chosen == {0: WHOLE, 1: SELECTIVE, 2: SELECTIVE, 3: WHOLE}
+    # Room 160: call 1 selective (10), call 3 unset (100); calls 0 and 2 (100 each) no longer fit.
+    assert plan.lower(step_peak=640) == {1: SELECTIVE, 3: NONE}
+    assert plan.chosen == {0: WHOLE, 1: SELECTIVE, 2: WHOLE}
     assert plan.lower(step_peak=100) == {}  # once
     fresh = RegionPlan(budget=1000, target=0.7, rounds=3, release=0.8)
-    fresh.take_census([Census(100, 1.0, kept=50, cheap=0.5)] * 2)
-    fresh.chosen = _whole(0, 1)
+    fresh.take_census([Census(100, 1.0)] * 3)
+    fresh.chosen = _whole(0, 1, 2)
     assert fresh.lower(step_peak=790) == {} and fresh.lowered  # no room
+    again = RegionPlan(budget=1000, target=0.7, rounds=3, release=0.8)
+    again.take_census([Census(100, 1.0)] * 3)
+    again.chosen = _whole(0, 1, 2)
+    assert again.lower(step_peak=550) == {0: NONE, 1: NONE} and again.chosen == {2: WHOLE}  # equals: earlier first
+
+
+def test_plan_undoes_its_lowering_once():
+    plan = RegionPlan(budget=1000, target=0.7, rounds=3, release=0.8)
+    plan.take_census([Census(100, 1.0, kept=10, cheap=0.2), Census(100, 2.0), Census(100, 1.0)])
+    plan.chosen = _whole(0, 1, 2)
+    assert plan.lower(step_peak=650) == {0: SELECTIVE, 1: NONE}
+    assert plan.undo_lower() == {0: WHOLE, 1: WHOLE}
+    assert plan.chosen == _whole(0, 1, 2)
+    assert plan.undo_lower() == {} and plan.lower(step_peak=0) == {}  # each once
 
 
 def test_plan_sets_nothing_when_every_region_would_not_fit():
@@ -312,21 +328,18 @@ def test_recompute_blocks_off_sets_no_region():
     assert got[3]["regions"] == 0 and got[3]["evictions"] > 0
 
 
-def test_recompute_blocks_whole_sets_no_selective_region(matmuls_dominate):
+@pytest.mark.parametrize("option", [True, "whole"])
+def test_recompute_blocks_sets_no_selective_region_unless_asked(matmuls_dominate, option):
     make_model, make_batches, loss_fn = FAMILIES["gpt2"]
     ref = train(make_model, make_batches, loss_fn, steps=10)
     budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
-    got = train(make_model, make_batches, loss_fn, steps=10, budget=budget, recompute_blocks="whole")
+    got = train(make_model, make_batches, loss_fn, steps=10, budget=budget, recompute_blocks=option)
     assert_identical(ref, got)
-    # Where the default sets selective regions (test_selective_regions_keep_every_bit), none.
+    # Where "selective" sets selective regions (test_selective_regions_keep_every_bit), none.
     assert got[3]["regions"] >= 2 and got[3]["regions_selective"] == 0 and not matmuls_dominate, got[3]
 
 
-def test_whole_regions_are_lowered_once_the_step_runs_unintercepted(monkeypatch):
-    from deepum.engine import regions
-
-    # Pointwise operators as costly as the matmuls: the choice takes whole calls first.
-    monkeypatch.setattr(regions._Split, "cheap_share", lambda self: 0.9)
+def test_whole_regions_are_unset_once_the_step_runs_unintercepted():
     make_model, make_batches, loss_fn = FAMILIES["gpt2"]
     ref = train(make_model, make_batches, loss_fn, steps=14)
     budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
@@ -334,7 +347,48 @@ def test_whole_regions_are_lowered_once_the_step_runs_unintercepted(monkeypatch)
     assert losses == ref[0]
     lowered = [n for peak, n in regions_.history if peak < 0]
     assert lowered and lowered[0] > 0, regions_.history  # a dormant window's peak left room
-    assert stats["regions_selective"] >= 1 and stats["paging_stops"] >= 1, stats
+    counts = stats["regions_per_step"]  # regions set after each step: some were unset while dormant
+    assert any(later < earlier for earlier, later in zip(counts, counts[1:])), (counts, regions_.history)
+    assert stats["regions_selective"] == 0 and stats["paging_stops"] >= 1, stats
+
+
+def test_a_lowering_that_makes_the_allocator_flush_is_undone(monkeypatch):
+    from deepum.engine import memsignal
+
+    # The cpu tier has no cache to flush: here every window flushes once.
+    close = memsignal.CpuSignal.close_window
+
+    def flushing(self):
+        self.flushes += 1
+        return close(self)
+
+    monkeypatch.setattr(memsignal.CpuSignal, "close_window", flushing)
+    make_model, make_batches, loss_fn = FAMILIES["gpt2"]
+    ref = train(make_model, make_batches, loss_fn, steps=16)
+    budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
+    losses, regions_, stats = _train_watched(make_model, make_batches, loss_fn, budget, steps=16)
+    assert losses == ref[0]
+    lowered = [n for peak, n in regions_.history if peak < 0]
+    assert lowered and lowered[0] > 0 and regions_.undone == lowered[0], (regions_.history, regions_.undone)
+    counts = stats["regions_per_step"]  # down at the lowering, back up two windows later
+    low = min(counts[counts.index(max(counts)):])
+    assert low < max(counts) == counts[-1], counts
+
+
+def test_selective_regions_are_lowered_where_that_saves_more_per_byte(monkeypatch):
+    from deepum.engine import regions
+
+    # Pointwise operators as costly as the matmuls: the choice takes whole calls first.
+    monkeypatch.setattr(regions._Split, "cheap_share", lambda self: 0.9)
+    make_model, make_batches, loss_fn = FAMILIES["gpt2"]
+    ref = train(make_model, make_batches, loss_fn, steps=14)
+    budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
+    losses, regions_, stats = _train_watched(make_model, make_batches, loss_fn, budget, steps=14,
+                                             recompute_blocks="selective")
+    assert losses == ref[0]
+    lowered = [n for peak, n in regions_.history if peak < 0]
+    assert lowered and lowered[0] > 0, regions_.history
+    assert stats["paging_stops"] >= 1, stats
 
 
 def test_blocks_are_the_repeated_members_of_module_lists():
@@ -373,20 +427,21 @@ class _TakesObject(nn.Module):
         return x.pow(2).mean()
 
 
-def _train_watched(make, batches, loss_fn, budget, steps):
+def _train_watched(make, batches, loss_fn, budget, steps, **options):
     """Train a model made inside a session: (losses, the session's regions, its stats)."""
-    with deepum.oversubscribe(budget, device="cpu") as session:
+    with deepum.oversubscribe(budget, device="cpu", **options) as session:
         torch.manual_seed(0)
         model = make()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
-        losses = []
+        losses, counts = [], []
         for batch in batches()[:steps]:
             opt.zero_grad(set_to_none=True)
             out = loss_fn(model, batch)
             out.backward()
             opt.step()
             losses.append(out.item())
-        return losses, session._watch.regions, session.stats()
+            counts.append(session.stats()["regions"])
+        return losses, session._watch.regions, dict(session.stats(), regions_per_step=counts)
 
 
 def _check_not_chosen(make, why):
@@ -495,6 +550,6 @@ def test_selective_regions_keep_every_bit(family, matmuls_dominate):
     make_model, make_batches, loss_fn = SELECTIVE_FAMILIES[family]
     ref = train(make_model, make_batches, loss_fn, steps=10)
     budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
-    got = train(make_model, make_batches, loss_fn, steps=10, budget=budget)
+    got = train(make_model, make_batches, loss_fn, steps=10, budget=budget, recompute_blocks="selective")
     assert_identical(ref, got)
     assert len(matmuls_dominate) >= 2, got[3]  # selective regions' recomputes

@@ -271,9 +271,10 @@ class Config:
     # Recompute module calls (a transformer's layers, a CNN's blocks) in the
     # backward pass where the forward's peak passes the limit, through
     # PyTorch's checkpointing ([Note: regions] in core/regions.py): True
-    # keeps their matmul and attention outputs where that is enough and
-    # runs the whole call again where it is not; "whole" only the latter.
-    # Needs ``dormant`` (its module hooks find the blocks).
+    # (or "whole") runs a chosen call again whole; "selective" may instead
+    # keep its matmul and attention outputs and run the rest again (PyTorch's
+    # selective checkpointing, whose dispatch mode costs host time on every
+    # operator of the call). Needs ``dormant`` (its module hooks find the blocks).
     recompute_blocks: bool | str = True
     thresholds: Thresholds = field(default_factory=Thresholds)
 
@@ -287,8 +288,9 @@ class Config:
         for name in ("prefetch", "recompute", "expandable_segments", "freeze_gc", "trace", "stress",
                      "strict", "host_access", "dormant"):
             _check_bool(name, getattr(self, name), optional=False)
-        if not (isinstance(self.recompute_blocks, bool) or self.recompute_blocks == "whole"):
-            raise OptionError(f"option recompute_blocks={self.recompute_blocks!r} must be True, False or 'whole'")
+        if not (isinstance(self.recompute_blocks, bool) or self.recompute_blocks in ("whole", "selective")):
+            raise OptionError(f"option recompute_blocks={self.recompute_blocks!r} must be True, False, 'whole' "
+                              "or 'selective'")
         if not (isinstance(self.plan, bool) or self.plan == "auto"):
             raise OptionError(f"option plan={self.plan!r} must be True, False or 'auto'")
         for name in ("adopt", "track_kinds"):

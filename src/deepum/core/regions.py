@@ -78,12 +78,21 @@ whole layers only for what is still over.
 
 Lowering, once. The forward's measure is an estimate; once the step runs
 unintercepted, the allocator's peak of a whole step is a measurement. If
-it leaves room under ``region_release``, whole regions go back to
-selective, most seconds saved per kept byte first, while their kept bytes
-fit in that room (a selective region adds its kept bytes to the step's
-peak, and its rerun is smaller than the whole one's). This happens once:
-if the step then pages again, the rounds go on as before, and the last
-round sets every candidate whole.
+it leaves room under ``region_release``, whole regions are lowered while
+the bytes they would keep fit in that room: unset (``NONE``: the region's
+saved bytes come back) or, where the SELECTIVE level is on, selective (its
+kept bytes), whichever saves more seconds per byte, most first. This
+happens once: if the step then pages again, the rounds go on as before,
+and the last round sets every candidate whole. The measure is the
+allocator's reserved peak (its cap is on reserved bytes); if the lowered
+step still makes the allocator flush its cache to find a block, the
+lowering is undone.
+
+The SELECTIVE level is off unless asked for (``recompute_blocks=
+"selective"``): PyTorch's selective checkpointing runs the region's forward
+and its recompute under a Python dispatch mode, and on the GPU that costs
+more than the whole recompute it saves (docs/BENCHMARKS.md, session 24).
+The census then has no SELECTIVE level (``kept`` is -1).
 
 Pure logic: the engine feeds it byte counts and seconds, and sets what it returns.
 """
@@ -220,6 +229,7 @@ class RegionPlan:
         self.dropped = False  # every region was set whole, the step still paged, and they were all unset
         self.settling = 0  # windows left whose bytes moved do not count (see window)
         self.lowered = False  # the one lowering is spent (see lower)
+        self.lowered_from: dict[int, int] = {}  # the regions lowered, at the level each had (see undo_lower)
 
     def take_census(self, census: Sequence[Census]) -> None:
         self.census = list(census)
@@ -292,22 +302,58 @@ class RegionPlan:
         return changes
 
     def lower(self, step_peak: int) -> dict[int, int]:
-        """Whole regions to set selective, given an unintercepted step's measured peak (once; see the Note)."""
+        """Whole regions to set lower, given an unintercepted step's measured peak (once; see the Note).
+
+        A region goes to ``NONE`` (it keeps what it saves) or, where the
+        census has a SELECTIVE level, to that (it keeps its ``kept`` bytes),
+        whichever saves more seconds per byte it adds; most seconds per byte
+        first, while the bytes fit the room the step left under the release
+        share. A region lowered to ``NONE`` leaves ``chosen``.
+        """
         if self.lowered or self.census is None or not self.chosen or self.dropped or self.done:
             return {}  # (done: no round would be left to raise them again if the step then paged)
         self.lowered = True
-        census, room = self.census, self.release_bytes - step_peak
-        pool = [i for i, level in self.chosen.items()
-                if level == WHOLE and census[i].kept >= 0 and census[i].drops(SELECTIVE) > 0]
-        pool.sort(key=lambda i: -(census[i].cost(WHOLE) - census[i].cost(SELECTIVE)) / max(census[i].kept, 1))
+        room = self.release_bytes - step_peak
+        options = sorted((o for i, level in self.chosen.items() if level == WHOLE
+                          for o in [self._lower_option(i)] if o is not None), key=lambda o: (-o[0], o[1]))
         changes: dict[int, int] = {}
-        for i in pool:
-            if census[i].kept > room:
+        for _, i, to, added in options:
+            if added > room:
                 continue
-            room -= census[i].kept
-            changes[i] = SELECTIVE
+            room -= added
+            changes[i] = to
+        for i, to in changes.items():
+            self.lowered_from[i] = self.chosen[i]
+            if to == NONE:
+                del self.chosen[i]
+            else:
+                self.chosen[i] = to
+        return changes
+
+    def undo_lower(self) -> dict[int, int]:
+        """The lowering's regions back at their levels (once): the lowered step made the allocator flush its cache.
+
+        A measured peak under the cap can still leave the cap's allocator
+        no free block that fits: it then hands its cached blocks back and
+        asks again, a wait on every stream, each step. Fewer regions cost
+        less than that.
+        """
+        changes, self.lowered_from = self.lowered_from, {}
         self.chosen.update(changes)
         return changes
+
+    def _lower_option(self, i: int) -> tuple[float, int, int, int] | None:
+        """(seconds saved per byte added, index, level, bytes added) of a whole region's best lower level."""
+        c = self.census[i]
+        best = None
+        for to in (NONE, SELECTIVE):
+            if to == SELECTIVE and (c.kept < 0 or c.drops(SELECTIVE) <= 0):
+                continue
+            added = c.drops(WHOLE) - c.drops(to)
+            ratio = (c.cost(WHOLE) - c.cost(to)) / max(added, 1)
+            if best is None or ratio > best[0]:
+                best = (ratio, i, to, added)
+        return best
 
     def _remaining(self) -> list[int]:
         """Candidates not yet at WHOLE."""

@@ -56,6 +56,8 @@ class CudaSignal:
         self.index = device.index if device.index is not None else torch.cuda.current_device()
         # The reserved peak before the last reset, so the session's peak survives the resets.
         self.folded_reserved_peak = 0
+        self.window_reserved = 0  # the last window's reserved peak (the cap is on reserved bytes)
+        self.flushes = 0  # times the allocator handed its cache back to find a block, so far
 
     def current(self) -> int:
         return torch._C._cuda_memoryStats(self.index)["allocated_bytes"]["all"]["current"]
@@ -63,9 +65,10 @@ class CudaSignal:
     def close_window(self) -> int:
         """The window's peak of allocated bytes; a new window starts."""
         stats = torch._C._cuda_memoryStats(self.index)
-        reserved = stats["reserved_bytes"]["all"]["peak"]
+        reserved = self.window_reserved = stats["reserved_bytes"]["all"]["peak"]
         if reserved > self.folded_reserved_peak:
             self.folded_reserved_peak = reserved
+        self.flushes = stats.get("num_alloc_retries", 0)
         peak = stats["allocated_bytes"]["all"]["peak"]
         torch._C._cuda_resetPeakMemoryStats(self.index)
         return peak
@@ -106,13 +109,15 @@ class CpuSignal:
         self.base = 0
         self.mark = 0
         self.folded_reserved_peak = 0
+        self.window_reserved = 0  # no cache: what is reserved is what is allocated
+        self.flushes = 0
         counter.install()
 
     def current(self) -> int:
         return self.base + self.counter.current() - self.mark
 
     def close_window(self) -> int:
-        peak = self.base + self.counter.peak() - self.mark
+        peak = self.window_reserved = self.base + self.counter.peak() - self.mark
         self.counter.reset_peak()
         return peak
 

@@ -200,7 +200,7 @@ class Regions:
         self.counters = pager.counters
         self.target = th.region_target
         self.rounds = th.region_rounds
-        self.selective = pager.config.recompute_blocks is True  # "whole": whole calls only
+        self.selective = pager.config.recompute_blocks == "selective"
         self.release = th.region_release
         self.plan = RegionPlan(pager.budget, self.target, self.rounds, self.release)
         self.census_ids: list[int] = []
@@ -219,6 +219,9 @@ class Regions:
         self.forward_peak = 0
         self.retargeted = False
         self.dormant_windows = 0
+        self.after_lowering = 0  # dormant windows since the lowering
+        self.flushes = 0  # the allocator's cache flushes at the last dormant window
+        self.undone = 0  # regions set back by undoing the lowering
         # (the window's forward peak, regions changed then); a dormant window's whole peak is negated
         self.history: list[tuple[int, int]] = []
         self.watch = None  # engine/watch.py's Watch, which sets itself here: held(), paging
@@ -235,6 +238,9 @@ class Regions:
         self.tallies = {}
         self.plan = RegionPlan(self.pager.budget, self.target, self.rounds, self.release)
         self.dormant_windows = 0
+        self.after_lowering = 0  # dormant windows since the lowering
+        self.flushes = 0  # the allocator's cache flushes at the last dormant window
+        self.undone = 0  # regions set back by undoing the lowering
         for b in blocks:
             self.census_hooks.append(b.register_forward_pre_hook(_Fn(self._census_pre), with_kwargs=True))
             self.census_hooks.append(b.register_forward_hook(_Fn(self._census_post), with_kwargs=True,
@@ -394,19 +400,36 @@ class Regions:
         self.forward_peak = 0
         return retarget
 
-    def dormant_window(self, peak: int) -> None:
-        """A window ran unintercepted with regions set, peaking at ``peak``: lower regions where that leaves room.
+    def dormant_window(self, reserved: int, flushes: int) -> None:
+        """A window ran unintercepted with regions set: lower regions where its peak leaves room, or undo that.
 
-        The first such window is skipped: it follows the step in which
-        paging stopped and every page came back.
+        ``reserved``: the window's peak of the allocator's reserved bytes;
+        ``flushes``: the allocator's cache flushes so far. The first such
+        window is skipped: it follows the step in which paging stopped and
+        every page came back. The first window after the lowering is too
+        (the allocator lays out the changed step); a flush in the next one
+        undoes the lowering.
         """
-        if not self.set_hooks or self.plan.lowered:
+        if self.plan.lowered:
+            self.after_lowering += 1
+            if self.after_lowering == 2 and flushes > self.flushes and self.plan.lowered_from:
+                changes = self.plan.undo_lower()
+                self.undone = len(changes)
+                self._apply(changes)
+            self.flushes = flushes
+            return
+        if not self.set_hooks:
             return
         self.dormant_windows += 1
+        self.flushes = flushes
         if self.dormant_windows < 2:
             return
-        changes = self.plan.lower(peak)
-        self.history.append((-peak, len(changes)))  # negative: a dormant window's whole peak
+        changes = self.plan.lower(reserved)
+        self.history.append((-reserved, len(changes)))  # negative: a dormant window's whole peak
+        self._apply(changes)
+
+    def _apply(self, changes: dict[int, int]) -> None:
+        """Set the levels a dormant window chose."""
         for i, level in changes.items():
             self._set(self.census_ids[i], level)
         if changes:
@@ -436,8 +459,9 @@ class Regions:
             return
         old = self.set_hooks.pop(module_id, None)
         if old is not None:
-            old.remove()  # its level rises: between steps, so no call of it is open
-        self.set_hooks[module_id] = _Checkpointed(self, module, self.tallies[module_id].hf, level)
+            old.remove()  # its level changes between steps, so no call of it is open
+        if level != NONE:
+            self.set_hooks[module_id] = _Checkpointed(self, module, self.tallies[module_id].hf, level)
         self._count_levels()
 
     def _count_levels(self) -> None:
@@ -530,16 +554,17 @@ def _same_again(regions: Regions, module, args, kwargs, output, rng, tally: _Tal
 
 
 def _compare_again(regions: Regions, module, args, kw, output, cpu, cuda, tally: _Tally, seconds: float) -> bool:
-    split = _Split(bool(cuda))
+    split = _Split(bool(cuda)) if regions.selective else None
     with torch.random.fork_rng(devices=[d for d, _ in cuda], device_type="cuda" if cuda else "cpu"), \
             _Recompute(regions, module, count=False):
         torch.set_rng_state(cpu)
         for d, state in cuda:
             torch.cuda.set_rng_state(state, d)
-        with split:
+        with split if split is not None else contextlib.nullcontext():
             again = module.forward(*args, **kw)
-    tally.kept += split.kept
-    tally.cheap += seconds * split.cheap_share()
+    if split is not None:
+        tally.kept += split.kept
+        tally.cheap += seconds * split.cheap_share()
     first, second = _outputs(output), _outputs(again)
     if len(first) != len(second):
         return False

@@ -186,7 +186,7 @@ class Watch:
             st.overshoots += 1
             st.overshoot_max_bytes = max(st.overshoot_max_bytes, over)
         if self.regions is not None:
-            self.regions.dormant_window(peak)
+            self.regions.dormant_window(self.signal.window_reserved, self.signal.flushes)
         if state.boundary(peak, False) is Turn.ENGAGE:
             self._engage()
 
