@@ -164,6 +164,10 @@ def short_table(rows: list[dict]) -> str:
         frac = r.get("fraction")
         budget = "-" if frac is None else frac if frac == CKPT else f"{frac:.3g}"
         head = f"{r.get('src', 'new'):4} {r['model']:14} {r['method']:15} {budget:7}"
+        if "bit_identical" in r:
+            lines.append(f"{head} bit-identical {r['bit_identical']}, fits {r.get('fits')}, regions "
+                         f"{r.get('regions')}, evictions {r.get('evictions')}, ok {r.get('ok')}")
+            continue
         if "median_s" not in r:
             lines.append(f"{head} {r.get('skipped') or r.get('error', '?')}"[:160])
             continue

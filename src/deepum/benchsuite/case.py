@@ -121,14 +121,17 @@ def identity_check(name: str, device: torch.device, steps: int, options: dict | 
         session = deepum.oversubscribe(budget or 1.0, device, **opts) if budget or device.type == "cpu" else None
         if session:
             session.__enter__()
+        history = []
         try:
             work = Workload(name, device, device)
             step = standard_step(work, adamw(work.model, device))
             losses = [step(work.host_batch(i)).item() for i in range(steps)]
+            regions = getattr(getattr(session, "_watch", None), "regions", None)
+            history = list(regions.history) if regions is not None else []
         finally:
             if session:
                 session.__exit__(None, None, None)
-        stats = session.stats() if session else {}  # taken before the exit's restore
+        stats = dict(session.stats(), region_history=history) if session else {}  # before the exit's restore
         peak = stats["peak_device_bytes"] if session else torch.cuda.max_memory_reserved(device)
         params = [p.detach().cpu() for p in work.model.parameters()]
         return losses, params, stats, peak
@@ -145,7 +148,9 @@ def identity_check(name: str, device: torch.device, steps: int, options: dict | 
             "drops": stats.get("drops", 0), "recomputes": stats.get("recomputes", 0),
             "planned_steps": stats.get("planned_steps", 0), "planned_evictions": stats.get("planned_evictions", 0),
             "regions": stats.get("regions", 0), "regions_selective": stats.get("regions_selective", 0),
-            "region_recomputes": stats.get("region_recomputes", 0), "losses": l1, "ok": deterministic and same and peak1 <= budget and stats["evictions"] > 0}
+            "region_recomputes": stats.get("region_recomputes", 0), "region_history": stats["region_history"],
+            "paging_stops": stats.get("paging_stops", 0), "losses": l1,
+            "ok": deterministic and same and peak1 <= budget and stats["evictions"] > 0}
 
 
 def _energy_counter(device: torch.device):
