@@ -20,6 +20,7 @@ from torch import nn
 
 import deepum
 from deepum.core import regions as core
+from deepum.core.config import Thresholds
 from deepum.core.regions import NONE, SELECTIVE, WHOLE, Census, RegionPlan, choose, freed, freed_by
 from deepum.engine.regions import find_blocks
 
@@ -339,11 +340,18 @@ def test_recompute_blocks_sets_no_selective_region_unless_asked(matmuls_dominate
     assert got[3]["regions"] >= 2 and got[3]["regions_selective"] == 0 and not matmuls_dominate, got[3]
 
 
+# Regions cut the forward to 0.6 of the budget, so that the measured step
+# leaves room under the release share for the lowering (at the default
+# target the room depends on which calls the census's timings chose).
+ROOMY = Thresholds(region_target=0.6)
+
+
 def test_whole_regions_are_unset_once_the_step_runs_unintercepted():
     make_model, make_batches, loss_fn = FAMILIES["gpt2"]
     ref = train(make_model, make_batches, loss_fn, steps=14)
     budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
-    losses, regions_, stats = _train_watched(make_model, make_batches, loss_fn, budget, steps=14)
+    losses, regions_, stats = _train_watched(make_model, make_batches, loss_fn, budget, steps=14,
+                                             thresholds=ROOMY)
     assert losses == ref[0]
     lowered = [n for peak, n in regions_.history if peak < 0]
     assert lowered and lowered[0] > 0, regions_.history  # a dormant window's peak left room
@@ -366,7 +374,8 @@ def test_a_lowering_that_makes_the_allocator_flush_is_undone(monkeypatch):
     make_model, make_batches, loss_fn = FAMILIES["gpt2"]
     ref = train(make_model, make_batches, loss_fn, steps=16)
     budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
-    losses, regions_, stats = _train_watched(make_model, make_batches, loss_fn, budget, steps=16)
+    losses, regions_, stats = _train_watched(make_model, make_batches, loss_fn, budget, steps=16,
+                                             thresholds=ROOMY)
     assert losses == ref[0]
     lowered = [n for peak, n in regions_.history if peak < 0]
     assert lowered and lowered[0] > 0 and regions_.undone == lowered[0], (regions_.history, regions_.undone)
@@ -384,7 +393,7 @@ def test_selective_regions_are_lowered_where_that_saves_more_per_byte(monkeypatc
     ref = train(make_model, make_batches, loss_fn, steps=14)
     budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
     losses, regions_, stats = _train_watched(make_model, make_batches, loss_fn, budget, steps=14,
-                                             recompute_blocks="selective")
+                                             recompute_blocks="selective", thresholds=ROOMY)
     assert losses == ref[0]
     lowered = [n for peak, n in regions_.history if peak < 0]
     assert lowered and lowered[0] > 0, regions_.history

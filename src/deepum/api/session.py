@@ -215,9 +215,7 @@ class Session:
         use; without a compiler the session keeps paging. Off under
         ``stress`` and ``trace``. Default: on.
     recompute_blocks:
-        Recompute blocks in the backward pass where that makes the step fit ([Note: regions]). ``True``
-        or ``"whole"``: a block runs again whole; ``"selective"``: it may keep its matmul and attention
-        outputs and run only the rest again (slower than whole on the GPU, docs/BENCHMARKS.md).
+        Recompute blocks in the backward pass to fit the step ([Note: regions]); ``"selective"`` may keep their matmul outputs.
     plan:
         ``True``: record one step (optimizer step to optimizer step), plan
         every page's evictions, drops and prefetches from each page's next
