@@ -400,6 +400,24 @@ def test_selective_regions_are_lowered_where_that_saves_more_per_byte(monkeypatc
     assert stats["paging_stops"] >= 1, stats
 
 
+def test_regions_with_a_sequence_length_that_changes_each_step_keep_every_bit_and_the_budget():
+    def batches():
+        g = torch.Generator().manual_seed(3)
+        lengths = [96] * 6 + [112, 64, 104, 80, 112, 96, 72, 112]  # the census saw 96
+        return [torch.randint(1, 128, (8, n), generator=g) for n in lengths]
+
+    ref = train(_gpt2, batches, _lm, steps=14)
+    budget = int(_peak(_gpt2, _tokens, _lm) * 0.75)
+    got = train(_gpt2, batches, _lm, steps=14, budget=budget)
+    assert_identical(ref, got)
+    stats = got[3]
+    assert stats["regions"] >= 2 and stats["region_recomputes"] > stats["regions"], stats
+    # The longer steps outgrew what the regions were chosen for: paging
+    # started again and kept the budget, with nothing past it unwatched.
+    assert stats["paging_stops"] >= 1 and stats["paging_starts"] >= 1 and stats["evictions"] > 0, stats
+    assert stats["overshoots"] == 0 and stats["peak_managed_bytes"] <= budget, stats
+
+
 def test_blocks_are_the_repeated_members_of_module_lists():
     assert len(find_blocks(_gpt2())) == 8
     assert len(find_blocks(_llama())) == 8
