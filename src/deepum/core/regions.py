@@ -94,6 +94,20 @@ and its recompute under a Python dispatch mode, and on the GPU that costs
 more than the whole recompute it saves (docs/BENCHMARKS.md, session 24).
 The census then has no SELECTIVE level (``kept`` is -1).
 
+[Note: parking]
+A model whose parameters, gradients and optimizer state fill most of the
+budget (a large model at a small batch) has too little room for
+activations even with every region whole. Its optimizer state is read
+and written only by the optimizer's step, so between two steps it can
+wait on the host: copied out after a step, while the program goes on, and
+back before the next, with no operator intercepted (engine/parking.py).
+When every region whole still leaves the forward over its target by
+``short`` bytes and ``parkable`` (the optimizer state on the device)
+covers it, every region is set whole and ``park = short``. A window still
+over with every region whole parks more, up to ``parkable``; only then
+are regions and parking dropped for the page planner. Regions are not
+lowered while state is parked: the step needed all of them and more.
+
 Pure logic: the engine feeds it byte counts and seconds, and sets what it returns.
 """
 
@@ -230,6 +244,8 @@ class RegionPlan:
         self.settling = 0  # windows left whose bytes moved do not count (see window)
         self.lowered = False  # the one lowering is spent (see lower)
         self.lowered_from: dict[int, int] = {}  # the regions lowered, at the level each had (see undo_lower)
+        self.parkable = 0  # bytes of optimizer state that could be parked (the engine sets it; [Note: parking])
+        self.park = 0  # bytes of it to park
 
     def take_census(self, census: Sequence[Census]) -> None:
         self.census = list(census)
@@ -269,18 +285,36 @@ class RegionPlan:
             # stay open until they run out or the session stops paging.
             return {}
         if self.chosen and not self._remaining():
-            # Every region is set whole and the step still pages: regions and
-            # paging together cost more than paging alone. All of them go.
+            if self.park < self.parkable:
+                # Every region is whole: park more of the optimizer's state.
+                self.park = min(self.parkable, self.park + excess)
+                self.settling = self.SETTLE
+                return {}
+            # Every region is set whole, as much state parked as there is,
+            # and the step still pages: regions and paging together cost
+            # more than paging alone. All of them go.
             self.chosen = {}
+            self.park = 0
             self.rounds_left = 0
             self.dropped = True
             return {}
-        if not self.chosen and freed_by(census, dict.fromkeys(self._remaining(), WHOLE)) < excess:
-            # Even every region whole would leave the step paging: each would
-            # then add its forward again to a step the page planner already
-            # pays for, so the step is left to the page planner whole.
-            self.rounds_left = 0
-            return {}
+        if not self.chosen:
+            short = excess - freed_by(census, dict.fromkeys(self._remaining(), WHOLE))
+            if short > self.parkable:
+                # Even every region whole, with all the state parked, would
+                # leave the step paging: each region would then add its
+                # forward again to a step the page planner already pays
+                # for, so the step is left to the page planner whole.
+                self.rounds_left = 0
+                return {}
+            if short > 0:
+                # Every region whole and the rest parked ([Note: parking]).
+                self.rounds_left = max(self.rounds_left - 1, 1)
+                self.park = short
+                changes = dict.fromkeys(self._remaining(), WHOLE)
+                self.chosen.update(changes)
+                self.settling = self.SETTLE
+                return changes
         self.rounds_left -= 1
         if self.rounds_left == 0 and self.chosen:
             # The last round: every candidate whole, the most the regions can
@@ -310,8 +344,10 @@ class RegionPlan:
         first, while the bytes fit the room the step left under the release
         share. A region lowered to ``NONE`` leaves ``chosen``.
         """
-        if self.lowered or self.census is None or not self.chosen or self.dropped or self.done:
-            return {}  # (done: no round would be left to raise them again if the step then paged)
+        if self.lowered or self.census is None or not self.chosen or self.dropped or self.done or self.park:
+            # (done: no round would be left to raise them again if the step
+            # then paged; parking: the step needed every region and more)
+            return {}
         self.lowered = True
         room = self.release_bytes - step_peak
         options = sorted((o for i, level in self.chosen.items() if level == WHOLE

@@ -225,6 +225,7 @@ class Regions:
         # (the window's forward peak, regions changed then); a dormant window's whole peak is negated
         self.history: list[tuple[int, int]] = []
         self.watch = None  # engine/watch.py's Watch, which sets itself here: held(), paging
+        self.parking = None  # engine/parking.py's Parking, which the watch sets here
 
     # ------------------------------------------------------------ census
 
@@ -375,8 +376,11 @@ class Regions:
             # optimizer's state, so the first choice waits for the next window.
             self._close_census()
         elif peak and not self.plan.done:
+            if self.parking is not None:
+                self.plan.parkable = self.parking.parkable()
             added = self.plan.window(peak, moved, step_peak)
             self.history.append((peak, len(added)))
+            parked = self.parking is not None and self.parking.set_goal(self.plan.park)
             if self.plan.dropped:
                 for hook in self.set_hooks.values():
                     hook.remove()
@@ -384,7 +388,7 @@ class Regions:
                 self._count_levels()
             for i, level in added.items():
                 self._set(self.census_ids[i], level)
-            if added or self.plan.dropped:
+            if added or self.plan.dropped or parked:
                 # The step changed: a page plan recorded before would be
                 # tried against it and move pages the step no longer needs
                 # moved. The page planner starts over (at a root call, as

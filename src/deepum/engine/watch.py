@@ -45,6 +45,7 @@ from torch.utils._python_dispatch import _disable_current_modes, _get_current_di
 from ..core.dormancy import Dormancy, Turn
 from ..core.pages import RESIDENT, Kind
 from ..errors import RestoreError
+from .parking import Parking
 from .stepplan import StepPlans
 
 log = logging.getLogger("deepum")
@@ -63,8 +64,10 @@ class Watch:
         self.signal = signal  # engine/memsignal.py
         self.adopt = adopt  # called after paging turns on (CUDA: the adoption scan)
         self.regions = regions  # engine/regions.py, or None
+        self.parking = None  # engine/parking.py: the optimizer state the regions' plan parks
         if regions is not None:
             regions.watch = self
+            self.parking = regions.parking = Parking(pager.device, pager.counters)
         self.state = Dormancy(pager.table.limit, th.engage, th.release, th.calm_windows)
         self.owner = threading.get_ident()
         self.root: weakref.ref | None = None
@@ -135,6 +138,9 @@ class Watch:
             return
         if threading.get_ident() != self.owner:
             return
+        parking = self.parking
+        if parking is not None and parking.pending and (is_root or parking.ready()):
+            parking.swap(wait=True)  # before the root's regions hook measures what the step holds
         now = time.perf_counter()
         if not self.root_id:
             # Its first call starts the first window: no boundary yet.
@@ -292,6 +298,8 @@ class Watch:
         self._remove_hooks()
         if self.regions is not None:
             self.regions.close()
+        if self.parking is not None:
+            self.parking.close()
         self.signal.close()
 
 

@@ -450,3 +450,32 @@ def resident(*tensors: Tensor) -> Iterator[None]:
         yield
     finally:
         access.unpin(pages)
+
+
+@contextlib.contextmanager
+def written(*tensors: Tensor) -> Iterator[None]:
+    """Keep the tensors' pages resident for the block, which writes them below the paging mode.
+
+    The engine's own writes (engine/parking.py fills a new state tensor): the
+    pages' readers and recipes are settled before the write, as before an
+    operator's, and the pages are dirty after it (their host copies stale).
+    """
+    access = _active
+    if access is None:
+        yield
+        return
+    pages = access.pin("deepum.written", list(tensors))
+    pager = access.pager
+    with pager.lock:
+        for p in pages:
+            if p.readers or p.recipe is not None:
+                pager.before_write(p)
+    try:
+        yield
+    finally:
+        with pager.lock:
+            for p in pages:
+                if not p.dirty:
+                    p.dirty = True
+                    pager.transfers.release_host(p)
+        access.unpin(pages)

@@ -1,0 +1,212 @@
+"""Parking: optimizer state on the host between optimizer steps (executes core/regions.py's ``park``).
+
+[Note: a parked state entry]
+A parked entry is one tensor of ``optimizer.state[param]`` (AdamW's
+``exp_avg``, for instance) whose place in that dict holds a host tensor
+between two optimizer steps. The engine swaps the dict's value, never the
+tensor's storage, so whatever the program does with the optimizer between
+steps (``state_dict()``, ``torch.save``, printing, ``.numpy()``) sees a
+plain host tensor with the state's values; no operator is intercepted.
+
+- After a step (the optimizer's post-hook) the chosen entries are copied
+  into host buffers: on CUDA on a side stream that waits for the step, so
+  the program goes on; on the cpu tier at once.
+- At the next boundary (the root module's call: the next forward), or at
+  any reading once the copy has finished, each entry whose value is still
+  the device tensor that was copied, unchanged since (its version), is
+  replaced by its host buffer; the device tensor is then freed.
+- Before the next step (the optimizer's pre-hook) each entry whose value
+  is still its host buffer is replaced by a new device tensor copied from
+  it, on the step's stream; an entry the program replaced meanwhile (a
+  ``load_state_dict``) is left as the program set it.
+
+On CUDA the host buffers are pinned; on the cpu tier they come from an
+anonymous memory map, outside the counting allocator, as a host tier
+outside the budgeted one would be. The buffers are kept from step to step
+while the same entries are parked.
+"""
+
+from __future__ import annotations
+
+import mmap
+import weakref
+
+import torch
+import torch.optim.optimizer as optimizer_hooks
+from torch.utils._python_dispatch import _disable_current_modes
+
+from .intercept.host_access import resident, written
+
+
+class _Entry:
+    """One parked state entry: where it lives, its host buffer, and the device tensor being copied."""
+
+    __slots__ = ("owner", "state", "key", "host", "device", "version")
+
+    def __init__(self, owner: int, state: dict, key, host: torch.Tensor) -> None:
+        self.owner = owner  # id() of the optimizer
+        self.state = state
+        self.key = key
+        self.host = host
+        self.device: torch.Tensor | None = None
+        self.version = -1
+
+
+# Through TensorBase: a paging session's host-access wrapper of
+# ``untyped_storage`` would fault the page in and pin it.
+_storage = torch._C.TensorBase.untyped_storage
+
+
+def _host_buffer(like: torch.Tensor, cuda: bool) -> torch.Tensor:
+    if cuda:
+        return torch.empty(like.shape, dtype=like.dtype, pin_memory=True)
+    raw = torch.frombuffer(mmap.mmap(-1, max(like.nbytes, 1)), dtype=torch.uint8)
+    return raw[: like.nbytes].view(like.dtype).view(like.shape)
+
+
+class Parking:
+    """One session's parked optimizer state: the hooks, the chosen entries, the copies in flight."""
+
+    def __init__(self, device: torch.device, counters) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.counters = counters
+        self.goal = 0  # bytes to park
+        self.optimizers: weakref.WeakSet = weakref.WeakSet()
+        self.entries: dict[tuple[int, object], _Entry] = {}  # (id of the state dict, key) -> entry
+        self.pending: list[_Entry] = []  # copied out, not yet swapped
+        self.parked: list[_Entry] = []  # their dict holds the host buffer
+        self.event = None
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.hooks = [optimizer_hooks.register_optimizer_step_pre_hook(self._before),
+                      optimizer_hooks.register_optimizer_step_post_hook(self._after)]
+
+    def parkable(self) -> int:
+        """Bytes of optimizer state that parking could move (on the device now, or parked)."""
+        on_device = sum(t.nbytes for opt in list(self.optimizers) for _, _, t in self._candidates(opt, True))
+        return on_device + sum(e.host.nbytes for e in self.parked)
+
+    def _candidates(self, opt, paged_out: bool = False):
+        """The optimizer's state tensors that can be parked (``paged_out``: also those a
+        paging session holds off the device now, whose storage is empty)."""
+        for group in opt.param_groups:
+            for p in group["params"]:
+                state = opt.state.get(p)
+                if not state:
+                    continue
+                for key, t in state.items():
+                    # A tensor that is all of its storage: a view of a flat
+                    # buffer would stop sharing it once swapped.
+                    if (isinstance(t, torch.Tensor) and t.device == self.device and t.numel() > 1
+                            and not t.requires_grad and t.is_contiguous() and t.storage_offset() == 0
+                            and _storage(t).nbytes() in (t.nbytes, 0 if paged_out else t.nbytes)
+                            and not self._is_host(state, key, t)):
+                        yield state, key, t
+
+    def _is_host(self, state: dict, key, t: torch.Tensor) -> bool:
+        """Whether ``t`` is a parked entry's buffer (on the cpu tier it is on the device too)."""
+        e = self.entries.get((id(state), key))
+        return e is not None and e.host is t
+
+    def set_goal(self, nbytes: int) -> bool:
+        """Park ``nbytes`` of state from the next step on (0: none; what is parked comes back at the next step).
+
+        Returns whether the goal changed.
+        """
+        if nbytes == self.goal:
+            return False
+        self.goal = nbytes
+        self.entries = {e2: e for e2, e in self.entries.items() if e in self.parked or e in self.pending}
+        return True
+
+    def _after(self, optimizer, args, kwargs) -> None:
+        self.optimizers.add(optimizer)
+        # Other optimizers' entries parked already count toward the goal.
+        total = sum(e.host.nbytes for e in self.parked + self.pending if e.owner != id(optimizer))
+        chosen = []
+        for state, key, t in self._candidates(optimizer):
+            if total >= self.goal:
+                break
+            entry = self.entries.get((id(state), key))
+            if entry is None or entry.state is not state or entry.host.shape != t.shape or entry.host.dtype != t.dtype:
+                entry = self.entries[(id(state), key)] = _Entry(id(optimizer), state, key,
+                                                                  _host_buffer(t, self.cuda))
+            entry.device, entry.version = t, t._version
+            chosen.append(entry)
+            total += t.nbytes
+        if not chosen:
+            return
+        # The copies are the engine's, below a paging session's mode (the
+        # host buffers must not become pages), with the state's pages held
+        # resident while they run.
+        with resident(*[e.device for e in chosen]), _disable_current_modes():
+            if self.cuda:
+                self.stream.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(self.stream):
+                    for e in chosen:
+                        e.host.copy_(e.device, non_blocking=True)
+                    self.event = self.stream.record_event()
+            else:
+                for e in chosen:
+                    e.host.copy_(e.device)
+        self.pending += chosen
+        self.counters.parked_bytes += sum(e.host.nbytes for e in chosen)
+        if not self.cuda:
+            self.swap()
+
+    def ready(self) -> bool:
+        return bool(self.pending) and (self.event is None or self.event.query())
+
+    def swap(self, wait: bool = False) -> None:
+        """Put the host buffers in the state dicts (``wait``: for the copies out to finish first)."""
+        if not self.pending:
+            return
+        if self.event is not None:
+            if not wait and not self.event.query():
+                return
+            self.event.synchronize()
+        for e in self.pending:
+            if e.state.get(e.key) is e.device and e.device._version == e.version:
+                e.state[e.key] = e.host
+                self.parked.append(e)
+            e.device = None
+        self.pending = []
+
+    def _before(self, optimizer, args, kwargs) -> None:
+        # This optimizer's copies out not yet swapped in never left the device.
+        mine = id(optimizer)
+        for e in self.pending:
+            if e.owner == mine:
+                e.device = None
+        self.pending = [e for e in self.pending if e.owner != mine]
+        back = [e for e in self.parked if e.owner == mine]
+        self.parked = [e for e in self.parked if e.owner != mine]
+        for e in back:
+            if e.state.get(e.key) is e.host:
+                e.state[e.key] = self._back(e.host, non_blocking=True)
+
+    def _back(self, host: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+        # Made under a paging session's mode (a page, room made for it) from
+        # no tensor (the buffer must not become a page); filled below it.
+        dev = torch.empty(host.shape, dtype=host.dtype, device=self.device)
+        with written(dev), _disable_current_modes():
+            dev.copy_(host, non_blocking=non_blocking and self.cuda)
+        return dev
+
+    def restore(self) -> None:
+        """Every parked entry back on the device (the session ends)."""
+        for e in self.pending:
+            e.device = None
+        self.pending = []
+        for e in self.parked:
+            if e.state.get(e.key) is e.host:
+                e.state[e.key] = self._back(e.host)
+        self.parked = []
+        if self.cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+
+    def close(self) -> None:
+        self.restore()
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []

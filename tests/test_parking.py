@@ -1,0 +1,228 @@
+"""Parking: optimizer state on the host between optimizer steps ([Note: parking] in core/regions.py,
+[Note: a parked state entry] in engine/parking.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+import torch
+
+import deepum
+from deepum.core.regions import NONE, WHOLE, Census, RegionPlan
+from deepum.engine.parking import Parking
+from deepum.engine.telemetry import Stats
+
+from .helpers import assert_identical, train
+
+# ------------------------------------------------------------ the plan
+
+
+def _plan(parkable: int) -> RegionPlan:
+    plan = RegionPlan(budget=1000, target=0.8, rounds=3, release=0.9)
+    plan.take_census([Census(100, 1.0)] * 4)  # every region whole frees 300
+    plan.parkable = parkable
+    return plan
+
+
+def test_plan_parks_what_every_region_whole_leaves_over():
+    plan = _plan(parkable=200)
+    changes = plan.window(forward_peak=1250)  # 450 over the target of 800: 150 more than the regions free
+    assert changes == dict.fromkeys(range(4), WHOLE) and plan.park == 150
+
+
+def test_plan_leaves_the_step_to_the_page_planner_when_parking_cannot_cover_it():
+    plan = _plan(parkable=100)
+    assert plan.window(forward_peak=1250) == {} and plan.park == 0 and plan.done
+
+
+def test_plan_parks_more_while_the_step_is_over_then_drops_everything():
+    plan = _plan(parkable=200)
+    plan.window(forward_peak=1250)
+    plan.settling = 0
+    assert plan.window(forward_peak=650, step_peak=940) == {} and plan.park == 190  # 40 over the release share (the forward fits)
+    plan.settling = 0
+    plan.window(forward_peak=650, step_peak=940)
+    assert plan.park == 200  # all there is
+    plan.settling = 0
+    plan.window(forward_peak=650, step_peak=940)
+    assert plan.dropped and plan.chosen == {} and plan.park == 0
+
+
+def test_plan_does_not_lower_regions_while_state_is_parked():
+    plan = _plan(parkable=200)
+    plan.window(forward_peak=1250)
+    assert plan.lower(step_peak=0) == {} and plan.chosen == dict.fromkeys(range(4), WHOLE)
+    free = _plan(parkable=200)
+    free.window(forward_peak=1100)  # 300 over: the regions free it, nothing parked
+    assert free.park == 0 and NONE in free.lower(step_peak=500).values()
+
+
+# ------------------------------------------------------------ the engine
+
+
+def _llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=6, hidden_size=128, intermediate_size=352,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+                                        max_position_embeddings=128, tie_word_embeddings=False))
+
+
+def _batches():
+    g = torch.Generator().manual_seed(3)
+    return [torch.randint(1, 512, (4, 64), generator=g) for _ in range(16)]
+
+
+def _lm(model, ids):
+    return model(input_ids=ids, labels=ids).loss
+
+
+def _adamw(params):
+    # One parameter at a time: the foreach step's temporaries, the size of
+    # every parameter, would pass the budget at the step (CUDA's fused step has none).
+    return torch.optim.AdamW(params, lr=1e-3, foreach=False)
+
+
+def _budget(share: float) -> int:
+    *_, stats = train(_llama, _batches, _lm, steps=2, opt=_adamw, budget=1.0, dormant=False,
+                      recompute_blocks=False)
+    return int(stats["peak_managed_bytes"] * share)
+
+
+def test_a_model_state_too_large_for_regions_alone_parks_its_optimizer_state_and_keeps_every_bit():
+    ref = train(_llama, _batches, _lm, steps=16, opt=_adamw)
+    each: list = []
+    got = train(_llama, _batches, _lm, steps=16, opt=_adamw, budget=_budget(0.75), each_step=each)
+    assert_identical(ref, got)
+    stats = got[3]
+    assert stats["parked_bytes"] > 0 and stats["regions"] >= 2, stats
+    # Parked, the step fits: paging stopped and nothing moved in the last steps.
+    assert stats["paging_stops"] >= 1 and stats["paging_starts"] == 0, stats
+    assert all(e["evictions"] == 0 and e["parked_bytes"] > 0 for e in each[-3:]), each[-3:]
+
+
+def test_parked_state_is_real_data_between_steps():
+    """What a script does with the optimizer between steps sees the state's values (on the host)."""
+    budget = _budget(0.75)
+
+    def run(session_budget):
+        torch.manual_seed(0)
+        states = []
+        session = deepum.oversubscribe(session_budget, device="cpu") if session_budget else None
+        with session or contextlib.nullcontext():
+            model = _llama()
+            opt = _adamw(model.parameters())
+            for ids in _batches():
+                opt.zero_grad(set_to_none=True)
+                _lm(model, ids).backward()
+                opt.step()
+                buf = io.BytesIO()
+                torch.save(opt.state_dict(), buf)  # as a checkpoint inside the loop would
+                buf.seek(0)
+                states.append(torch.load(buf))
+        return states, session.stats() if session else None
+
+    ref, _ = run(None)
+    got, stats = run(budget)
+    assert stats["parked_bytes"] > 0, stats
+    for a, b in zip(ref, got):
+        for pa, pb in zip(a["state"].values(), b["state"].values()):
+            for key in pa:
+                assert torch.equal(pa[key], pb[key].to(pa[key].device)), key
+
+
+class _Toy(torch.optim.Optimizer):
+    """Two state tensors a parameter, written by the step."""
+
+    def __init__(self, params):
+        super().__init__(params, {})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state[p]
+                if not st:
+                    st["m"] = torch.zeros_like(p)
+                    st["v"] = torch.ones_like(p)
+                st["m"].add_(1)
+                st["v"].mul_(2)
+                p.add_(st["m"])
+
+
+def test_an_entry_the_program_replaces_while_parked_keeps_the_programs_value():
+    parking = Parking(torch.device("cpu"), Stats())
+    try:
+        p = torch.nn.Parameter(torch.zeros(64))
+        opt = _Toy([p])
+        opt.step()  # the state is made; the post-hook sees the optimizer
+        parking.set_goal(1 << 20)
+        opt.step()  # parked after this step
+        st = opt.state[p]
+        assert len(parking.parked) == 2 and torch.equal(st["m"], torch.full((64,), 2.0))
+        mine = st["m"] = torch.full((64,), 10.0)  # as load_state_dict would
+        opt.step()
+        # The step wrote the program's tensor, not a copy of the parked one.
+        assert torch.equal(mine, torch.full((64,), 11.0)) and torch.equal(st["m"], mine)
+        assert torch.equal(st["v"], torch.full((64,), 8.0))
+    finally:
+        parking.close()
+    assert torch.equal(opt.state[p]["v"], torch.full((64,), 8.0))
+
+
+def test_closing_brings_every_parked_entry_back():
+    parking = Parking(torch.device("cpu"), Stats())
+    p = torch.nn.Parameter(torch.zeros(64))
+    opt = _Toy([p])
+    opt.step()
+    parking.set_goal(1 << 20)
+    opt.step()
+    hosts = {e.host.data_ptr() for e in parking.parked}
+    assert hosts
+    parking.close()
+    assert not parking.parked and not parking.hooks
+    assert all(t.data_ptr() not in hosts for t in opt.state[p].values())
+    assert torch.equal(opt.state[p]["m"], torch.full((64,), 2.0))
+
+
+@pytest.mark.parametrize("goal", [0, 256])
+def test_a_goal_parks_that_many_bytes_of_state(goal):
+    parking = Parking(torch.device("cpu"), Stats())
+    try:
+        p = torch.nn.Parameter(torch.zeros(64))  # 256 bytes a state tensor
+        opt = _Toy([p])
+        opt.step()
+        parking.set_goal(goal)
+        opt.step()
+        assert sum(e.host.nbytes for e in parking.parked) == goal
+        assert parking.parkable() == 512
+    finally:
+        parking.close()
+
+
+
+
+def test_looking_for_state_to_park_faults_no_page_in():
+    """The scan reads storages through TensorBase: host access's wrapper of ``untyped_storage``
+    would fault evicted state back in (and did: it moved a paging step's pages)."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+    with deepum.oversubscribe(1 << 30, device="cpu", dormant=False) as session:
+        parking = Parking(torch.device("cpu"), Stats())
+        try:
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
+            for _ in range(2):
+                model(torch.randn(8, 64)).sum().backward()
+                opt.step()
+            with _disable_current_modes(), session.pager.lock:
+                session.pager.evict_unpinned()
+            before = session.stats()
+            assert before["evictions"] > 0
+            state_bytes = sum(t.nbytes for st in opt.state.values() for t in st.values() if t.numel() > 1)
+            assert parking.parkable() == state_bytes  # paged out, it is the device's still
+            assert session.stats()["faults"] == before["faults"], "the scan faulted pages in"
+        finally:
+            parking.close()
