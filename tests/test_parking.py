@@ -53,7 +53,7 @@ def test_plan_parks_more_while_the_step_is_over_then_drops_everything():
 def test_plan_does_not_lower_regions_while_state_is_parked():
     plan = _plan(parkable=200)
     plan.window(forward_peak=1250)
-    assert plan.lower(step_peak=0) == {} and plan.chosen == dict.fromkeys(range(4), WHOLE)
+    assert plan.lower(step_peak=0) == {} and plan.lowered and plan.chosen == dict.fromkeys(range(4), WHOLE)
     free = _plan(parkable=200)
     free.window(forward_peak=1100)  # 300 over: the regions free it, nothing parked
     assert free.park == 0 and NONE in free.lower(step_peak=500).values()

@@ -344,11 +344,13 @@ class RegionPlan:
         first, while the bytes fit the room the step left under the release
         share. A region lowered to ``NONE`` leaves ``chosen``.
         """
-        if self.lowered or self.census is None or not self.chosen or self.dropped or self.done or self.park:
+        if self.lowered or self.census is None or not self.chosen:
+            return {}
+        self.lowered = True
+        if self.dropped or self.done or self.park:
             # (done: no round would be left to raise them again if the step
             # then paged; parking: the step needed every region and more)
             return {}
-        self.lowered = True
         room = self.release_bytes - step_peak
         options = sorted((o for i, level in self.chosen.items() if level == WHOLE
                           for o in [self._lower_option(i)] if o is not None), key=lambda o: (-o[0], o[1]))
@@ -371,8 +373,8 @@ class RegionPlan:
 
         A measured peak under the cap can still leave the cap's allocator
         no free block that fits: it then hands its cached blocks back and
-        asks again, a wait on every stream, each step. Fewer regions cost
-        less than that.
+        asks again, a wait on every stream, each step. Recomputing the
+        lowered regions again costs less than that.
         """
         changes, self.lowered_from = self.lowered_from, {}
         self.chosen.update(changes)

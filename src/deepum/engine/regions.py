@@ -238,6 +238,8 @@ class Regions:
         self.blocks = [weakref.ref(b) for b in blocks]
         self.tallies = {}
         self.plan = RegionPlan(self.pager.budget, self.target, self.rounds, self.release)
+        if self.parking is not None:
+            self.parking.set_goal(0)  # a new root, a new plan: what is parked comes back at the next step
         self.dormant_windows = 0
         self.after_lowering = 0  # dormant windows since the lowering
         self.flushes = 0  # the allocator's cache flushes at the last dormant window
