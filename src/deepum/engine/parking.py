@@ -195,6 +195,8 @@ class Parking:
 
     def restore(self) -> None:
         """Every parked entry back on the device (the session ends)."""
+        if self.event is not None:
+            self.event.synchronize()  # copies out still writing buffers that go with the entries
         for e in self.pending:
             e.device = None
         self.pending = []
