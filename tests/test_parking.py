@@ -37,6 +37,12 @@ def test_plan_leaves_the_step_to_the_page_planner_when_parking_cannot_cover_it()
     assert plan.window(forward_peak=1250) == {} and plan.park == 0 and plan.done
 
 
+def test_plan_does_not_park_where_the_optimizer_step_alone_would_not_fit():
+    plan = _plan(parkable=200)
+    plan.step_floor = 950  # parameters, gradients and all the state: over the release share (900)
+    assert plan.window(forward_peak=1250) == {} and plan.park == 0 and plan.done
+
+
 def test_plan_parks_more_while_the_step_is_over_then_drops_everything():
     plan = _plan(parkable=200)
     plan.window(forward_peak=1250)

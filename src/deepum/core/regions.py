@@ -103,7 +103,10 @@ wait on the host: copied out after a step, while the program goes on, and
 back before the next, with no operator intercepted (engine/parking.py).
 When every region whole still leaves the forward over its target by
 ``short`` bytes and ``parkable`` (the optimizer state on the device)
-covers it, every region is set whole and ``park = short``. A window still
+covers it, every region is set whole and ``park = short``; but not where
+the optimizer's step itself (``step_floor``: parameters, gradients and all
+of the state, back for the step) passes the release share, since the step
+could then never stop paging. A window still
 over with every region whole parks more, up to ``parkable``; only then
 are regions and parking dropped for the page planner. Regions are not
 lowered while state is parked: the step needed all of them and more.
@@ -246,6 +249,7 @@ class RegionPlan:
         self.lowered_from: dict[int, int] = {}  # the regions lowered, at the level each had (see undo_lower)
         self.parkable = 0  # bytes of optimizer state that could be parked (the engine sets it; [Note: parking])
         self.park = 0  # bytes of it to park
+        self.step_floor = 0  # bytes the optimizer's step holds at least: parameters, gradients, state
 
     def take_census(self, census: Sequence[Census]) -> None:
         self.census = list(census)
@@ -285,7 +289,7 @@ class RegionPlan:
             # stay open until they run out or the session stops paging.
             return {}
         if self.chosen and not self._remaining():
-            if self.park < self.parkable:
+            if self.park < self.parkable and self.step_floor <= self.release_bytes:
                 # Every region is whole: park more of the optimizer's state.
                 self.park = min(self.parkable, self.park + excess)
                 self.settling = self.SETTLE
@@ -300,21 +304,8 @@ class RegionPlan:
             return {}
         if not self.chosen:
             short = excess - freed_by(census, dict.fromkeys(self._remaining(), WHOLE))
-            if short > self.parkable:
-                # Even every region whole, with all the state parked, would
-                # leave the step paging: each region would then add its
-                # forward again to a step the page planner already pays
-                # for, so the step is left to the page planner whole.
-                self.rounds_left = 0
-                return {}
             if short > 0:
-                # Every region whole and the rest parked ([Note: parking]).
-                self.rounds_left = max(self.rounds_left - 1, 1)
-                self.park = short
-                changes = dict.fromkeys(self._remaining(), WHOLE)
-                self.chosen.update(changes)
-                self.settling = self.SETTLE
-                return changes
+                return self._whole_and_parked(short)
         self.rounds_left -= 1
         if self.rounds_left == 0 and self.chosen:
             # The last round: every candidate whole, the most the regions can
@@ -333,6 +324,24 @@ class RegionPlan:
         self.chosen.update(changes)
         if changes:
             self.settling = self.SETTLE
+        return changes
+
+    def _whole_and_parked(self, short: int) -> dict[int, int]:
+        """Every region whole leaves the forward ``short`` bytes over: park them, or leave the step to the pages."""
+        if short > self.parkable or self.step_floor > self.release_bytes:
+            # Even every region whole, with all the state parked, would
+            # leave the step paging (its forward, or the optimizer's step,
+            # which holds all of the state back): each region would then
+            # add its forward again to a step the page planner already pays
+            # for, so the step is left to the page planner whole.
+            self.rounds_left = 0
+            return {}
+        # Every region whole and the rest parked ([Note: parking]).
+        self.rounds_left = max(self.rounds_left - 1, 1)
+        self.park = short
+        changes = dict.fromkeys(self._remaining(), WHOLE)
+        self.chosen.update(changes)
+        self.settling = self.SETTLE
         return changes
 
     def lower(self, step_peak: int) -> dict[int, int]:

@@ -86,6 +86,12 @@ class Parking:
         on_device = sum(t.nbytes for opt in list(self.optimizers) for _, _, t in self._candidates(opt, True))
         return on_device + sum(e.host.nbytes for e in self.parked)
 
+    def step_floor(self) -> int:
+        """Bytes an optimizer step holds at least: the parameters, their gradients and the state."""
+        params = sum(p.nbytes * (2 if p.requires_grad else 1) for opt in list(self.optimizers)
+                     for g in opt.param_groups for p in g["params"])
+        return params + self.parkable()
+
     def _candidates(self, opt, paged_out: bool = False):
         """The optimizer's state tensors that can be parked (``paged_out``: also those a
         paging session holds off the device now, whose storage is empty)."""

@@ -380,6 +380,7 @@ class Regions:
         elif peak and not self.plan.done:
             if self.parking is not None:
                 self.plan.parkable = self.parking.parkable()
+                self.plan.step_floor = self.parking.step_floor()
             added = self.plan.window(peak, moved, step_peak)
             self.history.append((peak, len(added)))
             parked = self.parking is not None and self.parking.set_goal(self.plan.park)
