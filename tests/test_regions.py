@@ -384,7 +384,7 @@ def test_a_lowering_that_makes_the_allocator_flush_is_undone(monkeypatch):
     assert low < max(counts) == counts[-1], counts
 
 
-def test_selective_regions_are_lowered_where_that_saves_more_per_byte(monkeypatch):
+def test_with_the_selective_level_whole_regions_are_still_lowered_once_dormant(monkeypatch):
     from deepum.engine import regions
 
     # Pointwise operators as costly as the matmuls: the choice takes whole calls first.
