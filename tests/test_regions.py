@@ -346,15 +346,23 @@ def test_recompute_blocks_sets_no_selective_region_unless_asked(matmuls_dominate
 ROOMY = Thresholds(region_target=0.6)
 
 
-def test_whole_regions_are_unset_once_the_step_runs_unintercepted():
-    make_model, make_batches, loss_fn = FAMILIES["gpt2"]
-    ref = train(make_model, make_batches, loss_fn, steps=14)
+def _lowered(family: str, steps: int, **options):
+    """Train ``family`` watched at 0.85 of its peak with ROOMY targets: (its stats, regions, regions
+    unset by the lowering) after checking its losses against plain's."""
+    make_model, make_batches, loss_fn = FAMILIES[family]
+    ref = train(make_model, make_batches, loss_fn, steps=steps)
     budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
-    losses, regions_, stats = _train_watched(make_model, make_batches, loss_fn, budget, steps=14,
-                                             thresholds=ROOMY)
+    losses, regions_, stats = _train_watched(make_model, make_batches, loss_fn, budget, steps=steps,
+                                             thresholds=ROOMY, **options)
     assert losses == ref[0]
     lowered = [n for peak, n in regions_.history if peak < 0]
     assert lowered and lowered[0] > 0, regions_.history  # a dormant window's peak left room
+    return stats, regions_, lowered[0]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_whole_regions_are_unset_once_the_step_runs_unintercepted(family):
+    stats, regions_, _ = _lowered(family, steps=14)
     counts = stats["regions_per_step"]  # regions set after each step: some were unset while dormant
     assert any(later < earlier for earlier, later in zip(counts, counts[1:])), (counts, regions_.history)
     assert stats["regions_selective"] == 0 and stats["paging_stops"] >= 1, stats
@@ -371,14 +379,8 @@ def test_a_lowering_that_makes_the_allocator_flush_is_undone(monkeypatch):
         return close(self)
 
     monkeypatch.setattr(memsignal.CpuSignal, "close_window", flushing)
-    make_model, make_batches, loss_fn = FAMILIES["gpt2"]
-    ref = train(make_model, make_batches, loss_fn, steps=16)
-    budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
-    losses, regions_, stats = _train_watched(make_model, make_batches, loss_fn, budget, steps=16,
-                                             thresholds=ROOMY)
-    assert losses == ref[0]
-    lowered = [n for peak, n in regions_.history if peak < 0]
-    assert lowered and lowered[0] > 0 and regions_.undone == lowered[0], (regions_.history, regions_.undone)
+    stats, regions_, lowered = _lowered("gpt2", steps=16)
+    assert regions_.undone == lowered, (regions_.history, regions_.undone)
     counts = stats["regions_per_step"]  # down at the lowering, back up two windows later
     low = min(counts[counts.index(max(counts)):])
     assert low < max(counts) == counts[-1], counts
@@ -389,14 +391,7 @@ def test_with_the_selective_level_whole_regions_are_still_lowered_once_dormant(m
 
     # Pointwise operators as costly as the matmuls: the choice takes whole calls first.
     monkeypatch.setattr(regions._Split, "cheap_share", lambda self: 0.9)
-    make_model, make_batches, loss_fn = FAMILIES["gpt2"]
-    ref = train(make_model, make_batches, loss_fn, steps=14)
-    budget = int(_peak(make_model, make_batches, loss_fn) * 0.85)
-    losses, regions_, stats = _train_watched(make_model, make_batches, loss_fn, budget, steps=14,
-                                             recompute_blocks="selective", thresholds=ROOMY)
-    assert losses == ref[0]
-    lowered = [n for peak, n in regions_.history if peak < 0]
-    assert lowered and lowered[0] > 0, regions_.history
+    stats, _, _ = _lowered("gpt2", steps=14, recompute_blocks="selective")
     assert stats["paging_stops"] >= 1, stats
 
 
