@@ -64,7 +64,22 @@ class TestPageTable:
     def test_resize(self):
         table, (a,) = make_table(100, [10])
         table.resize(a, 50)
-        assert table.resident_bytes == 50 and a.nbytes == 50
+        assert table.resident_bytes == 50 and a.nbytes == 50 and table.live_bytes == 50
+        table.check()
+
+    def test_demand_counts_what_paging_moved_out(self):
+        """[Note: demand]: the window's peak demand is what it would have held unpaged."""
+        table, (a, b) = make_table(100, [40, 40])
+        table.new_window()
+        table.evicted(a)  # paged out to make room for c: resident never passes 80
+        c = Page(2, 40, skey=2)
+        table.add(c)
+        assert table.resident_bytes == 80 and table.window_peak_bytes == 80
+        assert table.live_bytes == 120 and table.window_demand_bytes == 120
+        table.retire(a)  # dead while evicted: no longer demanded
+        assert table.live_bytes == 80 and table.window_demand_bytes == 120
+        table.new_window()
+        assert table.window_demand_bytes == 80
         table.check()
 
 

@@ -25,26 +25,34 @@ def _rule(limit=100, calm=2):
 def test_paging_stops_only_after_calm_windows_in_a_row():
     d = _rule()
     assert d.paging
-    assert d.boundary(40, moved=False) is Turn.STAY
-    assert d.boundary(60, moved=False) is Turn.STAY  # over release: the count starts again
-    assert d.boundary(40, moved=False) is Turn.STAY
-    assert d.boundary(40, moved=True) is Turn.STAY  # pages moved: not calm
-    assert d.boundary(40, moved=False) is Turn.STAY
-    assert d.boundary(40, moved=False) is Turn.RELEASE
+    assert d.boundary(40) is Turn.STAY
+    assert d.boundary(60) is Turn.STAY  # over release: the count starts again
+    assert d.boundary(40) is Turn.STAY
+    assert d.boundary(40) is Turn.RELEASE
     assert not d.paging and d.released == 1
+
+
+def test_a_share_of_the_budget_releases_only_within_the_limit():
+    """Retargeted to shares of a budget larger than the limit (CUDA's reserve), a window's demand
+    under the share but over the limit keeps paging: the reserve is the allocator's room unpaged too."""
+    d = Dormancy(limit=80, engage=0.75, release=0.5, calm=1)
+    d.retarget(0.95, 0.9, of=100)
+    assert d.release_bytes == 80 and d.engage_bytes == 95
+    assert d.boundary(85) is Turn.STAY  # under 90 of the budget, over the limit
+    assert d.boundary(80) is Turn.RELEASE
 
 
 def test_a_dormant_window_over_engage_turns_paging_on_at_its_boundary():
     d = _rule(calm=1)
-    assert d.boundary(10, moved=False) is Turn.RELEASE
-    assert d.boundary(70, moved=False) is Turn.STAY  # under engage (75)
-    assert d.boundary(80, moved=False) is Turn.ENGAGE
+    assert d.boundary(10) is Turn.RELEASE
+    assert d.boundary(70) is Turn.STAY  # under engage (75)
+    assert d.boundary(80) is Turn.ENGAGE
     assert d.paging and d.engaged == 1
 
 
 def test_a_reading_past_engage_turns_paging_on_at_once():
     d = _rule(calm=1)
-    d.boundary(10, moved=False)
+    d.boundary(10)
     for b in (5, 60, 75):
         assert d.reading(b) is Turn.STAY
     assert d.reading(76) is Turn.ENGAGE
@@ -54,15 +62,15 @@ def test_a_reading_past_engage_turns_paging_on_at_once():
 
 def test_a_refused_release_keeps_paging():
     d = _rule(calm=1)
-    assert d.boundary(10, moved=False) is Turn.RELEASE
+    assert d.boundary(10) is Turn.RELEASE
     d.refused()
     assert d.paging and d.released == 0
-    assert d.boundary(10, moved=False) is Turn.RELEASE
+    assert d.boundary(10) is Turn.RELEASE
 
 
 def test_a_deferred_engage_stays_dormant_and_reads_again():
     d = _rule(calm=1)
-    d.boundary(10, moved=False)
+    d.boundary(10)
     assert d.reading(80) is Turn.ENGAGE
     d.deferred()  # the engine could not push its modes there
     assert not d.paging and d.engaged == 0

@@ -56,6 +56,27 @@ def test_plan_parks_more_while_the_step_is_over_then_drops_everything():
     assert plan.dropped and plan.chosen == {} and plan.park == 0
 
 
+def test_plan_measures_the_step_against_the_limit_where_it_is_under_the_release_share():
+    plan = RegionPlan(budget=1000, target=0.8, rounds=3, release=0.9, limit=850)
+    plan.take_census([Census(100, 1.0)] * 4)
+    plan.parkable = 200
+    assert plan.stop_bytes == 850
+    plan.window(forward_peak=1100)  # 300 over the target: every region whole frees it, nothing parked
+    assert plan.park == 0
+    plan.settling = 0
+    assert plan.window(forward_peak=650, step_peak=880) == {} and plan.park == 30  # under 900, 30 over the limit
+    plan.settling = 0
+    plan.window(forward_peak=650, step_peak=840)  # fits: nothing more
+    assert plan.park == 30 and not plan.dropped
+
+
+def test_plan_does_not_park_where_the_optimizer_step_alone_would_not_fit_within_the_limit():
+    plan = RegionPlan(budget=1000, target=0.8, rounds=3, release=0.9, limit=850)
+    plan.take_census([Census(100, 1.0)] * 4)
+    plan.parkable, plan.step_floor = 200, 870  # under the release share, over the limit
+    assert plan.window(forward_peak=1250) == {} and plan.park == 0 and plan.done
+
+
 def test_plan_does_not_lower_regions_while_state_is_parked():
     plan = _plan(parkable=200)
     plan.window(forward_peak=1250)
@@ -106,6 +127,21 @@ def test_a_model_state_too_large_for_regions_alone_parks_its_optimizer_state_and
     # Parked, the step fits: paging stopped and nothing moved in the last steps.
     assert stats["paging_stops"] >= 1 and stats["paging_starts"] == 0, stats
     assert all(e["evictions"] == 0 and e["parked_bytes"] > 0 for e in each[-3:]), each[-3:]
+
+
+def test_a_step_that_fits_with_regions_stops_paging_without_parking():
+    """Regions alone bring this step under the budget; the page planner still moved pages
+    while it settled (it keeps a headroom), and that alone is no reason to park or to page on."""
+    g = torch.Generator().manual_seed(5)
+    big = [torch.randint(1, 512, (16, 64), generator=g) for _ in range(12)]
+    *_, peak = train(_llama, lambda: big, _lm, steps=2, opt=_adamw, budget=1.0, dormant=False,
+                     recompute_blocks=False)
+    ref = train(_llama, lambda: big, _lm, steps=12, opt=_adamw)
+    got = train(_llama, lambda: big, _lm, steps=12, opt=_adamw, budget=int(peak["peak_managed_bytes"] * 0.5))
+    assert_identical(ref, got)
+    stats = got[3]
+    assert stats["regions"] >= 2 and stats["evictions"] > 0, stats
+    assert stats["paging_stops"] >= 1 and stats["parked_bytes"] == 0, stats
 
 
 def test_parked_state_is_real_data_between_steps():

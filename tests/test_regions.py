@@ -149,10 +149,10 @@ def test_plan_adds_regions_while_the_forward_peak_stays_over_the_target():
     second = plan.window(forward_peak=760)
     assert len(second) == 1 and not set(first) & set(second)
     for _ in range(RegionPlan.SETTLE):
-        assert plan.window(forward_peak=690, moved=50) == {}  # settling: bytes moved do not count
-    assert plan.window(forward_peak=690) == {}  # 790, under the target, and nothing paged: nothing more
-    # A later window pages: the last round sets every candidate whole.
-    assert plan.window(forward_peak=690, moved=50) == _whole(4, 5, 6, 7)
+        assert plan.window(forward_peak=690, step_peak=1050) == {}  # settling: the step's peak does not count
+    assert plan.window(forward_peak=690, step_peak=990) == {}  # 790, under the target, the step under the budget
+    # A later window's step peaks over the budget: the last round sets every candidate whole.
+    assert plan.window(forward_peak=690, step_peak=1050) == _whole(4, 5, 6, 7)
     assert plan.chosen == _whole(*range(8))
 
 
@@ -171,11 +171,11 @@ def test_plan_unsets_every_region_when_all_of_them_still_page():
     plan = RegionPlan(budget=1000, target=0.8, rounds=5)
     plan.take_census([Census(100, 1.0)] * 3)
     assert len(plan.window(forward_peak=950)) == 3  # 150 over; all three free 200
-    # While the page planner settles, bytes it moves do not count.
+    # While the page planner settles, the step's peak does not count.
     for _ in range(RegionPlan.SETTLE):
-        assert plan.window(forward_peak=700, moved=150) == {} and not plan.dropped
-    # Settled, the forward fits, yet the engine still paged 150 bytes (what the census missed).
-    assert plan.window(forward_peak=700, moved=150) == {}
+        assert plan.window(forward_peak=700, step_peak=1150) == {} and not plan.dropped
+    # Settled, the forward fits, yet the step's demand is 150 over the budget (what the census missed).
+    assert plan.window(forward_peak=700, step_peak=1150) == {}
     assert plan.dropped and plan.chosen == {} and plan.done
 
 

@@ -336,7 +336,7 @@ class Session:
         # (At entry; an adoption when paging starts again keeps the session's peak.)
         if self.pager.counters.ops == 0:
             table.peak_resident_bytes = table.resident_bytes
-        table.window_peak_bytes = table.resident_bytes
+        table.new_window()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         global _active

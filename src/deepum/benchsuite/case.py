@@ -22,7 +22,7 @@ STEP_COUNTERS = ("bytes_to_device", "bytes_to_host", "bytes_dropped", "recompute
                  "prefetches", "prefetch_hits", "late_prefetches", "wasted_prefetches", "evictions",
                  "stall_seconds", "drops", "recomputes", "planned_evictions", "planned_steps",
                  "plan_departures", "plans", "plan_over_ops", "plan_short_evictions", "oom_retries",
-                 "leaving_waits", "victim_choices", "region_calls", "region_recomputes", "ops")
+                 "leaving_waits", "victim_choices", "region_calls", "region_recomputes", "parked_bytes", "ops")
 
 
 class PhaseBytes:
@@ -149,7 +149,7 @@ def identity_check(name: str, device: torch.device, steps: int, options: dict | 
             "planned_steps": stats.get("planned_steps", 0), "planned_evictions": stats.get("planned_evictions", 0),
             "regions": stats.get("regions", 0), "regions_selective": stats.get("regions_selective", 0),
             "region_recomputes": stats.get("region_recomputes", 0), "region_history": stats["region_history"],
-            "paging_stops": stats.get("paging_stops", 0), "losses": l1,
+            "paging_stops": stats.get("paging_stops", 0), "parked_bytes": stats.get("parked_bytes", 0), "losses": l1,
             "ok": deterministic and same and peak1 <= budget and stats["evictions"] > 0}
 
 

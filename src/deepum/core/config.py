@@ -90,7 +90,7 @@ class Thresholds:
     reserve_max: int = 2 << 30
     # Dormancy (core/dormancy.py): paging starts again when memory in use
     # would pass ``engage`` of the limit, and stops after ``calm_windows``
-    # windows in a row that peaked under ``release`` of it with nothing evicted.
+    # windows in a row whose peak demand stayed under ``release`` of it.
     engage: float = 3 / 4
     release: float = 2 / 3
     calm_windows: int = 2

@@ -4,13 +4,17 @@
 Interception costs host time on every operator, whether or not anything will
 ever be evicted. So a session pages only while memory is tight. Between two
 *boundaries* (the start of the outermost module call that recurs: a training
-step's forward, a generation step) the engine learns the window's peak: the
-page table's while paging, the allocator's while dormant.
+step's forward, a generation step) the engine learns the window's peak: while
+paging, the page table's peak *demand*, what the window would have held with
+nothing paged out ([Note: demand] in core/pages.py); while dormant, the
+allocator's.
 
 - A session starts paging, so a first step whose peak passes the budget is
   paged from its start.
 - Paging stops at a boundary after ``calm`` windows in a row whose peak stayed
-  under ``release`` of the limit with nothing evicted or dropped in them.
+  under ``release`` of the limit. Pages may have moved in them: the page
+  planner pages to its own limit, and a step under ``release`` that it paged
+  runs unpaged as well.
 - Paging starts again at a boundary whose window peaked above ``engage`` of
   the limit, or at any reading (a module call starting) where the memory in
   use passes it. (A prediction of the window's peak from a reading, by the
@@ -24,11 +28,12 @@ forward was measured and cut to fit, so ``release`` and ``engage`` become
 ``Thresholds.region_release`` and ``region_engage`` of the *budget*: the
 step then runs unintercepted with its peak closer to the allocator's cap,
 which is the budget; what is left of it is the margin for what pages do not
-count. A window *moved* pages, for this rule, when it copied or dropped more
-than a 64th of the limit (a page plan made before the regions may still
-move a few small pages the step no longer needs moved); while paging, the
-resident peak cannot pass the limit, so only a window that moved nothing
-shows the step's own peak.
+count. Paging stops, though, only for a demand within the limit (the
+budget less the reserve): the page planner holds a paged step there, with
+the reserve left for what the allocator keeps cached and split, and an
+unintercepted step needs that room just as much (a Llama-family step
+released at 0.9 of the budget with its demand over the limit ran out of
+memory at its loss on the GPU: docs/BENCHMARKS.md, session 25).
 
 The one risk: memory that grows, between two readings, from under ``engage``
 of the limit to past the limit is allocated with no interceptor to make room.
@@ -67,19 +72,19 @@ class Dormancy:
         self.released = 0  # times paging stopped
 
     def retarget(self, engage: float, release: float, of: int | None = None) -> None:
-        """New shares of ``of`` bytes (default: the limit) for the two turns."""
+        """New shares of ``of`` bytes (default: the limit) for the two turns; release at most the limit."""
         assert 0 < release <= engage <= 1, "release must not exceed engage"
         base = self.limit if of is None else of
         self.engage_bytes = int(base * engage)
-        self.release_bytes = int(base * release)
+        self.release_bytes = min(int(base * release), self.limit)
 
-    def boundary(self, peak: int, moved: bool) -> Turn:
-        """A window ended with ``peak`` bytes at most in use; ``moved``: pages left the device in it."""
+    def boundary(self, peak: int) -> Turn:
+        """A window ended with ``peak`` bytes at most in use (while paging: its peak demand)."""
         if not self.paging:
             if peak > self.engage_bytes:
                 return self._engage()
             return Turn.STAY
-        if moved or peak > self.release_bytes:
+        if peak > self.release_bytes:
             self.calm = 0
             return Turn.STAY
         self.calm += 1

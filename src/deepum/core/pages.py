@@ -28,6 +28,17 @@ A page is in exactly one state::
 (RESIDENT or ARRIVING), pageable or not. The engine keeps it at or below
 ``limit``; the budget minus ``limit`` is the headroom left for memory that
 deepum cannot see (kernel workspaces, allocator rounding).
+
+[Note: demand]
+``live_bytes`` counts every page the table holds, resident or not: what the
+program would hold with nothing paged out. It changes only when a page is
+born, resized or dies; evictions, drops and arrivals leave it alone. Its
+peak over a window (``window_demand_bytes``) is therefore what that window
+would have peaked at unintercepted, as far as pages go, however much the
+engine paged in it; the resident peak cannot tell that, since the engine
+keeps it under the limit. It counts high by the lineage nodes recipes keep
+([Note: lineage] in engine/remat.py), which an unintercepted step would
+have freed: a measure that errs toward paging on.
 """
 
 from __future__ import annotations
@@ -138,6 +149,11 @@ class PageTable:
         self.peak_resident_bytes = 0
         # The peak since the last dormancy boundary (core/dormancy.py), reset there.
         self.window_peak_bytes = 0
+        # Bytes of every live page, resident or not: what the program would
+        # hold with nothing paged ([Note: demand]); and its peak since the
+        # last boundary, reset there.
+        self.live_bytes = 0
+        self.window_demand_bytes = 0
         self.unpageable_bytes = 0
         # Resident bytes by page kind (indexed by Kind).
         self.kind_bytes = [0] * len(Kind)
@@ -163,6 +179,9 @@ class PageTable:
         self.resident_bytes += page.nbytes
         if count_peak and self.resident_bytes > self.window_peak_bytes:
             self.note_peak()
+        self.live_bytes += page.nbytes
+        if self.live_bytes > self.window_demand_bytes:
+            self.window_demand_bytes = self.live_bytes
         if page.pageable:
             self._lru[page.key] = page
         else:
@@ -205,6 +224,9 @@ class PageTable:
         if not page.pageable:
             self.unpageable_bytes += delta
         self._grow(delta, page.kind)
+        self.live_bytes += delta
+        if self.live_bytes > self.window_demand_bytes:
+            self.window_demand_bytes = self.live_bytes
 
     def set_kind(self, page: Page, kind: Kind) -> None:
         """Reclassify a page (the glue learns what a page holds as it is used)."""
@@ -235,6 +257,7 @@ class PageTable:
         """The storage died: forget the page and give back its bytes."""
         if self.pages.get(page.key) is page:
             del self.pages[page.key]
+            self.live_bytes -= page.nbytes
         if page.state <= State.ARRIVING:  # resident; _shrink written out (every dead output)
             self.resident_bytes -= page.nbytes
             self.kind_bytes[page.kind] -= page.nbytes
@@ -265,6 +288,11 @@ class PageTable:
         if count_peak and self.resident_bytes > self.window_peak_bytes:
             self.note_peak()
 
+    def new_window(self) -> None:
+        """A dormancy boundary: the window's peaks start again from what is held now."""
+        self.window_peak_bytes = self.resident_bytes
+        self.window_demand_bytes = self.live_bytes
+
     def note_peak(self) -> None:
         if self.resident_bytes > self.window_peak_bytes:
             self.window_peak_bytes = self.resident_bytes
@@ -277,6 +305,7 @@ class PageTable:
         assert self.resident_bytes == sum(p.nbytes for p in resident), "resident bytes drifted"
         assert set(self._lru) == {p.key for p in resident if p.pageable}, "LRU out of step"
         assert self.unpageable_bytes == sum(p.nbytes for p in resident if not p.pageable)
+        assert self.live_bytes == sum(p.nbytes for p in self.pages.values()), "live bytes drifted"
         assert self.reserved_bytes >= 0, "an operator's output reservation was released twice"
         assert self.leaving_bytes >= 0, "memory of a copy out was released twice"
         for kind in Kind:

@@ -46,15 +46,17 @@ Feedback. The census is of one window (the first step, before the
 optimizer has made its state, so the first choice waits for the next
 window's peak); the next window with the regions set measures the forward's
 peak again, and if it is still over the target, or the whole step's peak
-is over the share at which paging stops (``region_release``), or the engine
-still had to page bytes out (what the measure misses: a loss's transient
-upcast, the backward's own peak; they count up to the margin between the
-target and the budget, since a page may move several times a step), more
-regions are added, for at most
+demand (what it would hold with nothing paged, [Note: demand] in
+core/pages.py: a loss's transient upcast, the backward's own peak, the
+optimizer's step) is over the point at which paging stops
+(``region_release`` of the budget, at most the pager's limit:
+``stop_bytes``), more regions are added, for at most
 ``region_rounds`` rounds, the last of which sets every candidate whole (a region once set stays, though its level may
-rise: a plan that shrinks and grows again would pay each change twice). The two windows after a change
-do not count the bytes they paged: the page planner, started over by the
-engine, records and plans the new step in them. The regions are decided in
+rise: a plan that shrinks and grows again would pay each change twice).
+Bytes the engine still pages do not count: the page planner keeps a
+headroom under the limit, so a step that will fit unintercepted may still
+page until dormancy stops it. The two windows after a change do not count their step's peak: the
+page planner, started over by the engine, records and plans the new step in them. The regions are decided in
 a program's first steps: a program whose steps later grow is left to the
 page planner for what they add.
 
@@ -105,7 +107,7 @@ When every region whole still leaves the forward over its target by
 ``short`` bytes and ``parkable`` (the optimizer state on the device)
 covers it, every region is set whole and ``park = short``; but not where
 the optimizer's step itself (``step_floor``: parameters, gradients and all
-of the state, back for the step) passes the release share, since the step
+of the state, back for the step) passes ``stop_bytes``, since the step
 could then never stop paging. A window still
 over with every region whole parks more, up to ``parkable``; only then
 are regions and parking dropped for the page planner. Regions are not
@@ -225,26 +227,28 @@ def choose(census: Sequence[Census], excess: int, chosen: Mapping[int, int] | No
 class RegionPlan:
     """The regions' state across windows: census, then up to ``rounds`` rounds of choosing.
 
-    ``window(forward_peak, moved, step_peak)`` is called at each paging
-    window's boundary with the measured peak of its forward pass, the bytes
-    it still paged out and its whole peak; ``lower(step_peak)`` at a window
+    ``window(forward_peak, step_peak)`` is called at each paging
+    window's boundary with the measured peak of its forward pass and its
+    whole peak demand; ``lower(step_peak)`` at a window
     that ran unintercepted. Both return the levels to change from now on
     (census index to level; possibly none). ``chosen`` holds every region
     set, with its level.
     """
 
-    SETTLE = 2  # windows after a change before the bytes moved count (the page planner records again)
+    SETTLE = 2  # windows after a change before the step's peak counts (the page planner records again)
 
-    def __init__(self, budget: int, target: float, rounds: int, release: float = 1.0) -> None:
+    def __init__(self, budget: int, target: float, rounds: int, release: float = 1.0, limit: int = 0) -> None:
         assert 0 < target <= release <= 1 and rounds >= 1
         self.target_bytes = int(budget * target)
         self.release_bytes = int(budget * release)
-        self.margin = budget - self.target_bytes
+        # Paging stops only for a step whose demand is within the limit too
+        # ([Note: dormancy]); ``limit``: the pager's (0: the budget).
+        self.stop_bytes = min(self.release_bytes, limit or budget)
         self.rounds_left = rounds
         self.census: list[Census] | None = None
         self.chosen: dict[int, int] = {}
         self.dropped = False  # every region was set whole, the step still paged, and they were all unset
-        self.settling = 0  # windows left whose bytes moved do not count (see window)
+        self.settling = 0  # windows left whose step peak does not count (see window)
         self.lowered = False  # the one lowering is spent (see lower)
         self.lowered_from: dict[int, int] = {}  # the regions lowered, at the level each had (see undo_lower)
         self.parkable = 0  # bytes of optimizer state that could be parked (the engine sets it; [Note: parking])
@@ -258,17 +262,18 @@ class RegionPlan:
     def done(self) -> bool:
         return self.rounds_left == 0 or (self.census is not None and not self.chosen and not self._remaining())
 
-    def window(self, forward_peak: int, moved: int = 0, step_peak: int = 0) -> dict[int, int]:
-        """``moved``: bytes the window still paged out with the regions set (what they left over);
-        ``step_peak``: the window's whole peak as dormancy reads it."""
+    def window(self, forward_peak: int, step_peak: int = 0) -> dict[int, int]:
+        """``step_peak``: the window's whole peak demand as dormancy reads it (what the step
+        would hold with nothing paged; [Note: demand] in core/pages.py)."""
         if self.census is None or self.done:
             return {}
         if self.settling > 0:
-            # The windows right after a change page by the page planner's
-            # older plans (it departs and records again): their bytes moved
-            # are not the regions' to answer for.
+            # The windows right after a change run partly by the page
+            # planner's older plans (it departs and records again), and the
+            # first of them began before the change: their peaks are not the
+            # regions' to answer for.
             self.settling -= 1
-            moved = step_peak = 0
+            step_peak = 0
         census = self.census
         if self.chosen:
             # With regions set, the measured forward holds what they keep;
@@ -277,19 +282,19 @@ class RegionPlan:
             forward_peak += max(census[i].drops(level) for i, level in self.chosen.items())
         excess = forward_peak - self.target_bytes
         if self.chosen:
-            # The step is over the share at which paging stops with regions
+            # The step is over the point at which paging stops with regions
             # set: what the forward's measure missed (the backward's own
-            # transients) is at least that much. Bytes paged say the step
-            # is over, not by how much (a page moves several times a step):
-            # they count up to the margin between the target and the budget.
-            excess = max(excess, step_peak - self.release_bytes, min(moved, self.margin))
+            # transients, the optimizer's step) is that much. Bytes the page
+            # planner moved do not count: it keeps a headroom under the
+            # limit, so a step that fits unintercepted may page.
+            excess = max(excess, step_peak - self.stop_bytes)
         if excess <= 0:
             # This window fits and paged nothing. Another may still page (a
             # page plan's trial alternates two ways of paging): the rounds
             # stay open until they run out or the session stops paging.
             return {}
         if self.chosen and not self._remaining():
-            if self.park < self.parkable and self.step_floor <= self.release_bytes:
+            if self.park < self.parkable and self.step_floor <= self.stop_bytes:
                 # Every region is whole: park more of the optimizer's state.
                 self.park = min(self.parkable, self.park + excess)
                 self.settling = self.SETTLE
@@ -328,7 +333,7 @@ class RegionPlan:
 
     def _whole_and_parked(self, short: int) -> dict[int, int]:
         """Every region whole leaves the forward ``short`` bytes over: park them, or leave the step to the pages."""
-        if short > self.parkable or self.step_floor > self.release_bytes:
+        if short > self.parkable or self.step_floor > self.stop_bytes:
             # Even every region whole, with all the state parked, would
             # leave the step paging (its forward, or the optimizer's step,
             # which holds all of the state back): each region would then

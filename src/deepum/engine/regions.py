@@ -202,7 +202,7 @@ class Regions:
         self.rounds = th.region_rounds
         self.selective = pager.config.recompute_blocks == "selective"
         self.release = th.region_release
-        self.plan = RegionPlan(pager.budget, self.target, self.rounds, self.release)
+        self.plan = RegionPlan(pager.budget, self.target, self.rounds, self.release, pager.table.limit)
         self.census_ids: list[int] = []
         self.blocks: list[weakref.ref] = []
         self.tallies: dict[int, _Tally] = {}
@@ -237,7 +237,8 @@ class Regions:
             return
         self.blocks = [weakref.ref(b) for b in blocks]
         self.tallies = {}
-        self.plan = RegionPlan(self.pager.budget, self.target, self.rounds, self.release)
+        self.plan = RegionPlan(self.pager.budget, self.target, self.rounds, self.release,
+                               self.pager.table.limit)
         if self.parking is not None:
             self.parking.set_goal(0)  # a new root, a new plan: what is parked comes back at the next step
         self.dormant_windows = 0
@@ -365,11 +366,10 @@ class Regions:
 
     # ------------------------------------------------------------ each window
 
-    def boundary(self, moved: int = 0, step_peak: int = 0) -> bool:
+    def boundary(self, step_peak: int = 0) -> bool:
         """The root is called again: close the census, choose regions; True when the watch is to retarget.
 
-        ``moved``: bytes the ending window copied out or dropped;
-        ``step_peak``: its peak demand, as dormancy reads it (0 when dormant).
+        ``step_peak``: the ending window's peak demand, as dormancy reads it (0 when dormant).
         """
         retarget = False
         peak = self.forward_peak
@@ -381,7 +381,7 @@ class Regions:
             if self.parking is not None:
                 self.plan.parkable = self.parking.parkable()
                 self.plan.step_floor = self.parking.step_floor()
-            added = self.plan.window(peak, moved, step_peak)
+            added = self.plan.window(peak, step_peak)
             self.history.append((peak, len(added)))
             parked = self.parking is not None and self.parking.set_goal(self.plan.park)
             if self.plan.dropped:

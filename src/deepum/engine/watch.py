@@ -43,7 +43,7 @@ from torch.overrides import _get_current_function_mode_stack
 from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode_stack
 
 from ..core.dormancy import Dormancy, Turn
-from ..core.pages import RESIDENT, Kind
+from ..core.pages import Kind
 from ..errors import RestoreError
 from .parking import Parking
 from .stepplan import StepPlans
@@ -72,7 +72,6 @@ class Watch:
         self.owner = threading.get_ident()
         self.root: weakref.ref | None = None
         self.attached = 0  # threads inside attach(): paging stays on
-        self.moved = self._moved()
         self.depth = self._stacks()  # the mode stacks' depths below the session's modes
         # Readings cost what the signal costs; a costly one (CUDA's statistics) is rate-limited.
         self.next_read = 0.0
@@ -162,26 +161,16 @@ class Watch:
 
     def _boundary(self) -> None:
         state = self.state
-        moved, self.moved = self.moved, self._moved()
-        moved_bytes = self.moved[2] - moved[2]
-        # A stale page plan may still move a few small pages the step no
-        # longer needs moved: a 64th of the limit is noise ([Note: dormancy]).
-        significant = moved_bytes > self.pager.table.limit // 64
         peak = self._paging_peak() if state.paging else 0
-        if self.regions is not None and self.regions.boundary(moved_bytes if significant and state.paging else 0,
-                                                              peak):
+        if self.regions is not None and self.regions.boundary(peak):
             th = self.pager.config.thresholds
             state.retarget(th.region_engage, th.region_release, of=self.pager.budget)
         if self.regions is not None and self.regions.retargeted and self.regions.plan.dropped:
             th = self.pager.config.thresholds
             state.retarget(th.engage, th.release)  # every region unset: dormancy's own rule again
             self.regions.retargeted = False
-        if self.regions is not None and self.regions.retargeted:
-            changed = significant
-        else:
-            changed = moved[:2] != self.moved[:2]
         if state.paging:
-            turn = state.boundary(peak, changed)
+            turn = state.boundary(peak)
             if turn is Turn.RELEASE and not self._release():
                 state.refused()
             return
@@ -193,18 +182,17 @@ class Watch:
             st.overshoot_max_bytes = max(st.overshoot_max_bytes, over)
         if self.regions is not None:
             self.regions.dormant_window(self.signal.window_reserved, self.signal.flushes)
-        if state.boundary(peak, False) is Turn.ENGAGE:
+        if state.boundary(peak) is Turn.ENGAGE:
             self._engage()
 
     def _paging_peak(self) -> int:
         """A paging window's peak demand (what it held, paged out or not); starts the next window."""
         table = self.pager.table
-        off = sum(p.nbytes for p in table.pages.values() if p.state != RESIDENT)
-        peak = table.window_peak_bytes + off
+        peak = table.window_demand_bytes
         allocated = self.signal.close_window()
         if self.pager.device.type == "cuda":
             peak = max(peak, allocated)
-        table.window_peak_bytes = table.resident_bytes
+        table.new_window()
         return peak
 
     def held(self) -> int:
@@ -220,10 +208,6 @@ class Watch:
         with _disable_current_modes(), pager.lock:
             pager.reap()
             return sum(p.nbytes for p in pager.table.pages.values() if p.kind in state)
-
-    def _moved(self) -> tuple[int, int, int]:
-        st = self.pager.counters
-        return st.evictions, st.drops, st.bytes_to_host + st.bytes_dropped
 
     # ------------------------------------------------------------ transitions
 
@@ -243,8 +227,7 @@ class Watch:
             self.host_mode.__enter__()
         self.paging_since = time.perf_counter()
         pager.counters.paging_starts += 1
-        self.moved = self._moved()
-        pager.table.window_peak_bytes = pager.table.resident_bytes
+        pager.table.new_window()
 
     def _release(self) -> bool:
         """Bring every page back and stop intercepting; False where that is not possible now."""
@@ -254,8 +237,7 @@ class Watch:
         table = pager.table
         with _disable_current_modes(), pager.lock:
             pager.reap()
-            off = sum(p.nbytes for p in table.pages.values() if p.state != RESIDENT)
-            if table.resident_bytes + off > table.limit:
+            if table.live_bytes > table.limit:  # every page back would not fit
                 return False
             limit = table.limit
             try:

@@ -1,0 +1,9 @@
+#!/bin/bash
+cd "$(dirname "$0")" && export PYTHONPATH=$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1; mkdir -p $OUT/p; cd benchmarks
+timeout 200 python park_probe.py llama-1b 0.5 32637976576 3 > $OUT/probe.log 2>&1; grep -c window $OUT/probe.log; head -12 $OUT/probe.log | cut -c1-250; tail -3 $OUT/probe.log | cut -c1-400
+OUT=$OUT/p timeout 330 python gpu_round.py --cases llama-1b:deepum:0.5,gpt2-medium:deepum:0.5,bert-large:deepum:0.5 --warmup 20 --steps 3 --time-budget 320 2>&1 | tail -7
+python -c "
+import json
+for r in map(json.loads, open('$OUT/p/results.jsonl')):
+    print(r['model'], r['method'], r.get('median_s'), r.get('peak_device_bytes'), r.get('budget_bytes'), 'parked', r.get('step_parked_bytes'), 'lv', r.get('region_levels'), 'hist', r.get('region_history'), 'stops', r.get('paging_stops'), r.get('dormant'), 'retries', r.get('step_alloc_retries'), 'moved', r.get('step_bytes_to_device'), r.get('step_bytes_to_host'))
+"
