@@ -129,15 +129,21 @@ def test_a_model_state_too_large_for_regions_alone_parks_its_optimizer_state_and
     assert all(e["evictions"] == 0 and e["parked_bytes"] > 0 for e in each[-3:]), each[-3:]
 
 
-def test_a_step_that_fits_with_regions_stops_paging_without_parking():
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    return GPT2LMHeadModel(GPT2Config(n_layer=6, n_embd=128, n_head=4, vocab_size=512, n_positions=128))
+
+
+@pytest.mark.parametrize("make,batch,share", [(_llama, 16, 0.5), (_gpt2, 4, 0.75)], ids=["llama", "gpt2"])
+def test_a_step_that_fits_with_regions_stops_paging_without_parking(make, batch, share):
     """Regions alone bring this step under the budget; the page planner still moved pages
     while it settled (it keeps a headroom), and that alone is no reason to park or to page on."""
     g = torch.Generator().manual_seed(5)
-    big = [torch.randint(1, 512, (16, 64), generator=g) for _ in range(12)]
-    *_, peak = train(_llama, lambda: big, _lm, steps=2, opt=_adamw, budget=1.0, dormant=False,
+    big = [torch.randint(1, 512, (batch, 64), generator=g) for _ in range(12)]
+    *_, peak = train(make, lambda: big, _lm, steps=2, opt=_adamw, budget=1.0, dormant=False,
                      recompute_blocks=False)
-    ref = train(_llama, lambda: big, _lm, steps=12, opt=_adamw)
-    got = train(_llama, lambda: big, _lm, steps=12, opt=_adamw, budget=int(peak["peak_managed_bytes"] * 0.5))
+    ref = train(make, lambda: big, _lm, steps=12, opt=_adamw)
+    got = train(make, lambda: big, _lm, steps=12, opt=_adamw, budget=int(peak["peak_managed_bytes"] * share))
     assert_identical(ref, got)
     stats = got[3]
     assert stats["regions"] >= 2 and stats["evictions"] > 0, stats
