@@ -12,6 +12,7 @@ import torch
 import deepum
 from deepum.core.regions import NONE, WHOLE, Census, RegionPlan
 from deepum.engine.parking import Parking
+from deepum.engine.parkstep import ParkedStep
 from deepum.engine.telemetry import Stats
 
 from .helpers import assert_identical, train
@@ -150,6 +151,19 @@ def test_a_step_that_fits_with_regions_stops_paging_without_parking(make, batch,
     assert stats["paging_stops"] >= 1 and stats["parked_bytes"] == 0, stats
 
 
+def test_a_model_whose_optimizer_step_would_not_fit_whole_parks_and_steps_a_slice_at_a_time():
+    """All of the state back at once would leave parameters, gradients and state over the
+    budget's release share: the step runs over the parked state in slices instead."""
+    ref = train(_llama, _batches, _lm, steps=16, opt=_adamw)
+    each: list = []
+    got = train(_llama, _batches, _lm, steps=16, opt=_adamw, budget=_budget(0.5), each_step=each)
+    assert_identical(ref, got)
+    stats = got[3]
+    assert stats["parked_bytes"] > 0 and stats["regions"] >= 2, stats
+    assert stats["paging_stops"] >= 1, stats
+    assert all(e["evictions"] == 0 and e["parked_bytes"] > 0 for e in each[-3:]), each[-3:]
+
+
 def test_parked_state_is_real_data_between_steps():
     """What a script does with the optimizer between steps sees the state's values (on the host)."""
     budget = _budget(0.75)
@@ -274,3 +288,48 @@ def test_looking_for_state_to_park_faults_no_page_in():
             assert session.stats()["faults"] == before["faults"], "the scan faulted pages in"
         finally:
             parking.close()
+
+
+# ------------------------------------------------------------ the step over parked state
+
+
+def _stepped(make_opt, parked_step: bool, cap: int = 1 << 30):
+    torch.manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(n)) for n in (64, 300, 17, 256)]
+    opt = make_opt(params)
+    for _ in range(2):  # state made, then a step over it
+        for p in params:
+            p.grad = torch.randn_like(p)
+        if parked_step and opt.state:
+            parked = {}
+            for st in opt.state.values():
+                for k, v in list(st.items()):
+                    if isinstance(v, torch.Tensor) and v.numel() > 1:
+                        st[k] = v.clone()  # another tensor: the "host buffer"
+                        parked[id(st[k])] = st[k]
+            mode = ParkedStep(torch.device("cpu"), parked, cap)
+            with mode:
+                opt.step()
+            assert mode.runs > 0
+            return params, opt, mode
+        opt.step()
+    return params, opt, None
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, fused=True),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, foreach=True),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, foreach=False, amsgrad=True),
+    lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, foreach=True),
+], ids=["adamw-fused", "adamw-foreach", "adamw-single-amsgrad", "sgd-foreach"])
+def test_a_step_over_parked_state_gives_the_bits_of_the_plain_step_a_slice_at_a_time(make_opt):
+    """[Note: a step over parked state]: slices of the lists, written arguments copied back."""
+    ref_params, ref_opt, _ = _stepped(make_opt, parked_step=False)
+    params, opt, mode = _stepped(make_opt, parked_step=True, cap=1500)  # a few tensors a slice
+    for a, b in zip(ref_params, params):
+        assert torch.equal(a, b)
+    for a, b in zip(ref_opt.state.values(), opt.state.values()):
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    assert any(id(v) in mode.parked for st in opt.state.values() for v in st.values())  # still the host buffers
+    assert mode.runs > 1  # the fused and foreach lists ran in slices (the single-tensor step: an operator each)

@@ -106,6 +106,10 @@ class Thresholds:
     region_release: float = 0.9
     region_engage: float = 0.95
     region_rounds: int = 3
+    # Parking ([Note: a step over parked state] in engine/parkstep.py): the
+    # optimizer's step runs its operators over parked state in slices holding
+    # at most this share of the limit of it.
+    park_slice: float = 1 / 16
     # CUDA, while dormant: host seconds between two readings of the
     # allocator's statistics (each costs tens of microseconds), and the
     # shortest window: a root module call sooner than this after the last

@@ -106,9 +106,12 @@ back before the next, with no operator intercepted (engine/parking.py).
 When every region whole still leaves the forward over its target by
 ``short`` bytes and ``parkable`` (the optimizer state on the device)
 covers it, every region is set whole and ``park = short``; but not where
-the optimizer's step itself (``step_floor``: parameters, gradients and all
-of the state, back for the step) passes ``stop_bytes``, since the step
-could then never stop paging. A window still
+the optimizer's step itself (``step_floor``: parameters, gradients and one
+slice of the state, which the step reads where it is parked; [Note: a step
+over parked state] in engine/parkstep.py) passes ``stop_bytes``, since the
+step could then never stop paging. Parked state leaves the device only at
+the next optimizer step, so the windows that settle after a change in
+parking are not read at all. A window still
 over with every region whole parks more, up to ``parkable``; only then
 are regions and parking dropped for the page planner. Regions are not
 lowered while state is parked: the step needed all of them and more.
@@ -253,7 +256,7 @@ class RegionPlan:
         self.lowered_from: dict[int, int] = {}  # the regions lowered, at the level each had (see undo_lower)
         self.parkable = 0  # bytes of optimizer state that could be parked (the engine sets it; [Note: parking])
         self.park = 0  # bytes of it to park
-        self.step_floor = 0  # bytes the optimizer's step holds at least: parameters, gradients, state
+        self.step_floor = 0  # bytes the optimizer's step holds at least: parameters, gradients, a slice of state
 
     def take_census(self, census: Sequence[Census]) -> None:
         self.census = list(census)
@@ -273,6 +276,10 @@ class RegionPlan:
             # first of them began before the change: their peaks are not the
             # regions' to answer for.
             self.settling -= 1
+            if self.park:
+                # Parked state leaves the device only after the next
+                # optimizer step: these windows' forwards still hold it.
+                return {}
             step_peak = 0
         census = self.census
         if self.chosen:

@@ -36,6 +36,7 @@ import torch.optim.optimizer as optimizer_hooks
 from torch.utils._python_dispatch import _disable_current_modes
 
 from .intercept.host_access import resident, written
+from .parkstep import ParkedStep
 
 
 class _Entry:
@@ -67,8 +68,10 @@ def _host_buffer(like: torch.Tensor, cuda: bool) -> torch.Tensor:
 class Parking:
     """One session's parked optimizer state: the hooks, the chosen entries, the copies in flight."""
 
-    def __init__(self, device: torch.device, counters) -> None:
+    def __init__(self, device: torch.device, counters, slice_bytes: int = 1 << 62) -> None:
         self.device = device
+        self.slice_bytes = slice_bytes  # parked bytes a slice of the step holds at most (engine/parkstep.py)
+        self.stepping: ParkedStep | None = None  # the mode of a step under way
         self.cuda = device.type == "cuda"
         self.counters = counters
         self.goal = 0  # bytes to park
@@ -87,10 +90,11 @@ class Parking:
         return on_device + sum(e.host.nbytes for e in self.parked)
 
     def step_floor(self) -> int:
-        """Bytes an optimizer step holds at least: the parameters, their gradients and the state."""
+        """Bytes an optimizer step holds at least, all of its state parked: the parameters,
+        their gradients and one slice of the state ([Note: a step over parked state])."""
         params = sum(p.nbytes * (2 if p.requires_grad else 1) for opt in list(self.optimizers)
                      for g in opt.param_groups for p in g["params"])
-        return params + self.parkable()
+        return params + min(self.parkable(), self.slice_bytes)
 
     def _candidates(self, opt, paged_out: bool = False):
         """The optimizer's state tensors that can be parked (``paged_out``: also those a
@@ -126,9 +130,10 @@ class Parking:
         return True
 
     def _after(self, optimizer, args, kwargs) -> None:
+        self._end_step()
         self.optimizers.add(optimizer)
-        # Other optimizers' entries parked already count toward the goal.
-        total = sum(e.host.nbytes for e in self.parked + self.pending if e.owner != id(optimizer))
+        # Entries parked already (this optimizer's stayed parked through its step) count toward the goal.
+        total = sum(e.host.nbytes for e in self.parked + self.pending)
         chosen = []
         for state, key, t in self._candidates(optimizer):
             if total >= self.goal:
@@ -185,11 +190,31 @@ class Parking:
             if e.owner == mine:
                 e.device = None
         self.pending = [e for e in self.pending if e.owner != mine]
-        back = [e for e in self.parked if e.owner == mine]
-        self.parked = [e for e in self.parked if e.owner != mine]
-        for e in back:
-            if e.state.get(e.key) is e.host:
-                e.state[e.key] = self._back(e.host, non_blocking=True)
+        # Entries the program replaced meanwhile are no longer parked; past
+        # the goal (lowered since), this optimizer's entries come back.
+        self.parked = [e for e in self.parked if e.state.get(e.key) is e.host]
+        over = sum(e.host.nbytes for e in self.parked) - self.goal
+        for e in [e for e in self.parked if e.owner == mine]:
+            if over <= 0:
+                break
+            e.state[e.key] = self._back(e.host, non_blocking=True)
+            self.parked.remove(e)
+            over -= e.host.nbytes
+        staying = {id(e.host): e.host for e in self.parked if e.owner == mine}
+        if staying and self.stepping is None:
+            # The step reads them where they are, a slice at a time.
+            self.stepping = ParkedStep(self.device, staying, self.slice_bytes)
+            self.stepping.__enter__()
+
+    def _end_step(self) -> None:
+        """The step's mode off, its copies back waited for (the program may read the state next)."""
+        stepping, self.stepping = self.stepping, None
+        if stepping is None:
+            return
+        stepping.__exit__(None, None, None)
+        if self.cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+        self.counters.parked_bytes += sum(h.nbytes for h in stepping.parked.values())
 
     def _back(self, host: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
         # Made under a paging session's mode (a page, room made for it) from
@@ -201,6 +226,7 @@ class Parking:
 
     def restore(self) -> None:
         """Every parked entry back on the device (the session ends)."""
+        self._end_step()  # a step that raised never reached its post-hook
         if self.event is not None:
             self.event.synchronize()  # copies out still writing buffers that go with the entries
         for e in self.pending:

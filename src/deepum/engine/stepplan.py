@@ -49,7 +49,7 @@ import time
 import torch
 
 from ..core.pages import ARRIVING, DEAD, EVICTED, RESIDENT, Page
-from ..core.planner import carry_over, plan_repeating
+from ..core.planner import carry_over, held_at, plan_repeating
 from ..core.plantrial import ONLINE, PLANNED, PlanTrial
 from ..core.remat_policy import Action
 from ..core.replay import NEVER, uses_by_page
@@ -106,6 +106,10 @@ class StepPlans:
         self.plan_seconds = 0.0  # host time spent planning
         self.recipes_for: set[int] = set()  # page IDs born with a recipe while steering
         self.waiting: list[Page] = []  # planned prefetches that found no room after the last operator
+        # The recorded step's peak of what the program held, nothing paged and
+        # lineage not counted (core/planner.py's held_at); 0 once the program
+        # departs from it. [Note: demand] in core/pages.py counts lineage too.
+        self.demand = 0
 
     @property
     def recording(self) -> bool:
@@ -136,6 +140,7 @@ class StepPlans:
         elif self.mode == RUNNING:
             st.plan_departures += 1
             self.mode = RECORDING
+            self.demand = 0
         else:
             self.mode = RECORDING
         self.shadow = self.mode == RUNNING and self.trial is not None and self.trial.online_next()
@@ -180,6 +185,7 @@ class StepPlans:
         costs = pager.costs
         t0 = time.perf_counter()
         trace = _trace(builder, costs, pager.rebuild_overhead_s)
+        self.demand = max(held_at(trace), default=0)
         th = pager.config.thresholds
         limit = (pager.table.limit - pager.headroom - pager.table.unpageable_bytes
                  - (self.leaving_peak if th.plan_leaving_room else 0))

@@ -67,7 +67,8 @@ class Watch:
         self.parking = None  # engine/parking.py: the optimizer state the regions' plan parks
         if regions is not None:
             regions.watch = self
-            self.parking = regions.parking = Parking(pager.device, pager.counters)
+            self.parking = regions.parking = Parking(pager.device, pager.counters,
+                                                     int(th.park_slice * pager.table.limit))
         self.state = Dormancy(pager.table.limit, th.engage, th.release, th.calm_windows)
         self.owner = threading.get_ident()
         self.root: weakref.ref | None = None
@@ -189,6 +190,11 @@ class Watch:
         """A paging window's peak demand (what it held, paged out or not); starts the next window."""
         table = self.pager.table
         peak = table.window_demand_bytes
+        recorded = self.pager.plans.demand
+        if recorded:
+            # The page planner recorded this step: what the program held,
+            # without the lineage that the table's count keeps.
+            peak = min(peak, recorded)
         allocated = self.signal.close_window()
         if self.pager.device.type == "cuda":
             peak = max(peak, allocated)
