@@ -16,6 +16,7 @@ from deepum.core.planner import (
     OpSpec,
     PageSpec,
     StepTrace,
+    held_at,
     plan_step,
     simulate,
 )
@@ -968,3 +969,16 @@ def test_replay_can_hold_a_copy_out_memory_until_the_copy_ends():
     # and would hold 200 bytes against 150 until then, so it waits.
     assert held.stall_seconds == pytest.approx(1.0) and held.step_seconds == pytest.approx(1.3)
     assert held.d2h_bytes == free_at_once.d2h_bytes == 100
+
+
+def test_held_at_counts_what_the_program_holds_not_what_recipes_keep():
+    """The demand a recorded step shows (dormancy reads its peak): a page the program frees
+    leaves the count at its free, even where a dropped reader's recipe keeps it (lineage)."""
+    a, b, c, w = 0, 1, 2, 3
+    pages = {w: PageSpec(10), a: PageSpec(4), b: PageSpec(4, rebuild_seconds=0.1, recipe_inputs=(a,)),
+             c: PageSpec(4)}
+    ops = [OpSpec(0, 1.0, uses=(w,), creates=(a,)),
+           OpSpec(1, 1.0, uses=(a,), creates=(b,), frees=(a,)),  # the program lets go of a; b's recipe reads it
+           OpSpec(2, 1.0, uses=(b,), creates=(c,)),
+           OpSpec(3, 1.0, uses=(c,), frees=(b, c))]
+    assert held_at(StepTrace(ops, pages)) == [14, 18, 18, 18]

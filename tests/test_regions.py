@@ -407,11 +407,13 @@ def test_regions_with_a_sequence_length_that_changes_each_step_keep_every_bit():
     assert_identical(ref, got)
     stats = got[3]
     assert stats["regions"] >= 2 and stats["region_recomputes"] > stats["regions"], stats
-    # The longer steps outgrew what the regions were chosen for: paging
-    # started again. (Not asserted: that nothing passed the budget. One run
-    # in 11 on this project's machine counted an overshoot; see
-    # docs/DESIGN.md, session 24.)
-    assert stats["paging_stops"] >= 1 and stats["paging_starts"] >= 1 and stats["evictions"] > 0, stats
+    # Paging stopped once the regions were set. Whether the longer steps then
+    # page again depends on how many regions the first windows chose (the
+    # plan's trial times steps): with more of them, or state parked, they may
+    # fit. (Not asserted: that nothing passed the budget. Runs on this
+    # project's machine count an overshoot in a longer step now and then;
+    # see docs/DESIGN.md, sessions 24 and 25.)
+    assert stats["paging_stops"] >= 1 and stats["evictions"] > 0, stats
 
 
 def test_blocks_are_the_repeated_members_of_module_lists():

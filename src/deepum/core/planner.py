@@ -236,6 +236,21 @@ def plan_repeating(trace: StepTrace, skeys: dict[int, int], limit: int, **kw) ->
     return plan_step(StepTrace(trace.ops, pages), limit, tails=tails, **kw)
 
 
+def held_at(trace: StepTrace, born: set[int] | None = None) -> list[int]:
+    """Bytes the program holds at each operator of the step, its outputs made and nothing
+    paged: the pages it began with and those born so far, less those it freed
+    (its own frees: a page that recipes keep after the program let go is not counted)."""
+    if born is None:
+        born = {p for op in trace.ops for p in op.creates}
+    held = sum(s.nbytes for p, s in trace.pages.items() if p not in born)
+    peaks = []
+    for op in trace.ops:
+        held += sum(trace.pages[p].nbytes for p in op.creates)
+        peaks.append(held)
+        held -= sum(trace.pages[p].nbytes for p in op.frees)
+    return peaks
+
+
 def _tight_from(trace: StepTrace, limit: int, born: set[int]) -> int:
     """The first operator from which on the pages the program holds always fit ``limit``
     (0: the whole step fits; len(ops): not even its last operator).
@@ -245,12 +260,7 @@ def _tight_from(trace: StepTrace, limit: int, born: set[int]) -> int:
     throughout is then planned without a single eviction, and the session's
     dormancy sees a calm step).
     """
-    held = sum(s.nbytes for p, s in trace.pages.items() if p not in born)
-    peaks = []
-    for op in trace.ops:
-        held += sum(trace.pages[p].nbytes for p in op.creates)
-        peaks.append(held)
-        held -= sum(trace.pages[p].nbytes for p in op.frees)
+    peaks = held_at(trace, born)
     t = len(peaks)
     while t > 0 and peaks[t - 1] <= limit:
         t -= 1

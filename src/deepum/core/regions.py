@@ -108,7 +108,9 @@ When every region whole still leaves the forward over its target by
 covers it, every region is set whole and ``park = short``; but not where
 the optimizer's step itself (``step_floor``: parameters, gradients and all
 of the state, back for the step) passes ``stop_bytes``, since the step
-could then never stop paging. A window still
+could then never stop paging. Parked state leaves the device only at the
+next optimizer step, so the windows that settle after a change in
+parking are not read at all. A window still
 over with every region whole parks more, up to ``parkable``; only then
 are regions and parking dropped for the page planner. Regions are not
 lowered while state is parked: the step needed all of them and more.
@@ -273,6 +275,10 @@ class RegionPlan:
             # first of them began before the change: their peaks are not the
             # regions' to answer for.
             self.settling -= 1
+            if self.park:
+                # Parked state leaves the device only after the next
+                # optimizer step: these windows' forwards still hold it.
+                return {}
             step_peak = 0
         census = self.census
         if self.chosen:

@@ -189,6 +189,11 @@ class Watch:
         """A paging window's peak demand (what it held, paged out or not); starts the next window."""
         table = self.pager.table
         peak = table.window_demand_bytes
+        recorded = self.pager.plans.demand
+        if recorded:
+            # The page planner recorded this step: what the program held,
+            # without the lineage that the table's count keeps.
+            peak = min(peak, recorded)
         allocated = self.signal.close_window()
         if self.pager.device.type == "cuda":
             peak = max(peak, allocated)
