@@ -49,7 +49,7 @@ import time
 import torch
 
 from ..core.pages import ARRIVING, DEAD, EVICTED, RESIDENT, Page
-from ..core.planner import carry_over, held_at, plan_repeating
+from ..core.planner import carry_over, demand_of, plan_repeating
 from ..core.plantrial import ONLINE, PLANNED, PlanTrial
 from ..core.remat_policy import Action
 from ..core.replay import NEVER, uses_by_page
@@ -106,7 +106,7 @@ class StepPlans:
         self.plan_seconds = 0.0  # host time spent planning
         self.recipes_for: set[int] = set()  # page IDs born with a recipe while steering
         self.waiting: list[Page] = []  # planned prefetches that found no room after the last operator
-        self.demand = 0  # the recorded step's peak held, lineage not counted (planner.held_at); 0 on departure
+        self.demand = self.demand_born = 0  # the recording's peak held and bytes born (planner.demand_of)
 
     @property
     def recording(self) -> bool:
@@ -181,7 +181,7 @@ class StepPlans:
         costs = pager.costs
         t0 = time.perf_counter()
         trace = _trace(builder, costs, pager.rebuild_overhead_s)
-        self.demand = max(held_at(trace), default=0)
+        self.demand, self.demand_born = demand_of(trace)
         th = pager.config.thresholds
         limit = (pager.table.limit - pager.headroom - pager.table.unpageable_bytes
                  - (self.leaving_peak if th.plan_leaving_room else 0))
