@@ -76,10 +76,11 @@ class TestPageTable:
         table.add(c)
         assert table.resident_bytes == 80 and table.window_peak_bytes == 80
         assert table.live_bytes == 120 and table.window_demand_bytes == 120
+        assert table.window_born_bytes == 40  # what the window's operators made (the watch checks a recording by it)
         table.retire(a)  # dead while evicted: no longer demanded
         assert table.live_bytes == 80 and table.window_demand_bytes == 120
         table.new_window()
-        assert table.window_demand_bytes == 80
+        assert table.window_demand_bytes == 80 and table.window_born_bytes == 0
         table.check()
 
 

@@ -16,6 +16,7 @@ from deepum.core.planner import (
     OpSpec,
     PageSpec,
     StepTrace,
+    demand_of,
     held_at,
     plan_step,
     simulate,
@@ -982,3 +983,4 @@ def test_held_at_counts_what_the_program_holds_not_what_recipes_keep():
            OpSpec(2, 1.0, uses=(b,), creates=(c,)),
            OpSpec(3, 1.0, uses=(c,), frees=(b, c))]
     assert held_at(StepTrace(ops, pages)) == [14, 18, 18, 18]
+    assert demand_of(StepTrace(ops, pages)) == (18, 12)  # a, b and c made

@@ -154,6 +154,7 @@ class PageTable:
         # last boundary, reset there.
         self.live_bytes = 0
         self.window_demand_bytes = 0
+        self.window_born_bytes = 0  # bytes of the pages born since the last boundary
         self.unpageable_bytes = 0
         # Resident bytes by page kind (indexed by Kind).
         self.kind_bytes = [0] * len(Kind)
@@ -180,6 +181,7 @@ class PageTable:
         if count_peak and self.resident_bytes > self.window_peak_bytes:
             self.note_peak()
         self.live_bytes += page.nbytes
+        self.window_born_bytes += page.nbytes
         if self.live_bytes > self.window_demand_bytes:
             self.window_demand_bytes = self.live_bytes
         if page.pageable:
@@ -292,6 +294,7 @@ class PageTable:
         """A dormancy boundary: the window's peaks start again from what is held now."""
         self.window_peak_bytes = self.resident_bytes
         self.window_demand_bytes = self.live_bytes
+        self.window_born_bytes = 0
 
     def note_peak(self) -> None:
         if self.resident_bytes > self.window_peak_bytes:

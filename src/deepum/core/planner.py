@@ -251,6 +251,12 @@ def held_at(trace: StepTrace, born: set[int] | None = None) -> list[int]:
     return peaks
 
 
+def demand_of(trace: StepTrace) -> tuple[int, int]:
+    """(peak of :func:`held_at`, bytes of the pages the step makes): what a recorded step
+    demands unpaged, and a mark of it (a step of other sizes makes other bytes)."""
+    return max(held_at(trace), default=0), sum(trace.pages[p].nbytes for op in trace.ops for p in op.creates)
+
+
 def _tight_from(trace: StepTrace, limit: int, born: set[int]) -> int:
     """The first operator from which on the pages the program holds always fit ``limit``
     (0: the whole step fits; len(ops): not even its last operator).

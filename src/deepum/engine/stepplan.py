@@ -49,7 +49,7 @@ import time
 import torch
 
 from ..core.pages import ARRIVING, DEAD, EVICTED, RESIDENT, Page
-from ..core.planner import carry_over, held_at, plan_repeating
+from ..core.planner import carry_over, demand_of, plan_repeating
 from ..core.plantrial import ONLINE, PLANNED, PlanTrial
 from ..core.remat_policy import Action
 from ..core.replay import NEVER, uses_by_page
@@ -106,10 +106,7 @@ class StepPlans:
         self.plan_seconds = 0.0  # host time spent planning
         self.recipes_for: set[int] = set()  # page IDs born with a recipe while steering
         self.waiting: list[Page] = []  # planned prefetches that found no room after the last operator
-        # The recorded step's peak of what the program held, nothing paged and
-        # lineage not counted (core/planner.py's held_at); 0 once the program
-        # departs from it. [Note: demand] in core/pages.py counts lineage too.
-        self.demand = 0
+        self.demand = self.demand_born = 0  # the recording's peak held and bytes born (planner.demand_of)
 
     @property
     def recording(self) -> bool:
@@ -139,8 +136,7 @@ class StepPlans:
             st.planned_steps += not self.shadow
         elif self.mode == RUNNING:
             st.plan_departures += 1
-            self.mode = RECORDING
-            self.demand = 0
+            self.mode, self.demand = RECORDING, 0
         else:
             self.mode = RECORDING
         self.shadow = self.mode == RUNNING and self.trial is not None and self.trial.online_next()
@@ -185,7 +181,7 @@ class StepPlans:
         costs = pager.costs
         t0 = time.perf_counter()
         trace = _trace(builder, costs, pager.rebuild_overhead_s)
-        self.demand = max(held_at(trace), default=0)
+        self.demand, self.demand_born = demand_of(trace)
         th = pager.config.thresholds
         limit = (pager.table.limit - pager.headroom - pager.table.unpageable_bytes
                  - (self.leaving_peak if th.plan_leaving_room else 0))
@@ -197,12 +193,10 @@ class StepPlans:
             log.info("deepum: step not planned (%s)", e)
             self.builder = None
             return
-        self.plan = plan
+        self.plan, self.eids, self.births = plan, builder.eids, builder.creates
         self.uses, self.tail = uses_by_page(trace)
         self.frees = [op.frees for op in trace.ops]
         self.busy = _busy(plan, self.frees)
-        self.eids = builder.eids
-        self.births = builder.creates
         self.carry = carry_over(trace, builder.skeys)
         drops = plan.dropped()
         self.recipes_for = drops | {self.carry[p] for p in drops if p in self.carry}

@@ -190,11 +190,12 @@ class Watch:
         """A paging window's peak demand (what it held, paged out or not); starts the next window."""
         table = self.pager.table
         peak = table.window_demand_bytes
-        recorded = self.pager.plans.demand
-        if recorded:
-            # The page planner recorded this step: what the program held,
+        plans = self.pager.plans
+        if plans.demand and abs(table.window_born_bytes - plans.demand_born) * 64 <= plans.demand_born:
+            # The page planner recorded this step (the same bytes were born
+            # in it: a step of other sizes is not it): what the program held,
             # without the lineage that the table's count keeps.
-            peak = min(peak, recorded)
+            peak = min(peak, plans.demand)
         allocated = self.signal.close_window()
         if self.pager.device.type == "cuda":
             peak = max(peak, allocated)
