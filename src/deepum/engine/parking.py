@@ -65,6 +65,17 @@ def _host_buffer(like: torch.Tensor, cuda: bool) -> torch.Tensor:
     return raw[: like.nbytes].view(like.dtype).view(like.shape)
 
 
+def _foreach(group: dict) -> bool:
+    """Whether a parameter group's step runs torch's foreach implementation (as torch
+    chooses it when ``foreach`` is None: on CUDA, unless ``fused``)."""
+    if group.get("fused"):
+        return False
+    foreach = group.get("foreach")
+    if foreach is None:
+        return bool(group["params"]) and all(p.is_cuda for p in group["params"])
+    return bool(foreach)
+
+
 class Parking:
     """One session's parked optimizer state: the hooks, the chosen entries, the copies in flight."""
 
@@ -91,10 +102,16 @@ class Parking:
 
     def step_floor(self) -> int:
         """Bytes an optimizer step holds at least, all of its state parked: the parameters,
-        their gradients and one slice of the state ([Note: a step over parked state])."""
-        params = sum(p.nbytes * (2 if p.requires_grad else 1) for opt in list(self.optimizers)
-                     for g in opt.param_groups for p in g["params"])
-        return params + min(self.parkable(), self.slice_bytes)
+        their gradients and one slice of the state ([Note: a step over parked state]),
+        and for a foreach step its temporaries, a list the size of the parameters
+        (AdamW's square roots of the second moments): the slices' results are kept."""
+        floor = min(self.parkable(), self.slice_bytes)
+        for opt in list(self.optimizers):
+            for g in opt.param_groups:
+                params = sum(p.nbytes for p in g["params"])
+                grads = sum(p.nbytes for p in g["params"] if p.requires_grad)
+                floor += params + grads + (params if _foreach(g) else 0)
+        return floor
 
     def _candidates(self, opt, paged_out: bool = False):
         """The optimizer's state tensors that can be parked (``paged_out``: also those a
