@@ -296,9 +296,9 @@ class RegionPlan:
             # limit, so a step that fits unintercepted may page.
             excess = max(excess, step_peak - self.stop_bytes)
         if excess <= 0:
-            # This window fits and paged nothing. Another may still page (a
-            # page plan's trial alternates two ways of paging): the rounds
-            # stay open until they run out or the session stops paging.
+            # This window fits. Another may still be over (a page plan's
+            # trial alternates two ways of paging): the rounds stay open
+            # until they run out or the session stops paging.
             return {}
         if self.chosen and not self._remaining():
             if self.park < self.parkable and self.step_floor <= self.stop_bytes:
