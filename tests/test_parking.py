@@ -333,3 +333,12 @@ def test_a_step_over_parked_state_gives_the_bits_of_the_plain_step_a_slice_at_a_
             assert torch.equal(a[k], b[k]), k
     assert any(id(v) in mode.parked for st in opt.state.values() for v in st.values())  # still the host buffers
     assert mode.runs > 1  # the fused and foreach lists ran in slices (the single-tensor step: an operator each)
+
+
+def test_a_view_of_parked_state_in_the_step_says_what_to_do():
+    from deepum.errors import UnsupportedError
+    buf = torch.randn(8)
+    with pytest.raises(UnsupportedError, match="recompute_blocks=False"):
+        with ParkedStep(torch.device("cpu"), {id(buf): buf}, 1 << 20):
+            buf.view(2, 4)
+    assert buf.add(1).shape == (8,)  # the mode is gone

@@ -125,6 +125,7 @@ class Parking:
                     # A tensor that is all of its storage: a view of a flat
                     # buffer would stop sharing it once swapped.
                     if (isinstance(t, torch.Tensor) and t.device == self.device and t.numel() > 1
+                            and not t.is_complex()  # a complex step views its state as real
                             and not t.requires_grad and t.is_contiguous() and t.storage_offset() == 0
                             and _storage(t).nbytes() in (t.nbytes, 0 if paged_out else t.nbytes)
                             and not self._is_host(state, key, t)):

@@ -17,7 +17,9 @@ pre-hook to its post-hook), runs each operator that reads one:
   these operators compute each list element on its own, so slices give the
   bits of one call (as engine/intercept/chunking.py splits them under a
   paging session);
-- an in-place operator returns the host tensor it wrote, as it would have.
+- an in-place operator returns the host tensor it wrote, as it would have;
+  an operator that returns a view of a parked entry raises
+  UnsupportedError (writes through the view could not reach the buffer).
 
 Copies run on the step's stream; the post-hook waits for the last one, so
 the buffers hold the step's values when the step returns (a program may
@@ -32,6 +34,7 @@ from __future__ import annotations
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
+from ..errors import UnsupportedError
 from .intercept.chunking import concat_results
 from .intercept.host_access import resident, written
 
@@ -62,6 +65,12 @@ class ParkedStep(TorchDispatchMode):
         writes = self.writes.get(func)
         if writes is None:
             writes = self.writes[func] = _writes(func)
+            if any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns):
+                # A view of a device copy would be let go with it, and what is
+                # written through it would never reach the host buffer.
+                raise UnsupportedError(
+                    f"{func}: the optimizer's step takes a view of its parked state, which deepum cannot "
+                    "follow; give the session recompute_blocks=False to keep the optimizer's state on the device")
         names = [a.name for a in func._schema.arguments]
         bound = list(args) + [kwargs.get(n) for n in names[len(args):]]
         lists = [i for i, v in enumerate(bound) if isinstance(v, (list, tuple))
