@@ -35,8 +35,8 @@ import torch
 import torch.optim.optimizer as optimizer_hooks
 from torch.utils._python_dispatch import _disable_current_modes
 
-from .intercept.host_access import resident, written
-from .parkstep import ParkedStep
+from .intercept.host_access import resident
+from .parkstep import ParkedStep, device_copy
 
 
 class _Entry:
@@ -215,7 +215,7 @@ class Parking:
         for e in [e for e in self.parked if e.owner == mine]:
             if over <= 0:
                 break
-            e.state[e.key] = self._back(e.host, non_blocking=True)
+            e.state[e.key] = device_copy(e.host, self.device)
             self.parked.remove(e)
             over -= e.host.nbytes
         staying = {id(e.host): e.host for e in self.parked if e.owner == mine}
@@ -234,14 +234,6 @@ class Parking:
             torch.cuda.current_stream(self.device).synchronize()
         self.counters.parked_bytes += sum(h.nbytes for h in stepping.parked.values())
 
-    def _back(self, host: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
-        # Made under a paging session's mode (a page, room made for it) from
-        # no tensor (the buffer must not become a page); filled below it.
-        dev = torch.empty(host.shape, dtype=host.dtype, device=self.device)
-        with written(dev), _disable_current_modes():
-            dev.copy_(host, non_blocking=non_blocking and self.cuda)
-        return dev
-
     def restore(self) -> None:
         """Every parked entry back on the device (the session ends)."""
         self._end_step()  # a step that raised never reached its post-hook
@@ -252,7 +244,7 @@ class Parking:
         self.pending = []
         for e in self.parked:
             if e.state.get(e.key) is e.host:
-                e.state[e.key] = self._back(e.host)
+                e.state[e.key] = device_copy(e.host, self.device, non_blocking=False)
         self.parked = []
         if self.cuda:
             torch.cuda.current_stream(self.device).synchronize()

@@ -35,7 +35,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from ..errors import UnsupportedError
-from .intercept.chunking import concat_results
+from .intercept.chunking import concat_results, slice_bounds
 from .intercept.host_access import resident, written
 
 
@@ -89,14 +89,7 @@ class ParkedStep(TorchDispatchMode):
         """List bounds [a, b) holding at most ``cap`` parked bytes each."""
         length = len(bound[lists[0]])
         cost = [sum(bound[i][j].nbytes for i in lists if id(bound[i][j]) in self.parked) for j in range(length)]
-        bounds, start, acc = [], 0, 0
-        for j, c in enumerate(cost):
-            if j > start and acc + c > self.cap:
-                bounds.append((start, j))
-                start, acc = j, 0
-            acc += c
-        bounds.append((start, length))
-        return bounds
+        return slice_bounds(cost, self.cap)
 
     def _run(self, func, names, bound, npos, writes, lists, a, b):
         """One slice: parked arguments in, the operator, written ones back."""
@@ -107,7 +100,7 @@ class ParkedStep(TorchDispatchMode):
         def bring(x, written_arg):
             if not isinstance(x, torch.Tensor) or id(x) not in self.parked:
                 return x
-            dev = self._in(x)
+            dev = device_copy(x, self.device)
             swap[id(dev)] = x
             if written_arg:
                 back.append((x, dev))
@@ -130,12 +123,15 @@ class ParkedStep(TorchDispatchMode):
             return swap.get(id(out), out)
         return out
 
-    def _in(self, host: torch.Tensor) -> torch.Tensor:
-        # Made under the modes below this one (a paging session's: a page,
-        # room made for it) from no tensor (the buffer must not become a
-        # page); filled below every mode.
-        dev = torch.empty(host.shape, dtype=host.dtype, device=self.device)
-        with written(dev), _disable_current_modes():
-            dev.copy_(host, non_blocking=self.device.type == "cuda")
-        return dev
 
+def device_copy(host: torch.Tensor, device: torch.device, non_blocking: bool = True) -> torch.Tensor:
+    """A new device tensor with a host buffer's values (engine/parking.py's restores too).
+
+    Made under the modes below the caller (a paging session's: a page, room
+    made for it) from no tensor (the buffer must not become a page); filled
+    below every mode.
+    """
+    dev = torch.empty(host.shape, dtype=host.dtype, device=device)
+    with written(dev), _disable_current_modes():
+        dev.copy_(host, non_blocking=non_blocking and device.type == "cuda")
+    return dev

@@ -50,16 +50,7 @@ class Chunking:
                 if isinstance(x, torch.Tensor) and self.is_managed(x):
                     cost[j] += storage_of(x).nbytes() or logical_nbytes(x)
         total = sum(cost) or 1
-        cap = self._chunk_cap()
-        bounds, start, acc = [], 0, 0
-        for j, c in enumerate(cost):
-            c += est * c // total
-            if j > start and acc + c > cap:
-                bounds.append((start, j))
-                start, acc = j, 0
-            acc += c
-        bounds.append((start, length))
-        return (lists, values, bounds)
+        return (lists, values, slice_bounds([c + est * c // total for c in cost], self._chunk_cap()))
 
     def _run_chunks(self, func, types, args, kwargs, chunks):
         lists, values, bounds = chunks
@@ -77,6 +68,19 @@ class Chunking:
             results.append(self.__torch_dispatch__(func, types, tuple(cargs), ckwargs))
         self.last_eid = -1  # the slices carry the IDs; the whole call has none
         return concat_results(results)
+
+
+def slice_bounds(cost: list[int], cap: int) -> list[tuple[int, int]]:
+    """Bounds [a, b) of consecutive list elements whose ``cost`` adds up to at most ``cap``
+    (an element over it alone is a slice of its own)."""
+    bounds, start, acc = [], 0, 0
+    for j, c in enumerate(cost):
+        if j > start and acc + c > cap:
+            bounds.append((start, j))
+            start, acc = j, 0
+        acc += c
+    bounds.append((start, len(cost)))
+    return bounds
 
 
 def concat_results(results: list):
