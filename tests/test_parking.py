@@ -57,6 +57,22 @@ def test_plan_parks_more_while_the_step_is_over_then_drops_everything():
     assert plan.dropped and plan.chosen == {} and plan.park == 0
 
 
+def test_plan_parks_a_margin_past_what_a_window_showed_over():
+    # A paging step's demand falls only a little with each change: parking
+    # just what a window showed over would creep up by a few bytes a
+    # window, paging all the while.
+    plan = _plan(parkable=400)
+    plan.park_margin = 50
+    plan.window(forward_peak=1250)  # 150 short
+    assert plan.park == 200
+    plan.settling = 0
+    plan.window(forward_peak=650, step_peak=905)  # 5 over the release share
+    assert plan.park == 250
+    plan.settling = 0
+    plan.window(forward_peak=650, step_peak=1100)  # 200 over: more than the margin
+    assert plan.park == 400  # (all there is)
+
+
 def test_plan_measures_the_step_against_the_limit_where_it_is_under_the_release_share():
     plan = RegionPlan(budget=1000, target=0.8, rounds=3, release=0.9, limit=850)
     plan.take_census([Census(100, 1.0)] * 4)

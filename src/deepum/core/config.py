@@ -110,6 +110,9 @@ class Thresholds:
     # optimizer's step runs its operators over parked state in slices holding
     # at most this share of the limit of it.
     park_slice: float = 1 / 16
+    # Parking parks this share of the limit past what a window showed over
+    # ([Note: parking] in core/regions.py).
+    park_margin: float = 1 / 32
     # CUDA, while dormant: host seconds between two readings of the
     # allocator's statistics (each costs tens of microseconds), and the
     # shortest window: a root module call sooner than this after the last

@@ -113,7 +113,13 @@ step could then never stop paging. Parked state leaves the device only at
 the next optimizer step, so the windows that settle after a change in
 parking are not read at all. A window still
 over with every region whole parks more, up to ``parkable``; only then
-are regions and parking dropped for the page planner. Regions are not
+are regions and parking dropped for the page planner. Each time it parks
+``park_margin`` past what the window showed over: a step that pages holds
+its residency near the limit whatever is parked, so its measured demand
+falls only a little with each change, and a window over by a few bytes
+would otherwise park a few bytes more, settle, and page again, step after
+step (the Llama-family model at 1/2 on the GPU; docs/BENCHMARKS.md,
+session 26). Regions are not
 lowered while state is parked: the step needed all of them and more.
 
 Pure logic: the engine feeds it byte counts and seconds, and sets what it returns.
@@ -257,6 +263,7 @@ class RegionPlan:
         self.parkable = 0  # bytes of optimizer state that could be parked (the engine sets it; [Note: parking])
         self.park = 0  # bytes of it to park
         self.step_floor = 0  # bytes the optimizer's step holds at least: parameters, gradients, a slice of state
+        self.park_margin = 0  # bytes parked past what a window showed over (the engine sets it; [Note: parking])
 
     def take_census(self, census: Sequence[Census]) -> None:
         self.census = list(census)
@@ -303,7 +310,7 @@ class RegionPlan:
         if self.chosen and not self._remaining():
             if self.park < self.parkable and self.step_floor <= self.stop_bytes:
                 # Every region is whole: park more of the optimizer's state.
-                self.park = min(self.parkable, self.park + excess)
+                self.park = min(self.parkable, self.park + max(excess, self.park_margin))
                 self.settling = self.SETTLE
                 return {}
             # Every region is set whole, as much state parked as there is,
@@ -350,7 +357,7 @@ class RegionPlan:
             return {}
         # Every region whole and the rest parked ([Note: parking]).
         self.rounds_left = max(self.rounds_left - 1, 1)
-        self.park = short
+        self.park = min(self.parkable, short + self.park_margin)
         changes = dict.fromkeys(self._remaining(), WHOLE)
         self.chosen.update(changes)
         self.settling = self.SETTLE

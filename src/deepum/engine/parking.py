@@ -232,6 +232,8 @@ class Parking:
         stepping.__exit__(None, None, None)
         if self.cuda:
             torch.cuda.current_stream(self.device).synchronize()
+            if stepping.last is not None:
+                stepping.last.synchronize()  # the pipelined copies back
         self.counters.parked_bytes += sum(h.nbytes for h in stepping.parked.values())
 
     def restore(self) -> None:

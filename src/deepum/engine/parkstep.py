@@ -21,15 +21,26 @@ pre-hook to its post-hook), runs each operator that reads one:
   an operator that returns a view of a parked entry raises
   UnsupportedError (writes through the view could not reach the buffer).
 
-Copies run on the step's stream; the post-hook waits for the last one, so
-the buffers hold the step's values when the step returns (a program may
-save or print the state next). Operators that read no parked entry pass
+Copies of an operator run in slices are pipelined on CUDA when no paging
+mode is below this one: the next slice is copied in on one side stream
+while the operator runs the current one on the step's stream, and the
+slice before is copied back on another, so the two directions of the link
+run at once and beside the kernels. Each slice is then a third of the cap,
+and the host waits for a slice's copies back before it copies in the one
+after next: at most three slices are on the device, never more than the
+cap the step's floor counts (core/regions.py). Elsewhere (the cpu tier, a
+paging session, an operator of one slice) the copies run on the step's
+stream in order. The post-hook waits for the last copy back, so the
+buffers hold the step's values when the step returns (a program may save
+or print the state next). Operators that read no parked entry pass
 straight through. Under a paging session the device copies are made below
 this mode and above the paging mode: they are pages, and room is made for
 them like for any operator's output.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
@@ -55,6 +66,9 @@ class ParkedStep(TorchDispatchMode):
         self.cap = max(1, cap)  # parked bytes a slice holds at most
         self.writes: dict[object, frozenset[int]] = {}
         self.runs = 0  # operators (or slices of one) run over parked arguments
+        self.cuda = device.type == "cuda"
+        self.streams = None  # (copies in, copies back), made at the first pipelined operator
+        self.last = None  # the last pipelined copies back (the post-hook waits for them)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -75,63 +89,120 @@ class ParkedStep(TorchDispatchMode):
         bound = list(args) + [kwargs.get(n) for n in names[len(args):]]
         lists = [i for i, v in enumerate(bound) if isinstance(v, (list, tuple))
                  and any(isinstance(x, torch.Tensor) for x in v)]
-        if lists and func.__name__.startswith(("_foreach_", "_fused_")):
+        sliced = bool(lists) and func.__name__.startswith(("_foreach_", "_fused_"))
+        if sliced:
             # Element j of each list goes together, scalar lists too.
             length = len(bound[lists[0]])
             lists = [i for i, v in enumerate(bound) if isinstance(v, (list, tuple)) and len(v) == length]
-            bounds = self._slices(bound, lists)
+        if sliced and self.cuda and torch._C._len_torch_dispatch_stack() == 0:
+            results = self._pipelined(func, names, bound, len(args), writes, lists)
         else:
-            bounds = [(0, None)]  # one call (a cat of parked tensors, say): every list whole
-        results = [self._run(func, names, bound, len(args), writes, lists, a, b) for a, b in bounds]
+            if self.streams is not None:
+                torch.cuda.current_stream(self.device).wait_stream(self.streams[1])  # (as in _pipelined)
+            bounds = self._slices(bound, lists, self.cap) if sliced else [(0, None)]  # (None: every list whole)
+            results = [self._run(func, self._bring(bound, writes, lists, a, b), names, len(args))
+                       for a, b in bounds]
         return results[0] if len(results) == 1 else concat_results(results)
 
-    def _slices(self, bound: list, lists: list[int]) -> list[tuple[int, int]]:
+    def _slices(self, bound: list, lists: list[int], cap: int) -> list[tuple[int, int]]:
         """List bounds [a, b) holding at most ``cap`` parked bytes each."""
         length = len(bound[lists[0]])
         cost = [sum(bound[i][j].nbytes for i in lists if id(bound[i][j]) in self.parked) for j in range(length)]
-        return slice_bounds(cost, self.cap)
+        return slice_bounds(cost, cap)
 
-    def _run(self, func, names, bound, npos, writes, lists, a, b):
-        """One slice: parked arguments in, the operator, written ones back."""
-        self.runs += 1
-        back: list[tuple[torch.Tensor, torch.Tensor]] = []  # (host buffer, device copy) to write back
-        swap: dict[int, torch.Tensor] = {}  # id(device copy) -> host buffer, for in-place returns
+    def _bring(self, bound, writes, lists, a, b, stream=None) -> _Slice:
+        """The slice's call arguments, its parked ones copied to the device (on ``stream``)."""
+        sl = _Slice()
 
         def bring(x, written_arg):
             if not isinstance(x, torch.Tensor) or id(x) not in self.parked:
                 return x
-            dev = device_copy(x, self.device)
-            swap[id(dev)] = x
+            dev = device_copy(x, self.device, stream=stream)
+            sl.swap[id(dev)] = x
             if written_arg:
-                back.append((x, dev))
+                sl.back.append((x, dev))
             return dev
 
-        call = []
+        if stream is not None:
+            # The blocks come from the step stream's pool: their last users there run first.
+            stream.wait_stream(torch.cuda.current_stream(self.device))
         for i, v in enumerate(bound):
-            if i in lists:
-                v = [bring(x, i in writes) for x in v[a:b]]
-            else:
-                v = bring(v, i in writes)
-            call.append(v)
+            sl.call.append([bring(x, i in writes) for x in v[a:b]] if i in lists else bring(v, i in writes))
+        if stream is not None:
+            sl.ready = stream.record_event()
+        return sl
+
+    def _run(self, func, sl: _Slice, names, npos: int, out_stream=None):
+        """One slice: the operator, then its written arguments copied back (on ``out_stream``)."""
+        self.runs += 1
+        call = sl.call
         out = func(*call[:npos], **{n: v for n, v in zip(names[npos:], call[npos:]) if v is not None})
-        if back:
-            devs = [d for _, d in back]
+        if sl.back:
+            devs = [d for _, d in sl.back]
             with resident(*devs), _disable_current_modes():
-                for host, dev in back:
-                    host.copy_(dev, non_blocking=self.device.type == "cuda")
+                if out_stream is not None:
+                    out_stream.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(out_stream) if out_stream is not None else contextlib.nullcontext():
+                    for host, dev in sl.back:
+                        host.copy_(dev, non_blocking=self.cuda)
+            if out_stream is not None:
+                sl.done = out_stream.record_event()
         if isinstance(out, torch.Tensor):
-            return swap.get(id(out), out)
+            return sl.swap.get(id(out), out)
         return out
 
+    def _pipelined(self, func, names, bound, npos, writes, lists) -> list:
+        """The slices with their copies overlapped (the Note): in on one stream, back on another."""
+        if self.streams is None:
+            self.streams = (torch.cuda.Stream(self.device), torch.cuda.Stream(self.device))
+        ins, outs = self.streams
+        main = torch.cuda.current_stream(self.device)
+        bounds = self._slices(bound, lists, max(1, self.cap // 3))
+        ins.wait_stream(outs)  # an earlier operator's copies back into the buffers this one reads
+        staged = [self._bring(bound, writes, lists, *bounds[0], stream=ins)]
+        results, behind = [], []
+        for k in range(len(bounds)):
+            if k + 1 < len(bounds):
+                for sl in behind:
+                    sl.done.synchronize()  # the slice before this one is back: its memory is free
+                behind = []
+                staged.append(self._bring(bound, writes, lists, *bounds[k + 1], stream=ins))
+            sl = staged[k]
+            main.wait_event(sl.ready)
+            results.append(self._run(func, sl, names, npos, out_stream=outs))
+            for _, dev in sl.back:
+                dev.record_stream(outs)
+            if sl.done is not None:
+                behind.append(sl)
+            staged[k] = None
+        self.last = outs.record_event()
+        return results
 
-def device_copy(host: torch.Tensor, device: torch.device, non_blocking: bool = True) -> torch.Tensor:
+
+class _Slice:
+    """One slice of a parked operator: its call arguments and the device copies to write back."""
+
+    __slots__ = ("call", "back", "swap", "ready", "done")
+
+    def __init__(self) -> None:
+        self.call: list = []
+        self.back: list[tuple[torch.Tensor, torch.Tensor]] = []  # (host buffer, device copy)
+        self.swap: dict[int, torch.Tensor] = {}  # id(device copy) -> host buffer, for in-place returns
+        self.ready = None  # on CUDA, pipelined: the copies in are done
+        self.done = None  # ... the copies back are done
+
+
+def device_copy(host: torch.Tensor, device: torch.device, non_blocking: bool = True, stream=None) -> torch.Tensor:
     """A new device tensor with a host buffer's values (engine/parking.py's restores too).
 
     Made under the modes below the caller (a paging session's: a page, room
     made for it) from no tensor (the buffer must not become a page); filled
-    below every mode.
+    below every mode. ``stream`` (CUDA): the copy runs on it; the memory is
+    the current stream's, so that stream must have waited for the current
+    one (the block's last users) first.
     """
     dev = torch.empty(host.shape, dtype=host.dtype, device=device)
     with written(dev), _disable_current_modes():
-        dev.copy_(host, non_blocking=non_blocking and device.type == "cuda")
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            dev.copy_(host, non_blocking=non_blocking and device.type == "cuda")
     return dev

@@ -202,7 +202,7 @@ class Regions:
         self.rounds = th.region_rounds
         self.selective = pager.config.recompute_blocks == "selective"
         self.release = th.region_release
-        self.plan = RegionPlan(pager.budget, self.target, self.rounds, self.release, pager.table.limit)
+        self.plan = self._new_plan()
         self.census_ids: list[int] = []
         self.blocks: list[weakref.ref] = []
         self.tallies: dict[int, _Tally] = {}
@@ -227,6 +227,12 @@ class Regions:
         self.watch = None  # engine/watch.py's Watch, which sets itself here: held(), paging
         self.parking = None  # engine/parking.py's Parking, which the watch sets here
 
+    def _new_plan(self) -> RegionPlan:
+        pager = self.pager
+        plan = RegionPlan(pager.budget, self.target, self.rounds, self.release, pager.table.limit)
+        plan.park_margin = int(pager.config.thresholds.park_margin * pager.table.limit)
+        return plan
+
     # ------------------------------------------------------------ census
 
     def attach(self, root: torch.nn.Module) -> None:
@@ -237,8 +243,7 @@ class Regions:
             return
         self.blocks = [weakref.ref(b) for b in blocks]
         self.tallies = {}
-        self.plan = RegionPlan(self.pager.budget, self.target, self.rounds, self.release,
-                               self.pager.table.limit)
+        self.plan = self._new_plan()
         if self.parking is not None:
             self.parking.set_goal(0)  # a new root, a new plan: what is parked comes back at the next step
         self.dormant_windows = 0
