@@ -330,6 +330,7 @@ def _measured(model: str, method: str, budget: int | None, device: torch.device,
             out["region_levels"] = "".join((r["level"] or ".")[0] for r in report)
             out["region_history"] = regions.history
             out["region_undone"] = regions.undone
+            out["region_raised"] = regions.raised
             out["region_census"] = [(r["saved_bytes"], r["kept_bytes"], r["seconds"], r["cheap_seconds"])
                                     for r in report[:3]]
     finally:

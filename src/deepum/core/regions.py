@@ -88,7 +88,10 @@ happens once: if the step then pages again, the rounds go on as before,
 and the last round sets every candidate whole. The measure is the
 allocator's reserved peak (its cap is on reserved bytes); if the lowered
 step still makes the allocator flush its cache to find a block, the
-lowering is undone.
+lowering is undone; where nothing lowered is left to undo, one more region
+is set whole (``raise_one``) for each unintercepted window that flushes:
+a flush waits on every stream, each step, and costs more than a region's
+recompute (GPT-2 medium at 1/2 on the GPU; docs/BENCHMARKS.md, session 26).
 
 The SELECTIVE level is off unless asked for (``recompute_blocks=
 "selective"``): PyTorch's selective checkpointing runs the region's forward
@@ -407,6 +410,17 @@ class RegionPlan:
         changes, self.lowered_from = self.lowered_from, {}
         self.chosen.update(changes)
         return changes
+
+    def raise_one(self) -> dict[int, int]:
+        """One more region whole, the most bytes per second first: an unintercepted step with
+        nothing lowered to undo made the allocator flush its cache (see ``undo_lower``)."""
+        steps = [(step[0], -i) for i in self._remaining()
+                 for step in [_next_step(self.census[i], self.chosen.get(i, NONE))] if step is not None]
+        if not steps:
+            return {}
+        i = -max(steps)[1]
+        self.chosen[i] = WHOLE
+        return {i: WHOLE}
 
     def _lower_option(self, i: int) -> tuple[float, int, int, int] | None:
         """(seconds saved per byte added, index, level, bytes added) of a whole region's best lower level."""

@@ -222,6 +222,7 @@ class Regions:
         self.after_lowering = 0  # dormant windows since the lowering
         self.flushes = 0  # the allocator's cache flushes at the last dormant window
         self.undone = 0  # regions set back by undoing the lowering
+        self.raised = 0  # regions set whole while dormant, the allocator flushing (see dormant_window)
         # (the window's forward peak, regions changed then); a dormant window's whole peak is negated
         self.history: list[tuple[int, int]] = []
         self.watch = None  # engine/watch.py's Watch, which sets itself here: held(), paging
@@ -250,6 +251,7 @@ class Regions:
         self.after_lowering = 0  # dormant windows since the lowering
         self.flushes = 0  # the allocator's cache flushes at the last dormant window
         self.undone = 0  # regions set back by undoing the lowering
+        self.raised = 0
         for b in blocks:
             self.census_hooks.append(b.register_forward_pre_hook(_Fn(self._census_pre), with_kwargs=True))
             self.census_hooks.append(b.register_forward_hook(_Fn(self._census_post), with_kwargs=True,
@@ -418,16 +420,24 @@ class Regions:
         ``reserved``: the window's peak of the allocator's reserved bytes;
         ``flushes``: the allocator's cache flushes so far. The first such
         window is skipped: it follows the step in which paging stopped and
-        every page came back. The first window after the lowering is too
-        (the allocator lays out the changed step); a flush in the next one
-        undoes the lowering.
+        every page came back. The first window after the lowering, or after
+        any change, is too (the allocator lays out the changed step); a
+        flush in a later one undoes the lowering, or where nothing lowered
+        is left to undo, sets one more region whole: a step that flushes
+        each window waits on every stream each time.
         """
         if self.plan.lowered:
             self.after_lowering += 1
-            if self.after_lowering == 2 and flushes > self.flushes and self.plan.lowered_from:
-                changes = self.plan.undo_lower()
-                self.undone = len(changes)
-                self._apply(changes)
+            if self.after_lowering >= 2 and flushes > self.flushes:
+                if self.plan.lowered_from:
+                    changes = self.plan.undo_lower()
+                    self.undone = len(changes)
+                else:
+                    changes = self.plan.raise_one()
+                    self.raised += len(changes)
+                if changes:
+                    self._apply(changes)
+                    self.after_lowering = 0
             self.flushes = flushes
             return
         if not self.set_hooks:
