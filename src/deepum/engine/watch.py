@@ -191,14 +191,24 @@ class Watch:
         table = self.pager.table
         peak = table.window_demand_bytes
         plans = self.pager.plans
-        if plans.demand and abs(table.window_born_bytes - plans.demand_born) * 64 <= plans.demand_born:
+        recorded = plans.demand and abs(table.window_born_bytes - plans.demand_born) * 64 <= plans.demand_born
+        if recorded:
             # The page planner recorded this step (the same bytes were born
             # in it: a step of other sizes is not it): what the program held,
             # without the lineage that the table's count keeps.
             peak = min(peak, plans.demand)
         allocated = self.signal.close_window()
         if self.pager.device.type == "cuda":
-            peak = max(peak, allocated)
+            # The allocator's peak counts what no page holds (workspaces,
+            # rounding), which an unintercepted step holds too. But a planned
+            # step fills the device to the pager's limit with pages it keeps
+            # beyond the program's own (prefetched early, lineage for
+            # recipes): there its recorded demand plus what the allocator held
+            # outside pages is the step's measure, where it is the smaller.
+            held = max(peak, allocated)
+            if recorded:
+                held = min(held, peak + max(allocated - table.window_peak_bytes, 0))
+            peak = held
         table.new_window()
         return peak
 
