@@ -37,11 +37,11 @@ def main() -> None:
                 off[p.kind.name] += p.nbytes
         wp, demand = table.window_peak_bytes, table.window_demand_bytes
         plans = self.pager.plans
-        recorded, born = plans.demand, plans.demand_born
+        recorded, born, window_born = plans.demand, plans.demand_born, table.window_born_bytes
         allocated = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
         peak = paging_peak(self)
         print(f"  peak {peak / GB:.2f} demand {demand / GB:.2f} recorded {recorded / GB:.2f} "
-              f"born {table.window_born_bytes / GB:.1f}/{born / GB:.1f} allocated {allocated / GB:.2f} "
+              f"born {window_born / GB:.1f}/{born / GB:.1f} allocated {allocated / GB:.2f} "
               f"window_resident_peak {wp / GB:.2f} "
               f"reserved {self.signal.window_reserved / GB:.2f} off "
               + " ".join(f"{k}={v / GB:.2f}" for k, v in off.items()), flush=True)
