@@ -73,6 +73,16 @@ def test_plan_parks_a_margin_past_what_a_window_showed_over():
     assert plan.park == 400  # (all there is)
 
 
+def test_plan_parks_more_for_a_flushing_step_only_with_every_region_whole_and_state_parked():
+    plan = _plan(parkable=400)
+    plan.park_margin = 50
+    assert plan.park_more() == 0  # nothing parked: regions are the plan's first answer
+    plan.window(forward_peak=1250)  # every region whole, 150 parked past the margin's 50
+    assert plan.park == 200 and plan.park_more() == 50 and plan.park == 250
+    plan.park = 380
+    assert plan.park_more() == 20 and plan.park_more() == 0  # (all there is)
+
+
 def test_plan_measures_the_step_against_the_limit_where_it_is_under_the_release_share():
     plan = RegionPlan(budget=1000, target=0.8, rounds=3, release=0.9, limit=850)
     plan.take_census([Census(100, 1.0)] * 4)
@@ -147,6 +157,26 @@ def test_a_model_state_too_large_for_regions_alone_parks_its_optimizer_state_and
     # Parked, the step fits: paging stopped and nothing moved in the last steps.
     assert stats["paging_stops"] >= 1 and stats["paging_starts"] == 0, stats
     assert all(e["evictions"] == 0 and e["parked_bytes"] > 0 for e in each[-3:]), each[-3:]
+
+
+def test_a_parked_step_that_keeps_flushing_the_allocators_cache_parks_more(monkeypatch):
+    from deepum.engine import memsignal
+
+    # The cpu tier has no cache to flush: here every window flushes once.
+    close = memsignal.CpuSignal.close_window
+
+    def flushing(self):
+        self.flushes += 1
+        return close(self)
+
+    monkeypatch.setattr(memsignal.CpuSignal, "close_window", flushing)
+    ref = train(_llama, _batches, _lm, steps=16, opt=_adamw)
+    each: list = []
+    got = train(_llama, _batches, _lm, steps=16, opt=_adamw, budget=_budget(0.5), each_step=each)
+    assert_identical(ref, got)
+    assert got[3]["paging_stops"] >= 1 and got[3]["paging_starts"] == 0, got[3]
+    dormant = [e["parked_bytes"] for e in each if e["evictions"] == 0 and e["parked_bytes"] > 0]
+    assert dormant and dormant[-1] > dormant[0], [e["parked_bytes"] for e in each]
 
 
 def _gpt2():

@@ -389,12 +389,12 @@ def test_a_lowering_that_makes_the_allocator_flush_is_undone(monkeypatch):
 
     monkeypatch.setattr(memsignal.CpuSignal, "close_window", flushing)
     stats, regions_, lowered = _lowered("gpt2", steps=16)
-    assert regions_.undone == lowered, (regions_.history, regions_.undone)
+    assert regions_.unintercepted.undone == lowered, (regions_.history, regions_.unintercepted.undone)
     counts = stats["regions_per_step"]
     before = counts[counts.index(max(counts[:-8])):]  # (the lowering's window is among the first eight)
     # Down at the lowering, back up two windows later; the step still
     # flushes, so more regions are set whole, one every other window.
-    assert min(before) < before[0] < counts[-1] and regions_.raised >= 1, (counts, regions_.raised)
+    assert min(before) < before[0] < counts[-1] and regions_.unintercepted.raised >= 1, (counts, regions_.unintercepted.raised)
 
 
 def test_with_the_selective_level_whole_regions_are_still_lowered_once_dormant(monkeypatch):

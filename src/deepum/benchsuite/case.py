@@ -329,8 +329,8 @@ def _measured(model: str, method: str, budget: int | None, device: torch.device,
             report = regions.report()
             out["region_levels"] = "".join((r["level"] or ".")[0] for r in report)
             out["region_history"] = regions.history
-            out["region_undone"] = regions.undone
-            out["region_raised"] = regions.raised
+            out["region_undone"] = regions.unintercepted.undone
+            out["region_raised"] = regions.unintercepted.raised
             out["region_census"] = [(r["saved_bytes"], r["kept_bytes"], r["seconds"], r["cheap_seconds"])
                                     for r in report[:3]]
     finally:

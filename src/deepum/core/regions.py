@@ -89,9 +89,11 @@ and the last round sets every candidate whole. The measure is the
 allocator's reserved peak (its cap is on reserved bytes); if the lowered
 step still makes the allocator flush its cache to find a block, the
 lowering is undone; where nothing lowered is left to undo, one more region
-is set whole (``raise_one``) for each unintercepted window that flushes:
-a flush waits on every stream, each step, and costs more than a region's
-recompute (GPT-2 medium at 1/2 on the GPU; docs/BENCHMARKS.md, session 26).
+is set whole (``raise_one``) for each unintercepted window that flushes,
+and where every region is whole and state is parked, ``park_margin`` more
+is parked (``park_more``): a flush waits on every stream, each step
+(GPT-2 medium at 1/2 on the GPU ran a tenth slower with one a step than
+with none; docs/BENCHMARKS.md, session 26).
 
 The SELECTIVE level is off unless asked for (``recompute_blocks=
 "selective"``): PyTorch's selective checkpointing runs the region's forward
@@ -421,6 +423,16 @@ class RegionPlan:
         i = -max(steps)[1]
         self.chosen[i] = WHOLE
         return {i: WHOLE}
+
+    def park_more(self) -> int:
+        """``park_margin`` more bytes parked, within ``parkable``, where state is parked and
+        every region is whole: the unintercepted step made the allocator flush its cache
+        (see ``raise_one``). Returns the bytes added."""
+        if not self.park or self._remaining() or self.park >= self.parkable:
+            return 0
+        added = min(self.parkable, self.park + max(self.park_margin, 1)) - self.park
+        self.park += added
+        return added
 
     def _lower_option(self, i: int) -> tuple[float, int, int, int] | None:
         """(seconds saved per byte added, index, level, bytes added) of a whole region's best lower level."""

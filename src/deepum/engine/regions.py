@@ -218,11 +218,7 @@ class Regions:
         self.start_bytes = 0
         self.forward_peak = 0
         self.retargeted = False
-        self.dormant_windows = 0
-        self.after_lowering = 0  # dormant windows since the lowering
-        self.flushes = 0  # the allocator's cache flushes at the last dormant window
-        self.undone = 0  # regions set back by undoing the lowering
-        self.raised = 0  # regions set whole while dormant, the allocator flushing (see dormant_window)
+        self.unintercepted = _Unintercepted()
         # (the window's forward peak, regions changed then); a dormant window's whole peak is negated
         self.history: list[tuple[int, int]] = []
         self.watch = None  # engine/watch.py's Watch, which sets itself here: held(), paging
@@ -247,11 +243,7 @@ class Regions:
         self.plan = self._new_plan()
         if self.parking is not None:
             self.parking.set_goal(0)  # a new root, a new plan: what is parked comes back at the next step
-        self.dormant_windows = 0
-        self.after_lowering = 0  # dormant windows since the lowering
-        self.flushes = 0  # the allocator's cache flushes at the last dormant window
-        self.undone = 0  # regions set back by undoing the lowering
-        self.raised = 0
+        self.unintercepted = _Unintercepted()
         for b in blocks:
             self.census_hooks.append(b.register_forward_pre_hook(_Fn(self._census_pre), with_kwargs=True))
             self.census_hooks.append(b.register_forward_hook(_Fn(self._census_post), with_kwargs=True,
@@ -415,40 +407,8 @@ class Regions:
         return retarget
 
     def dormant_window(self, reserved: int, flushes: int) -> None:
-        """A window ran unintercepted with regions set: lower regions where its peak leaves room, or undo that.
-
-        ``reserved``: the window's peak of the allocator's reserved bytes;
-        ``flushes``: the allocator's cache flushes so far. The first such
-        window is skipped: it follows the step in which paging stopped and
-        every page came back. The first window after the lowering, or after
-        any change, is too (the allocator lays out the changed step); a
-        flush in a later one undoes the lowering, or where nothing lowered
-        is left to undo, sets one more region whole: a step that flushes
-        each window waits on every stream each time.
-        """
-        if self.plan.lowered:
-            self.after_lowering += 1
-            if self.after_lowering >= 2 and flushes > self.flushes:
-                if self.plan.lowered_from:
-                    changes = self.plan.undo_lower()
-                    self.undone = len(changes)
-                else:
-                    changes = self.plan.raise_one()
-                    self.raised += len(changes)
-                if changes:
-                    self._apply(changes)
-                    self.after_lowering = 0
-            self.flushes = flushes
-            return
-        if not self.set_hooks:
-            return
-        self.dormant_windows += 1
-        self.flushes = flushes
-        if self.dormant_windows < 2:
-            return
-        changes = self.plan.lower(reserved)
-        self.history.append((-reserved, len(changes)))  # negative: a dormant window's whole peak
-        self._apply(changes)
+        """A window ran unintercepted with regions set (see ``_Unintercepted``)."""
+        self.unintercepted.window(self, reserved, flushes)
 
     def _apply(self, changes: dict[int, int]) -> None:
         """Set the levels a dormant window chose."""
@@ -735,6 +695,57 @@ def _policy(ctx, func, *args, **kwargs):
 def _both(first, second):
     with first, second:
         yield
+
+
+class _Unintercepted:
+    """What the regions do at the windows that run unintercepted: lower them once, or answer the allocator's flushes.
+
+    The first such window is skipped: it follows the step in which paging
+    stopped and every page came back. The next one lowers regions where its
+    peak (``reserved``: the allocator's reserved peak) leaves room. The
+    first window after the lowering, or after any change, is skipped too
+    (the allocator lays out the changed step); a flush in a later one
+    (``flushes``: the allocator's cache flushes so far) undoes the lowering,
+    or where nothing lowered is left to undo, sets one more region whole, or
+    where every region is whole and state is parked, parks more: a step
+    that flushes each window waits on every stream each time.
+    """
+
+    def __init__(self) -> None:
+        self.windows = 0  # unintercepted windows with regions set, before the lowering
+        self.after_lowering = 0  # windows since the lowering or the last change
+        self.flushes = 0  # the allocator's cache flushes at the last window
+        self.undone = 0  # regions set back by undoing the lowering
+        self.raised = 0  # regions set whole for a flushing step
+
+    def window(self, regions: Regions, reserved: int, flushes: int) -> None:
+        plan = regions.plan
+        if plan.lowered:
+            self.after_lowering += 1
+            if self.after_lowering >= 2 and flushes > self.flushes:
+                if plan.lowered_from:
+                    changes = plan.undo_lower()
+                    self.undone = len(changes)
+                else:
+                    changes = plan.raise_one()
+                    self.raised += len(changes)
+                if changes:
+                    regions._apply(changes)
+                    self.after_lowering = 0
+                elif regions.parking is not None and plan.park_more():
+                    regions.parking.set_goal(plan.park)
+                    self.after_lowering = 0
+            self.flushes = flushes
+            return
+        if not regions.set_hooks:
+            return
+        self.windows += 1
+        self.flushes = flushes
+        if self.windows < 2:
+            return
+        changes = plan.lower(reserved)
+        regions.history.append((-reserved, len(changes)))  # negative: a dormant window's whole peak
+        regions._apply(changes)
 
 
 class _Checkpointed:
