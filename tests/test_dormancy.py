@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import deepum
-from deepum.core.dormancy import Dormancy, Turn
+from deepum.core.dormancy import Dormancy, Turn, paging_measure
 from deepum.engine import memsignal
 
 MiB = 1 << 20
@@ -301,3 +301,21 @@ def test_a_data_loader_loop_goes_dormant_and_stays_exact():
         paged = run(s)
     _same(plain, paged)
     assert s.stats()["paging_stops"] == 1
+
+
+def test_a_planned_windows_measure_is_its_recorded_demand_plus_what_no_page_held():
+    gib = 1 << 30
+    # The Llama-family window of docs/BENCHMARKS.md session 26, call 8: the
+    # table's count swollen by lineage, the recorded step's own peak, and the
+    # allocator filled to the pager's limit with pages.
+    demand, recorded, allocated, resident = 73.20 * gib, 12.87 * gib, 13.36 * gib, 13.19 * gib
+    measure = paging_measure(int(demand), int(recorded), int(allocated), int(resident))
+    assert abs(measure - 13.04 * gib) < 0.01 * gib
+    # Without a recording the allocator's peak (or the table's count) stands.
+    assert paging_measure(int(demand), None, int(allocated), int(resident)) == int(demand)
+    assert paging_measure(100, None, 120, 90) == 120
+    # The allocator beyond what the recording and its own outside share say: the smaller.
+    assert paging_measure(200, 100, 150, 140) == 110
+    assert paging_measure(200, 100, 90, 140) == 100  # nothing outside pages
+    # The cpu tier: the demand measures alone.
+    assert paging_measure(200, 100, None, 140) == 100 and paging_measure(200, None, None, 140) == 200

@@ -6,8 +6,9 @@ ever be evicted. So a session pages only while memory is tight. Between two
 *boundaries* (the start of the outermost module call that recurs: a training
 step's forward, a generation step) the engine learns the window's peak: while
 paging, the page table's peak *demand*, what the window would have held with
-nothing paged out ([Note: demand] in core/pages.py); while dormant, the
-allocator's.
+nothing paged out ([Note: demand] in core/pages.py), read with the page
+planner's recording and the allocator's peak as ``paging_measure`` says;
+while dormant, the allocator's.
 
 - A session starts paging, so a first step whose peak passes the budget is
   paged from its start.
@@ -49,6 +50,29 @@ Pure logic: the engine feeds it byte counts and executes what it returns.
 from __future__ import annotations
 
 from enum import Enum
+
+
+def paging_measure(demand: int, recorded: int | None, allocated: int | None, resident_peak: int) -> int:
+    """A paging window's peak as dormancy reads it ([Note: dormancy]).
+
+    ``demand``: the page table's peak demand; ``recorded``: the page
+    planner's recorded demand of this step (None where it did not record
+    it); ``allocated``: the allocator's allocated peak (None on the cpu
+    tier, whose counter is the pages'); ``resident_peak``: the pages'
+    resident peak. The allocator's peak counts what no page holds
+    (workspaces, rounding), which an unintercepted step holds too. But a
+    planned step fills the device to the pager's limit with pages beyond the
+    program's own (prefetched early, lineage for recipes): there the
+    recorded demand plus what the allocator held outside pages is the
+    measure, where it is the smaller.
+    """
+    peak = demand if recorded is None else min(demand, recorded)
+    if allocated is None:
+        return peak
+    held = max(peak, allocated)
+    if recorded is not None:
+        held = min(held, peak + max(allocated - resident_peak, 0))
+    return held
 
 
 class Turn(Enum):

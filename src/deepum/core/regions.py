@@ -92,8 +92,7 @@ lowering is undone; where nothing lowered is left to undo, one more region
 is set whole (``raise_one``) for each unintercepted window that flushes,
 and where every region is whole and state is parked, ``park_margin`` more
 is parked (``park_more``): a flush waits on every stream, each step
-(GPT-2 medium at 1/2 on the GPU ran a tenth slower with one a step than
-with none; docs/BENCHMARKS.md, session 26).
+(GPT-2 medium at 1/2 on the GPU; docs/BENCHMARKS.md, session 26).
 
 The SELECTIVE level is off unless asked for (``recompute_blocks=
 "selective"``): PyTorch's selective checkpointing runs the region's forward
@@ -416,8 +415,10 @@ class RegionPlan:
     def raise_one(self) -> dict[int, int]:
         """One more region whole, the most bytes per second first: an unintercepted step with
         nothing lowered to undo made the allocator flush its cache (see ``undo_lower``)."""
-        steps = [(step[0], -i) for i in self._remaining()
-                 for step in [_next_step(self.census[i], self.chosen.get(i, NONE))] if step is not None]
+        census = self.census
+        steps = [((census[i].drops(WHOLE) - census[i].drops(level))
+                  / max(census[i].cost(WHOLE) - census[i].cost(level), 1e-9), -i)
+                 for i in self._remaining() for level in [self.chosen.get(i, NONE)]]
         if not steps:
             return {}
         i = -max(steps)[1]

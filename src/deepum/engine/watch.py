@@ -42,7 +42,7 @@ import torch
 from torch.overrides import _get_current_function_mode_stack
 from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode_stack
 
-from ..core.dormancy import Dormancy, Turn
+from ..core.dormancy import Dormancy, Turn, paging_measure
 from ..core.pages import Kind
 from ..errors import RestoreError
 from .parking import Parking
@@ -189,26 +189,15 @@ class Watch:
     def _paging_peak(self) -> int:
         """A paging window's peak demand (what it held, paged out or not); starts the next window."""
         table = self.pager.table
-        peak = table.window_demand_bytes
         plans = self.pager.plans
-        recorded = plans.demand and abs(table.window_born_bytes - plans.demand_born) * 64 <= plans.demand_born
-        if recorded:
-            # The page planner recorded this step (the same bytes were born
-            # in it: a step of other sizes is not it): what the program held,
-            # without the lineage that the table's count keeps.
-            peak = min(peak, plans.demand)
+        # The page planner recorded this step where the same bytes were born
+        # in it (a step of other sizes is not it): what the program held,
+        # without the lineage that the table's count keeps.
+        recorded = (plans.demand if plans.demand and abs(table.window_born_bytes - plans.demand_born) * 64
+                    <= plans.demand_born else None)
         allocated = self.signal.close_window()
-        if self.pager.device.type == "cuda":
-            # The allocator's peak counts what no page holds (workspaces,
-            # rounding), which an unintercepted step holds too. But a planned
-            # step fills the device to the pager's limit with pages it keeps
-            # beyond the program's own (prefetched early, lineage for
-            # recipes): there its recorded demand plus what the allocator held
-            # outside pages is the step's measure, where it is the smaller.
-            held = max(peak, allocated)
-            if recorded:
-                held = min(held, peak + max(allocated - table.window_peak_bytes, 0))
-            peak = held
+        peak = paging_measure(table.window_demand_bytes, recorded,
+                              allocated if self.pager.device.type == "cuda" else None, table.window_peak_bytes)
         table.new_window()
         return peak
 
