@@ -110,6 +110,11 @@ class Thresholds:
     # optimizer's step runs its operators over parked state in slices holding
     # at most this share of the limit of it.
     park_slice: float = 1 / 16
+    # On CUDA the parked step pipelines its copies in slices of
+    # ``park_slice / park_pipeline`` (at least 3), three of them on the device
+    # at most: smaller slices shorten the pipeline's fill and drain, and
+    # each costs a launch and a wait on the host.
+    park_pipeline: int = 3
     # Parking parks this share of the limit past what a window showed over
     # ([Note: parking] in core/regions.py).
     park_margin: float = 1 / 32

@@ -79,9 +79,10 @@ def _foreach(group: dict) -> bool:
 class Parking:
     """One session's parked optimizer state: the hooks, the chosen entries, the copies in flight."""
 
-    def __init__(self, device: torch.device, counters, slice_bytes: int = 1 << 62) -> None:
+    def __init__(self, device: torch.device, counters, slice_bytes: int = 1 << 62, pipeline: int = 3) -> None:
         self.device = device
         self.slice_bytes = slice_bytes  # parked bytes a slice of the step holds at most (engine/parkstep.py)
+        self.pipeline = pipeline  # on CUDA, slices of the pipelined step a slice is cut into (engine/parkstep.py)
         self.stepping: ParkedStep | None = None  # the mode of a step under way
         self.cuda = device.type == "cuda"
         self.counters = counters
@@ -221,7 +222,7 @@ class Parking:
         staying = {id(e.host): e.host for e in self.parked if e.owner == mine}
         if staying and self.stepping is None:
             # The step reads them where they are, a slice at a time.
-            self.stepping = ParkedStep(self.device, staying, self.slice_bytes)
+            self.stepping = ParkedStep(self.device, staying, self.slice_bytes, self.pipeline)
             self.stepping.__enter__()
 
     def _end_step(self) -> None:

@@ -25,10 +25,11 @@ Copies of an operator run in slices are pipelined on CUDA when no paging
 mode is below this one: the next slice is copied in on one side stream
 while the operator runs the current one on the step's stream, and the
 slice before is copied back on another, so the two directions of the link
-run at once and beside the kernels. Each slice is then a third of the cap,
-and the host waits for a slice's copies back before it copies in the one
-after next: at most three slices are on the device, never more than the
-cap the step's floor counts (core/regions.py). Elsewhere (the cpu tier, a
+run at once and beside the kernels. Each slice is then
+``1/Thresholds.park_pipeline`` of the cap (at least three of them), and the
+host waits for a slice's copies back before it copies in the one after
+next: at most three slices are on the device, never more than the cap the
+step's floor counts (core/regions.py). Elsewhere (the cpu tier, a
 paging session, an operator of one slice) the copies run on the step's
 stream in order. The post-hook waits for the last copy back, so the
 buffers hold the step's values when the step returns (a program may save
@@ -59,11 +60,12 @@ def _writes(func) -> frozenset[int]:
 class ParkedStep(TorchDispatchMode):
     """Runs the optimizer's operators that read parked host buffers, as the Note says."""
 
-    def __init__(self, device: torch.device, parked: dict[int, torch.Tensor], cap: int) -> None:
+    def __init__(self, device: torch.device, parked: dict[int, torch.Tensor], cap: int, pipeline: int = 3) -> None:
         super().__init__()
         self.device = device
         self.parked = parked  # id(host buffer) -> the buffer
         self.cap = max(1, cap)  # parked bytes a slice holds at most
+        self.pipeline = max(pipeline, 3)  # pipelined slices a cap is cut into (see _pipelined)
         self.writes: dict[object, frozenset[int]] = {}
         self.runs = 0  # operators (or slices of one) run over parked arguments
         self.cuda = device.type == "cuda"
@@ -157,7 +159,7 @@ class ParkedStep(TorchDispatchMode):
             self.streams = (torch.cuda.Stream(self.device), torch.cuda.Stream(self.device))
         ins, outs = self.streams
         main = torch.cuda.current_stream(self.device)
-        bounds = self._slices(bound, lists, max(1, self.cap // 3))
+        bounds = self._slices(bound, lists, max(1, self.cap // self.pipeline))
         ins.wait_stream(outs)  # an earlier operator's copies back into the buffers this one reads
         staged = [self._bring(bound, writes, lists, *bounds[0], stream=ins)]
         results, behind = [], []

@@ -68,7 +68,7 @@ class Watch:
         if regions is not None:
             regions.watch = self
             self.parking = regions.parking = Parking(pager.device, pager.counters,
-                                                     int(th.park_slice * pager.table.limit))
+                                                     int(th.park_slice * pager.table.limit), th.park_pipeline)
         self.state = Dormancy(pager.table.limit, th.engage, th.release, th.calm_windows)
         self.owner = threading.get_ident()
         self.root: weakref.ref | None = None
