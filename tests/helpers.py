@@ -11,11 +11,13 @@ import deepum
 
 def train(make_model: Callable[[], torch.nn.Module], make_batches: Callable[[], list],
           loss_fn: Callable, steps: int = 5, opt: Callable | None = None,
-          budget: int | None = None, each_step: list | None = None, **session_options):
+          budget: int | None = None, each_step: list | None = None, watches: list | None = None,
+          **session_options):
     """Return (losses, parameters, buffers, stats) of ``steps`` training steps.
 
     ``each_step``: a list that gets, under a budget, each step's change in the
-    session's stats (the counters: numbers only).
+    session's stats (the counters: numbers only); ``watches``: a list that
+    gets the session's watch (engine/watch.py), which outlives the session.
     """
     torch.manual_seed(0)
     model = make_model()
@@ -42,6 +44,8 @@ def train(make_model: Callable[[], torch.nn.Module], make_batches: Callable[[], 
         loop()
     else:
         with deepum.oversubscribe(budget, device="cpu", **session_options) as session:
+            if watches is not None:
+                watches.append(session._watch)
             loop(session)
         stats = session.stats()
     params = [p.detach().clone() for p in model.parameters()]

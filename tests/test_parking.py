@@ -172,11 +172,15 @@ def test_a_parked_step_that_keeps_flushing_the_allocators_cache_parks_more(monke
     monkeypatch.setattr(memsignal.CpuSignal, "close_window", flushing)
     ref = train(_llama, _batches, _lm, steps=16, opt=_adamw)
     each: list = []
-    got = train(_llama, _batches, _lm, steps=16, opt=_adamw, budget=_budget(0.5), each_step=each)
+    watches: list = []
+    got = train(_llama, _batches, _lm, steps=16, opt=_adamw, budget=_budget(0.5), each_step=each,
+                watches=watches)
     assert_identical(ref, got)
     assert got[3]["paging_stops"] >= 1 and got[3]["paging_starts"] == 0, got[3]
     dormant = [e["parked_bytes"] for e in each if e["evictions"] == 0 and e["parked_bytes"] > 0]
     assert dormant and dormant[-1] > dormant[0], [e["parked_bytes"] for e in each]
+    goals = [g for _, g in watches[0].regions.park_goals]  # (the bench rows carry them)
+    assert len(goals) >= 2 and goals == sorted(goals), goals
 
 
 def _gpt2():

@@ -221,6 +221,7 @@ class Regions:
         self.unintercepted = _Unintercepted()
         # (the window's forward peak, regions changed then); a dormant window's whole peak is negated
         self.history: list[tuple[int, int]] = []
+        self.park_goals: list[tuple[int, int]] = []  # (windows in history then, bytes to park) at each change
         self.watch = None  # engine/watch.py's Watch, which sets itself here: held(), paging
         self.parking = None  # engine/parking.py's Parking, which the watch sets here
 
@@ -383,6 +384,8 @@ class Regions:
             added = self.plan.window(peak, step_peak)
             self.history.append((peak, len(added)))
             parked = self.parking is not None and self.parking.set_goal(self.plan.park)
+            if parked:
+                self.park_goals.append((len(self.history), self.plan.park))
             if self.plan.dropped:
                 for hook in self.set_hooks.values():
                     hook.remove()
@@ -734,6 +737,7 @@ class _Unintercepted:
                     self.after_lowering = 0
                 elif regions.parking is not None and plan.park_more():
                     regions.parking.set_goal(plan.park)
+                    regions.park_goals.append((len(regions.history), plan.park))
                     self.after_lowering = 0
             self.flushes = flushes
             return
