@@ -69,3 +69,17 @@ def assert_identical(ref, got):
         assert torch.equal(a, b)
     for a, b in zip(buffers0, buffers1):
         assert torch.equal(a, b)
+
+
+def flush_every_window(monkeypatch) -> None:
+    """Make the cpu tier's allocator signal count one cache flush at every window (it has no
+    cache to flush), as a CUDA step at its allocator's cap does."""
+    from deepum.engine import memsignal
+
+    close = memsignal.CpuSignal.close_window
+
+    def flushing(self):
+        self.flushes += 1
+        return close(self)
+
+    monkeypatch.setattr(memsignal.CpuSignal, "close_window", flushing)

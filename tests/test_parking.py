@@ -15,7 +15,7 @@ from deepum.engine.parking import Parking
 from deepum.engine.parkstep import ParkedStep
 from deepum.engine.telemetry import Stats
 
-from .helpers import assert_identical, train
+from .helpers import assert_identical, flush_every_window, train
 
 # ------------------------------------------------------------ the plan
 
@@ -160,16 +160,7 @@ def test_a_model_state_too_large_for_regions_alone_parks_its_optimizer_state_and
 
 
 def test_a_parked_step_that_keeps_flushing_the_allocators_cache_parks_more(monkeypatch):
-    from deepum.engine import memsignal
-
-    # The cpu tier has no cache to flush: here every window flushes once.
-    close = memsignal.CpuSignal.close_window
-
-    def flushing(self):
-        self.flushes += 1
-        return close(self)
-
-    monkeypatch.setattr(memsignal.CpuSignal, "close_window", flushing)
+    flush_every_window(monkeypatch)
     ref = train(_llama, _batches, _lm, steps=16, opt=_adamw)
     each: list = []
     watches: list = []

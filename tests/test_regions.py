@@ -24,7 +24,7 @@ from deepum.core.config import Thresholds
 from deepum.core.regions import NONE, SELECTIVE, WHOLE, Census, RegionPlan, choose, freed, freed_by
 from deepum.engine.regions import find_blocks
 
-from .helpers import assert_identical, train
+from .helpers import assert_identical, flush_every_window, train
 
 # ---------------------------------------------------------------- the core
 
@@ -378,16 +378,7 @@ def test_whole_regions_are_unset_once_the_step_runs_unintercepted(family):
 
 
 def test_a_lowering_that_makes_the_allocator_flush_is_undone(monkeypatch):
-    from deepum.engine import memsignal
-
-    # The cpu tier has no cache to flush: here every window flushes once.
-    close = memsignal.CpuSignal.close_window
-
-    def flushing(self):
-        self.flushes += 1
-        return close(self)
-
-    monkeypatch.setattr(memsignal.CpuSignal, "close_window", flushing)
+    flush_every_window(monkeypatch)
     stats, regions_, lowered = _lowered("gpt2", steps=16)
     assert regions_.unintercepted.undone == lowered, (regions_.history, regions_.unintercepted.undone)
     counts = stats["regions_per_step"]
