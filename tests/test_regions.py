@@ -383,9 +383,30 @@ def test_a_lowering_that_makes_the_allocator_flush_is_undone(monkeypatch):
     assert regions_.unintercepted.undone == lowered, (regions_.history, regions_.unintercepted.undone)
     counts = stats["regions_per_step"]
     before = counts[counts.index(max(counts[:-8])):]  # (the lowering's window is among the first eight)
-    # Down at the lowering, back up two windows later; the step still
-    # flushes, so more regions are set whole, one every other window.
+    # Down at the lowering, back up once two windows in a row flushed
+    # (Thresholds.flush_windows) after the skipped one; the step still
+    # flushes, so more regions are set whole, one every third window.
     assert min(before) < before[0] < counts[-1] and regions_.unintercepted.raised >= 1, (counts, regions_.unintercepted.raised)
+
+
+def test_a_flush_in_every_other_window_is_not_answered(monkeypatch):
+    """A flush that does not come back in the next window may be a passing layout: the
+    lowering stays, and no region is set whole for it (each answer costs every later step)."""
+    from deepum.engine import memsignal
+
+    close = memsignal.CpuSignal.close_window
+    windows = [0]
+
+    def every_other(self):
+        windows[0] += 1
+        self.flushes += windows[0] % 2
+        return close(self)
+
+    monkeypatch.setattr(memsignal.CpuSignal, "close_window", every_other)
+    stats, regions_, lowered = _lowered("gpt2", steps=16)
+    assert regions_.unintercepted.undone == 0 and regions_.unintercepted.raised == 0, regions_.history
+    counts = stats["regions_per_step"]
+    assert counts[-1] == max(counts) - lowered, counts
 
 
 def test_with_the_selective_level_whole_regions_are_still_lowered_once_dormant(monkeypatch):

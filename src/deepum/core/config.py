@@ -106,6 +106,12 @@ class Thresholds:
     region_release: float = 0.9
     region_engage: float = 0.95
     region_rounds: int = 3
+    # An unintercepted step that flushes the allocator's cache waits on every
+    # stream each time; regions answer it (engine/regions.py, _Unintercepted)
+    # only after this many windows in a row flushed: one flush can be a
+    # passing layout, and each answer (one more region whole, a margin more
+    # parked) costs every step after it.
+    flush_windows: int = 2
     # Parking ([Note: a step over parked state] in engine/parkstep.py): the
     # optimizer's step runs its operators over parked state in slices holding
     # at most this share of the limit of it.
@@ -113,8 +119,9 @@ class Thresholds:
     # On CUDA the parked step pipelines its copies in slices of
     # ``park_slice / park_pipeline`` (at least 3), three of them on the device
     # at most: smaller slices shorten the pipeline's fill and drain, and
-    # each costs a launch and a wait on the host.
-    park_pipeline: int = 3
+    # each costs a launch and a wait on the host (docs/BENCHMARKS.md,
+    # session 27, compares 3 and 6).
+    park_pipeline: int = 6
     # Parking parks this share of the limit past what a window showed over
     # ([Note: parking] in core/regions.py).
     park_margin: float = 1 / 32

@@ -218,7 +218,8 @@ class Regions:
         self.start_bytes = 0
         self.forward_peak = 0
         self.retargeted = False
-        self.unintercepted = _Unintercepted()
+        self.flush_windows = th.flush_windows
+        self.unintercepted = _Unintercepted(self.flush_windows)
         # (the window's forward peak, regions changed then); a dormant window's whole peak is negated
         self.history: list[tuple[int, int]] = []
         self.park_goals: list[tuple[int, int]] = []  # (windows in history then, bytes to park) at each change
@@ -244,7 +245,7 @@ class Regions:
         self.plan = self._new_plan()
         if self.parking is not None:
             self.parking.set_goal(0)  # a new root, a new plan: what is parked comes back at the next step
-        self.unintercepted = _Unintercepted()
+        self.unintercepted = _Unintercepted(self.flush_windows)
         for b in blocks:
             self.census_hooks.append(b.register_forward_pre_hook(_Fn(self._census_pre), with_kwargs=True))
             self.census_hooks.append(b.register_forward_hook(_Fn(self._census_post), with_kwargs=True,
@@ -707,17 +708,21 @@ class _Unintercepted:
     stopped and every page came back. The next one lowers regions where its
     peak (``reserved``: the allocator's reserved peak) leaves room. The
     first window after the lowering, or after any change, is skipped too
-    (the allocator lays out the changed step); a flush in a later one
-    (``flushes``: the allocator's cache flushes so far) undoes the lowering,
-    or where nothing lowered is left to undo, sets one more region whole, or
-    where every region is whole and state is parked, parks more: a step
-    that flushes each window waits on every stream each time.
+    (the allocator lays out the changed step). Once later windows flush the
+    allocator's cache ``Thresholds.flush_windows`` in a row (``flushes``: the
+    flushes so far), the lowering is undone, or where nothing lowered is
+    left to undo, one more region is set whole, or where every region is
+    whole and state is parked, more is parked: a step that flushes each
+    window waits on every stream each time, while a single flush may be a
+    passing layout that an answer would pay for at every step after.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, flush_windows: int = 2) -> None:
+        self.need = max(1, flush_windows)  # windows in a row that flushed before an answer
         self.windows = 0  # unintercepted windows with regions set, before the lowering
         self.after_lowering = 0  # windows since the lowering or the last change
         self.flushes = 0  # the allocator's cache flushes at the last window
+        self.flushing = 0  # windows in a row that flushed, counted from the second after a change
         self.undone = 0  # regions set back by undoing the lowering
         self.raised = 0  # regions set whole for a flushing step
 
@@ -725,7 +730,10 @@ class _Unintercepted:
         plan = regions.plan
         if plan.lowered:
             self.after_lowering += 1
-            if self.after_lowering >= 2 and flushes > self.flushes:
+            flushed = self.after_lowering >= 2 and flushes > self.flushes
+            self.flushing = self.flushing + 1 if flushed else 0
+            if self.flushing >= self.need:
+                self.flushing = 0
                 if plan.lowered_from:
                     changes = plan.undo_lower()
                     self.undone = len(changes)
