@@ -5,7 +5,7 @@ Usage: python step_profile.py MODEL METHOD [BUDGET_BYTES] [WARMUP] [--out DIR]
 Builds MODEL's step as ``deepum bench`` does (METHOD: plain, ckpt, deepum,
 ...; deepum needs BUDGET_BYTES), runs WARMUP steps (default 24), then
 profiles two steps. Prints the step's wall time, the GPU's busy time (the
-union of kernel and copy intervals), the kernel count, and the top
+union of kernel and copy intervals), the count of device events, and the top
 operators by device time and by host time; writes the Chrome trace to
 DIR/MODEL-METHOD.json.gz when --out is given.
 """
@@ -26,7 +26,7 @@ from deepum.benchsuite.case import _build_step, sync
 
 
 def _busy_us(events) -> tuple[float, int]:
-    """Microseconds some kernel or copy ran (intervals merged), and the kernel count."""
+    """Microseconds some kernel or copy ran (intervals merged), and the count of device events."""
     spans, kernels = [], 0
     for e in events:
         if e.device_type == torch.autograd.DeviceType.CUDA:
@@ -72,7 +72,7 @@ def main() -> None:
         print("dormant", stats.get("dormant"), "paging_stops", stats.get("paging_stops"))
     busy, kernels = _busy_us(prof.events())
     print(f"{args.model} {args.method}: wall {wall * 1e3:.1f} ms/step (profiled), GPU busy {busy / 2e3:.1f} ms/step, "
-          f"{kernels // 2} kernels/step")
+          f"{kernels // 2} device events/step")
     table = prof.key_averages()
     print(table.table(sort_by="self_device_time_total", row_limit=22, max_name_column_width=60))
     print(table.table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=60))
