@@ -125,6 +125,10 @@ class Thresholds:
     # Parking parks this share of the limit past what a window showed over
     # ([Note: parking] in core/regions.py).
     park_margin: float = 1 / 32
+    # Two changes in parking in a row that each lowered the next window's
+    # excess by less than this share of the bytes they parked drop regions
+    # and parking ([Note: parking]).
+    park_effect: float = 0.25
     # CUDA, while dormant: host seconds between two readings of the
     # allocator's statistics (each costs tens of microseconds), and the
     # shortest window: a root module call sooner than this after the last

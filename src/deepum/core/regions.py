@@ -123,8 +123,18 @@ its residency near the limit whatever is parked, so its measured demand
 falls only a little with each change, and a window over by a few bytes
 would otherwise park a few bytes more, settle, and page again, step after
 step (the Llama-family model at 1/2 on the GPU; docs/BENCHMARKS.md,
-session 26). Regions are not
-lowered while state is parked: the step needed all of them and more.
+session 26). The changes must also show: where two changes in a row each
+lowered the window's excess by less than ``park_effect`` of the bytes
+they parked, the measure does not follow what is parked, and parking more
+would only page on with more to copy each step (a step that pages over
+parked state costs several times one that pages alone; session 26
+measured a run that parked a margin more every few windows through its
+whole warm-up), so regions and parking are dropped then, as when all of
+the state is parked. One weak change is let pass: a change of a margin
+where the window was over by less can leave it over while the measure
+follows what is parked only in part. Regions
+are not lowered while state is parked: the step needed all of them and
+more.
 
 Pure logic: the engine feeds it byte counts and seconds, and sets what it returns.
 """
@@ -268,6 +278,9 @@ class RegionPlan:
         self.park = 0  # bytes of it to park
         self.step_floor = 0  # bytes the optimizer's step holds at least: parameters, gradients, a slice of state
         self.park_margin = 0  # bytes parked past what a window showed over (the engine sets it; [Note: parking])
+        self.park_effect = 0.25  # share of a parking change's bytes its window should fall by (the engine sets it)
+        self.parked_at: tuple[int, int] | None = None  # (the window's excess, bytes added) at the last change
+        self.weak_parks = 0  # changes in a row whose window fell by less than that
 
     def take_census(self, census: Sequence[Census]) -> None:
         self.census = list(census)
@@ -312,9 +325,11 @@ class RegionPlan:
             # until they run out or the session stops paging.
             return {}
         if self.chosen and not self._remaining():
-            if self.park < self.parkable and self.step_floor <= self.stop_bytes:
+            if self.park < self.parkable and self.step_floor <= self.stop_bytes and self._parking_lowered(excess):
                 # Every region is whole: park more of the optimizer's state.
-                self.park = min(self.parkable, self.park + max(excess, self.park_margin))
+                added = min(self.parkable, self.park + max(excess, self.park_margin)) - self.park
+                self.park += added
+                self.parked_at = (excess, added)
                 self.settling = self.SETTLE
                 return {}
             # Every region is set whole, as much state parked as there is,
@@ -328,7 +343,9 @@ class RegionPlan:
         if not self.chosen:
             short = excess - freed_by(census, dict.fromkeys(self._remaining(), WHOLE))
             if short > 0:
-                return self._whole_and_parked(short)
+                changes = self._whole_and_parked(short)
+                self.parked_at = (excess, self.park) if self.park else None
+                return changes
         self.rounds_left -= 1
         if self.rounds_left == 0 and self.chosen:
             # The last round: every candidate whole, the most the regions can
@@ -433,7 +450,16 @@ class RegionPlan:
             return 0
         added = min(self.parkable, self.park + max(self.park_margin, 1)) - self.park
         self.park += added
+        self.parked_at = None  # (no window's excess to weigh it by: the step ran unintercepted)
         return added
+
+    def _parking_lowered(self, excess: int) -> bool:
+        """False once two changes in parking in a row each lowered the window's excess by less
+        than ``park_effect`` of the bytes they added ([Note: parking])."""
+        if self.parked_at is not None:
+            before, added = self.parked_at
+            self.weak_parks = self.weak_parks + 1 if before - excess < self.park_effect * added else 0
+        return self.weak_parks < 2
 
     def _lower_option(self, i: int) -> tuple[float, int, int, int] | None:
         """(seconds saved per byte added, index, level, bytes added) of a whole region's best lower level."""

@@ -230,6 +230,7 @@ class Regions:
         pager = self.pager
         plan = RegionPlan(pager.budget, self.target, self.rounds, self.release, pager.table.limit)
         plan.park_margin = int(pager.config.thresholds.park_margin * pager.table.limit)
+        plan.park_effect = pager.config.thresholds.park_effect
         return plan
 
     # ------------------------------------------------------------ census
