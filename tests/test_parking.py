@@ -104,6 +104,23 @@ def test_plan_parks_on_after_a_weak_change_that_the_next_one_makes_up_for():
     assert not plan.dropped and plan.park == 365
 
 
+def test_plan_weighs_parking_afresh_after_a_window_that_fits():
+    plan = _plan(parkable=600)
+    plan.park_margin = 50
+    plan.window(forward_peak=1250)
+    plan.settling = 0
+    plan.window(forward_peak=650, step_peak=960)
+    plan.settling = 0
+    plan.window(forward_peak=650, step_peak=955)  # weak
+    plan.settling = 0
+    plan.window(forward_peak=650, step_peak=880)  # fits
+    plan.window(forward_peak=650, step_peak=990)  # a longer batch: over again, nothing to weigh it against
+    assert not plan.dropped and plan.park == 405
+    plan.settling = 0
+    plan.window(forward_peak=650, step_peak=985)  # weak: the first since the window that fit
+    assert not plan.dropped
+
+
 def test_plan_parks_more_for_a_flushing_step_only_with_every_region_whole_and_state_parked():
     plan = _plan(parkable=400)
     plan.park_margin = 50

@@ -123,9 +123,9 @@ its residency near the limit whatever is parked, so its measured demand
 falls only a little with each change, and a window over by a few bytes
 would otherwise park a few bytes more, settle, and page again, step after
 step (the Llama-family model at 1/2 on the GPU; docs/BENCHMARKS.md,
-session 26). The changes must also show: where two changes in a row each
-lowered the window's excess by less than ``park_effect`` of the bytes
-they parked, the measure does not follow what is parked, and parking more
+session 26). The changes must also show: where two changes in a row,
+since the last window that fit, each lowered the window's excess by less
+than ``park_effect`` of the bytes they parked, the measure does not follow what is parked, and parking more
 would only page on with more to copy each step (a step that pages over
 parked state costs several times one that pages alone; session 26
 measured a run that parked a margin more every few windows through its
@@ -322,7 +322,10 @@ class RegionPlan:
         if excess <= 0:
             # This window fits. Another may still be over (a page plan's
             # trial alternates two ways of paging): the rounds stay open
-            # until they run out or the session stops paging.
+            # until they run out or the session stops paging. What parking
+            # did so far did its part: a later window over (a longer batch)
+            # is weighed afresh.
+            self.parked_at, self.weak_parks = None, 0
             return {}
         if self.chosen and not self._remaining():
             if self.park < self.parkable and self.step_floor <= self.stop_bytes and self._parking_lowered(excess):
