@@ -125,14 +125,14 @@ would otherwise park a few bytes more, settle, and page again, step after
 step (the Llama-family model at 1/2 on the GPU; docs/BENCHMARKS.md,
 session 26). The changes must also show: where two changes in a row,
 since the last window that fit, each lowered the window's excess by less
-than ``park_effect`` of the bytes they parked, the measure does not follow what is parked, and parking more
-would only page on with more to copy each step (a step that pages over
-parked state costs several times one that pages alone; session 26
-measured a run that parked a margin more every few windows through its
-whole warm-up), so regions and parking are dropped then, as when all of
-the state is parked. One weak change is let pass: a change of a margin
-where the window was over by less can leave it over while the measure
-follows what is parked only in part. Regions
+than ``park_effect`` of the bytes they parked, the measure does not follow
+what is parked, and parking more would only page on with more to copy
+each step (a step that pages over parked state costs several times one
+that pages alone; session 26 measured a run that parked a margin more
+every few windows through its whole warm-up), so regions and parking are
+dropped then, as when all of the state is parked. One weak change is let
+pass: a change of a margin where the window was over by less can leave
+it over while the measure follows what is parked only in part. Regions
 are not lowered while state is parked: the step needed all of them and
 more.
 
