@@ -19,6 +19,9 @@ engine move by 15-40% between processes on the lent machines, so one
 process of each is a weak comparison). A case is skipped once starting it
 would overrun ``--time-budget`` seconds (judged by the slowest case so far).
 Output goes to $OUT (default ./out): results.jsonl, round.log.
+``DEEPUM_BENCH_ADAMW=foreach`` (or ``single``) in the environment builds
+every case's AdamW that way, plain cases too (default: fused on CUDA);
+each row's ``adamw`` says which.
 """
 
 from __future__ import annotations

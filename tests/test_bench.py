@@ -422,3 +422,17 @@ def test_timed_steps_start_once_the_plan_trial_has_decided():
     assert fixed["warmup_steps"] == 3, fixed  # no trial to wait for
     roomy = case.run_case("tiny-mlp", "deepum", 4 * plain["peak_device_bytes"], cpu, steps=2, warmup=3)
     assert roomy["warmup_steps"] == 3, roomy  # never under pressure: nothing to decide
+
+
+def test_the_benchs_adamw_is_chosen_for_every_case_by_the_environment(monkeypatch):
+    from deepum.benchsuite.models import adamw
+
+    model = torch.nn.Linear(4, 4)
+    cpu = torch.device("cpu")
+    assert adamw(model, cpu).defaults["foreach"] is True  # the cpu device's default
+    monkeypatch.setenv("DEEPUM_BENCH_ADAMW", "single")
+    opt = adamw(model, cpu)
+    assert opt.defaults["foreach"] is False and opt.defaults["fused"] is False
+    monkeypatch.setenv("DEEPUM_BENCH_ADAMW", "fast")
+    with pytest.raises(ValueError, match="fused, foreach or single"):
+        adamw(model, cpu)

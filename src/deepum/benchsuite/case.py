@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from .models import Workload, adamw, standard_step
+from .models import Workload, adamw, adamw_kind, standard_step
 from .peers import Skip, deepspeed_step, prepare
 
 PAGED = ("deepum", "lru")
@@ -287,6 +287,7 @@ def run_case(model: str, method: str, budget: int | None, device: torch.device,
              steps: int, warmup: int, fits_budget: int | None = None, options: dict | None = None) -> dict:
     """Run one case in this process and return its row."""
     row = {"model": model, "method": method, "budget_bytes": budget, "device": str(device),
+           "adamw": None if method in DEEPSPEED or method == "torchao-offload" else adamw_kind(device),
            "torch": torch.__version__, "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "date": time.strftime("%Y-%m-%d")}
     if method == "identity":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -270,6 +271,16 @@ def standard_step(work: Workload, opt: torch.optim.Optimizer, wrap=None, mark=No
     return step
 
 
+def adamw_kind(device: torch.device) -> str:
+    """The bench's AdamW: "fused" on CUDA and "foreach" on the cpu device, unless the
+    environment's ``DEEPUM_BENCH_ADAMW`` names one of "fused", "foreach" or "single" (one
+    tensor at a time) for every case of a run (plain ones too, so they compare)."""
+    kind = os.environ.get("DEEPUM_BENCH_ADAMW") or ("fused" if device.type == "cuda" else "foreach")
+    if kind not in ("fused", "foreach", "single"):
+        raise ValueError(f"DEEPUM_BENCH_ADAMW={kind!r}: give fused, foreach or single")
+    return kind
+
+
 def adamw(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused, foreach=not fused)
+    kind = adamw_kind(device)
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=kind == "fused", foreach=kind == "foreach")
