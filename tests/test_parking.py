@@ -50,7 +50,7 @@ def test_plan_parks_more_while_the_step_is_over_then_drops_everything():
     plan.settling = 0
     assert plan.window(forward_peak=650, step_peak=940) == {} and plan.park == 190  # 40 over the release share (the forward fits)
     plan.settling = 0
-    plan.window(forward_peak=650, step_peak=915)  # (down 25 for the 40 parked: more than half)
+    plan.window(forward_peak=650, step_peak=915)  # (down 25 for the 40 parked: more than a quarter)
     assert plan.park == 200  # all there is
     plan.settling = 0
     plan.window(forward_peak=650, step_peak=910)
