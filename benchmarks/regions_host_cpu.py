@@ -24,23 +24,14 @@ import torch.utils.checkpoint as ckpt
 from torch import nn
 
 import deepum
-
-
-class _Block(nn.Module):
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-                                  nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
-
-    def forward(self, x):
-        return torch.relu(x + self.body(x))
+from deepum.benchsuite.models import _Residual  # the tiny-cnn bench model's block
 
 
 class _Net(nn.Module):
     def __init__(self, blocks: int, c: int, checkpointed: bool) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, c, 3, padding=1)
-        self.blocks = nn.Sequential(*[_Block(c) for _ in range(blocks)])
+        self.blocks = nn.Sequential(*[_Residual(c) for _ in range(blocks)])
         self.head = nn.Linear(c, 10)
         self.checkpointed = checkpointed
 

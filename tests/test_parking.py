@@ -27,6 +27,22 @@ def _plan(parkable: int) -> RegionPlan:
     return plan
 
 
+def _windows(plan: RegionPlan, *step_peaks: int) -> RegionPlan:
+    """Settled windows whose forward fits, one per step peak, in order."""
+    for peak in step_peaks:
+        plan.settling = 0
+        plan.window(forward_peak=650, step_peak=peak)
+    return plan
+
+
+def _parked(parkable: int = 600, margin: int = 50) -> RegionPlan:
+    """A plan with every region whole and state parked after its first window (200 parked)."""
+    plan = _plan(parkable)
+    plan.park_margin = margin
+    plan.window(forward_peak=1250)
+    return plan
+
+
 def test_plan_parks_what_every_region_whole_leaves_over():
     plan = _plan(parkable=200)
     changes = plan.window(forward_peak=1250)  # 450 over the target of 800: 150 more than the regions free
@@ -77,47 +93,24 @@ def test_plan_drops_parking_whose_changes_do_not_lower_the_window():
     # A measure that does not follow what is parked (session 26: a planned
     # window read the allocator's peak, the limit and more, whatever was
     # parked) would park a margin more every few windows, paging all along.
-    plan = _plan(parkable=600)
-    plan.park_margin = 50
-    plan.window(forward_peak=1250)
-    plan.settling = 0
-    plan.window(forward_peak=650, step_peak=960)  # 60 over
+    plan = _windows(_parked(), 960)  # 60 over
     assert plan.park == 260 and not plan.dropped
-    plan.settling = 0
-    plan.window(forward_peak=650, step_peak=955)  # down 5 for the 60 parked: one weak change is let pass
+    _windows(plan, 955)  # down 5 for the 60 parked: one weak change is let pass
     assert plan.park == 315 and not plan.dropped
-    plan.settling = 0
-    plan.window(forward_peak=650, step_peak=950)  # down 5 for 55 more: the second in a row
+    _windows(plan, 950)  # down 5 for 55 more: the second in a row
     assert plan.dropped and plan.chosen == {} and plan.park == 0
 
 
 def test_plan_parks_on_after_a_weak_change_that_the_next_one_makes_up_for():
-    plan = _plan(parkable=600)
-    plan.park_margin = 50
-    plan.window(forward_peak=1250)
-    plan.settling = 0
-    plan.window(forward_peak=650, step_peak=960)
-    plan.settling = 0
-    plan.window(forward_peak=650, step_peak=955)  # weak
-    plan.settling = 0
-    plan.window(forward_peak=650, step_peak=920)  # down 35 for 55: the measure follows
+    plan = _windows(_parked(), 960, 955, 920)  # weak, then down 35 for 55: the measure follows
     assert not plan.dropped and plan.park == 365
 
 
 def test_plan_weighs_parking_afresh_after_a_window_that_fits():
-    plan = _plan(parkable=600)
-    plan.park_margin = 50
-    plan.window(forward_peak=1250)
-    plan.settling = 0
-    plan.window(forward_peak=650, step_peak=960)
-    plan.settling = 0
-    plan.window(forward_peak=650, step_peak=955)  # weak
-    plan.settling = 0
-    plan.window(forward_peak=650, step_peak=880)  # fits
+    plan = _windows(_parked(), 960, 955, 880)  # weak, then a window that fits
     plan.window(forward_peak=650, step_peak=990)  # a longer batch: over again, nothing to weigh it against
     assert not plan.dropped and plan.park == 405
-    plan.settling = 0
-    plan.window(forward_peak=650, step_peak=985)  # weak: the first since the window that fit
+    _windows(plan, 985)  # weak: the first since the window that fit
     assert not plan.dropped
 
 
