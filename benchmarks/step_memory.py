@@ -45,12 +45,19 @@ def main() -> None:
     work = Workload(args.model, device, device)
     method = "deepum" if session is not None else "plain"
     prep = prepare(method, work, device)
-    readings: list[tuple[str, int]] = []
+    readings: list[tuple[str, int, int]] = []
     on = [False]
 
     def read(label: str) -> None:
+        # Without a session nothing else reads the allocator's peak, so each
+        # reading also takes the peak since the one before.
         if on[0]:
-            readings.append((label, torch.cuda.memory_allocated(device)))
+            now = torch.cuda.memory_allocated(device)
+            since = now
+            if session is None:
+                since = torch.cuda.max_memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            readings.append((label, now, since))
 
     step = standard_step(work, prep.opt or adamw(work.model, device), prep.wrap, read, prep.model)
     params = [p for p in work.model.parameters() if p.requires_grad]
@@ -61,6 +68,8 @@ def main() -> None:
     for i in range(args.warmup):
         step(work.host_batch(i))
     torch.cuda.synchronize(device)
+    if session is None:
+        torch.cuda.reset_peak_memory_stats(device)
     on[0] = True
     read("step begins")
     step(work.host_batch(args.warmup))
@@ -68,29 +77,33 @@ def main() -> None:
     on[0] = False
     for h in hooks:
         h.remove()
-    peak = torch.cuda.max_memory_allocated(device)
+    peak = max([torch.cuda.max_memory_allocated(device)] + [s for _, _, s in readings])
     if session is not None:
         stats = session.stats()
         session.__exit__(None, None, None)
         print("dormant", stats.get("dormant"), "regions", stats.get("regions"), "parked", stats.get("parked_bytes"))
-    grads = sum(1 for label, _ in readings if label.startswith("grad"))
-    per, done, chunk = max(-(-grads // max(args.groups, 1)), 1), 0, []
+    grads = sum(1 for label, *_ in readings if label.startswith("grad"))
+    per, done, chunk, peaks = max(-(-grads // max(args.groups, 1)), 1), 0, [], []
+    tail = "" if session is None else " (no peaks between readings: the session's watch reads them)"
+    print(f"allocated at each reading, and the highest since the reading before{tail}")
 
     def flush() -> None:
         if chunk:
-            print(f"  {len(chunk):4d} gradients: highest {max(chunk) / GB:7.2f} GiB, "
+            print(f"  {len(chunk):4d} gradients: highest {max(chunk) / GB:7.2f} GiB, peak {max(peaks) / GB:7.2f}, "
                   f"{done / total:6.1%} of the parameters' bytes done")
             chunk.clear()
+            peaks.clear()
 
-    for label, b in readings:  # in the order they came
+    for label, b, since in readings:  # in the order they came
         if label.startswith("grad"):
             done += int(label.split()[1])
             chunk.append(b)
+            peaks.append(since)
             if len(chunk) == per:
                 flush()
             continue
         flush()
-        print(f"{label:>18}: {b / GB:7.2f} GiB allocated")
+        print(f"{label:>18}: {b / GB:7.2f} GiB allocated, peak since the reading before {since / GB:7.2f}")
     flush()
     print(f"the allocator's allocated peak over the run: {peak / GB:.2f} GiB")
 

@@ -12,7 +12,7 @@ import torch
 import deepum
 from deepum.core.regions import NONE, WHOLE, Census, RegionPlan
 from deepum.engine.parking import Parking
-from deepum.engine.parkstep import ParkedStep
+from deepum.engine.parkstep import ParkedStep, pipeline_schedule
 from deepum.engine.telemetry import Stats
 
 from .helpers import assert_identical, flush_every_window, train
@@ -412,3 +412,54 @@ def test_a_view_of_parked_state_in_the_step_says_what_to_do():
         with ParkedStep(torch.device("cpu"), {id(buf): buf}, 1 << 20):
             buf.view(2, 4)
     assert buf.add(1).shape == (8,)  # the mode is gone
+
+
+def _alive_at_most(n: int, pipeline: int, carried: int) -> tuple[int, list[int], list[int]]:
+    """Walk a pipelined operator's schedule: the most slices holding memory at once, the
+    order of its runs, and the slices it leaves copying back to the next operator."""
+    alive, most, runs, freed = carried, carried, [], set()
+    staged: set[int] = set()
+    for action, j in pipeline_schedule(n, pipeline, carried):
+        if action == "in":
+            assert j not in staged and j >= 0
+            staged.add(j)
+            alive += 1
+        elif action == "run":
+            assert j in staged and j not in runs
+            runs.append(j)
+        else:
+            assert j < 0 or j in runs, (j, runs)  # what is freed has run (or came from before)
+            assert j not in freed
+            freed.add(j)
+            alive -= 1
+        most = max(most, alive)
+    left = [j for j in range(-carried, n) if j not in freed]
+    return most, runs, left
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 40])
+@pytest.mark.parametrize("pipeline", [3, 6, 9])
+def test_a_pipelined_operator_holds_at_most_its_pipeline_of_slices(n, pipeline):
+    carried = 0
+    for _ in range(4):  # operators one after another, each carrying what the last left
+        most, runs, left = _alive_at_most(n, pipeline, carried)
+        assert most <= pipeline, most
+        assert runs == list(range(n))
+        carried = len(left)
+    assert carried <= pipeline
+    most, runs, left = _alive_at_most(n, pipeline, pipeline)
+    assert most <= pipeline and runs == list(range(n))
+    # What is left copying back is this operator's last slices (and perhaps the two
+    # carried in, where it had too few slices to free them): the next one frees them first.
+    mine = [j for j in left if j >= 0]
+    assert mine == list(range(n - len(mine), n)) and len(left) - len(mine) <= 2, left
+
+
+def test_a_pipelined_operator_copies_slices_in_ahead_of_the_one_running():
+    order = list(pipeline_schedule(20, 6))
+    # All but two of six slices are in before the first runs, the next as it starts, and
+    # each later one goes in before the one four before it runs (the link copies while
+    # the step computes).
+    assert order[:5] == [("in", 0), ("in", 1), ("in", 2), ("in", 3), ("in", 4)]
+    for j in range(5, 20):
+        assert order.index(("in", j)) < order.index(("run", j - 4))

@@ -26,10 +26,13 @@ mode is below this one: the next slice is copied in on one side stream
 while the operator runs the current one on the step's stream, and the
 slice before is copied back on another, so the two directions of the link
 run at once and beside the kernels. Each slice is then
-``1/Thresholds.park_pipeline`` of the cap (at least three of them), and the
-host waits for a slice's copies back before it copies in the one after
-next: at most three slices are on the device, never more than the cap the
-step's floor counts (core/regions.py). Elsewhere (the cpu tier, a
+``1/Thresholds.park_pipeline`` of the cap (at least three of them): up to
+all but two of them are copied in ahead of the one running, and the host
+waits for the older of two slices copying back before it copies in the
+next, so at most ``park_pipeline`` slices are on the device, never more
+than the cap the step's floor counts (core/regions.py). Each slice's copies
+in, and its copies back, are one call each: a copy per tensor from Python
+costs the host more than the link takes to move it. Elsewhere (the cpu tier, a
 paging session, an operator of one slice) the copies run on the step's
 stream in order. The post-hook waits for the last copy back, so the
 buffers hold the step's values when the step returns (a program may save
@@ -42,6 +45,7 @@ them like for any operator's output.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
@@ -71,6 +75,7 @@ class ParkedStep(TorchDispatchMode):
         self.cuda = device.type == "cuda"
         self.streams = None  # (copies in, copies back), made at the first pipelined operator
         self.last = None  # the last pipelined copies back (the post-hook waits for them)
+        self.trailing: list[_Slice] = []  # the last operator's slices still copying back (see pipeline_schedule)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -101,6 +106,10 @@ class ParkedStep(TorchDispatchMode):
         else:
             if self.streams is not None:
                 torch.cuda.current_stream(self.device).wait_stream(self.streams[1])  # (as in _pipelined)
+                for sl in self.trailing:  # their memory free before this operator's slices take more
+                    if sl.done is not None:
+                        sl.done.synchronize()
+                self.trailing = []
             bounds = self._slices(bound, lists, self.cap) if sliced else [(0, None)]  # (None: every list whole)
             results = [self._run(func, self._bring(bound, writes, lists, a, b), names, len(args))
                        for a, b in bounds]
@@ -115,21 +124,29 @@ class ParkedStep(TorchDispatchMode):
     def _bring(self, bound, writes, lists, a, b, stream=None) -> _Slice:
         """The slice's call arguments, its parked ones copied to the device (on ``stream``)."""
         sl = _Slice()
+        hosts, devs = [], []
 
         def bring(x, written_arg):
             if not isinstance(x, torch.Tensor) or id(x) not in self.parked:
                 return x
-            dev = device_copy(x, self.device, stream=stream)
+            # Made under the modes below this one (a paging session's: a page, room made for it).
+            dev = torch.empty(x.shape, dtype=x.dtype, device=self.device)
+            hosts.append(x)
+            devs.append(dev)
             sl.swap[id(dev)] = x
             if written_arg:
                 sl.back.append((x, dev))
             return dev
 
+        for i, v in enumerate(bound):
+            sl.call.append([bring(x, i in writes) for x in v[a:b]] if i in lists else bring(v, i in writes))
         if stream is not None:
             # The blocks come from the step stream's pool: their last users there run first.
             stream.wait_stream(torch.cuda.current_stream(self.device))
-        for i, v in enumerate(bound):
-            sl.call.append([bring(x, i in writes) for x in v[a:b]] if i in lists else bring(v, i in writes))
+        # One call for the slice's copies: a copy each from Python costs more host time than the link's.
+        with written(*devs), _disable_current_modes():
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                torch._foreach_copy_(devs, hosts, non_blocking=self.cuda)
         if stream is not None:
             sl.ready = stream.record_event()
         return sl
@@ -145,8 +162,7 @@ class ParkedStep(TorchDispatchMode):
                 if out_stream is not None:
                     out_stream.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(out_stream) if out_stream is not None else contextlib.nullcontext():
-                    for host, dev in sl.back:
-                        host.copy_(dev, non_blocking=self.cuda)
+                    torch._foreach_copy_([h for h, _ in sl.back], devs, non_blocking=self.cuda)
             if out_stream is not None:
                 sl.done = out_stream.record_event()
         if isinstance(out, torch.Tensor):
@@ -161,24 +177,51 @@ class ParkedStep(TorchDispatchMode):
         main = torch.cuda.current_stream(self.device)
         bounds = self._slices(bound, lists, max(1, self.cap // self.pipeline))
         ins.wait_stream(outs)  # an earlier operator's copies back into the buffers this one reads
-        staged = [self._bring(bound, writes, lists, *bounds[0], stream=ins)]
-        results, behind = [], []
-        for k in range(len(bounds)):
-            if k + 1 < len(bounds):
-                for sl in behind:
-                    sl.done.synchronize()  # the slice before this one is back: its memory is free
-                behind = []
-                staged.append(self._bring(bound, writes, lists, *bounds[k + 1], stream=ins))
-            sl = staged[k]
-            main.wait_event(sl.ready)
-            results.append(self._run(func, sl, names, npos, out_stream=outs))
-            for _, dev in sl.back:
-                dev.record_stream(outs)
-            if sl.done is not None:
-                behind.append(sl)
-            staged[k] = None
+        staged: dict[int, _Slice] = {}
+        carried, self.trailing = self.trailing, []  # an earlier operator's slices still copying back
+        results = []
+        for action, j in pipeline_schedule(len(bounds), self.pipeline, len(carried)):
+            if action == "in":
+                staged[j] = self._bring(bound, writes, lists, *bounds[j], stream=ins)
+            elif action == "run":
+                sl = staged[j]
+                main.wait_event(sl.ready)
+                results.append(self._run(func, sl, names, npos, out_stream=outs))
+                for _, dev in sl.back:
+                    dev.record_stream(outs)
+            else:  # "free": the slice's copies back are done, its memory free for the next one
+                sl = carried.pop(0) if j < 0 else staged.pop(j)
+                if sl.done is not None:
+                    sl.done.synchronize()
+        self.trailing = carried + [staged[j] for j in sorted(staged)]
         self.last = outs.record_event()
         return results
+
+
+def pipeline_schedule(n: int, pipeline: int, carried: int = 0) -> Iterator[tuple[str, int]]:
+    """One pipelined operator's order over its ``n`` slices.
+
+    ("in", j) copies slice j in; ("run", j) runs the operator on it and starts
+    its copies back; ("free", j) waits for those, and the slice's memory is
+    free again. ``carried`` slices of an earlier operator may still be
+    copying back (indices -carried..-1, oldest first); the last two of this
+    one's are left so to the next. All but two of ``pipeline`` slices are
+    copied in ahead of the one running, and a slice is copied in only once
+    the older of two copying back is done: at most ``pipeline`` slices hold
+    device memory at any point.
+    """
+    ahead = max(pipeline, 3) - 2
+    behind = list(range(-carried, 0))
+    while len(behind) > 2:
+        yield "free", behind.pop(0)
+    yield from (("in", j) for j in range(min(ahead, n)))
+    for k in range(n):
+        if k + ahead < n:
+            if len(behind) >= 2:
+                yield "free", behind.pop(0)
+            yield "in", k + ahead
+        yield "run", k
+        behind.append(k)
 
 
 class _Slice:
