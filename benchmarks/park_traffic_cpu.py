@@ -7,8 +7,10 @@ Trains tests/test_parking.py's small Llama-family model at SHARE (default
 time) and counts, over the steps whose state was parked, the bytes the
 step copied in (device copies of parked entries) and back (into their host
 buffers) per byte parked. A fused step reads and writes each parked entry
-once; the other two run one operator per update term, and each operator
-that reads a parked entry copies it in again. Run from the repository root.
+once. The other two run one operator per update term: under the parked
+step's dispatch mode (engine/parkstep.py) each operator that reads a parked
+entry copies it in again; run sliced (engine/parkslice.py, session 28),
+each entry is copied in and back once. Run from the repository root.
 """
 
 import os
@@ -17,7 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from deepum.engine import parkstep  # noqa: E402
+from deepum.engine import parkslice, parkstep  # noqa: E402
 from tests.helpers import train  # noqa: E402
 from tests.test_parking import _batches, _budget, _llama, _lm  # noqa: E402
 
@@ -39,8 +41,20 @@ def main() -> None:
         counted["back"] += sum(h.nbytes for h, _ in sl.back)
         return run(self, func, sl, *a, **k)
 
+    sliced_bring, sliced_back = parkslice.SlicedStep._bring, parkslice.SlicedStep._back
+
+    def counting_sliced_bring(self, entries, stream):
+        counted["in"] += sum(h.nbytes for _, _, h in entries)
+        return sliced_bring(self, entries, stream)
+
+    def counting_sliced_back(self, sl, stream):
+        counted["back"] += sum(h.nbytes for _, _, h in sl.entries)
+        return sliced_back(self, sl, stream)
+
     parkstep.ParkedStep._bring = counting_bring
     parkstep.ParkedStep._run = counting_run
+    parkslice.SlicedStep._bring = counting_sliced_bring
+    parkslice.SlicedStep._back = counting_sliced_back
     try:
         for name, options in KINDS.items():
             counted.update({"in": 0, "back": 0})
@@ -52,6 +66,7 @@ def main() -> None:
                   f"{stats['paging_stops']}, regions {stats['regions']}")
     finally:
         parkstep.ParkedStep._bring, parkstep.ParkedStep._run = bring, run
+        parkslice.SlicedStep._bring, parkslice.SlicedStep._back = sliced_bring, sliced_back
 
 
 if __name__ == "__main__":

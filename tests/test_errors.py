@@ -124,6 +124,24 @@ def test_budget_below_one_operator_names_it_and_loses_nothing():
         model(x).sum().backward()
 
 
+def test_an_optimizer_step_over_the_budget_is_not_told_to_shrink_the_batch():
+    """Adam's first step: its state and temporaries are new pages that no kind names yet, and a
+    smaller batch shrinks none of them (session 28's sweep of user scenarios)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 1024),
+                                torch.nn.GELU(), torch.nn.Linear(1024, 10))
+    opt = torch.optim.Adam(model.parameters())
+    with pytest.raises(deepum.BudgetTooSmallError) as err:
+        with deepum.oversubscribe(10 * 2**20, device="cpu"):
+            for _ in range(3):
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(torch.randn(16, 256)), torch.randint(0, 10, (16,)))
+                loss.backward()
+                opt.step()
+    message = str(err.value)
+    assert "optimizer operator" in message and "smaller batch or sequence length" not in message, message
+
+
 def count_ops(monkeypatch):
     """Count operators entering deepum; returns the live counter."""
     from deepum.engine.intercept.mode import PagingMode
@@ -471,3 +489,14 @@ def test_out_of_memory_that_eviction_cannot_cure():
     step(ref_model, ref_opt, models.mlp_batches()[0])
     assert_all_materialized(model, opt)
     assert_same(snapshot(model, opt), snapshot(ref_model, ref_opt))
+
+
+def test_a_first_operator_whose_size_is_guessed_reports_what_it_made():
+    """An RNN layer's outputs cannot be sized before it runs, so room is made for all there is;
+    the smallest budget `deepum estimate` reports is what the layer made, not that guess."""
+    torch.manual_seed(0)
+    with deepum.oversubscribe(1.0, device="cpu") as session:
+        rnn = torch.nn.LSTM(128, 256, batch_first=True)
+        rnn(torch.randn(8, 48, 128))[0].sum().backward()
+    working = session.stats()["max_working_set_bytes"]
+    assert 0 < working < 64 * 2**20, working  # the layer's tensors are a few MiB; the device, gigabytes

@@ -12,6 +12,7 @@ import torch
 import deepum
 from deepum.core.regions import NONE, WHOLE, Census, RegionPlan
 from deepum.engine.parking import Parking
+from deepum.engine.parkslice import SlicedStep
 from deepum.engine.parkstep import ParkedStep, pipeline_schedule
 from deepum.engine.telemetry import Stats
 
@@ -197,6 +198,22 @@ def test_a_model_state_too_large_for_regions_alone_parks_its_optimizer_state_and
     assert stats["parked_bytes"] > 0 and stats["regions"] >= 2, stats
     # Parked, the step fits: paging stopped and nothing moved in the last steps.
     assert stats["paging_stops"] >= 1 and stats["paging_starts"] == 0, stats
+    assert all(e["evictions"] == 0 and e["parked_bytes"] > 0 for e in each[-3:]), each[-3:]
+
+
+def test_a_foreach_step_runs_sliced_parks_and_keeps_every_bit():
+    """CUDA's default AdamW (foreach): run a slice of parameters at a time ([Note: a sliced
+    optimizer step]), its temporaries are one slice's, so at half the peak it parks and
+    stops paging where under ParkedStep its step alone stayed over the limit."""
+    def foreach(params):
+        return torch.optim.AdamW(params, lr=1e-3, foreach=True)
+
+    ref = train(_llama, _batches, _lm, steps=16, opt=foreach)
+    each: list = []
+    got = train(_llama, _batches, _lm, steps=16, opt=foreach, budget=_budget(0.5), each_step=each)
+    assert_identical(ref, got)
+    stats = got[3]
+    assert stats["parked_bytes"] > 0 and stats["paging_stops"] >= 1, stats
     assert all(e["evictions"] == 0 and e["parked_bytes"] > 0 for e in each[-3:]), each[-3:]
 
 
@@ -463,3 +480,73 @@ def test_a_pipelined_operator_copies_slices_in_ahead_of_the_one_running():
     assert order[:5] == [("in", 0), ("in", 1), ("in", 2), ("in", 3), ("in", 4)]
     for j in range(5, 20):
         assert order.index(("in", j)) < order.index(("run", j - 4))
+
+
+def _sliced(make_opt, cap: int):
+    """Like _stepped, the second step run sliced (engine/parkslice.py) over cloned ("host") state."""
+    torch.manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(n)) for n in (64, 300, 17, 256)]
+    opt = make_opt(params)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    for p in params:
+        p.grad = torch.randn_like(p)
+    parked = {}
+    for st in opt.state.values():
+        for k, v in list(st.items()):
+            if isinstance(v, torch.Tensor) and v.numel() > 1:
+                st[k] = v.clone()
+                parked[id(st[k])] = st[k]
+    step = SlicedStep(torch.device("cpu"), parked, cap, 6)
+    saved = step.run(opt, {})
+    assert all(not g["params"] for g in opt.param_groups)  # the program's own call steps nothing
+    opt.step()
+    for g, ps in zip(opt.param_groups, saved):
+        g["params"] = ps
+    return params, opt, step, parked
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, foreach=True),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, foreach=False, amsgrad=True),
+    lambda ps: torch.optim.Adam([{"params": ps[:2]}, {"params": ps[2:], "lr": 1e-3}], lr=1e-2, foreach=True),
+    lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, foreach=True),
+    lambda ps: torch.optim.RMSprop(ps, lr=1e-2, momentum=0.5, foreach=False),
+], ids=["adamw-foreach", "adamw-single-amsgrad", "adam-two-groups", "sgd-foreach", "rmsprop-single"])
+def test_a_sliced_step_gives_the_bits_of_the_plain_step_and_copies_each_entry_once(make_opt):
+    """[Note: a sliced optimizer step]: the optimizer's own step over a few parameters at a time."""
+    ref_params, ref_opt, _ = _stepped(make_opt, parked_step=False)
+    params, opt, step, parked = _sliced(make_opt, cap=1500)  # a few tensors a slice
+    for a, b in zip(ref_params, params):
+        assert torch.equal(a, b)
+    for a, b in zip(ref_opt.state.values(), opt.state.values()):
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    assert all(id(v) in parked for st in opt.state.values() for v in st.values() if v.numel() > 1)
+    total = sum(h.nbytes for h in parked.values())
+    assert step.runs > 1 and step.moved == [total, total], (step.runs, step.moved, total)
+
+
+def test_a_step_runs_sliced_only_where_nothing_could_tell():
+    import torch.optim.optimizer as hooks
+
+    from deepum.engine.parkslice import sliceable
+    ps = [torch.nn.Parameter(torch.randn(4))]
+    handle = hooks.register_optimizer_step_pre_hook(lambda *a: None)
+    try:
+        mine = handle.id
+        adamw = torch.optim.AdamW(ps, foreach=True)
+        assert sliceable(adamw, (adamw,), {}, mine)
+        assert not sliceable(adamw, (adamw, lambda: 0.0), {}, mine)  # a closure runs before the update
+        assert not sliceable(torch.optim.AdamW(ps, fused=True), (adamw,), {}, mine)  # one operator already
+        assert not sliceable(torch.optim.LBFGS(ps), (adamw,), {}, mine)
+        later = hooks.register_optimizer_step_pre_hook(lambda *a: None)
+        assert not sliceable(adamw, (adamw,), {}, mine)  # it would run after the update
+        later.remove()
+        own = adamw.register_step_pre_hook(lambda *a: None)
+        assert not sliceable(adamw, (adamw,), {}, mine)
+        own.remove()
+        assert sliceable(adamw, (adamw,), {}, mine)
+    finally:
+        handle.remove()

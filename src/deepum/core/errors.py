@@ -32,14 +32,14 @@ class BudgetTooSmallError(DeepUMError):
     """
 
     def __init__(self, op: str, needed: int, limit: int, budget: int,
-                 inputs: list[tuple[str, int]] | tuple = ()) -> None:
+                 inputs: list[tuple[str, int]] | tuple = (), in_optimizer_step: bool = False) -> None:
         self.op, self.needed, self.limit, self.budget = op, needed, limit, budget
         self.inputs = list(inputs)
         super().__init__(
             f"operator {op} needs {fmt_bytes(needed)} of device memory at once "
             f"(its inputs and outputs), but the budget of {fmt_bytes(budget)} leaves "
             f"{fmt_bytes(limit)} for tensors. Raise the budget to at least "
-            f"{fmt_bytes(needed + (budget - limit))}, {_remedy(op, self.inputs, limit)}. "
+            f"{fmt_bytes(needed + (budget - limit))}, {_remedy(op, self.inputs, limit, in_optimizer_step)}. "
             "No tensor was changed."
         )
 
@@ -47,15 +47,16 @@ class BudgetTooSmallError(DeepUMError):
 _PARAMETER_KINDS = {"parameter", "gradient", "optimizer_state"}
 
 
-def _remedy(op: str, inputs: list[tuple[str, int]], limit: int) -> str:
-    """What else helps: only activations shrink with the batch."""
+def _remedy(op: str, inputs: list[tuple[str, int]], limit: int, in_optimizer_step: bool = False) -> str:
+    """What else helps: only activations shrink with the batch (and nothing in an optimizer's
+    step is an activation, whatever its pages were classed as when it made them)."""
     largest_kind, largest = max(inputs, key=lambda kb: kb[1], default=("other", 0))
     if largest > limit:
         what = "parameter" if largest_kind in _PARAMETER_KINDS else "tensor"
         return (f"or split the single {what} of {fmt_bytes(largest)}, larger than that alone, into "
                 "smaller ones (a smaller batch does not help)")
     kinds = {k for k, _ in inputs}
-    if "optimizer_state" in kinds or op.startswith(("aten._foreach_", "aten._fused_")):
+    if "optimizer_state" in kinds or in_optimizer_step or op.startswith(("aten._foreach_", "aten._fused_")):
         return ("or split the large parameter it updates into smaller ones: this is an optimizer "
                 "operator on one parameter, its gradient and its state, which a smaller batch does not shrink")
     if kinds and kinds <= _PARAMETER_KINDS:

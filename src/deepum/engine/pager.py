@@ -108,10 +108,20 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
 
     # --------------------------------------------------------- operator path
 
-    def begin(self, op: object, pages: list[Page], out_bytes: int, written: list[Page] | tuple = ()) -> None:
+    def note_working(self, op: object, working: int) -> None:
+        """The bytes of an operator's inputs and outputs at once: the largest is the smallest
+        budget that would do (deepum estimate)."""
+        if working > self.counters.max_working_set_bytes:
+            self.counters.max_working_set_bytes = working
+            self.max_working_set_op = str(op)
+
+    def begin(self, op: object, pages: list[Page], out_bytes: int, written: list[Page] | tuple = (),
+              guessed: bool = False) -> None:
         """Make ``pages`` resident and leave room for ``out_bytes`` of outputs.
 
-        ``written``: the pages among them the operator will write.
+        ``written``: the pages among them the operator will write. ``guessed``:
+        ``out_bytes`` is all the room there is, not a size (the operator's
+        working set is then noted after it ran, ``note_working``).
         """
         table = self.table
         working = out_bytes
@@ -120,13 +130,12 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
             working += p.nbytes
             if p.state != RESIDENT:
                 calm = False
-        if working > self.counters.max_working_set_bytes:
-            # The smallest budget that would do (deepum estimate).
-            self.counters.max_working_set_bytes = working
-            self.max_working_set_op = str(op)
+        if not guessed:
+            self.note_working(op, working)
         if working > table.limit:
             raise BudgetTooSmallError(str(op), working, table.limit, self.budget,
-                                      [(p.kind.name.lower(), p.nbytes) for p in pages])
+                                      [(p.kind.name.lower(), p.nbytes) for p in pages],
+                                      self.in_optimizer_step)
         for p in pages:
             p.pins += 1
         # While a plan steers, the victim policy's clock stands still (it

@@ -36,6 +36,7 @@ import torch.optim.optimizer as optimizer_hooks
 from torch.utils._python_dispatch import _disable_current_modes
 
 from .intercept.host_access import resident
+from .parkslice import SLICEABLE, SlicedStep, sliceable
 from .parkstep import ParkedStep, device_copy
 
 
@@ -83,7 +84,8 @@ class Parking:
         self.device = device
         self.slice_bytes = slice_bytes  # parked bytes a slice of the step holds at most (engine/parkstep.py)
         self.pipeline = pipeline  # on CUDA, slices of the pipelined step a slice is cut into (engine/parkstep.py)
-        self.stepping: ParkedStep | None = None  # the mode of a step under way
+        self.stepping: ParkedStep | SlicedStep | None = None  # the step under way over parked state
+        self.emptied = None  # (optimizer, its groups' parameter lists) while a sliced step has them out
         self.cuda = device.type == "cuda"
         self.counters = counters
         self.goal = 0  # bytes to park
@@ -105,13 +107,16 @@ class Parking:
         """Bytes an optimizer step holds at least, all of its state parked: the parameters,
         their gradients and one slice of the state ([Note: a step over parked state]),
         and for a foreach step its temporaries, a list the size of the parameters
-        (AdamW's square roots of the second moments): the slices' results are kept."""
+        (AdamW's square roots of the second moments) where the step runs under
+        ParkedStep (the slices' results are kept), one slice's where it runs sliced."""
         floor = min(self.parkable(), self.slice_bytes)
         for opt in list(self.optimizers):
             for g in opt.param_groups:
                 params = sum(p.nbytes for p in g["params"])
                 grads = sum(p.nbytes for p in g["params"] if p.requires_grad)
-                floor += params + grads + (params if _foreach(g) else 0)
+                # A sliced step (engine/parkslice.py) makes one slice's temporaries at a time.
+                temps = min(params, self.slice_bytes) if type(opt) in SLICEABLE else params
+                floor += params + grads + (temps if _foreach(g) else 0)
         return floor
 
     def _candidates(self, opt, paged_out: bool = False):
@@ -203,6 +208,8 @@ class Parking:
         self.pending = []
 
     def _before(self, optimizer, args, kwargs) -> None:
+        if self.emptied is not None:
+            self._end_step()  # a sliced step whose post-hook never came (the program's call raised)
         # This optimizer's copies out not yet swapped in never left the device.
         mine = id(optimizer)
         for e in self.pending:
@@ -220,17 +227,31 @@ class Parking:
             self.parked.remove(e)
             over -= e.host.nbytes
         staying = {id(e.host): e.host for e in self.parked if e.owner == mine}
-        if staying and self.stepping is None:
-            # The step reads them where they are, a slice at a time.
-            self.stepping = ParkedStep(self.device, staying, self.slice_bytes, self.pipeline)
-            self.stepping.__enter__()
+        if not staying or self.stepping is not None:
+            return
+        if sliceable(optimizer, args, kwargs, self.hooks[0].id):
+            # The optimizer's own step, a slice of its parameters at a time
+            # (engine/parkslice.py); the program's call then steps nothing.
+            sliced = SlicedStep(self.device, staying, self.slice_bytes, self.pipeline)
+            self.emptied = (optimizer, sliced.run(optimizer, kwargs))
+            self.stepping = sliced
+            return
+        # The step reads them where they are, a slice at a time.
+        self.stepping = ParkedStep(self.device, staying, self.slice_bytes, self.pipeline)
+        self.stepping.__enter__()
 
     def _end_step(self) -> None:
         """The step's mode off, its copies back waited for (the program may read the state next)."""
         stepping, self.stepping = self.stepping, None
+        if self.emptied is not None:
+            optimizer, saved = self.emptied
+            self.emptied = None
+            for g, params in zip(optimizer.param_groups, saved):
+                g["params"] = params
         if stepping is None:
             return
-        stepping.__exit__(None, None, None)
+        if isinstance(stepping, ParkedStep):
+            stepping.__exit__(None, None, None)
         if self.cuda:
             torch.cuda.current_stream(self.device).synchronize()
             if stepping.last is not None:

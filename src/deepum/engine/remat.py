@@ -596,6 +596,11 @@ class Remat:
                 if q.prefetched:  # fetched ahead for this rebuild (prefetch.py): its first use
                     self._prefetch_used(q)
             self._run_recipe(page, storage, held)
+            over = self.table.resident_bytes - self.table.limit
+            if over > 0:
+                # The operator that needs this page pinned what room could not be
+                # made from: the budget was passed, which must not go unsaid.
+                self._overshoot(f"recomputing {recipe.func}", over)
             self.table.touch_all(inputs)
             # Used now, as far as the victim policy can tell: a page rebuilt
             # (early, by a prefetch, or for a reader) and the inputs just

@@ -271,7 +271,7 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
                         and est + sum(map(_NBYTES, pages)) > self._chunk_cap()):
                     chunks = self._chunks(plan, args, kwargs, est)
                 if chunks is None:
-                    pager.begin(func, pages, est, written)
+                    pager.begin(func, pages, est, written, guessed)
         if pages is None:
             # Nothing managed goes in; register whatever managed comes out.
             out = plan.call(*args, **kwargs)
@@ -308,6 +308,8 @@ class PagingMode(Registration, Chunking, TorchDispatchMode):
             if plan.comm:
                 _hold_for_comm(pager, out, pages)
             new = self._register_outputs(out, eid, call) if plan.fresh else 0
+            if guessed:
+                pager.note_working(func, sum(map(_NBYTES, pages)) + new)
             # The largest output seen: an ID whose output size varies with an
             # argument that is not part of it (a size list) is never underestimated twice.
             if new > est or guessed:
