@@ -599,8 +599,9 @@ class Remat:
             over = self.table.resident_bytes - self.table.limit
             if over > 0:
                 # The operator that needs this page pinned what room could not be
-                # made from: the budget was passed, which must not go unsaid.
-                self._overshoot(f"recomputing {recipe.func}", over)
+                # made from: the budget was passed, which must not go unsaid. No
+                # room is made here, mid-rebuild (the operator's end makes it).
+                self._count_overshoot(f"recomputing {recipe.func}", over)
             self.table.touch_all(inputs)
             # Used now, as far as the victim policy can tell: a page rebuilt
             # (early, by a prefetch, or for a reader) and the inputs just

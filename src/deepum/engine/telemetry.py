@@ -118,10 +118,16 @@ class Telemetry:
 
     def _overshoot(self, op: str, over: int) -> None:
         """An operator's outputs passed the limit: count it, make room, and raise under strict."""
+        self._count_overshoot(op, over, make_room=True)
+
+    def _count_overshoot(self, op: str, over: int, make_room: bool = False) -> None:
+        """The limit was passed by ``over`` bytes: count it (``make_room``: and make room), and
+        raise under strict."""
         st = self.counters
         st.overshoots += 1
         st.overshoot_max_bytes = max(st.overshoot_max_bytes, over)
-        self.make_room(over)
+        if make_room:
+            self.make_room(over)
         if self.strict:
             raise BudgetOvershootError(op, over, self.budget)
 
