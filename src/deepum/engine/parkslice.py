@@ -133,6 +133,9 @@ class SlicedStep:
                 self.runs += 1
             elif (sl := staged.pop(j)).done is not None:
                 sl.done.synchronize()
+        for sl in staged.values():  # the group's last slices: their memory free for the next group's
+            if sl.done is not None:
+                sl.done.synchronize()
         if self.cuda:
             self.last = outs.record_event()
 
