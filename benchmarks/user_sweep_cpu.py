@@ -208,6 +208,26 @@ def _ce(logits, ids):
     return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
+def _lm(model, ids):
+    return model(input_ids=ids, labels=ids).loss
+
+
+def _next_token(model, ids):
+    return _ce(model(ids), ids)
+
+
+def _steps(run: Run, model, opt, batch, loss_of, steps: int = 8) -> None:
+    """The plain loop: a fresh batch, zero_grad, backward, step, each loss kept; the parameters last."""
+    for _ in range(steps):
+        ids = batch()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(model, ids)
+        loss.backward()
+        opt.step()
+        run.losses.append(loss.detach().clone())
+    run.params = _snap(model.parameters())
+
+
 # --- scenarios ---------------------------------------------------------------------------------------
 
 def s1_llama_grad_accum(ctx: Ctx) -> Run:
@@ -261,14 +281,7 @@ def s3_moe(ctx: Ctx) -> Run:
         torch.manual_seed(0)
         model = _MoENet()
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        for _ in range(8):
-            ids = _fresh(g, 8, 64)
-            opt.zero_grad(set_to_none=True)
-            loss = _ce(model(ids), ids)
-            loss.backward()
-            opt.step()
-            run.losses.append(loss.detach().clone())
-        run.params = _snap(model.parameters())
+        _steps(run, model, opt, lambda: _fresh(g, 8, 64), _next_token)
     return run
 
 
@@ -280,14 +293,7 @@ def s4_lstm_sgd(ctx: Ctx) -> Run:
         torch.manual_seed(0)
         model = _LSTMLM()
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        for _ in range(8):
-            ids = _fresh(g, 8, 48)
-            opt.zero_grad(set_to_none=True)
-            loss = _ce(model(ids), ids)
-            loss.backward()
-            opt.step()
-            run.losses.append(loss.detach().clone())
-        run.params = _snap(model.parameters())
+        _steps(run, model, opt, lambda: _fresh(g, 8, 48), _next_token)
     return run
 
 
@@ -320,14 +326,7 @@ def s6_tied_llama(ctx: Ctx) -> Run:
         model = _llama(layers=3, tie=True)
         assert model.lm_head.weight is model.model.embed_tokens.weight
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        for _ in range(8):
-            ids = _fresh(g, 8, 64)
-            opt.zero_grad(set_to_none=True)
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            opt.step()
-            run.losses.append(loss.detach().clone())
-        run.params = _snap(model.parameters())
+        _steps(run, model, opt, lambda: _fresh(g, 8, 64), _lm)
         run.extra.append(torch.tensor(model.lm_head.weight is model.model.embed_tokens.weight))
     return run
 
@@ -608,14 +607,7 @@ def x6_hf_gradient_checkpointing(ctx: Ctx) -> Run:
         model = _gpt2()
         model.gradient_checkpointing_enable()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        for _ in range(8):
-            ids = _fresh(gen, 8, 64)
-            opt.zero_grad(set_to_none=True)
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            opt.step()
-            run.losses.append(loss.detach().clone())
-        run.params = _snap(model.parameters())
+        _steps(run, model, opt, lambda: _fresh(gen, 8, 64), _lm)
     return run
 
 
@@ -770,14 +762,7 @@ def x12_from_pretrained(ctx: Ctx) -> Run:
         torch.manual_seed(0)
         model = GPT2LMHeadModel.from_pretrained(path)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        for _ in range(8):
-            ids = torch.randint(0, 4096, (4, 64), generator=gen)
-            opt.zero_grad(set_to_none=True)
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            opt.step()
-            run.losses.append(loss.detach().clone())
-        run.params = _snap(model.parameters())
+        _steps(run, model, opt, lambda: torch.randint(0, 4096, (4, 64), generator=gen), _lm)
     return run
 
 

@@ -38,15 +38,11 @@ classes pages, may). Otherwise the step runs under ParkedStep.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.optim.optimizer as optimizer_hooks
-from torch.utils._python_dispatch import _disable_current_modes
 
 from .intercept.chunking import slice_bounds
-from .intercept.host_access import resident, written
-from .parkstep import pipeline_schedule
+from .parkstep import copy_back, fill, pipeline_schedule
 
 SLICEABLE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.RMSprop, torch.optim.Adagrad,
              torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adadelta)
@@ -58,9 +54,11 @@ def sliceable(optimizer, args, kwargs, hook_id: int) -> bool:
         return False
     if optimizer._optimizer_step_pre_hooks:
         return False
-    hooks = list(optimizer_hooks._global_optimizer_pre_hooks.items())
-    after = [fn for k, fn in hooks[[k for k, _ in hooks].index(hook_id) + 1:]] if hook_id in dict(hooks) else None
-    if after is None or any(not getattr(fn, "__module__", "").startswith("deepum.") for fn in after):
+    hooks = optimizer_hooks._global_optimizer_pre_hooks
+    keys = list(hooks)
+    if hook_id not in keys:
+        return False
+    if any(not getattr(hooks[k], "__module__", "").startswith("deepum.") for k in keys[keys.index(hook_id) + 1:]):
         return False  # (the session's own later hooks only name and class pages)
     step = getattr(type(optimizer).step, "__wrapped__", None)
     return step is not None and not any(g.get("fused") or g.get("differentiable") for g in optimizer.param_groups)
@@ -145,15 +143,7 @@ class SlicedStep:
         hosts = [h for _, _, h in entries]
         # Made under the modes below (a paging session's: pages, room made for them).
         sl.devs = [torch.empty(h.shape, dtype=h.dtype, device=self.device) for h in hosts]
-        if stream is not None:
-            # The blocks come from the step stream's pool: their last users there run first.
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-        with written(*sl.devs), _disable_current_modes():
-            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                if hosts:
-                    torch._foreach_copy_(sl.devs, hosts, non_blocking=self.cuda)
-        if stream is not None:
-            sl.ready = stream.record_event()
+        sl.ready = fill(sl.devs, hosts, self.device, stream)
         self.moved[0] += sum(h.nbytes for h in hosts)
         return sl
 
@@ -161,15 +151,7 @@ class SlicedStep:
         """The slice's entries copied back into their host buffers (on ``stream``) and swapped back."""
         hosts = [h for _, _, h in sl.entries]
         if hosts:
-            with resident(*sl.devs), _disable_current_modes():
-                if stream is not None:
-                    stream.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                    torch._foreach_copy_(hosts, sl.devs, non_blocking=self.cuda)
-            if stream is not None:
-                for dev in sl.devs:
-                    dev.record_stream(stream)
-                sl.done = stream.record_event()
+            sl.done = copy_back(hosts, sl.devs, self.device, stream)
         for state, key, host in sl.entries:
             state[key] = host
         self.moved[1] += sum(h.nbytes for h in hosts)

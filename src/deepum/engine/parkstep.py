@@ -140,15 +140,7 @@ class ParkedStep(TorchDispatchMode):
 
         for i, v in enumerate(bound):
             sl.call.append([bring(x, i in writes) for x in v[a:b]] if i in lists else bring(v, i in writes))
-        if stream is not None:
-            # The blocks come from the step stream's pool: their last users there run first.
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-        # One call for the slice's copies: a copy each from Python costs more host time than the link's.
-        with written(*devs), _disable_current_modes():
-            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                torch._foreach_copy_(devs, hosts, non_blocking=self.cuda)
-        if stream is not None:
-            sl.ready = stream.record_event()
+        sl.ready = fill(devs, hosts, self.device, stream)
         return sl
 
     def _run(self, func, sl: _Slice, names, npos: int, out_stream=None):
@@ -157,14 +149,7 @@ class ParkedStep(TorchDispatchMode):
         call = sl.call
         out = func(*call[:npos], **{n: v for n, v in zip(names[npos:], call[npos:]) if v is not None})
         if sl.back:
-            devs = [d for _, d in sl.back]
-            with resident(*devs), _disable_current_modes():
-                if out_stream is not None:
-                    out_stream.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(out_stream) if out_stream is not None else contextlib.nullcontext():
-                    torch._foreach_copy_([h for h, _ in sl.back], devs, non_blocking=self.cuda)
-            if out_stream is not None:
-                sl.done = out_stream.record_event()
+            sl.done = copy_back([h for h, _ in sl.back], [d for _, d in sl.back], self.device, out_stream)
         if isinstance(out, torch.Tensor):
             return sl.swap.get(id(out), out)
         return out
@@ -187,8 +172,6 @@ class ParkedStep(TorchDispatchMode):
                 sl = staged[j]
                 main.wait_event(sl.ready)
                 results.append(self._run(func, sl, names, npos, out_stream=outs))
-                for _, dev in sl.back:
-                    dev.record_stream(outs)
             else:  # "free": the slice's copies back are done, its memory free for the next one
                 sl = carried.pop(0) if j < 0 else staged.pop(j)
                 if sl.done is not None:
@@ -235,6 +218,38 @@ class _Slice:
         self.swap: dict[int, torch.Tensor] = {}  # id(device copy) -> host buffer, for in-place returns
         self.ready = None  # on CUDA, pipelined: the copies in are done
         self.done = None  # ... the copies back are done
+
+
+def fill(devs: list[torch.Tensor], hosts: list[torch.Tensor], device: torch.device, stream=None):
+    """New device tensors ``devs`` given the values of ``hosts``, in one call (a copy each from
+    Python costs the host more than the link takes to move it); below every mode, the pages of
+    ``devs`` (under a paging session) held and made dirty. ``stream`` (CUDA): the copies run on
+    it, after the current stream's work (the blocks come from that stream's pool: their last
+    users run first). Returns the copies' event on ``stream``, else None."""
+    if stream is not None:
+        stream.wait_stream(torch.cuda.current_stream(device))
+    with written(*devs), _disable_current_modes():
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            if devs:
+                torch._foreach_copy_(devs, hosts, non_blocking=device.type == "cuda")
+    return stream.record_event() if stream is not None else None
+
+
+def copy_back(hosts: list[torch.Tensor], devs: list[torch.Tensor], device: torch.device, stream=None):
+    """The values of ``devs`` into their host buffers ``hosts``, in one call, below every mode.
+    ``stream`` (CUDA): the copies run on it after the current stream's work, and the device
+    tensors' blocks are not reused before they are done. Returns their event on ``stream``, else None."""
+    with resident(*devs), _disable_current_modes():
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            if devs:
+                torch._foreach_copy_(hosts, devs, non_blocking=device.type == "cuda")
+    if stream is None:
+        return None
+    for dev in devs:
+        dev.record_stream(stream)
+    return stream.record_event()
 
 
 def device_copy(host: torch.Tensor, device: torch.device, non_blocking: bool = True, stream=None) -> torch.Tensor:
