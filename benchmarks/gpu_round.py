@@ -62,8 +62,14 @@ def child(argv: list[str]) -> int:
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", 0)
+    opts = json.loads(options) or {}
+    th = {k[3:]: v for k, v in opts.items() if k.startswith("th.")}
+    if th:
+        from deepum.core.config import Thresholds  # noqa: PLC0415  (the engine of this child's PYTHONPATH)
+
+        opts = {k: v for k, v in opts.items() if not k.startswith("th.")} | {"thresholds": Thresholds(**th)}
     row = run_case(model, method, int(budget) if budget != "-" else None, dev, int(steps), int(warmup),
-                   options=json.loads(options) or None)
+                   options=opts or None)
     print(json.dumps(row), flush=True)
     return 0
 
@@ -90,14 +96,23 @@ def run_child(args, model: str, method: str, budget: int | None, src: str, log) 
 
 
 def _options(items: list[str]) -> dict:
-    """NAME=VALUE strings as session options (true/false and numbers converted)."""
+    """NAME=VALUE strings as session options (true/false and numbers converted); ``th.NAME``
+    names a field of the session's Thresholds."""
     out = {}
     for item in items:
         name, _, value = item.partition("=")
         low = value.lower()
-        out[name] = True if low == "true" else False if low == "false" else (
-            int(value) if value.isdigit() else value)
+        out[name] = True if low == "true" else False if low == "false" else _number(value)
     return out
+
+
+def _number(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 CKPT = "ckpt"  # a budget: the peak of the model's checkpointing case in this round
@@ -116,7 +131,8 @@ def parse_cases(spec: str) -> list[tuple[str, str, float | str | None]]:
     return out
 
 
-def plan(cases, old_src: str | None, pairs: int = 1) -> list[tuple[str, str, float | None, str]]:
+def plan(cases, old_src: str | None, pairs: int = 1,
+         plain_known: bool = False) -> list[tuple[str, str, float | None, str]]:
     """Cases in run order with their source label: each model's plain first.
 
     With ``old_src``, a paged case runs ``pairs`` times in each tree, new and
@@ -125,7 +141,8 @@ def plan(cases, old_src: str | None, pairs: int = 1) -> list[tuple[str, str, flo
     """
     out = []
     for model in dict.fromkeys(m for m, _, _ in cases):
-        out.append((model, "plain", None, "new"))
+        if not plain_known:
+            out.append((model, "plain", None, "new"))
         for m, method, frac in cases:
             if m != model or method == "plain":
                 continue
@@ -199,8 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case-timeout", type=int, default=300)
     p.add_argument("--pairs", type=int, default=1,
                    help="with --old-src, run each paged case this many times in each tree, interleaved")
+    p.add_argument("--plain-peak", type=int, default=None,
+                   help="the models' unconstrained peak in bytes, known from an earlier round: plain does not run")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
-                   help="a session option for this tree's paged cases (e.g. victims=age); repeatable")
+                   help="a session option for this tree's paged cases (e.g. victims=age, or th.region_target=0.9 "
+                        "for a threshold); repeatable")
     args = p.parse_args(argv)
     args.session_options = _options(args.option)
     if args.old_src and not os.path.isdir(os.path.join(args.old_src, "deepum")):
@@ -217,18 +237,21 @@ def main(argv: list[str] | None = None) -> int:
 def run_round(args, cases, out: str) -> list[dict]:
     """Run the planned cases within the time budget, appending each row to $OUT/results.jsonl."""
     start, slowest, rows = time.time(), 0.0, []
+    known = getattr(args, "plain_peak", None)
     peaks: dict[tuple[str, str], int] = {}  # (model, "plain" or "ckpt") -> the peak that case reached
     with open(os.path.join(out, "results.jsonl"), "a") as results, open(os.path.join(out, "round.log"), "a") as log:
-        for model, method, frac, label in plan(cases, args.old_src, getattr(args, "pairs", 1)):
+        for model, method, frac, label in plan(cases, args.old_src, getattr(args, "pairs", 1),
+                                           bool(known)):
             row = {"model": model, "method": method, "fraction": frac, "src": label}
             base = (model, CKPT if frac == CKPT else "plain")
             if time.time() - start + slowest > args.time_budget:
                 row["skipped"] = f"time budget of {args.time_budget:.0f} s would be exceeded"
-            elif frac is not None and base not in peaks:
+            elif frac is not None and base not in peaks and not (known and base[1] == "plain"):
                 row["skipped"] = ("no checkpointing peak: list MODEL:ckpt before this case" if frac == CKPT
                                   else "no unconstrained peak to scale")
             else:
-                budget = None if frac is None else peaks[base] if frac == CKPT else int(peaks[base] * frac)
+                peak = peaks.get(base, known)
+                budget = None if frac is None else peak if frac == CKPT else int(peak * frac)
                 t0 = time.time()
                 src = args.old_src if label == "old" else SRC
                 row.update(run_child(args, model, method, budget, src, log), fraction=frac, src=label)

@@ -528,6 +528,44 @@ def test_a_sliced_step_gives_the_bits_of_the_plain_step_and_copies_each_entry_on
     assert step.runs > 1 and step.moved == [total, total], (step.runs, step.moved, total)
 
 
+def test_a_sliced_step_over_state_parked_in_part_keeps_each_slice_within_its_cap():
+    """Parameters with nothing parked are sliced too: a foreach step's temporaries are the size of
+    the slice's parameters, and the step's floor counts one slice's (Parking.step_floor)."""
+    sliced: list[int] = []
+
+    class Recording(torch.optim.AdamW):
+        def step(self, closure=None):
+            sliced.append(sum(p.nbytes for g in self.param_groups for p in g["params"]))
+            return torch.optim.AdamW.step.__wrapped__(self, closure)
+
+    torch.manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(n)) for n in (64, 300, 17, 256, 128, 128, 200)]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt, ref_opt = Recording(params, lr=1e-2, foreach=True), torch.optim.AdamW(ref, lr=1e-2, foreach=True)
+    for _ in range(2):
+        for r in ref:
+            r.grad = torch.ones_like(r)
+        ref_opt.step()
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    st = opt.state[params[0]]  # only the first parameter's state parked
+    parked = {}
+    for k, v in list(st.items()):
+        if v.numel() > 1:
+            st[k] = v.clone()
+            parked[id(st[k])] = st[k]
+    sliced.clear()
+    step = SlicedStep(torch.device("cpu"), parked, 1500, 6)
+    saved = step.run(opt, {})
+    for g, ps in zip(opt.param_groups, saved):
+        g["params"] = ps
+    assert len(sliced) > 2 and max(sliced) <= 1500, sliced
+    assert sum(sliced) == sum(p.nbytes for p in params)  # every parameter stepped once
+    for a, b in zip(ref, params):
+        assert torch.equal(a, b)
+
+
 def test_a_step_runs_sliced_only_where_nothing_could_tell():
     import torch.optim.optimizer as hooks
 

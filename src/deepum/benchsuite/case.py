@@ -333,6 +333,7 @@ def _measured(model: str, method: str, budget: int | None, device: torch.device,
             out["region_undone"] = regions.unintercepted.undone
             out["region_raised"] = regions.unintercepted.raised
             out["park_goals"] = regions.park_goals
+            out["region_step_peaks"] = getattr(regions, "step_peaks", None)  # (an older engine has none)
             out["region_census"] = [(r["saved_bytes"], r["kept_bytes"], r["seconds"], r["cheap_seconds"])
                                     for r in report[:3]]
     finally:

@@ -89,7 +89,13 @@ class SlicedStep:
                 g["params"] = []
             for g, params in zip(groups, saved):
                 units = [self._entries(optimizer.state.get(p)) for p in params]
-                bounds = slice_bounds([sum(h.nbytes for _, _, h in u) for u in units], self.cap)
+                # A parameter weighs its parked bytes, or its own where more:
+                # a foreach step's temporaries are a list the size of the
+                # slice's parameters, and a run of parameters with nothing
+                # parked would otherwise be one slice whose temporaries pass
+                # the step's floor (Parking.step_floor counts one slice's).
+                bounds = slice_bounds([max(sum(h.nbytes for _, _, h in u), p.nbytes) for u, p in zip(units, params)],
+                                      self.cap)
                 self._group(step, optimizer, g, params, units, bounds, kwargs)
                 g["params"] = []
         except BaseException:

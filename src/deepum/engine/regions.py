@@ -223,6 +223,7 @@ class Regions:
         # (the window's forward peak, regions changed then); a dormant window's whole peak is negated
         self.history: list[tuple[int, int]] = []
         self.park_goals: list[tuple[int, int]] = []  # (windows in history then, bytes to park) at each change
+        self.step_peaks: list[int] = []  # the whole peak demand of each window the plan weighed (0: dormant)
         self.watch = None  # engine/watch.py's Watch, which sets itself here: held(), paging
         self.parking = None  # engine/parking.py's Parking, which the watch sets here
 
@@ -385,6 +386,7 @@ class Regions:
                 self.plan.step_floor = self.parking.step_floor()
             added = self.plan.window(peak, step_peak)
             self.history.append((peak, len(added)))
+            self.step_peaks.append(step_peak)
             parked = self.parking is not None and self.parking.set_goal(self.plan.park)
             if parked:
                 self.park_goals.append((len(self.history), self.plan.park))
