@@ -129,6 +129,16 @@ def _cap_allocator(device: torch.device, budget: int, total: int, config: Config
     settings = allocator_settings(config)
     if settings:
         _set_allocator_settings(settings)
+    # cuBLAS keeps a workspace per handle and stream, made at the first
+    # matmul through the caching allocator and never handed back. Made
+    # before the session, it can sit in a segment of the old layout
+    # (cut from a large block freed earlier), and the segment's free rest
+    # then can neither be released nor hold a large block: the cap's room
+    # is smaller than the session counts on. Handed back here, the next
+    # matmul makes it again under the session's settings and cap.
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     # The allocator itself enforces the budget: an allocation past it
