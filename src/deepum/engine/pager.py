@@ -136,6 +136,15 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
             raise BudgetTooSmallError(str(op), working, table.limit, self.budget,
                                       [(p.kind.name.lower(), p.nbytes) for p in pages],
                                       self.in_optimizer_step)
+        if not calm or any(p.readers or p.recipe is not None for p in written):
+            # Rebuilds (the operator's dropped pages, the dropped readers of
+            # what it writes) before the pins, which would keep them from
+            # making room out of the operator's other pages.
+            self._rebuild_first(pages)
+            for p in written:
+                if p.readers or p.recipe is not None:
+                    self.before_write(p)
+            calm = all(p.state == RESIDENT for p in pages)
         for p in pages:
             p.pins += 1
         # While a plan steers, the victim policy's clock stands still (it
@@ -150,9 +159,6 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
                 # The usual operator: the loops below in one, and no fault. The
                 # uses are noted after the room is made: pinned pages are no
                 # victims, so no choice reads them before.
-                for p in written:
-                    if p.readers or p.recipe is not None:
-                        self.before_write(p)
                 short = out_bytes - (table.limit - table.resident_bytes - table.reserved_bytes - table.leaving_bytes)
                 if short > 0:
                     self.make_room(short)
@@ -165,7 +171,7 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
                     if p.pageable:
                         to_end(p.key)
             else:
-                self._bring_in(pages, written, out_bytes)
+                self._bring_in(pages, out_bytes)
             if table.resident_bytes > table.window_peak_bytes:
                 table.note_peak()
         except BaseException:
@@ -173,19 +179,44 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
             raise
         table.reserved_bytes += out_bytes
 
-    def _bring_in(self, pages: list[Page], written: list[Page] | tuple, out_bytes: int) -> None:
+    def _rebuild_first(self, pages: list[Page]) -> None:
+        """The operator's dropped pages rebuilt before it pins the others.
+
+        A rebuild needs room for the page and for its recipe's inputs, which
+        are not the operator's. Made with the operator's other pages pinned,
+        that room could only come from elsewhere, and where there was none
+        the rebuild passed the budget (Adam's first operator on a dropped
+        gradient, with the moment it writes pinned; session 28's sweep). Left
+        unpinned, those pages may be evicted for it and come back with the
+        operator's faults. Each rebuilt page is held while the next ones are
+        rebuilt, so those whose recipes read the most go first, when the
+        least is held (a dropped gradient, the sum of two, before the moment
+        Adam writes, made again from zeros).
+        """
+        dropped = [p for p in pages if p.state == EVICTED and p.host is None]  # (Page.dropped, written out)
+        if len(dropped) > 1:
+            dropped.sort(key=lambda p: -sum(q.nbytes for q in p.recipe.inputs) if p.recipe is not None else 0)
+        rebuilt = []
+        try:
+            for p in dropped:
+                if p.state == EVICTED and p.host is None:  # (a rebuild before may have rebuilt it)
+                    self.rebuild(p)
+                    p.pins += 1
+                    rebuilt.append(p)
+        finally:
+            for p in rebuilt:
+                p.pins -= 1
+
+    def _bring_in(self, pages: list[Page], out_bytes: int) -> None:
         """begin() where a page is off the device or still arriving: rebuild, fault, wait."""
         table = self.table
         missing = 0
         for p in pages:
             if p.state == EVICTED:
-                if p.host is None:  # dropped: computed again, its inputs first
+                if p.host is None:  # dropped again by the rebuilds before the pins
                     self.rebuild(p)
                 else:
                     missing += p.nbytes
-        for p in written:
-            if p.readers or p.recipe is not None:
-                self.before_write(p)
         short = missing + out_bytes - table.room()
         if short > 0:
             self.make_room(short)
