@@ -110,6 +110,10 @@ def main() -> None:
         print(f"  {allocator(device)}")
         print(f"  {cache(device)}")
         print(f"  {segments(device)}")
+        watch = getattr(session, "_watch", None)
+        for w in list(getattr(watch, "windows", []))[-6:]:
+            print(f"  window: paging {w[0]}, peak read {w[1] / GB:.2f} GiB, allocated {w[2] / GB:.2f}, "
+                  f"reserved {w[3] / GB:.2f}, flushes so far {w[4]}")
     finally:
         session.__exit__(None, None, None)
 

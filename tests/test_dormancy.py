@@ -142,10 +142,16 @@ def test_paging_starts_when_the_batch_grows_and_stops_when_it_shrinks():
     plain = _train(_mlp(), sizes)
     trail = []
     with deepum.oversubscribe(budget=64 * MiB, device="cpu") as s:
+        watch = s._watch
         paged = _train(_mlp(), sizes, s, trail)
     _same(plain, paged)
     st = s.stats()
     assert st["paging_starts"] >= 1 and st["paging_stops"] >= 2, st
+    # Each window is logged with what the allocator read (bench rows carry it): the large
+    # batches' paging windows peak above the small batches' dormant ones.
+    paging = [w[1] for w in watch.windows if w[0]]
+    dormant_peaks = [w[1] for w in watch.windows if not w[0]]
+    assert paging and dormant_peaks and max(paging) > max(dormant_peaks), list(watch.windows)
     assert st["evictions"] > 0, "the large batches never needed paging: the test proves nothing"
     dormant = [t[2] for t in trail]
     assert dormant[3] and not dormant[5] and dormant[-1], dormant

@@ -336,6 +336,10 @@ def _measured(model: str, method: str, budget: int | None, device: torch.device,
             out["region_step_peaks"] = getattr(regions, "step_peaks", None)  # (an older engine has none)
             out["region_census"] = [(r["saved_bytes"], r["kept_bytes"], r["seconds"], r["cheap_seconds"])
                                     for r in report[:3]]
+        watch = getattr(session, "_watch", None)
+        if watch is not None and hasattr(watch, "windows"):
+            # (paging, peak read, allocated peak, reserved peak, flushes so far) of the last windows
+            out["watch_windows"] = list(watch.windows)
     finally:
         if session is not None:
             session.__exit__(None, None, None)

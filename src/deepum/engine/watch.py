@@ -33,6 +33,7 @@ adoption scan also runs when paging turns on).
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -83,6 +84,10 @@ class Watch:
         self.watched_modules = th.watched_modules
         self.hooks: list = []
         self.closed = False
+        # Each window's (paging, its peak as dormancy read it, the allocator's allocated and
+        # reserved peaks, its flushes so far): what the allocator held above the peak, window
+        # by window, for a release rule that weighs it (docs/DESIGN.md, Dormancy).
+        self.windows: collections.deque = collections.deque(maxlen=64)
         self._find_root()
 
     def _find_root(self) -> None:
@@ -176,6 +181,7 @@ class Watch:
                 state.refused()
             return
         peak = self.signal.close_window()
+        self.windows.append((False, peak, peak, self.signal.window_reserved, self.signal.flushes))
         over = peak - self.pager.table.limit
         if over > 0:  # grew past the limit unwatched (the cpu tier; CUDA's cap raises instead)
             st = self.pager.counters
@@ -198,6 +204,7 @@ class Watch:
         allocated = self.signal.close_window()
         peak = paging_measure(table.window_demand_bytes, recorded,
                               allocated if self.pager.device.type == "cuda" else None, table.window_peak_bytes)
+        self.windows.append((True, peak, allocated, self.signal.window_reserved, self.signal.flushes))
         table.new_window()
         return peak
 
