@@ -686,6 +686,44 @@ def test_an_operators_dropped_pages_are_rebuilt_before_it_pins_the_rest_and_hold
     assert st["overshoots"] == 0 and st["peak_managed_bytes"] <= st["budget_bytes"], st
 
 
+@pytest.mark.parametrize("budget", [8_384_565, 6_288_424])  # a third and a quarter of its peak
+def test_lbfgs_whose_pages_are_dropped_between_its_closures_keeps_every_bit(budget):
+    """LBFGS calls its closure several times a step and writes pages whose readers were dropped.
+    A version of the rebuilds before the pins that voided a written page's recipe with the page
+    unpinned let it be dropped first, and lost it (RestoreError, session 29's sweep)."""
+    from torch import nn
+
+    def run(budget):
+        gen = torch.Generator().manual_seed(19)
+        torch.manual_seed(0)
+        session = deepum.oversubscribe(budget, device="cpu") if budget else None
+        losses = []
+        with session if session is not None else torch.enable_grad():
+            model = nn.Sequential(nn.Linear(128, 512), nn.Tanh(), nn.Linear(512, 512), nn.Tanh(), nn.Linear(512, 1))
+            opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4, history_size=5)
+            for _ in range(6):
+                x = torch.randn(256, 128, generator=gen)
+                y = x[:, :1].sin()
+
+                def closure(x=x, y=y):
+                    opt.zero_grad()
+                    loss = nn.functional.mse_loss(model(x), y)
+                    loss.backward()
+                    return loss
+
+                losses.append(opt.step(closure).detach().clone())
+            params = [p.detach().clone() for p in model.parameters()]
+        return losses, params, session
+
+    ref_losses, ref_params, _ = run(None)
+    losses, params, session = run(budget)
+    assert all(torch.equal(a, b) for a, b in zip(ref_losses, losses))
+    assert all(torch.equal(a, b) for a, b in zip(ref_params, params))
+    st = session.stats()
+    assert st["evictions"] > 0 and st["drops"] > 0, st
+    assert st["peak_managed_bytes"] <= st["budget_bytes"] or st["overshoots"] > 0, st
+
+
 def test_meta_learning_whose_fast_weights_are_rebuilt_before_adam_writes_keeps_every_bit_and_the_budget():
     """MAML: fast weights made through a double backward stay alive to the next step, and at a
     quarter of the peak Adam's writes to the weights they read rebuild them first. Until

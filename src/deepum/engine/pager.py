@@ -136,14 +136,8 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
             raise BudgetTooSmallError(str(op), working, table.limit, self.budget,
                                       [(p.kind.name.lower(), p.nbytes) for p in pages],
                                       self.in_optimizer_step)
-        if not calm or any(p.readers or p.recipe is not None for p in written):
-            # Rebuilds (the operator's dropped pages, the dropped readers of
-            # what it writes) before the pins, which would keep them from
-            # making room out of the operator's other pages.
-            self._rebuild_first(pages)
-            for p in written:
-                if p.readers or p.recipe is not None:
-                    self.before_write(p)
+        if not calm or any(p.readers for p in written):
+            self._rebuild_first(pages, written)
             calm = all(p.state == RESIDENT for p in pages)
         for p in pages:
             p.pins += 1
@@ -159,6 +153,9 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
                 # The usual operator: the loops below in one, and no fault. The
                 # uses are noted after the room is made: pinned pages are no
                 # victims, so no choice reads them before.
+                for p in written:
+                    if p.readers or p.recipe is not None:
+                        self.before_write(p)
                 short = out_bytes - (table.limit - table.resident_bytes - table.reserved_bytes - table.leaving_bytes)
                 if short > 0:
                     self.make_room(short)
@@ -171,7 +168,7 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
                     if p.pageable:
                         to_end(p.key)
             else:
-                self._bring_in(pages, out_bytes)
+                self._bring_in(pages, written, out_bytes)
             if table.resident_bytes > table.window_peak_bytes:
                 table.note_peak()
         except BaseException:
@@ -179,27 +176,32 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
             raise
         table.reserved_bytes += out_bytes
 
-    def _rebuild_first(self, pages: list[Page]) -> None:
-        """The operator's dropped pages rebuilt before it pins the others.
+    def _rebuild_first(self, pages: list[Page], written: list[Page] | tuple) -> None:
+        """Rebuilds the operator will need, done before it pins its pages: its dropped pages,
+        and the dropped readers of the pages it writes (before_write rebuilds them).
 
         A rebuild needs room for the page and for its recipe's inputs, which
         are not the operator's. Made with the operator's other pages pinned,
         that room could only come from elsewhere, and where there was none
         the rebuild passed the budget (Adam's first operator on a dropped
-        gradient, with the moment it writes pinned; session 28's sweep). Left
-        unpinned, those pages may be evicted for it and come back with the
-        operator's faults. Each rebuilt page is held while the next ones are
-        rebuilt, so those whose recipes read the most go first, when the
-        least is held (a dropped gradient, the sum of two, before the moment
-        Adam writes, made again from zeros).
+        gradient, with the moment it writes pinned; MAML's fast weights,
+        read by the weights Adam writes; session 28's sweep). Done first,
+        the room may come from those pages, which the operator's faults
+        bring back. Each rebuilt page is held while the next are rebuilt, so
+        those whose recipes read the most go first, when the least is held.
+        Nothing is voided here: a page dropped again before the pins is
+        rebuilt after them as before, so the writes' rules stay where they were.
         """
-        dropped = [p for p in pages if p.state == EVICTED and p.host is None]  # (Page.dropped, written out)
-        if len(dropped) > 1:
-            dropped.sort(key=lambda p: -sum(q.nbytes for q in p.recipe.inputs) if p.recipe is not None else 0)
+        todo = [p for p in pages if p.state == EVICTED and p.host is None]  # (Page.dropped, written out)
+        for w in written:
+            if w.readers:
+                todo.extend(r for r in self.live_dropped_readers(w) if r not in todo)
+        if len(todo) > 1:
+            todo.sort(key=lambda p: -sum(q.nbytes for q in p.recipe.inputs) if p.recipe is not None else 0)
         rebuilt = []
         try:
-            for p in dropped:
-                if p.state == EVICTED and p.host is None:  # (a rebuild before may have rebuilt it)
+            for p in todo:
+                if p.state == EVICTED and p.host is None and p.recipe is not None:  # (may be rebuilt by now)
                     self.rebuild(p)
                     p.pins += 1
                     rebuilt.append(p)
@@ -207,16 +209,19 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
             for p in rebuilt:
                 p.pins -= 1
 
-    def _bring_in(self, pages: list[Page], out_bytes: int) -> None:
+    def _bring_in(self, pages: list[Page], written: list[Page] | tuple, out_bytes: int) -> None:
         """begin() where a page is off the device or still arriving: rebuild, fault, wait."""
         table = self.table
         missing = 0
         for p in pages:
             if p.state == EVICTED:
-                if p.host is None:  # dropped again by the rebuilds before the pins
+                if p.host is None:  # dropped: computed again, its inputs first
                     self.rebuild(p)
                 else:
                     missing += p.nbytes
+        for p in written:
+            if p.readers or p.recipe is not None:
+                self.before_write(p)
         short = missing + out_bytes - table.room()
         if short > 0:
             self.make_room(short)

@@ -541,6 +541,10 @@ class Remat:
                 elif q.state == EVICTED:
                     yield FAULT, q
 
+    def live_dropped_readers(self, page: Page) -> list[Page]:
+        """The dropped readers of ``page`` that before_write would rebuild (not those it lets go)."""
+        return [r for r in lineage.readers(page) if r.dropped and self._dead_dropped(r) is None]
+
     def before_write(self, page: Page) -> None:
         """``page`` is about to be written: recipes that read it, and its own, stop being exact."""
         for reader in lineage.readers(page):
