@@ -66,6 +66,16 @@ _use_count = torch._C._storage_Use_Count
 _WITHOUT_STATS = {torch.ops.aten.native_batch_norm.default}
 _WITHOUT_STATS_IDS = frozenset(map(id, _WITHOUT_STATS))
 
+# Factories "like" a tensor read only its geometry, and their values are
+# fixed: their recipes keep that geometry, not the page, so a rebuild brings
+# nothing in (an optimizer's first moment, zeros like a weight the program
+# may have evicted; SparseAdam on an embedding passed the budget for it in
+# session 28's sweep). empty_like is not here: its values are whatever the
+# memory held, which a replay cannot give back.
+_SHAPE_ONLY = {torch.ops.aten.zeros_like.default, torch.ops.aten.ones_like.default,
+               torch.ops.aten.full_like.default}
+_SHAPE_ONLY_IDS = frozenset(map(id, _SHAPE_ONLY))
+
 # Forward kernels whose results can differ from run to run on a GPU (they
 # accumulate with atomics, or order a reduction by thread timing), and
 # operators that return no fresh tensor worth rebuilding. Matched by the
@@ -163,6 +173,18 @@ class _Const:
         self.value = t.clone()
 
 
+class _Geometry:
+    """A tensor argument of which the operator reads only the size, strides and dtype."""
+
+    __slots__ = ("size", "stride", "dtype")
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.size, self.stride, self.dtype = t.shape, t.stride(), t.dtype
+
+    def tensor(self) -> torch.Tensor:
+        return torch.empty_strided(self.size, self.stride, dtype=self.dtype, device="meta")
+
+
 class Recipe:
     """How to rebuild one page: an operator, its arguments, which output.
 
@@ -234,6 +256,8 @@ def _arg(x, device: torch.device):
         return x.tensor(device)
     if isinstance(x, _Const):
         return x.value
+    if isinstance(x, _Geometry):
+        return x.tensor()
     if isinstance(x, list):
         return [_arg(y, device) for y in x]
     return x
@@ -296,6 +320,8 @@ def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_
         return None
     if _attention_dropout(func, args, kwargs):
         return None
+    if id(func) in _SHAPE_ONLY_IDS:
+        return _shape_only(func, args, kwargs, index, out, eid)
     inputs: list[Page] = []
     new_args = []
     for a in args:
@@ -316,6 +342,17 @@ def record(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, page_
         if inputs is None:
             return None
     return Recipe(func, tuple(new_args), new_kwargs, index, inputs, rng, eid)
+
+
+def _shape_only(func, args: tuple, kwargs: dict, index: int, out: torch.Tensor, eid: int) -> Recipe | None:
+    """A factory "like" a tensor (_SHAPE_ONLY): its recipe keeps the tensor's geometry, on the
+    meta device, and names the output's device; it reads no page."""
+    like = args[0] if args else None
+    if (not isinstance(like, torch.Tensor) or like.layout != torch.strided or type(like) not in _PLAIN
+            or any(isinstance(a, torch.Tensor) for a in args[1:])
+            or any(isinstance(v, torch.Tensor) for v in kwargs.values())):
+        return None
+    return Recipe(func, (_Geometry(like), *args[1:]), {**kwargs, "device": out.device}, index, [], None, eid)
 
 
 _MISSING = object()  # an argument a recipe cannot keep exactly
