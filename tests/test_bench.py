@@ -336,10 +336,20 @@ def _gpu_round():
     return module
 
 
+def test_gpu_round_reads_options_and_thresholds_and_can_skip_the_plain_run():
+    gr = _gpu_round()
+    opts = gr._options(["reserve=536870912", "th.region_target=0.8", "victims=age", "plan=false"])
+    assert opts == {"reserve": 536870912, "th.region_target": 0.8, "victims": "age", "plan": False}
+    cases = gr.parse_cases("tiny-mlp:deepum:0.5")
+    assert [c[1] for c in gr.plan(cases, None)] == ["plain", "deepum"]
+    assert [c[1] for c in gr.plan(cases, None, plain_known=True)] == ["deepum"]
+
+
 def test_gpu_round_on_cpu_runs_each_case_in_a_process_and_labels_old_src(tmp_path):
     out = tmp_path / "round"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_round.py"), "--device", "cpu",
                         "--cases", "tiny-mlp:deepum:0.5", "--old-src", str(ROOT / "src"),
+                        "--option", "th.region_rounds=3",  # (the default: the child's Thresholds path runs)
                         "--warmup", "1", "--steps", "1", "--time-budget", "600"],
                        capture_output=True, text=True, timeout=600, env={**ENV, "OUT": str(out)})
     assert r.returncode == 0, r.stderr[-2000:]
