@@ -60,6 +60,12 @@ def segments(device) -> str:
     return f"{len(out)} segments in part allocated: " + ", ".join(map(str, sorted(out, reverse=True)[:16]))
 
 
+def window(w) -> str:
+    """One entry of Watch.windows: (paging, peak read, allocated peak, reserved peak, flushes so far)."""
+    return (f"window: paging {w[0]}, peak read {w[1] / GB:.2f} GiB, allocated {w[2] / GB:.2f}, "
+            f"reserved {w[3] / GB:.2f}, flushes so far {w[4]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -102,6 +108,9 @@ def main() -> None:
             print(f"step {i}: dormant {st.get('dormant')}, regions {st.get('regions')}, parked "
                   f"{st.get('parked_bytes', 0) / GB:.2f} GB summed, evictions {st.get('evictions')}; "
                   f"{allocator(device)}", flush=True)
+            watch = getattr(session, "_watch", None)
+            if watch is not None and watch.windows:
+                print(f"  {window(watch.windows[-1])}", flush=True)
     except torch.OutOfMemoryError as e:
         st = session.stats()
         print(f"OUT OF MEMORY at step {i}, in the {phase[0]}: {str(e).splitlines()[0][:200]}")
@@ -112,8 +121,7 @@ def main() -> None:
         print(f"  {segments(device)}")
         watch = getattr(session, "_watch", None)
         for w in list(getattr(watch, "windows", []))[-6:]:
-            print(f"  window: paging {w[0]}, peak read {w[1] / GB:.2f} GiB, allocated {w[2] / GB:.2f}, "
-                  f"reserved {w[3] / GB:.2f}, flushes so far {w[4]}")
+            print(f"  {window(w)}")
     finally:
         session.__exit__(None, None, None)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import deepum
-from deepum.core.dormancy import Dormancy, Turn, paging_measure
+from deepum.core.dormancy import Dormancy, Turn, allocator_overhead, paging_measure
 from deepum.engine import memsignal
 
 MiB = 1 << 20
@@ -40,6 +40,35 @@ def test_a_share_of_the_budget_releases_only_within_the_limit():
     assert d.release_bytes == 80 and d.engage_bytes == 95
     assert d.boundary(85) is Turn.STAY  # under 90 of the budget, over the limit
     assert d.boundary(80) is Turn.RELEASE
+
+
+def test_the_allocators_overhead_is_counted_only_where_the_window_flushed_its_cache():
+    # A window that ran into the cap and handed its cache back: what it still held above its
+    # allocated peak is rests of pages it could not release.
+    assert allocator_overhead(allocated=70, reserved=95, flushed=True) == 25
+    # One that never flushed held releasable cache in its reserved peak: no measure of rests.
+    assert allocator_overhead(allocated=70, reserved=95, flushed=False) == 0
+    assert allocator_overhead(allocated=None, reserved=95, flushed=True) == 0  # the cpu tier
+    assert allocator_overhead(allocated=90, reserved=80, flushed=True) == 0
+
+
+def test_a_window_whose_peak_and_overhead_pass_the_cap_keeps_paging_and_says_by_how_much():
+    """The Llama-family identity check at 0.45 (docs/BENCHMARKS.md, session 29): a demand within
+    the limit, with the allocator's rests on top, past the cap an unintercepted step meets."""
+    d = Dormancy(limit=88, engage=0.75, release=0.5, calm=2, cap=98)
+    d.retarget(0.95, 0.9, of=100)
+    assert d.release_bytes == 88
+    assert d.boundary(85, overhead=10) is Turn.STAY  # 95: fits
+    assert d.boundary(86, overhead=14) is Turn.STAY  # 100: over the cap by 2
+    assert d.short == 2 and d.calm == 0 and d.paging
+    assert d.boundary(85, overhead=10) is Turn.STAY  # the calm count started again
+    assert d.short == 0
+    assert d.boundary(85, overhead=13) is Turn.RELEASE  # 98: at the cap
+    assert not d.paging and d.released == 1
+    # Without a cap (the cpu tier) the overhead is not weighed.
+    free = Dormancy(limit=88, engage=0.75, release=0.5, calm=1)
+    free.retarget(0.95, 0.9, of=100)
+    assert free.boundary(86, overhead=14) is Turn.RELEASE
 
 
 def test_a_dormant_window_over_engage_turns_paging_on_at_its_boundary():
@@ -157,6 +186,47 @@ def test_paging_starts_when_the_batch_grows_and_stops_when_it_shrinks():
     assert dormant[3] and not dormant[5] and dormant[-1], dormant
     # Dormant steps cost no interception.
     assert trail[-1][0] == trail[-2][0]
+
+
+class _Rests(memsignal.CpuSignal):
+    """The cpu counter read as a caching allocator that flushes its cache each window and
+    still holds ``rests`` bytes above the window's allocated peak."""
+
+    def __init__(self, signal, rests: int) -> None:
+        self.__dict__.update(signal.__dict__)
+        self.rests = rests
+
+    def close_window(self) -> int:
+        peak = super().close_window()
+        self.window_reserved = peak + self.rests
+        self.flushes += 1
+        return peak
+
+
+def test_paging_goes_on_while_the_allocators_rests_would_pass_the_cap():
+    """[Note: the allocator's overhead at release]: a step whose demand fits but whose allocator
+    holds rests past the cap keeps paging, bit for bit, until the rests fit."""
+    _native_or_skip()
+    plain = _train(_mlp(), [64] * 8)
+    seen = {}
+
+    class Trail(list):
+        def append(self, row):
+            super().append(row)
+            if len(self) == 5:  # five steps paged: the rests go
+                seen["stops"], seen["short"] = s.stats()["paging_stops"], watch.state.short
+                watch.signal.rests = 0
+
+    trail = Trail()
+    with deepum.oversubscribe(budget=256 * MiB, device="cpu") as s:
+        watch = s._watch
+        watch.signal = _Rests(watch.signal, rests=200 * MiB)
+        watch.state.cap = 200 * MiB  # the program's peak is far under it; with the rests, over
+        paged = _train(_mlp(), [64] * 8, s, trail)
+    _same(plain, paged)
+    assert seen["stops"] == 0 and seen["short"] > 0, list(watch.windows)
+    assert [t[2] for t in trail[:5]] == [False] * 5
+    assert s.stats()["paging_stops"] == 1 and trail[-1][2] is True, trail
 
 
 class _Spike(nn.Module):

@@ -389,6 +389,87 @@ def test_a_lowering_that_makes_the_allocator_flush_is_undone(monkeypatch):
     assert min(before) < before[0] < counts[-1] and regions_.unintercepted.raised >= 1, (counts, regions_.unintercepted.raised)
 
 
+def test_a_step_whose_allocator_rests_pass_the_cap_gets_more_regions_before_it_stops_paging(monkeypatch):
+    """[Note: the allocator's overhead at release]: a paging window whose demand would stop
+    paging, but whose allocator holds rests that pass the cap, keeps paging, and the regions
+    free what it is over by; paging stops only at a window whose peak and rests fit; bit for bit."""
+    from deepum.core import regions as core_regions
+    from deepum.engine import memsignal, watch
+
+    rests = [0]
+    close = memsignal.CpuSignal.close_window
+
+    def with_rests(self):  # a caching allocator at its cap: it flushes, and keeps rests
+        peak = close(self)
+        self.flushes += 1
+        self.window_reserved = peak + rests[0]
+        return peak
+
+    answers = []
+    window = core_regions.RegionPlan.window
+
+    def spy(self, forward_peak, step_peak=0, short=0):
+        added = window(self, forward_peak, step_peak, short)
+        answers.append((short, len(added)))
+        return added
+
+    monkeypatch.setattr(memsignal.CpuSignal, "close_window", with_rests)
+    monkeypatch.setattr(memsignal.CpuSignal, "cached", True)
+    monkeypatch.setattr(watch, "allocator_cap", lambda budget, slack: budget)
+    monkeypatch.setattr(core_regions.RegionPlan, "window", spy)
+    make_model, make_batches, loss_fn = FAMILIES["gpt2"]
+    ref = train(make_model, make_batches, loss_fn, steps=14)
+    budget = int(_peak(make_model, make_batches, loss_fn) * 0.75)
+    rests[0] = budget // 2
+    with deepum.oversubscribe(budget, device="cpu", recompute_blocks="whole") as session:
+        torch.manual_seed(0)
+        model = make_model()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+        losses = []
+        for batch in make_batches()[:14]:
+            opt.zero_grad(set_to_none=True)
+            out = loss_fn(model, batch)
+            out.backward()
+            opt.step()
+            losses.append(out.item())
+        windows = list(session._watch.windows)
+        release = session._watch.state.release_bytes
+        stats = session.stats()
+    assert losses == ref[0]
+    assert any(short > 0 and added for short, added in answers), answers
+    assert stats["paging_stops"] >= 1, (stats, windows)
+    last = max(i for i, w in enumerate(windows) if w[0] and i + 1 < len(windows) and not windows[i + 1][0])
+    assert windows[last][1] + rests[0] <= budget, windows  # the window that stopped paging fits with its rests
+    assert any(w[0] and w[1] + rests[0] > budget and w[1] <= release for w in windows[:last]), windows  # and one before it did not: it kept paging
+
+
+def test_with_the_rounds_over_a_short_step_sets_one_more_region_whole():
+    """The watch's answer once the regions' rounds are over (Regions.short_of_cap): one more
+    region whole, counted with those raised for a flushing step; the steps stay bit for bit."""
+    make_model, make_batches, loss_fn = FAMILIES["gpt2"]
+    ref = train(make_model, make_batches, loss_fn, steps=12)
+    budget = int(_peak(make_model, make_batches, loss_fn) * 0.75)
+    with deepum.oversubscribe(budget, device="cpu", recompute_blocks="whole") as session:
+        torch.manual_seed(0)
+        model = make_model()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+        losses, counts = [], []
+        for i, batch in enumerate(make_batches()[:12]):
+            opt.zero_grad(set_to_none=True)
+            out = loss_fn(model, batch)
+            out.backward()
+            opt.step()
+            losses.append(out.item())
+            counts.append(session.stats()["regions"])
+            regions_ = session._watch.regions
+            if i == 7:
+                assert regions_.plan.chosen and regions_.plan._remaining(), regions_.plan.chosen
+                regions_.plan.rounds_left = 0  # the rounds are over
+                regions_.short_of_cap()
+    assert losses == ref[0]
+    assert regions_.unintercepted.raised == 1 and counts[-1] == counts[7] + 1, counts
+
+
 def test_a_flush_in_every_other_window_is_not_answered(monkeypatch):
     """A flush that does not come back in the next window may be a passing layout: the
     lowering stays, and no region is set whole for it (each answer costs every later step)."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..core.budget import parse_budget
+from ..core.budget import allocator_cap, parse_budget
 from ..core.config import POLICIES, Config
 from ..engine.intercept import host_access
 from ..engine.intercept.mode import PagingMode
@@ -145,7 +145,7 @@ def _cap_allocator(device: torch.device, budget: int, total: int, config: Config
     # raises OutOfMemoryError inside the operator, which the
     # interceptor answers by evicting and retrying.
     # The cap sits a little under the budget (Thresholds.cap_slack).
-    cap = max(budget - config.thresholds.cap_slack, budget // 2)
+    cap = allocator_cap(budget, config.thresholds.cap_slack)
     torch.cuda.set_per_process_memory_fraction(cap / total, device)
     held = torch.cuda.memory_reserved(device)
     if held > cap:

@@ -22,6 +22,12 @@ _PATTERN = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-
 MIN_BUDGET = 1 << 20
 
 
+def allocator_cap(budget: int, slack: int) -> int:
+    """What the CUDA caching allocator may reserve under a budget: a little under it
+    (``Thresholds.cap_slack``), never under half of it."""
+    return max(budget - slack, budget // 2)
+
+
 def parse_budget(budget: int | float | str, total: int) -> int:
     """Return the budget in bytes.
 

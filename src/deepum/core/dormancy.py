@@ -36,6 +36,26 @@ unintercepted step needs that room just as much (a Llama-family step
 released at 0.9 of the budget with its demand over the limit ran out of
 memory at its loss on the GPU: docs/BENCHMARKS.md, session 25).
 
+[Note: the allocator's overhead at release]
+An unintercepted step needs, beyond its allocated bytes, what the caching
+allocator holds and cannot hand back: free rests of its mapped pages that
+live blocks share (expandable segments map large blocks in pages of tens of
+MiB). Under a tight cap that overhead can pass the reserve: a Llama-family
+step released at 0.45 of its peak with its demand within the limit raised
+the allocator's out-of-memory error in its backward, with about 0.53 GiB of
+the cap held in rests it could not release (docs/BENCHMARKS.md, session
+29). A paging window measures the overhead where its allocator flushed its
+cache (ran into the cap and handed back all it could): what it still held
+above its allocated peak, its reserved peak less its allocated peak, is a
+layout's worth of rests. So paging stops only where the window's peak plus
+that overhead fits under the allocator's cap (``cap``); a window that did
+not flush holds releasable cache in its reserved peak and says nothing of
+the rests, and the reserve alone stands for them. A release refused for the
+overhead alone leaves ``short`` set, the bytes the step is over by, for the
+regions to answer (more recomputed or parked) as they answer a step that
+flushes unintercepted. The engine pages on meanwhile: slower, never an
+error the pager could have avoided.
+
 The one risk: memory that grows, between two readings, from under ``engage``
 of the limit to past the limit is allocated with no interceptor to make room.
 On CUDA the allocator's cap stops it with an out-of-memory error; on the cpu
@@ -75,6 +95,15 @@ def paging_measure(demand: int, recorded: int | None, allocated: int | None, res
     return held
 
 
+def allocator_overhead(allocated: int | None, reserved: int, flushed: bool) -> int:
+    """What a paging window's allocator held above its allocated peak and could not hand back
+    ([Note: the allocator's overhead at release]); 0 where the window did not flush its cache
+    or there is no caching allocator (the cpu tier: ``allocated`` None)."""
+    if allocated is None or not flushed:
+        return 0
+    return max(reserved - allocated, 0)
+
+
 class Turn(Enum):
     """What the engine is to do now."""
 
@@ -86,12 +115,14 @@ class Turn(Enum):
 class Dormancy:
     """The state machine of [Note: dormancy]; ``paging`` is the current state."""
 
-    def __init__(self, limit: int, engage: float, release: float, calm: int) -> None:
+    def __init__(self, limit: int, engage: float, release: float, calm: int, cap: int | None = None) -> None:
         self.limit = limit
+        self.cap = cap  # what an unintercepted step may reserve (CUDA: the allocator's cap); None: unchecked
         self.retarget(engage, release)
         self.calm_needed = calm
         self.paging = True
         self.calm = 0
+        self.short = 0  # bytes the last paging window was over the cap by, its overhead counted
         self.engaged = 0  # times paging started again
         self.released = 0  # times paging stopped
 
@@ -102,13 +133,22 @@ class Dormancy:
         self.engage_bytes = int(base * engage)
         self.release_bytes = min(int(base * release), self.limit)
 
-    def boundary(self, peak: int) -> Turn:
-        """A window ended with ``peak`` bytes at most in use (while paging: its peak demand)."""
+    def boundary(self, peak: int, overhead: int = 0) -> Turn:
+        """A window ended with ``peak`` bytes at most in use (while paging: its peak demand).
+
+        ``overhead``: while paging, what the window's allocator held above
+        its allocated peak and could not hand back (``allocator_overhead``).
+        """
         if not self.paging:
             if peak > self.engage_bytes:
                 return self._engage()
             return Turn.STAY
+        self.short = 0
         if peak > self.release_bytes:
+            self.calm = 0
+            return Turn.STAY
+        self.short = self.over_cap(peak, overhead)
+        if self.short:
             self.calm = 0
             return Turn.STAY
         self.calm += 1
@@ -118,6 +158,10 @@ class Dormancy:
         self.paging = False
         self.released += 1
         return Turn.RELEASE
+
+    def over_cap(self, peak: int, overhead: int) -> int:
+        """Bytes a paging window's peak and its allocator's ``overhead`` pass the cap by (0: none)."""
+        return 0 if self.cap is None else max(peak + overhead - self.cap, 0)
 
     def reading(self, in_use: int) -> Turn:
         """Memory in use now, read while dormant between boundaries."""

@@ -289,22 +289,22 @@ class RegionPlan:
     def done(self) -> bool:
         return self.rounds_left == 0 or (self.census is not None and not self.chosen and not self._remaining())
 
-    def window(self, forward_peak: int, step_peak: int = 0) -> dict[int, int]:
+    def window(self, forward_peak: int, step_peak: int = 0, short: int = 0) -> dict[int, int]:
         """``step_peak``: the window's whole peak demand as dormancy reads it (what the step
-        would hold with nothing paged; [Note: demand] in core/pages.py)."""
+        would hold with nothing paged; [Note: demand] in core/pages.py); ``short``: bytes it and
+        its allocator's rests passed the cap by (core/dormancy.py), for the regions to free too."""
         if self.census is None or self.done:
             return {}
         if self.settling > 0:
-            # The windows right after a change run partly by the page
-            # planner's older plans (it departs and records again), and the
-            # first of them began before the change: their peaks are not the
-            # regions' to answer for.
+            # The windows right after a change run partly by the page planner's
+            # older plans (it departs and records again), and the first began
+            # before the change: their peaks are not the regions' to answer for.
             self.settling -= 1
             if self.park:
                 # Parked state leaves the device only after the next
                 # optimizer step: these windows' forwards still hold it.
                 return {}
-            step_peak = 0
+            step_peak = short = 0
         census = self.census
         if self.chosen:
             # With regions set, the measured forward holds what they keep;
@@ -317,8 +317,9 @@ class RegionPlan:
             # set: what the forward's measure missed (the backward's own
             # transients, the optimizer's step) is that much. Bytes the page
             # planner moved do not count: it keeps a headroom under the
-            # limit, so a step that fits unintercepted may page.
-            excess = max(excess, step_peak - self.stop_bytes)
+            # limit, so a step that fits unintercepted may page. Or it is
+            # over by what its allocator's rests pass the cap by (``short``).
+            excess = max(excess, step_peak - self.stop_bytes, short)
         if excess <= 0:
             # This window fits. Another may still be over (a page plan's
             # trial alternates two ways of paging): the rounds stay open

@@ -51,6 +51,7 @@ class CudaSignal:
 
     interval_s = THRESHOLDS.reading_interval_s
     window_min_s = THRESHOLDS.window_min_s
+    cached = True  # a caching allocator under a cap: its rests count at release (core/dormancy.py)
 
     def __init__(self, device: torch.device) -> None:
         self.index = device.index if device.index is not None else torch.cuda.current_device()
@@ -103,6 +104,7 @@ class CpuSignal:
     # root call is a boundary.
     interval_s = 5e-4
     window_min_s = 0.0
+    cached = False
 
     def __init__(self, counter) -> None:
         self.counter = counter

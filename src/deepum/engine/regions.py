@@ -369,10 +369,11 @@ class Regions:
 
     # ------------------------------------------------------------ each window
 
-    def boundary(self, step_peak: int = 0) -> bool:
+    def boundary(self, step_peak: int = 0, short: int = 0) -> bool:
         """The root is called again: close the census, choose regions; True when the watch is to retarget.
 
-        ``step_peak``: the ending window's peak demand, as dormancy reads it (0 when dormant).
+        ``step_peak``: the ending window's peak demand, as dormancy reads it (0 when dormant);
+        ``short``: bytes it and its allocator's rests passed the allocator's cap by.
         """
         retarget = False
         peak = self.forward_peak
@@ -384,7 +385,7 @@ class Regions:
             if self.parking is not None:
                 self.plan.parkable = self.parking.parkable()
                 self.plan.step_floor = self.parking.step_floor()
-            added = self.plan.window(peak, step_peak)
+            added = self.plan.window(peak, step_peak, short)
             self.history.append((peak, len(added)))
             self.step_peaks.append(step_peak)
             parked = self.parking is not None and self.parking.set_goal(self.plan.park)
@@ -416,6 +417,24 @@ class Regions:
     def dormant_window(self, reserved: int, flushes: int) -> None:
         """A window ran unintercepted with regions set (see ``_Unintercepted``)."""
         self.unintercepted.window(self, reserved, flushes)
+
+    def short_of_cap(self) -> None:
+        """Paging windows in a row kept paging for the allocator's overhead alone ([Note: the
+        allocator's overhead at release] in core/dormancy.py): answered as an unintercepted step
+        that flushes is, with one more region whole, or where every region is whole and state
+        is parked, more parked."""
+        plan = self.plan
+        if not plan.done or not plan.chosen:
+            return  # still choosing: the next window's peak weighs what it sets
+        changes = plan.raise_one()
+        if changes:
+            self.unintercepted.raised += len(changes)
+            self._apply(changes)
+        elif self.parking is not None and plan.park_more():
+            self.parking.set_goal(plan.park)
+            self.park_goals.append((len(self.history), plan.park))
+            with self.pager.lock:
+                self.pager.plans = StepPlans(self.pager)
 
     def _apply(self, changes: dict[int, int]) -> None:
         """Set the levels a dormant window chose."""

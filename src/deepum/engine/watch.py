@@ -43,7 +43,8 @@ import torch
 from torch.overrides import _get_current_function_mode_stack
 from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode_stack
 
-from ..core.dormancy import Dormancy, Turn, paging_measure
+from ..core.budget import allocator_cap
+from ..core.dormancy import Dormancy, Turn, allocator_overhead, paging_measure
 from ..core.pages import Kind
 from ..errors import RestoreError
 from .parking import Parking
@@ -70,7 +71,9 @@ class Watch:
             regions.watch = self
             self.parking = regions.parking = Parking(pager.device, pager.counters,
                                                      int(th.park_slice * pager.table.limit), th.park_pipeline)
-        self.state = Dormancy(pager.table.limit, th.engage, th.release, th.calm_windows)
+        cap = allocator_cap(pager.budget, th.cap_slack) if signal.cached else None
+        self.state = Dormancy(pager.table.limit, th.engage, th.release, th.calm_windows, cap=cap)
+        self.shorts = 0  # paging windows in a row refused release for the allocator's overhead
         self.owner = threading.get_ident()
         self.root: weakref.ref | None = None
         self.attached = 0  # threads inside attach(): paging stays on
@@ -167,8 +170,10 @@ class Watch:
 
     def _boundary(self) -> None:
         state = self.state
-        peak = self._paging_peak() if state.paging else 0
-        if self.regions is not None and self.regions.boundary(peak):
+        peak, overhead = self._paging_peak() if state.paging else (0, 0)
+        # (Only where the peak itself would stop paging: over it, the peak is what is over.)
+        short = state.over_cap(peak, overhead) if state.paging and peak <= state.release_bytes else 0
+        if self.regions is not None and self.regions.boundary(peak, short):
             th = self.pager.config.thresholds
             state.retarget(th.region_engage, th.region_release, of=self.pager.budget)
         if self.regions is not None and self.regions.retargeted and self.regions.plan.dropped:
@@ -176,9 +181,10 @@ class Watch:
             state.retarget(th.engage, th.release)  # every region unset: dormancy's own rule again
             self.regions.retargeted = False
         if state.paging:
-            turn = state.boundary(peak)
+            turn = state.boundary(peak, overhead)
             if turn is Turn.RELEASE and not self._release():
                 state.refused()
+            self._answer_short()
             return
         peak = self.signal.close_window()
         self.windows.append((False, peak, peak, self.signal.window_reserved, self.signal.flushes))
@@ -192,8 +198,18 @@ class Watch:
         if state.boundary(peak) is Turn.ENGAGE:
             self._engage()
 
-    def _paging_peak(self) -> int:
-        """A paging window's peak demand (what it held, paged out or not); starts the next window."""
+    def _answer_short(self) -> None:
+        """Release refused for the allocator's overhead alone, ``flush_windows`` windows in a row,
+        with the regions' rounds over (before, each window's shortfall is theirs to weigh): the
+        regions lower the step's demand ([Note: the allocator's overhead at release])."""
+        self.shorts = self.shorts + 1 if self.state.short else 0
+        if self.regions is not None and self.shorts >= self.pager.config.thresholds.flush_windows:
+            self.shorts = 0
+            self.regions.short_of_cap()
+
+    def _paging_peak(self) -> tuple[int, int]:
+        """A paging window's peak demand (what it held, paged out or not) and what its allocator
+        held above its allocated peak and could not hand back; starts the next window."""
         table = self.pager.table
         plans = self.pager.plans
         # The page planner recorded this step where the same bytes were born
@@ -201,12 +217,15 @@ class Watch:
         # without the lineage that the table's count keeps.
         recorded = (plans.demand if plans.demand and abs(table.window_born_bytes - plans.demand_born) * 64
                     <= plans.demand_born else None)
+        flushes = self.signal.flushes
         allocated = self.signal.close_window()
         peak = paging_measure(table.window_demand_bytes, recorded,
                               allocated if self.pager.device.type == "cuda" else None, table.window_peak_bytes)
+        # (The cpu tier's counter has no cache to flush: no overhead.)
+        overhead = allocator_overhead(allocated, self.signal.window_reserved, self.signal.flushes > flushes)
         self.windows.append((True, peak, allocated, self.signal.window_reserved, self.signal.flushes))
         table.new_window()
-        return peak
+        return peak, overhead
 
     def held(self) -> int:
         """Bytes of the program's model state (parameters, gradients, optimizer state), paged out or not.
