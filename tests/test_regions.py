@@ -444,7 +444,7 @@ def test_a_step_whose_allocator_rests_pass_the_cap_gets_more_regions_before_it_s
 
 
 def test_with_the_rounds_over_a_short_step_sets_one_more_region_whole():
-    """The watch's answer once the regions' rounds are over (Regions.short_of_cap): one more
+    """The watch's answer once the regions' rounds are over (_Unintercepted.short_of_cap): one more
     region whole, counted with those raised for a flushing step; the steps stay bit for bit."""
     make_model, make_batches, loss_fn = FAMILIES["gpt2"]
     ref = train(make_model, make_batches, loss_fn, steps=12)
@@ -465,7 +465,7 @@ def test_with_the_rounds_over_a_short_step_sets_one_more_region_whole():
             if i == 7:
                 assert regions_.plan.chosen and regions_.plan._remaining(), regions_.plan.chosen
                 regions_.plan.rounds_left = 0  # the rounds are over
-                regions_.short_of_cap()
+                regions_.unintercepted.short_of_cap(regions_)
     assert losses == ref[0]
     assert regions_.unintercepted.raised == 1 and counts[-1] == counts[7] + 1, counts
 

@@ -418,23 +418,10 @@ class Regions:
         """A window ran unintercepted with regions set (see ``_Unintercepted``)."""
         self.unintercepted.window(self, reserved, flushes)
 
-    def short_of_cap(self) -> None:
-        """Paging windows in a row kept paging for the allocator's overhead alone ([Note: the
-        allocator's overhead at release] in core/dormancy.py): answered as an unintercepted step
-        that flushes is, with one more region whole, or where every region is whole and state
-        is parked, more parked."""
-        plan = self.plan
-        if not plan.done or not plan.chosen:
-            return  # still choosing: the next window's peak weighs what it sets
-        changes = plan.raise_one()
-        if changes:
-            self.unintercepted.raised += len(changes)
-            self._apply(changes)
-        elif self.parking is not None and plan.park_more():
-            self.parking.set_goal(plan.park)
-            self.park_goals.append((len(self.history), plan.park))
-            with self.pager.lock:
-                self.pager.plans = StepPlans(self.pager)
+    def park_goal(self) -> None:
+        """Parking follows the plan's ``park`` where the plan changed it outside a window."""
+        if self.parking is not None and self.parking.set_goal(self.plan.park):
+            self.park_goals.append((len(self.history), self.plan.park))
 
     def _apply(self, changes: dict[int, int]) -> None:
         """Set the levels a dormant window chose."""
@@ -737,6 +724,9 @@ class _Unintercepted:
     whole and state is parked, more is parked: a step that flushes each
     window waits on every stream each time, while a single flush may be a
     passing layout that an answer would pay for at every step after.
+
+    It answers paging windows refused release for the allocator's rests
+    alone too (``short_of_cap``).
     """
 
     def __init__(self, flush_windows: int = 2) -> None:
@@ -766,8 +756,7 @@ class _Unintercepted:
                     regions._apply(changes)
                     self.after_lowering = 0
                 elif regions.parking is not None and plan.park_more():
-                    regions.parking.set_goal(plan.park)
-                    regions.park_goals.append((len(regions.history), plan.park))
+                    regions.park_goal()
                     self.after_lowering = 0
             self.flushes = flushes
             return
@@ -781,6 +770,23 @@ class _Unintercepted:
         regions.history.append((-reserved, len(changes)))  # negative: a dormant window's whole peak
         regions._apply(changes)
 
+
+    def short_of_cap(self, regions: Regions) -> None:
+        """Paging windows in a row kept paging for the allocator's overhead alone ([Note: the
+        allocator's overhead at release] in core/dormancy.py): answered as an unintercepted step
+        that flushes is, with one more region whole, or where every region is whole and state
+        is parked, more parked."""
+        plan = regions.plan
+        if not plan.done or not plan.chosen:
+            return  # still choosing: the next window's peak weighs what it sets
+        changes = plan.raise_one()
+        if changes:
+            self.raised += len(changes)
+            regions._apply(changes)
+        elif regions.parking is not None and plan.park_more():
+            regions.park_goal()
+            with regions.pager.lock:
+                regions.pager.plans = StepPlans(regions.pager)
 
 class _Checkpointed:
     """A chosen module's hooks: its calls run under non-reentrant checkpointing, selective or whole."""

@@ -205,7 +205,7 @@ class Watch:
         self.shorts = self.shorts + 1 if self.state.short else 0
         if self.regions is not None and self.shorts >= self.pager.config.thresholds.flush_windows:
             self.shorts = 0
-            self.regions.short_of_cap()
+            self.regions.unintercepted.short_of_cap(self.regions)
 
     def _paging_peak(self) -> tuple[int, int]:
         """A paging window's peak demand (what it held, paged out or not) and what its allocator
