@@ -18,13 +18,23 @@ __all__ = [
 class BudgetOvershootError(DeepUMError):
     """Under ``strict``: an operator's outputs passed the budget's limit before deepum could make room."""
 
-    def __init__(self, op: str, over: int, budget: int) -> None:
-        self.op, self.over, self.budget = op, over, budget
+    def __init__(self, op: str, over: int, budget: int, unpageable: int = 0) -> None:
+        self.op, self.over, self.budget, self.unpageable = op, over, budget, unpageable
+        why = ("(its output size could not be told before it ran); deepum made room right after it, "
+               "no tensor was lost. Raise the budget by that much" if not unpageable else
+               f"with {unpageable_cause(unpageable)}; no tensor was lost. Copy those tensors inside the "
+               "session (.clone()) or let go of them, or raise the budget")
         super().__init__(
             f"operator {op} made outputs {fmt_bytes(over)} past the budget of {fmt_bytes(budget)} "
-            "(its output size could not be told before it ran); deepum made room right after it, "
-            "no tensor was lost. Raise the budget by that much, or run without strict to count "
-            "overshoots in the stats (overshoots, overshoot_max_bytes) instead.")
+            f"{why}, or run without strict to count overshoots in the stats (overshoots, "
+            "overshoot_max_bytes) instead.")
+
+
+def unpageable_cause(nbytes: int) -> str:
+    """What holds ``nbytes`` of the budget that deepum cannot page out, for messages."""
+    return (f"{fmt_bytes(nbytes)} of the budget held by tensors deepum cannot page out (storages "
+            "that cannot be resized: memory loaded by torch.load, safetensors or from_pretrained "
+            "on this device, made by torch.from_numpy or torch.frombuffer, or shared with numpy)")
 
 
 class UnmanagedMemoryError(DeepUMError):

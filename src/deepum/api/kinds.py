@@ -60,7 +60,14 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
                             changed += 1
         return changed
 
+    unpageable = [pager.counters.unpageable_pages]
+
     def before_step(optimizer, args, kwargs):
+        if pager.counters.unpageable_pages != unpageable[0]:
+            # New memory that cannot be paged out since the last look: optimizer
+            # state may be over it ([Note: state over storages that cannot be resized]).
+            unpageable[0] = pager.counters.unpageable_pages
+            pager.counters.rehomed_states += rehome_state(optimizer, pager.device)
         # Pages born from here to the post-hook (optimizer state made on the
         # first step) are numbered among siblings (intercept/register.py).
         pager.in_optimizer_step = True
@@ -87,6 +94,30 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
         saved.__enter__()
         hooks.append(saved)
     return hooks
+
+
+# [Note: state over storages that cannot be resized]
+# Paging out frees a storage's memory in place, which a storage that cannot
+# be resized does not allow: memory loaded by torch.load or safetensors on
+# the budgeted device (the cpu tier; on CUDA a load to the device copies),
+# made by torch.from_numpy or torch.frombuffer. optimizer.load_state_dict
+# keeps the loaded tensors as the state where device and dtype already
+# match, so a resumed run's state would sit in the budget for good, and the
+# run would pass the budget with no way to make room. The optimizer's state
+# dict belongs to the optimizer: before a step, an entry over such a
+# storage is replaced by a copy the engine can page, with the same values
+# (a load to CUDA leaves the same tensors behind). The loaded memory is
+# freed once the program lets go of the checkpoint it came from.
+def rehome_state(optimizer, device: torch.device) -> int:
+    """Replace the optimizer's state tensors over storages that cannot be resized by copies; how many."""
+    done = 0
+    for state in optimizer.state.values():
+        for key, v in list(state.items()):
+            if (isinstance(v, torch.Tensor) and v.device == device and v.numel() > 1 and not v.requires_grad
+                    and not torch._C.TensorBase.untyped_storage(v).resizable()):
+                state[key] = v.clone()
+                done += 1
+    return done
 
 
 class _Rounds:

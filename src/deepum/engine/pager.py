@@ -79,6 +79,7 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
         self.unused_prefetch_bytes = 0
         # Raise on an overshoot instead of counting it (Session(strict=True)).
         self.strict = config.strict
+        self.unpageable_warned = False  # the warning that memory it cannot page passed the budget, once
         # Called with each operator's pages while a pointer pins pages (host_access.py).
         self.host_holds = None
         self.lock = threading.RLock()

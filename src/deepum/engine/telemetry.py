@@ -12,13 +12,17 @@ chrome://tracing load.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import NamedTuple
 
 import torch
 
+from ..core.errors import fmt_bytes
 from ..core.pages import Kind
-from ..errors import BudgetOvershootError
+from ..errors import BudgetOvershootError, unpageable_cause
+
+log = logging.getLogger("deepum")
 
 KIND_NAMES = [k.name.lower() for k in Kind]
 TRACKS = {"operators": 1, "faults": 2, "prefetches": 3, "evictions": 4, "recomputes": 5}
@@ -43,7 +47,7 @@ class Stats:
         "faults", "evictions", "writebacks", "dropped_clean", "bytes_to_device",
         "bytes_to_host", "prefetches", "prefetch_hits", "late_prefetches",
         "wasted_prefetches", "oom_retries", "leaving_waits", "overshoots", "ops", "dead_pages",
-        "unpageable_pages", "chunked_ops", "optimizer_steps", "comm_holds", "drops",
+        "unpageable_pages", "rehomed_states", "chunked_ops", "optimizer_steps", "comm_holds", "drops",
         "recomputes", "bytes_dropped", "lineage_released", "overshoot_max_bytes",
         "max_working_set_bytes", "plans", "planned_steps", "plan_departures", "planned_evictions",
         "plan_over_ops", "plan_short_evictions", "paging_starts", "paging_stops", "victim_choices",
@@ -128,8 +132,17 @@ class Telemetry:
         st.overshoot_max_bytes = max(st.overshoot_max_bytes, over)
         if make_room:
             self.make_room(over)
+        # Memory that cannot be paged out, a quarter of the limit or more, is
+        # the likelier cause than an output larger than its estimate.
+        unpageable = self.table.unpageable_bytes if self.table.unpageable_bytes * 4 >= self.table.limit else 0
         if self.strict:
-            raise BudgetOvershootError(op, over, self.budget)
+            raise BudgetOvershootError(op, over, self.budget, unpageable)
+        if unpageable and not self.unpageable_warned:
+            self.unpageable_warned = True
+            log.warning("deepum: operator %s passed the budget of %s by %s, with %s. Copy those tensors "
+                        "inside the session (.clone()) or let go of them (a loaded checkpoint once its "
+                        "state dicts are loaded), or raise the budget. Overshoots are counted in the stats.",
+                        op, fmt_bytes(self.budget), fmt_bytes(over), unpageable_cause(unpageable))
 
     def _trace_evictions(self, t0: float, pages: list, dropped: int, copied: int) -> None:
         """An eviction batch on the trace: how many were dropped and copied, and whether a plan chose them."""
