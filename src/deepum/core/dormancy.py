@@ -42,9 +42,9 @@ allocator holds and cannot hand back: free rests of its mapped pages that
 live blocks share (expandable segments map large blocks in pages of tens of
 MiB). Under a tight cap that overhead can pass the reserve: a Llama-family
 step released at 0.45 of its peak with its demand within the limit raised
-the allocator's out-of-memory error in its backward, with about 0.53 GiB of
-the cap held in rests it could not release (docs/BENCHMARKS.md, session
-29). A paging window measures the overhead where its allocator flushed its
+the allocator's out-of-memory error in its backward, with more of the cap
+held in rests it could not release than the reserve (docs/BENCHMARKS.md,
+session 29). A paging window measures the overhead where its allocator flushed its
 cache (ran into the cap and handed back all it could): what it still held
 above its allocated peak, its reserved peak less its allocated peak, is a
 layout's worth of rests. So paging stops only where the window's peak plus
@@ -53,8 +53,10 @@ not flush holds releasable cache in its reserved peak and says nothing of
 the rests, and the reserve alone stands for them. A release refused for the
 overhead alone leaves ``short`` set, the bytes the step is over by, for the
 regions to answer (more recomputed or parked) as they answer a step that
-flushes unintercepted. The engine pages on meanwhile: slower, never an
-error the pager could have avoided.
+flushes unintercepted. The engine pages on meanwhile. The overhead is
+one layout's rests at its allocated peak, not a bound: an unintercepted
+step can need more at another moment, and the case above still met the
+error on the GPU after this rule (docs/DESIGN.md, Dormancy).
 
 The one risk: memory that grows, between two readings, from under ``engage``
 of the limit to past the limit is allocated with no interceptor to make room.
