@@ -588,3 +588,26 @@ def test_a_step_runs_sliced_only_where_nothing_could_tell():
         assert sliceable(adamw, (adamw,), {}, mine)
     finally:
         handle.remove()
+
+
+def test_parked_entries_are_not_taken_for_state_over_storages_that_cannot_be_resized():
+    """On the cpu tier a parked entry's host buffer sits in the state dict, on the session's
+    device, over a storage that cannot be resized: the look for loaded state ([Note: state over
+    storages that cannot be resized] in api/kinds.py) leaves it parked."""
+    import torch.optim.optimizer as optimizer_hooks
+
+    watches: list = []
+
+    def new_unpageable_memory(optimizer, args, kwargs):  # (before the session's own hook)
+        for w in watches:
+            w.pager.counters.unpageable_pages += 1
+
+    hook = optimizer_hooks.register_optimizer_step_pre_hook(new_unpageable_memory)
+    try:
+        ref = train(_llama, _batches, _lm, steps=16, opt=_adamw)
+        got = train(_llama, _batches, _lm, steps=16, opt=_adamw, budget=_budget(0.5), watches=watches)
+    finally:
+        hook.remove()
+    assert_identical(ref, got)
+    stats = got[3]
+    assert stats["parked_bytes"] > 0 and stats["rehomed_states"] == 0, stats

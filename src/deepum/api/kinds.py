@@ -15,7 +15,7 @@ from ..engine.pager import Pager
 
 
 def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
-                       paging: Callable[[], bool] | None = None) -> list:
+                       paging: Callable[[], bool] | None = None, parking=None) -> list:
     """Learn what pages hold: saved for backward, or a parameter's gradient and state.
 
     ``paging()`` says whether the session intercepts now: a dormant session
@@ -67,7 +67,7 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
             # New memory that cannot be paged out since the last look: optimizer
             # state may be over it ([Note: state over storages that cannot be resized]).
             unpageable[0] = pager.counters.unpageable_pages
-            pager.counters.rehomed_states += rehome_state(optimizer, pager.device)
+            pager.counters.rehomed_states += rehome_state(optimizer, pager.device, parking)
         # Pages born from here to the post-hook (optimizer state made on the
         # first step) are numbered among siblings (intercept/register.py).
         pager.in_optimizer_step = True
@@ -108,13 +108,18 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
 # storage is replaced by a copy the engine can page, with the same values
 # (a load to CUDA leaves the same tensors behind). The loaded memory is
 # freed once the program lets go of the checkpoint it came from.
-def rehome_state(optimizer, device: torch.device) -> int:
-    """Replace the optimizer's state tensors over storages that cannot be resized by copies; how many."""
+def rehome_state(optimizer, device: torch.device, parking=None) -> int:
+    """Replace the optimizer's state tensors over storages that cannot be resized by copies; how
+    many. Entries parked on the host (engine/parking.py; on the cpu tier, host buffers the same
+    device names) stay."""
     done = 0
     for state in optimizer.state.values():
         for key, v in list(state.items()):
-            if (isinstance(v, torch.Tensor) and v.device == device and v.numel() > 1 and not v.requires_grad
-                    and not torch._C.TensorBase.untyped_storage(v).resizable()):
+            if parking is not None and parking.holds(state, key, v):
+                continue
+            # (Plain strided tensors only: a subclass's or a sparse tensor's storage is not its data.)
+            if (type(v) is torch.Tensor and v.layout == torch.strided and v.device == device and v.numel() > 1
+                    and not v.requires_grad and not torch._C.TensorBase.untyped_storage(v).resizable()):
                 state[key] = v.clone()
                 done += 1
     return done

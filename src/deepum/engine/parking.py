@@ -134,10 +134,10 @@ class Parking:
                             and not t.is_complex()  # a complex step views its state as real
                             and not t.requires_grad and t.is_contiguous() and t.storage_offset() == 0
                             and _storage(t).nbytes() in (t.nbytes, 0 if paged_out else t.nbytes)
-                            and not self._is_host(state, key, t)):
+                            and not self.holds(state, key, t)):
                         yield state, key, t
 
-    def _is_host(self, state: dict, key, t: torch.Tensor) -> bool:
+    def holds(self, state: dict, key, t: torch.Tensor) -> bool:
         """Whether ``t`` is a parked entry's buffer (on the cpu tier it is on the device too)."""
         e = self.entries.get((id(state), key))
         return e is not None and e.host is t

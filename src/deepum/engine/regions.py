@@ -770,7 +770,6 @@ class _Unintercepted:
         regions.history.append((-reserved, len(changes)))  # negative: a dormant window's whole peak
         regions._apply(changes)
 
-
     def short_of_cap(self, regions: Regions) -> None:
         """Paging windows in a row kept paging for the allocator's overhead alone ([Note: the
         allocator's overhead at release] in core/dormancy.py): answered as an unintercepted step
@@ -787,6 +786,7 @@ class _Unintercepted:
             regions.park_goal()
             with regions.pager.lock:
                 regions.pager.plans = StepPlans(regions.pager)
+
 
 class _Checkpointed:
     """A chosen module's hooks: its calls run under non-reentrant checkpointing, selective or whole."""
