@@ -106,6 +106,22 @@ def test_a_deferred_engage_stays_dormant_and_reads_again():
     assert d.reading(80) is Turn.ENGAGE
 
 
+def test_out_of_memory_while_dormant_pages_at_the_next_reading_and_for_good_the_second_time():
+    d = Dormancy(limit=100, engage=0.75, release=0.5, calm=1, oom_limit=2)
+    assert d.boundary(10) is Turn.RELEASE
+    d.alarm()
+    assert d.alarms == 1 and d.reading(5) is Turn.ENGAGE  # far under engage: the alarm decides
+    d.deferred()  # inside a backward pass: the alarm waits for the next reading
+    assert not d.paging and d.reading(5) is Turn.ENGAGE
+    assert d.boundary(10) is Turn.RELEASE  # one alarm: paging may stop again
+    d.alarm()
+    assert d.boundary(5) is Turn.ENGAGE  # (a boundary answers it too)
+    for _ in range(4):
+        assert d.boundary(10) is Turn.STAY  # the second: paging stays on
+    d.alarm()  # while paging: the pager's retry answers it
+    assert d.alarms == 2
+
+
 def test_release_may_not_exceed_engage():
     with pytest.raises(AssertionError):
         Dormancy(100, engage=0.5, release=0.75, calm=1)
@@ -227,6 +243,52 @@ def test_paging_goes_on_while_the_allocators_rests_would_pass_the_cap():
     assert seen["stops"] == 0 and seen["short"] > 0, list(watch.windows)
     assert [t[2] for t in trail[:5]] == [False] * 5
     assert s.stats()["paging_stops"] == 1 and trail[-1][2] is True, trail
+
+
+def test_out_of_memory_while_dormant_is_explained_and_paged_from_the_next_module_call(caplog):
+    """[Note: out of memory while dormant]: the allocator's observer (CUDA) calls the watch;
+    here it is called as the observer would, from a dormant session on the cpu tier."""
+    _native_or_skip()
+    plain = _train(_mlp(), [64] * 11)
+    trail = []
+    seen = {}
+
+    class Trail(list):
+        def append(self, row):
+            super().append(row)
+            if len(self) in (3, 6):  # dormant after steps 3 and 6: the allocator "runs out"
+                seen[len(self)] = row[2]
+                watch.out_of_memory(1 << 20)
+
+    trail = Trail()
+    with caplog.at_level("WARNING", logger="deepum"):
+        with deepum.oversubscribe(budget=256 * MiB, device="cpu") as s:
+            watch = s._watch
+            paged = _train(_mlp(), [64] * 11, s, trail)
+    _same(plain, paged)
+    st = s.stats()
+    assert seen == {3: True, 6: True}, (seen, [t[2] for t in trail])
+    assert st["dormant_ooms"] == 2 and st["paging_starts"] == 2, st
+    assert [t[2] for t in trail[3:5]] == [False] * 2  # the first time: paged, then released
+    assert [t[2] for t in trail[6:]] == [False] * 5  # the second time: paging to the end
+    assert trail[-1][0] > trail[-2][0], "operators were not intercepted after the second alarm"
+    told = [r.getMessage() for r in caplog.records if "ran out of memory" in r.getMessage()]
+    assert len(told) == 2 and "dormant=False" in told[0] and "stays on" in told[1], told
+
+
+def test_the_allocators_out_of_memory_observer_reaches_the_signals_of_its_device():
+    got = []
+    signal = memsignal.CudaSignal(torch.device("cuda", 0))  # (reads nothing until asked)
+    signal.on_oom = got.append
+    other = memsignal.CudaSignal(torch.device("cuda", 1))
+    other.on_oom = lambda asked: 1 / 0  # an observer's error stays in the log
+    memsignal._on_out_of_memory(0, 512, 0, 0)
+    memsignal._on_out_of_memory(1, 256, 0, 0)
+    assert got == [512]
+    signal.close()
+    memsignal._on_out_of_memory(0, 128, 0, 0)
+    assert got == [512]
+    other.close()
 
 
 class _Spike(nn.Module):

@@ -94,6 +94,9 @@ class Thresholds:
     engage: float = 3 / 4
     release: float = 2 / 3
     calm_windows: int = 2
+    # CUDA: the allocator ran out of memory while dormant this many times:
+    # the session pages to its end ([Note: out of memory while dormant]).
+    dormant_oom_limit: int = 2
     # Regions ([Note: regions] in core/regions.py): the forward's peak is cut
     # to ``region_target`` of the *budget* by recomputing module calls, in at
     # most ``region_rounds`` rounds; while regions are set, dormancy stops

@@ -58,6 +58,16 @@ one layout's rests at its allocated peak, not a bound: an unintercepted
 step can need more at another moment, and the case above still met the
 error on the GPU after this rule (docs/DESIGN.md, Dormancy).
 
+[Note: out of memory while dormant]
+Where the allocator still runs out of memory while the session does not
+intercept (the engine hears of it from the allocator, CUDA), the program
+gets the allocator's error: nothing can make room inside an operator that
+is not intercepted. What the session can do is page from the next chance
+on (``alarm``: the next reading turns paging on), so a program that catches
+the error and tries again runs paged, and stay paging for good once it
+happened ``oom_limit`` times. The engine says so in a warning, with the
+remedy (``dormant=False``).
+
 The one risk: memory that grows, between two readings, from under ``engage``
 of the limit to past the limit is allocated with no interceptor to make room.
 On CUDA the allocator's cap stops it with an out-of-memory error; on the cpu
@@ -117,8 +127,13 @@ class Turn(Enum):
 class Dormancy:
     """The state machine of [Note: dormancy]; ``paging`` is the current state."""
 
-    def __init__(self, limit: int, engage: float, release: float, calm: int, cap: int | None = None) -> None:
+    def __init__(self, limit: int, engage: float, release: float, calm: int, cap: int | None = None,
+                 oom_limit: int = 2) -> None:
         self.limit = limit
+        self.oom_limit = oom_limit
+        self.alarms = 0  # times the allocator ran out of memory while dormant
+        self.alarmed = False  # one of them not yet answered by paging
+        self.answering = False  # the last engage answered one
         self.cap = cap  # what an unintercepted step may reserve (CUDA: the allocator's cap); None: unchecked
         self.retarget(engage, release)
         self.calm_needed = calm
@@ -142,11 +157,11 @@ class Dormancy:
         its allocated peak and could not hand back (``allocator_overhead``).
         """
         if not self.paging:
-            if peak > self.engage_bytes:
+            if peak > self.engage_bytes or self.alarmed:
                 return self._engage()
             return Turn.STAY
         self.short = 0
-        if peak > self.release_bytes:
+        if peak > self.release_bytes or self.alarms >= self.oom_limit:
             self.calm = 0
             return Turn.STAY
         self.short = self.over_cap(peak, overhead)
@@ -167,14 +182,22 @@ class Dormancy:
 
     def reading(self, in_use: int) -> Turn:
         """Memory in use now, read while dormant between boundaries."""
-        if self.paging or in_use <= self.engage_bytes:
+        if self.paging or (in_use <= self.engage_bytes and not self.alarmed):
             return Turn.STAY
         return self._engage()
+
+    def alarm(self) -> None:
+        """The allocator ran out of memory while dormant ([Note: out of memory while dormant])."""
+        if not self.paging:
+            self.alarms += 1
+            self.alarmed = True
 
     def deferred(self) -> None:
         """The engine could not turn paging on here (inside a backward pass, a mode on top): dormant still."""
         self.paging = False
         self.engaged -= 1
+        self.alarmed = self.answering
+        self.answering = False
 
     def refused(self) -> None:
         """The engine could not release (pages would not fit, another mode on top): stay paging."""
@@ -185,4 +208,5 @@ class Dormancy:
         self.paging = True
         self.calm = 0
         self.engaged += 1
+        self.answering, self.alarmed = self.alarmed, False  # (deferred() puts an alarm back)
         return Turn.ENGAGE

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 
 import torch
 
@@ -42,6 +43,32 @@ def load_counter():
     return _counter
 
 
+# The allocator's out-of-memory observers cannot be removed once attached:
+# one is attached for the process, and it tells the signals alive on the
+# device ([Note: out of memory while dormant] in core/dormancy.py).
+_listening: weakref.WeakSet = weakref.WeakSet()
+_observer_attached = False
+
+
+def _on_out_of_memory(device: int, alloc: int, device_alloc: int, device_free: int) -> None:
+    """The allocator is about to raise an out-of-memory error on ``device``."""
+    for signal in list(_listening):
+        if signal.index == device and signal.on_oom is not None:
+            try:
+                signal.on_oom(alloc)
+            except Exception:  # an observer must not turn the allocator's error into another one
+                log.exception("deepum: out-of-memory observer")
+
+
+def _listen(signal) -> None:
+    global _observer_attached
+    attach = getattr(torch._C, "_cuda_attach_out_of_memory_observer", None)
+    if attach is not None and not _observer_attached:
+        attach(_on_out_of_memory)
+        _observer_attached = True
+    _listening.add(signal)
+
+
 class CudaSignal:
     """The caching allocator's allocated bytes; its peak is reset at each window.
 
@@ -59,6 +86,8 @@ class CudaSignal:
         self.folded_reserved_peak = 0
         self.window_reserved = 0  # the last window's reserved peak (the cap is on reserved bytes)
         self.flushes = 0  # times the allocator handed its cache back to find a block, so far
+        self.on_oom = None  # called with the bytes asked for when the allocator runs out (the watch sets it)
+        _listen(self)
 
     def current(self) -> int:
         return torch._C._cuda_memoryStats(self.index)["allocated_bytes"]["all"]["current"]
@@ -87,7 +116,9 @@ class CudaSignal:
         torch.cuda.empty_cache()
 
     def close(self) -> None:
-        """Nothing installed."""
+        """The process's observer stays; this signal no longer listens."""
+        self.on_oom = None
+        _listening.discard(self)
 
 
 class CpuSignal:
@@ -113,6 +144,7 @@ class CpuSignal:
         self.folded_reserved_peak = 0
         self.window_reserved = 0  # no cache: what is reserved is what is allocated
         self.flushes = 0
+        self.on_oom = None  # (the cpu tier's counter never runs out)
         counter.install()
 
     def current(self) -> int:

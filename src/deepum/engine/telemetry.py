@@ -47,7 +47,7 @@ class Stats:
         "faults", "evictions", "writebacks", "dropped_clean", "bytes_to_device",
         "bytes_to_host", "prefetches", "prefetch_hits", "late_prefetches",
         "wasted_prefetches", "oom_retries", "leaving_waits", "overshoots", "ops", "dead_pages",
-        "unpageable_pages", "rehomed_states", "chunked_ops", "optimizer_steps", "comm_holds", "drops",
+        "unpageable_pages", "rehomed_states", "dormant_ooms", "chunked_ops", "optimizer_steps", "comm_holds", "drops",
         "recomputes", "bytes_dropped", "lineage_released", "overshoot_max_bytes",
         "max_working_set_bytes", "plans", "planned_steps", "plan_departures", "planned_evictions",
         "plan_over_ops", "plan_short_evictions", "paging_starts", "paging_stops", "victim_choices",

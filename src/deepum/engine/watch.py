@@ -72,7 +72,9 @@ class Watch:
             self.parking = regions.parking = Parking(pager.device, pager.counters,
                                                      int(th.park_slice * pager.table.limit), th.park_pipeline)
         cap = allocator_cap(pager.budget, th.cap_slack) if signal.cached else None
-        self.state = Dormancy(pager.table.limit, th.engage, th.release, th.calm_windows, cap=cap)
+        self.state = Dormancy(pager.table.limit, th.engage, th.release, th.calm_windows, cap=cap,
+                              oom_limit=th.dormant_oom_limit)
+        signal.on_oom = self.out_of_memory
         self.shorts = 0  # paging windows in a row refused release for the allocator's overhead
         self.owner = threading.get_ident()
         self.root: weakref.ref | None = None
@@ -295,6 +297,26 @@ class Watch:
     def _on_top(self) -> bool:
         dispatch = _get_current_dispatch_mode_stack()
         return bool(dispatch) and dispatch[-1] is self.mode
+
+    def out_of_memory(self, asked: int) -> None:
+        """The allocator is raising an out-of-memory error for ``asked`` bytes (any thread).
+
+        While paging, the pager's retry answers it. While dormant nothing can
+        ([Note: out of memory while dormant] in core/dormancy.py): paging
+        starts at the next module call, and the program is told why.
+        """
+        if self.state.paging or self.closed:
+            return
+        self.state.alarm()
+        self.next_read = 0.0
+        self.pager.counters.dormant_ooms += 1
+        forever = self.state.alarms >= self.state.oom_limit
+        log.warning("deepum: the allocator ran out of memory (%d bytes asked for) while this session was "
+                    "not intercepting: its steps had stopped paging, and no room can be made inside an "
+                    "operator deepum does not see. Paging starts again at the next module call%s. If the "
+                    "program stopped on this error, run it with dormant=False "
+                    "(deepum.oversubscribe(..., dormant=False)) to keep paging on throughout.",
+                    asked, " and stays on for this session" if forever else "")
 
     # ------------------------------------------------------------ the session's
 
