@@ -50,14 +50,17 @@ _listening: weakref.WeakSet = weakref.WeakSet()
 _observer_attached = False
 
 
-def _on_out_of_memory(device: int, alloc: int, device_alloc: int, device_free: int) -> None:
-    """The allocator is about to raise an out-of-memory error on ``device``."""
-    for signal in list(_listening):
-        if signal.index == device and signal.on_oom is not None:
-            try:
-                signal.on_oom(alloc)
-            except Exception:  # an observer must not turn the allocator's error into another one
-                log.exception("deepum: out-of-memory observer")
+def _on_out_of_memory(*args) -> None:
+    """The allocator is about to raise an out-of-memory error: (device, bytes asked for, the
+    device's limit, its free bytes). Nothing here may raise: the allocator's error would become
+    this one."""
+    try:
+        device, asked = int(args[0]), int(args[1])
+        for signal in list(_listening):
+            if signal.index == device and signal.on_oom is not None:
+                signal.on_oom(asked)
+    except Exception:
+        log.exception("deepum: out-of-memory observer")
 
 
 def _listen(signal) -> None:
