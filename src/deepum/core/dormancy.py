@@ -55,8 +55,8 @@ overhead alone leaves ``short`` set, the bytes the step is over by, for the
 regions to answer (more recomputed or parked) as they answer a step that
 flushes unintercepted. The engine pages on meanwhile. The overhead is
 one layout's rests at its allocated peak, not a bound: an unintercepted
-step can need more at another moment, and the case above still met the
-error on the GPU after this rule (docs/DESIGN.md, Dormancy).
+step can need more at another moment (docs/DESIGN.md, Dormancy), which
+[Note: out of memory while dormant] below answers.
 
 [Note: out of memory while dormant]
 Where the allocator still runs out of memory while the session does not
