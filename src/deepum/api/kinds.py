@@ -4,7 +4,6 @@ stats and the memory picture."""
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
 
 import torch
 import torch.optim.optimizer as optimizer_hooks
@@ -12,20 +11,20 @@ import torch.optim.optimizer as optimizer_hooks
 from ..core.pages import Kind
 from ..engine.intercept.mode import PagingMode
 from ..engine.pager import Pager
+from ..engine.watch import Watch
 
 
-def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool,
-                       paging: Callable[[], bool] | None = None, parking=None) -> list:
+def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool, watch: Watch | None = None) -> list:
     """Learn what pages hold: saved for backward, or a parameter's gradient and state.
 
-    ``paging()`` says whether the session intercepts now: a dormant session
-    (engine/watch.py) skips the optimizer hooks' look-ups, which cost a few
-    microseconds per parameter, gradient and state tensor each step.
-    Returns the hooks, for :func:`remove_kind_hooks`.
+    ``watch`` (engine/watch.py), if any, says whether the session intercepts
+    now (a dormant one skips the optimizer hooks' look-ups, a few microseconds
+    per tensor each step) and which state entries it parks. Returns the hooks.
     """
-    if paging is None:  # no dormancy: always paging
-        def paging():
-            return True
+    parking = watch.parking if watch is not None else None
+
+    def paging() -> bool:
+        return watch is None or watch.paging
 
 
     def page_of(t):

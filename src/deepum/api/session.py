@@ -319,9 +319,7 @@ class Session:
             self._froze_gc = True
         watch = self._watch = _open_watch(self)
         self._dormancy = watch is not None
-        paging = (lambda: watch.paging) if watch is not None else None
-        self._kind_hooks = install_kind_hooks(self.pager, self._mode, self.track_kinds, paging,
-                                              watch.parking if watch is not None else None)
+        self._kind_hooks = install_kind_hooks(self.pager, self._mode, self.track_kinds, watch)
         self._entered_at = time.perf_counter()
         self._mode.__enter__()
         # See [Note: host access] in engine/intercept/host_access.py.
