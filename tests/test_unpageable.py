@@ -112,15 +112,17 @@ def _resumable():
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
 
 
-def _resume_and_train(buf, batches):
+def _resume_and_train(buf, batches, keep: bool = False):
     """A fresh model and optimizer load the checkpoint in ``buf`` (made on this device, as a
-    resumed run does), the checkpoint is let go, and the pair trains on ``batches``."""
+    resumed run does), the checkpoint is let go (``keep``: held through training), and the pair
+    trains on ``batches``."""
     buf.seek(0)
     ckpt = torch.load(buf)
     model, opt = _resumable()
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["opt"])
-    del ckpt
+    if not keep:
+        del ckpt
     losses = []
     for x, y in batches:
         opt.zero_grad(set_to_none=True)
@@ -158,6 +160,10 @@ def test_a_resumed_optimizers_loaded_state_is_copied_so_it_can_be_paged():
     assert all(torch.equal(a, b) for a, b in zip(got[1] + got[2], ref[1] + ref[2]))
     assert resizable and stats["rehomed_states"] == 12, stats  # two moments of six parameters
     assert stats["evictions"] > 0 and stats["overshoots"] == 0, stats
+    # Kept by the program, the loaded state is not copied: a copy would only add its size.
+    with deepum.oversubscribe(64 << 20, device="cpu", dormant=False) as s:
+        kept = _resume_and_train(buf, batches, keep=True)
+    assert kept[0] == ref[0] and s.stats()["rehomed_states"] == 0, s.stats()
 
 
 def test_memory_it_cannot_page_that_passes_the_budget_is_named_once_and_under_strict(caplog):

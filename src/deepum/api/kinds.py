@@ -3,6 +3,7 @@ stats and the memory picture."""
 
 from __future__ import annotations
 
+import sys
 import weakref
 
 import torch
@@ -105,23 +106,34 @@ def install_kind_hooks(pager: Pager, mode: PagingMode, track_kinds: bool, watch:
 # run would pass the budget with no way to make room. The optimizer's state
 # dict belongs to the optimizer: before a step, an entry over such a
 # storage is replaced by a copy the engine can page, with the same values
-# (a load to CUDA leaves the same tensors behind). The loaded memory is
-# freed once the program lets go of the checkpoint it came from.
+# (a load to CUDA leaves the same tensors behind). Only where the state is
+# all that holds the tensor and its storage: a copy of what the program
+# still holds (the checkpoint's dict, a view) would add its size, and the
+# loaded memory would stay all the same.
 def rehome_state(optimizer, device: torch.device, parking=None) -> int:
-    """Replace the optimizer's state tensors over storages that cannot be resized by copies; how
-    many. Entries parked on the host (engine/parking.py; on the cpu tier, host buffers the same
-    device names) stay."""
+    """Replace the optimizer's state tensors over storages that cannot be resized, held by the
+    state alone, by copies; how many. Entries parked on the host (engine/parking.py; on the cpu
+    tier, host buffers the same device names) stay."""
     done = 0
+    probe = {0: torch.empty(2)}  # a tensor only a dict holds, looked at as the state's are
+    for _, t in list(probe.items()):
+        alone = _holders(t)
     for state in optimizer.state.values():
         for key, v in list(state.items()):
             if parking is not None and parking.holds(state, key, v):
                 continue
             # (Plain strided tensors only: a subclass's or a sparse tensor's storage is not its data.)
             if (type(v) is torch.Tensor and v.layout == torch.strided and v.device == device and v.numel() > 1
-                    and not v.requires_grad and not torch._C.TensorBase.untyped_storage(v).resizable()):
+                    and not v.requires_grad and not torch._C.TensorBase.untyped_storage(v).resizable()
+                    and _holders(v) <= alone):
                 state[key] = v.clone()
                 done += 1
     return done
+
+
+def _holders(t: torch.Tensor) -> tuple[int, int]:
+    """(references to the tensor, to its storage): compared with a probe's, counted the same way."""
+    return sys.getrefcount(t), torch._C._storage_Use_Count(torch._C.TensorBase.untyped_storage(t)._cdata)
 
 
 class _Rounds:
