@@ -131,9 +131,13 @@ def rehome_state(optimizer, device: torch.device, parking=None) -> int:
     return done
 
 
+_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
 def _holders(t: torch.Tensor) -> tuple[int, int]:
     """(references to the tensor, to its storage): compared with a probe's, counted the same way."""
-    return sys.getrefcount(t), torch._C._storage_Use_Count(torch._C.TensorBase.untyped_storage(t)._cdata)
+    storage = torch._C.TensorBase.untyped_storage(t)
+    return sys.getrefcount(t), _use_count(storage._cdata) if _use_count is not None else 0
 
 
 class _Rounds:
