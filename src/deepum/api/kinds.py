@@ -125,7 +125,7 @@ def rehome_state(optimizer, device: torch.device, parking=None) -> int:
             # (Plain strided tensors only: a subclass's or a sparse tensor's storage is not its data.)
             if (type(v) is torch.Tensor and v.layout == torch.strided and v.device == device and v.numel() > 1
                     and not v.requires_grad and not torch._C.TensorBase.untyped_storage(v).resizable()
-                    and _holders(v) <= alone):
+                    and all(n <= m for n, m in zip(_holders(v), alone))):
                 state[key] = v.clone()
                 done += 1
     return done
