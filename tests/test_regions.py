@@ -421,20 +421,15 @@ def test_a_step_whose_allocator_rests_pass_the_cap_gets_more_regions_before_it_s
     ref = train(make_model, make_batches, loss_fn, steps=14)
     budget = int(_peak(make_model, make_batches, loss_fn) * 0.75)
     rests[0] = budget // 2
-    with deepum.oversubscribe(budget, device="cpu", recompute_blocks="whole") as session:
-        torch.manual_seed(0)
-        model = make_model()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
-        losses = []
-        for batch in make_batches()[:14]:
-            opt.zero_grad(set_to_none=True)
-            out = loss_fn(model, batch)
-            out.backward()
-            opt.step()
-            losses.append(out.item())
-        windows = list(session._watch.windows)
-        release = session._watch.state.release_bytes
-        stats = session.stats()
+    seen = {}
+
+    def at_the_end(i, session):
+        if i == 13:
+            seen["windows"], seen["release"] = list(session._watch.windows), session._watch.state.release_bytes
+
+    losses, _, stats = _train_watched(make_model, make_batches, loss_fn, budget, steps=14, after_step=at_the_end,
+                                      recompute_blocks="whole")
+    windows, release = seen["windows"], seen["release"]
     assert losses == ref[0]
     assert any(short > 0 and added for short, added in answers), answers
     assert stats["paging_stops"] >= 1, (stats, windows)
@@ -449,24 +444,18 @@ def test_with_the_rounds_over_a_short_step_sets_one_more_region_whole():
     make_model, make_batches, loss_fn = FAMILIES["gpt2"]
     ref = train(make_model, make_batches, loss_fn, steps=12)
     budget = int(_peak(make_model, make_batches, loss_fn) * 0.75)
-    with deepum.oversubscribe(budget, device="cpu", recompute_blocks="whole") as session:
-        torch.manual_seed(0)
-        model = make_model()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
-        losses, counts = [], []
-        for i, batch in enumerate(make_batches()[:12]):
-            opt.zero_grad(set_to_none=True)
-            out = loss_fn(model, batch)
-            out.backward()
-            opt.step()
-            losses.append(out.item())
-            counts.append(session.stats()["regions"])
+
+    def rounds_over_and_short(i, session):
+        if i == 7:
             regions_ = session._watch.regions
-            if i == 7:
-                assert regions_.plan.chosen and regions_.plan._remaining(), regions_.plan.chosen
-                regions_.plan.rounds_left = 0  # the rounds are over
-                regions_.unintercepted.short_of_cap(regions_)
+            assert regions_.plan.chosen and regions_.plan._remaining(), regions_.plan.chosen
+            regions_.plan.rounds_left = 0  # the rounds are over
+            regions_.unintercepted.short_of_cap(regions_)
+
+    losses, regions_, stats = _train_watched(make_model, make_batches, loss_fn, budget, steps=12,
+                                             after_step=rounds_over_and_short, recompute_blocks="whole")
     assert losses == ref[0]
+    counts = stats["regions_per_step"]
     assert regions_.unintercepted.raised == 1 and counts[-1] == counts[7] + 1, counts
 
 
@@ -556,20 +545,23 @@ class _TakesObject(nn.Module):
         return x.pow(2).mean()
 
 
-def _train_watched(make, batches, loss_fn, budget, steps, **options):
-    """Train a model made inside a session: (losses, the session's regions, its stats)."""
+def _train_watched(make, batches, loss_fn, budget, steps, after_step=None, **options):
+    """Train a model made inside a session: (losses, the session's regions, its stats).
+    ``after_step(i, session)`` runs after each step, inside the session."""
     with deepum.oversubscribe(budget, device="cpu", **options) as session:
         torch.manual_seed(0)
         model = make()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
         losses, counts = [], []
-        for batch in batches()[:steps]:
+        for i, batch in enumerate(batches()[:steps]):
             opt.zero_grad(set_to_none=True)
             out = loss_fn(model, batch)
             out.backward()
             opt.step()
             losses.append(out.item())
             counts.append(session.stats()["regions"])
+            if after_step is not None:
+                after_step(i, session)
         return losses, session._watch.regions, dict(session.stats(), regions_per_step=counts)
 
 
