@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import deepum
+from deepum.core.budget import release_limit
 from deepum.core.dormancy import Dormancy, Turn, allocator_overhead, paging_measure
 from deepum.engine import memsignal
 
@@ -40,6 +41,39 @@ def test_a_share_of_the_budget_releases_only_within_the_limit():
     assert d.release_bytes == 80 and d.engage_bytes == 95
     assert d.boundary(85) is Turn.STAY  # under 90 of the budget, over the limit
     assert d.boundary(80) is Turn.RELEASE
+
+
+def test_the_release_margin_is_a_sixteenth_of_the_budget_at_least_512_mib_and_at_most_the_reserve():
+    gib, mib = 1 << 30, 1 << 20
+    budget = 16 * gib
+    assert release_limit(budget, budget - 2 * gib, 1 / 16, 512 * mib) == 15 * gib
+    # A small budget: the floor, but never more than the reserve (the limit is the least).
+    assert release_limit(6 * gib, 6 * gib - 768 * mib, 1 / 16, 512 * mib) == 6 * gib - 512 * mib
+    assert release_limit(3 * gib, 3 * gib - 384 * mib, 1 / 16, 512 * mib) == 3 * gib - 384 * mib
+    assert release_limit(budget, budget, 1 / 16, 512 * mib) == budget  # no reserve: the budget
+
+
+def test_a_stop_nearer_the_budget_than_the_limit_releases_up_to_it():
+    """[Note: the release's margin]: the shares of the budget release up to ``stop``, not the limit."""
+    d = Dormancy(limit=80, engage=0.75, release=0.5, calm=1, stop=90)
+    assert d.release_bytes == 40  # the limit's own shares are unchanged
+    d.retarget(0.98, 0.95, of=100)
+    assert d.release_bytes == 90 and d.engage_bytes == 98
+    assert d.boundary(90) is Turn.RELEASE
+
+
+def test_the_release_margin_is_cudas_with_the_default_reserve_alone():
+    from deepum.api.session import _stop_bytes
+    from deepum.core.config import Config
+
+    gib = 1 << 30
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _stop_bytes(Config(), 16 * gib, 14 * gib, cuda) == 15 * gib
+    assert _stop_bytes(Config(), 16 * gib, 16 * gib, cpu) == 16 * gib
+    # A reserve the user gave stays free unintercepted too.
+    assert _stop_bytes(Config.from_options(reserve=2 * gib), 16 * gib, 14 * gib, cuda) == 14 * gib
+    with deepum.oversubscribe("8MiB", "cpu") as s:
+        assert s.pager.stop_bytes == s.limit
 
 
 def test_the_allocators_overhead_is_counted_only_where_the_window_flushed_its_cache():

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..core.budget import allocator_cap, parse_budget
+from ..core.budget import allocator_cap, parse_budget, release_limit
 from ..core.config import POLICIES, Config
 from ..engine.intercept import host_access
 from ..engine.intercept.mode import PagingMode
@@ -497,6 +497,15 @@ def _session_stats(session: Session) -> dict[str, Any]:
     return out
 
 
+def _stop_bytes(config: Config, budget: int, limit: int, device: torch.device) -> int:
+    """The most a step's demand may be for paging to stop: nearer the budget than the limit on
+    CUDA with the default reserve ([Note: the release's margin] in core/dormancy.py)."""
+    if device.type != "cuda" or config.reserve is not None:
+        return limit  # a reserve the user gave is kept free unintercepted too
+    th = config.thresholds
+    return release_limit(budget, limit, th.release_reserve, th.release_reserve_min)
+
+
 def _open_watch(session: Session) -> Watch | None:
     """The dormancy watch (engine/watch.py), where the options and the device allow one."""
     cfg = session.config
@@ -505,6 +514,7 @@ def _open_watch(session: Session) -> Watch | None:
     signal = open_signal(session.device)
     if signal is None:
         return None
+    session.pager.stop_bytes = _stop_bytes(cfg, session.budget, session.limit, session.device)
     regions = Regions(session.pager) if cfg.recompute_blocks else None
     return Watch(session.pager, session._mode, signal, adopt=session._adopt_existing if session.adopt else None,
                  regions=regions)

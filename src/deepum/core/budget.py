@@ -28,6 +28,13 @@ def allocator_cap(budget: int, slack: int) -> int:
     return max(budget - slack, budget // 2)
 
 
+def release_limit(budget: int, limit: int, share: float, floor: int) -> int:
+    """The most an unintercepted step's demand may be for paging to stop: ``share`` of
+    the budget under it, at least ``floor``, and never under the pager's ``limit`` ([Note: the release's margin] in core/dormancy.py)."""
+    reserve = budget - limit
+    return budget - min(reserve, max(int(budget * share), floor))
+
+
 def parse_budget(budget: int | float | str, total: int) -> int:
     """Return the budget in bytes.
 

@@ -58,6 +58,24 @@ one layout's rests at its allocated peak, not a bound: an unintercepted
 step can need more at another moment (docs/DESIGN.md, Dormancy), which
 [Note: out of memory while dormant] below answers.
 
+[Note: the release's margin]
+The reserve (``Thresholds.reserve`` of the budget, CUDA) is the room the
+page planner leaves the allocator under the budget, and a paging step
+fills its limit. An unintercepted step is held by the allocator's cap
+instead, and what it needs above its demand is measured and answered: the
+rests of a flushing window (above), a window that flushes unintercepted
+(more regions or more parked, core/regions.py), an out-of-memory error
+(below). So with the default reserve, the release shares reach up to
+``Thresholds.release_reserve`` of the budget under it (at least
+``release_reserve_min``, never under the limit: ``stop``) rather than up
+to the limit, and regions and parking aim for the same point; the reserve
+itself stays the page planner's. Without it the point of release jumped
+with the budget (the reserve is an eighth of the budget up to 2 GiB: a
+16 GiB budget released at 0.875 of it, a 24 GiB one at 0.9), and a byte
+of demand held back under it is a byte of optimizer state parked, which
+crosses the host link twice a step (docs/BENCHMARKS.md, session 31). A
+reserve the user gave is kept free unintercepted as well.
+
 [Note: out of memory while dormant]
 Where the allocator still runs out of memory while the session does not
 intercept (the engine hears of it from the allocator, CUDA), the program
@@ -128,8 +146,10 @@ class Dormancy:
     """The state machine of [Note: dormancy]; ``paging`` is the current state."""
 
     def __init__(self, limit: int, engage: float, release: float, calm: int, cap: int | None = None,
-                 oom_limit: int = 2) -> None:
+                 oom_limit: int = 2, stop: int | None = None) -> None:
         self.limit = limit
+        # The most a step's demand may be for paging to stop ([Note: the release's margin]).
+        self.stop = limit if stop is None else stop
         self.oom_limit = oom_limit
         self.alarms = 0  # times the allocator ran out of memory while dormant
         self.alarmed = False  # one of them not yet answered by paging
@@ -144,11 +164,11 @@ class Dormancy:
         self.released = 0  # times paging stopped
 
     def retarget(self, engage: float, release: float, of: int | None = None) -> None:
-        """New shares of ``of`` bytes (default: the limit) for the two turns; release at most the limit."""
+        """New shares of ``of`` bytes (default: the limit) for the two turns; release at most ``stop``."""
         assert 0 < release <= engage <= 1, "release must not exceed engage"
         base = self.limit if of is None else of
         self.engage_bytes = int(base * engage)
-        self.release_bytes = min(int(base * release), self.limit)
+        self.release_bytes = min(int(base * release), self.stop)
 
     def boundary(self, peak: int, overhead: int = 0) -> Turn:
         """A window ended with ``peak`` bytes at most in use (while paging: its peak demand).

@@ -52,6 +52,9 @@ class Pager(Evictor, Prefetcher, Lifecycle, Remat, Telemetry):
         self.config = config
         th = config.thresholds
         self.table = PageTable(limit)
+        # The most a step's demand may be for paging to stop (the session may set it
+        # nearer the budget: [Note: the release's margin] in core/dormancy.py).
+        self.stop_bytes = limit
         # Stable key -> the live page now playing that role (for the predictor).
         self.live: dict[int, Page] = {}
         self.costs = Costs()

@@ -229,7 +229,7 @@ class Regions:
 
     def _new_plan(self) -> RegionPlan:
         pager = self.pager
-        plan = RegionPlan(pager.budget, self.target, self.rounds, self.release, pager.table.limit)
+        plan = RegionPlan(pager.budget, self.target, self.rounds, self.release, pager.stop_bytes)
         plan.park_margin = int(pager.config.thresholds.park_margin * pager.table.limit)
         plan.park_effect = pager.config.thresholds.park_effect
         return plan

@@ -73,7 +73,7 @@ class Watch:
                                                      int(th.park_slice * pager.table.limit), th.park_pipeline)
         cap = allocator_cap(pager.budget, th.cap_slack) if signal.cached else None
         self.state = Dormancy(pager.table.limit, th.engage, th.release, th.calm_windows, cap=cap,
-                              oom_limit=th.dormant_oom_limit)
+                              oom_limit=th.dormant_oom_limit, stop=pager.stop_bytes)
         signal.on_oom = self.out_of_memory
         self.shorts = 0  # paging windows in a row refused release for the allocator's overhead
         self.owner = threading.get_ident()
