@@ -56,6 +56,8 @@ class State(IntEnum):
     DEAD = 3
 
 
+# Module-level names for the members: reading a member through its enum
+# class is a descriptor call, and the operator path reads several a step.
 RESIDENT, ARRIVING, EVICTED, DEAD = State
 
 
@@ -67,6 +69,9 @@ class Kind(IntEnum):
     GRADIENT = 2
     OPTIMIZER_STATE = 3
     ACTIVATION = 4
+
+
+OTHER, PARAMETER, GRADIENT, OPTIMIZER_STATE, ACTIVATION = Kind
 
 
 class Page:
@@ -88,7 +93,7 @@ class Page:
         self.key = key
         self.skey = skey
         self.nbytes = nbytes
-        self.state = State.RESIDENT
+        self.state = RESIDENT
         # A page born on the device has no host copy, so it is dirty.
         self.dirty = True
         self.pageable = pageable
@@ -102,7 +107,7 @@ class Page:
         self.ready: Any = None
         # Brought in by a prefetch and not used since: a hit or a waste to come.
         self.prefetched = False
-        self.kind = Kind.OTHER
+        self.kind = OTHER
         # How to compute the page again from other pages (opaque here), and
         # the pages whose recipes read this one.
         self.recipe: Any = None
@@ -114,12 +119,12 @@ class Page:
 
     @property
     def resident(self) -> bool:
-        return self.state <= State.ARRIVING
+        return self.state <= ARRIVING
 
     @property
     def dropped(self) -> bool:
         """Evicted without a copy: only its recipe can bring it back."""
-        return self.state == State.EVICTED and self.host is None
+        return self.state == EVICTED and self.host is None
 
     def __repr__(self) -> str:
         return (f"Page(key={self.key:#x}, skey={self.skey}, {self.nbytes}B, {self.state.name}, "
@@ -174,7 +179,7 @@ class PageTable:
         """
         assert page.key not in self.pages, "the glue retires a stale page before reusing its key"
         self.pages[page.key] = page
-        page.state = State.RESIDENT
+        page.state = RESIDENT
         # _grow, written out: every operator's outputs come through here.
         self.kind_bytes[page.kind] += page.nbytes
         self.resident_bytes += page.nbytes
@@ -202,19 +207,19 @@ class PageTable:
                 move(page.key)
 
     def arriving(self, page: Page) -> None:
-        assert page.state == State.EVICTED, page
-        page.state = State.ARRIVING
+        assert page.state == EVICTED, page
+        page.state = ARRIVING
         self._grow(page.nbytes, page.kind)
         self._lru[page.key] = page
 
     def arrived(self, page: Page) -> None:
-        assert page.state == State.ARRIVING, page
-        page.state = State.RESIDENT
+        assert page.state == ARRIVING, page
+        page.state = RESIDENT
 
     def cancel_arrival(self, page: Page) -> None:
         """A copy in failed before it started: the page is evicted again."""
-        assert page.state == State.ARRIVING, page
-        page.state = State.EVICTED
+        assert page.state == ARRIVING, page
+        page.state = EVICTED
         self._shrink(page.nbytes, page.kind)
         del self._lru[page.key]
 
@@ -234,7 +239,7 @@ class PageTable:
         """Reclassify a page (the glue learns what a page holds as it is used)."""
         if page.kind == kind:
             return
-        if page.resident and page.state != State.DEAD:
+        if page.resident and page.state != DEAD:
             self.kind_bytes[page.kind] -= page.nbytes
             self.kind_bytes[kind] += page.nbytes
         page.kind = kind
@@ -249,8 +254,8 @@ class PageTable:
             self.unpageable_bytes += page.nbytes
 
     def evicted(self, page: Page) -> None:
-        assert page.state <= State.ARRIVING and page.pageable and page.pins == 0, page
-        page.state = State.EVICTED
+        assert page.state <= ARRIVING and page.pageable and page.pins == 0, page
+        page.state = EVICTED
         self.resident_bytes -= page.nbytes  # _shrink, written out: every eviction
         self.kind_bytes[page.kind] -= page.nbytes
         del self._lru[page.key]
@@ -260,14 +265,14 @@ class PageTable:
         if self.pages.get(page.key) is page:
             del self.pages[page.key]
             self.live_bytes -= page.nbytes
-        if page.state <= State.ARRIVING:  # resident; _shrink written out (every dead output)
+        if page.state <= ARRIVING:  # resident; _shrink written out (every dead output)
             self.resident_bytes -= page.nbytes
             self.kind_bytes[page.kind] -= page.nbytes
             if page.pageable:
                 self._lru.pop(page.key, None)
             else:
                 self.unpageable_bytes -= page.nbytes
-        page.state = State.DEAD
+        page.state = DEAD
 
     def lru(self) -> Iterator[Page]:
         """Resident pageable pages, least recently used first.

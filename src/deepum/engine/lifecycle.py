@@ -23,7 +23,7 @@ import weakref
 
 import torch
 
-from ..core.pages import ARRIVING, EVICTED, RESIDENT, Kind, Page, State
+from ..core.pages import ARRIVING, DEAD, EVICTED, RESIDENT, Kind, Page
 from ..errors import RestoreError
 from .stepplan import RECORDING
 
@@ -87,7 +87,7 @@ class Lifecycle:
         while dead:
             page = dead.popleft().page
             # Most dead pages are plain activations: retire() written out for them.
-            if (page.state == State.DEAD or page.prefetched or page.recipe is not None or page.readers
+            if (page.state == DEAD or page.prefetched or page.recipe is not None or page.readers
                     or page.host is not None or plans.mode == RECORDING):  # (plans.freed records)
                 self.retire(page)
                 continue
@@ -97,7 +97,7 @@ class Lifecycle:
             self.counters.dead_pages += 1
 
     def retire(self, page: Page) -> None:
-        if page.state == State.DEAD:
+        if page.state == DEAD:
             return
         if page.prefetched:
             page.prefetched = False

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ...core.pages import DEAD, Kind, Page
+from ...core.pages import DEAD, OTHER, PARAMETER, Kind, Page
 from ..remat import record, storage_of
 from .plan import flat_outputs, pageable
 from .sparse import sparse_parts_resident
@@ -70,7 +70,7 @@ class Registration:
                     continue
                 if s._cdata in self.pager.table.pages or s.nbytes() == 0 or s.device != self.device:
                     continue
-                kind = Kind.PARAMETER if isinstance(t, torch.nn.Parameter) else Kind.OTHER
+                kind = PARAMETER if isinstance(t, torch.nn.Parameter) else OTHER
                 self._keep_index(t, self.pager.register(s, self.skeys(("param", len(self.skeys))),
                                                         pageable(t, s), kind))
                 n += 1
@@ -139,7 +139,7 @@ class Registration:
             skey = self.skeys(("param", len(self.skeys)))
         else:
             skey = self._stable_key(("ext", self.prev_plan, self.plans[id(func)], i, tuple(t.shape), t.dtype))
-        kind = Kind.PARAMETER if param else Kind.OTHER
+        kind = PARAMETER if param else OTHER
         return self._keep_index(t, self.pager.register(s, skey, pageable(t, s), kind, preexisting=True))
 
     def _register_outputs(self, out, eid: int, call: tuple | None = None) -> int:
