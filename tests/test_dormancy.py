@@ -279,6 +279,21 @@ def test_paging_goes_on_while_the_allocators_rests_would_pass_the_cap():
     assert s.stats()["paging_stops"] == 1 and trail[-1][2] is True, trail
 
 
+def test_release_rests_false_leaves_the_allocators_rests_to_the_reserve(monkeypatch):
+    """``Thresholds.release_rests`` (an A/B switch): off, a caching allocator's rests are not
+    weighed at release, so a window over the cap with them stops paging all the same."""
+    from deepum.core.config import Config, Thresholds
+
+    _native_or_skip()
+    monkeypatch.setattr(memsignal.CpuSignal, "cached", True)  # read as a caching allocator's
+    for rests in (True, False):
+        with deepum.oversubscribe(budget=256 * MiB, device="cpu",
+                                  config=Config(thresholds=Thresholds(release_rests=rests))) as s:
+            state = s._watch.state
+            assert (state.cap is not None) is rests
+            assert state.over_cap(100 * MiB, 300 * MiB) == (208 * MiB if rests else 0)  # the cap: 64 MiB under the budget
+
+
 def test_out_of_memory_while_dormant_is_explained_and_paged_from_the_next_module_call(caplog):
     """[Note: out of memory while dormant]: the allocator's observer (CUDA) calls the watch;
     here it is called as the observer would, from a dormant session on the cpu tier."""

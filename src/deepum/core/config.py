@@ -120,6 +120,12 @@ class Thresholds:
     # passing layout, and each answer (one more region whole, a margin more
     # parked) costs every step after it.
     flush_windows: int = 2
+    # CUDA: paging stops only where a paging window's demand plus its
+    # allocator's rests fits under the cap ([Note: the allocator's overhead
+    # at release] in core/dormancy.py). False leaves the rests to the reserve
+    # (the rule before session 30), for A/Bs: a paging window's rests can
+    # over-state an unintercepted step's (docs/BENCHMARKS.md, session 31).
+    release_rests: bool = True
     # Parking ([Note: a step over parked state] in engine/parkstep.py): the
     # optimizer's step runs its operators over parked state in slices holding
     # at most this share of the limit of it.

@@ -71,7 +71,7 @@ class Watch:
             regions.watch = self
             self.parking = regions.parking = Parking(pager.device, pager.counters,
                                                      int(th.park_slice * pager.table.limit), th.park_pipeline)
-        cap = allocator_cap(pager.budget, th.cap_slack) if signal.cached else None
+        cap = allocator_cap(pager.budget, th.cap_slack) if signal.cached and th.release_rests else None
         self.state = Dormancy(pager.table.limit, th.engage, th.release, th.calm_windows, cap=cap,
                               oom_limit=th.dormant_oom_limit, stop=pager.stop_bytes)
         signal.on_oom = self.out_of_memory
