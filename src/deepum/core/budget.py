@@ -29,8 +29,9 @@ def allocator_cap(budget: int, slack: int) -> int:
 
 
 def release_limit(budget: int, limit: int, share: float, floor: int) -> int:
-    """The most an unintercepted step's demand may be for paging to stop: ``share`` of
-    the budget under it, at least ``floor``, and never under the pager's ``limit`` ([Note: the release's margin] in core/dormancy.py)."""
+    """The most a step's demand may be for paging to stop: the budget less ``share`` of it
+    (at least ``floor`` less), and never under the pager's ``limit`` ([Note: the release's
+    margin] in core/dormancy.py)."""
     reserve = budget - limit
     return budget - min(reserve, max(int(budget * share), floor))
 
