@@ -136,8 +136,9 @@ class Thresholds:
     # each costs a launch and a wait on the host (docs/BENCHMARKS.md,
     # session 27, compares 3 and 6).
     park_pipeline: int = 6
-    # Parking parks this share of the limit past what a window showed over
-    # ([Note: parking] in core/regions.py).
+    # Parking's first change parks this share of the limit past what a window
+    # showed over, and each later one at least this share ([Note: parking] in
+    # core/regions.py).
     park_margin: float = 1 / 32
     # Two changes in parking in a row that each lowered the next window's
     # excess by less than this share of the bytes they parked drop regions

@@ -117,8 +117,9 @@ step could then never stop paging. Parked state leaves the device only at
 the next optimizer step, so the windows that settle after a change in
 parking are not read at all. A window still
 over with every region whole parks more, up to ``parkable``; only then
-are regions and parking dropped for the page planner. Each time it parks
-``park_margin`` past what the window showed over: a step that pages holds
+are regions and parking dropped for the page planner. The first change
+parks ``park_margin`` past what the window showed over, and each later
+one at least ``park_margin`` (the larger of it and the excess): a step that pages holds
 its residency near the limit whatever is parked, so its measured demand
 falls only a little with each change, and a window over by a few bytes
 would otherwise park a few bytes more, settle, and page again, step after
