@@ -279,19 +279,52 @@ def test_paging_goes_on_while_the_allocators_rests_would_pass_the_cap():
     assert s.stats()["paging_stops"] == 1 and trail[-1][2] is True, trail
 
 
-def test_release_rests_false_leaves_the_allocators_rests_to_the_reserve(monkeypatch):
-    """``Thresholds.release_rests`` (an A/B switch): off, a caching allocator's rests are not
+def test_release_rests_off_leaves_the_allocators_rests_to_the_reserve(monkeypatch):
+    """``Thresholds.release_rests="off"`` (for A/Bs): a caching allocator's rests are not
     weighed at release, so a window over the cap with them stops paging all the same."""
     from deepum.core.config import Config, Thresholds
 
     _native_or_skip()
     monkeypatch.setattr(memsignal.CpuSignal, "cached", True)  # read as a caching allocator's
-    for rests in (True, False):
+    for rests in ("flushed", "clean", "off"):
         with deepum.oversubscribe(budget=256 * MiB, device="cpu",
                                   config=Config(thresholds=Thresholds(release_rests=rests))) as s:
             state = s._watch.state
-            assert (state.cap is not None) is rests
-            assert state.over_cap(100 * MiB, 300 * MiB) == (208 * MiB if rests else 0)  # the cap: 64 MiB under the budget
+            assert (state.cap is None) is (rests == "off")
+            # The cap: 64 MiB under the budget.
+            assert state.over_cap(100 * MiB, 300 * MiB) == (0 if rests == "off" else 208 * MiB)
+    with pytest.raises(deepum.OptionError, match="release_rests"):
+        Thresholds(release_rests=True)
+
+
+def test_clean_rests_leave_out_a_window_that_held_pages_out_at_its_peak():
+    """``release_rests="clean"``: where the pager held pages out at the peak, the room its
+    evictions left in the allocator's cache is among the rests, so the window says nothing of them."""
+    from deepum.core.config import Config, Thresholds
+
+    assert allocator_overhead(allocated=70, reserved=95, flushed=True, held_out=True) == 0
+    assert allocator_overhead(allocated=70, reserved=95, flushed=True, held_out=False) == 25
+    _native_or_skip()
+
+    class Flushing:  # a window that flushed: 10 MiB allocated at its peak, 250 MiB reserved
+        flushes = 0
+        window_reserved = 0
+
+        def close_window(self):
+            self.flushes += 1
+            self.window_reserved = 250 * MiB
+            return 10 * MiB
+
+    for rests, demand, overhead in (("flushed", 50, 240), ("clean", 50, 0), ("clean", 5, 240)):
+        with deepum.oversubscribe(budget=256 * MiB, device="cpu",
+                                  config=Config(thresholds=Thresholds(release_rests=rests))) as s:
+            watch = s._watch
+            real, watch.signal = watch.signal, Flushing()
+            s.pager.table.window_demand_bytes = demand * MiB  # over the allocated peak: pages held out
+            try:
+                assert watch._paging_peak() == (demand * MiB, overhead * MiB), (rests, demand)
+            finally:
+                watch.signal = real
 
 
 def test_out_of_memory_while_dormant_is_explained_and_paged_from_the_next_module_call(caplog):

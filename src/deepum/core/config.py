@@ -122,10 +122,13 @@ class Thresholds:
     flush_windows: int = 2
     # CUDA: paging stops only where a paging window's demand plus its
     # allocator's rests fits under the cap ([Note: the allocator's overhead
-    # at release] in core/dormancy.py). False leaves the rests to the reserve
-    # (the rule before session 30), for A/Bs: a paging window's rests can
-    # over-state an unintercepted step's (docs/BENCHMARKS.md, session 31).
-    release_rests: bool = True
+    # at release] in core/dormancy.py): the rests of every window that
+    # flushed ("flushed"), of those that held no pages out at their peak
+    # ("clean": where the pager held pages out, the room its evictions left
+    # cached counts among the rests), or none ("off": the reserve stands for
+    # them, the rule before session 30). "clean" and "off" are for A/Bs
+    # (docs/BENCHMARKS.md, session 31).
+    release_rests: str = "flushed"
     # Parking ([Note: a step over parked state] in engine/parkstep.py): the
     # optimizer's step runs its operators over parked state in slices holding
     # at most this share of the limit of it.
@@ -245,6 +248,8 @@ class Thresholds:
             raise OptionError("Thresholds: give 0 < region_target <= region_release <= region_engage <= 1")
         if self.region_rounds < 1:
             raise OptionError(f"Thresholds.region_rounds={self.region_rounds!r}: give 1 or more")
+        if self.release_rests not in ("flushed", "clean", "off"):
+            raise OptionError(f"Thresholds.release_rests={self.release_rests!r}: give 'flushed', 'clean' or 'off'")
         if self.plan_candidates < 1:
             raise OptionError(f"Thresholds.plan_candidates={self.plan_candidates!r}: give 1 or more pages")
         if self.plan_link_price < 0:

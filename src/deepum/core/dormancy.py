@@ -125,11 +125,13 @@ def paging_measure(demand: int, recorded: int | None, allocated: int | None, res
     return held
 
 
-def allocator_overhead(allocated: int | None, reserved: int, flushed: bool) -> int:
+def allocator_overhead(allocated: int | None, reserved: int, flushed: bool, held_out: bool = False) -> int:
     """What a paging window's allocator held above its allocated peak and could not hand back
     ([Note: the allocator's overhead at release]); 0 where the window did not flush its cache
-    or there is no caching allocator (the cpu tier: ``allocated`` None)."""
-    if allocated is None or not flushed:
+    or there is no caching allocator (the cpu tier: ``allocated`` None), and where asked to
+    leave out a window that held pages out at its peak (``held_out``: its evictions' room
+    cached counts among its rests)."""
+    if allocated is None or not flushed or held_out:
         return 0
     return max(reserved - allocated, 0)
 

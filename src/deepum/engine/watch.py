@@ -71,7 +71,7 @@ class Watch:
             regions.watch = self
             self.parking = regions.parking = Parking(pager.device, pager.counters,
                                                      int(th.park_slice * pager.table.limit), th.park_pipeline)
-        cap = allocator_cap(pager.budget, th.cap_slack) if signal.cached and th.release_rests else None
+        cap = allocator_cap(pager.budget, th.cap_slack) if signal.cached and th.release_rests != "off" else None
         self.state = Dormancy(pager.table.limit, th.engage, th.release, th.calm_windows, cap=cap,
                               oom_limit=th.dormant_oom_limit, stop=pager.stop_bytes)
         signal.on_oom = self.out_of_memory
@@ -224,7 +224,8 @@ class Watch:
         peak = paging_measure(table.window_demand_bytes, recorded,
                               allocated if self.pager.device.type == "cuda" else None, table.window_peak_bytes)
         # (The cpu tier's counter has no cache to flush: no overhead.)
-        overhead = allocator_overhead(allocated, self.signal.window_reserved, self.signal.flushes > flushes)
+        held_out = self.pager.config.thresholds.release_rests == "clean" and allocated is not None and peak > allocated
+        overhead = allocator_overhead(allocated, self.signal.window_reserved, self.signal.flushes > flushes, held_out)
         self.windows.append((True, peak, allocated, self.signal.window_reserved, self.signal.flushes))
         table.new_window()
         return peak, overhead
