@@ -88,9 +88,9 @@ class Thresholds:
     # Default reserve on CUDA: this share of the budget, at most reserve_max bytes.
     reserve: float = 1 / 8
     reserve_max: int = 2 << 30
-    # CUDA, default reserve: paging stops for a step whose demand leaves this
-    # share of the budget free (at least release_reserve_min bytes, at most
-    # the reserve) ([Note: the release's margin] in core/dormancy.py).
+    # CUDA, default reserve: the release shares may reach a demand that leaves
+    # this share of the budget free (at least release_reserve_min bytes, at
+    # most the reserve) ([Note: the release's margin] in core/dormancy.py).
     release_reserve: float = 1 / 16
     release_reserve_min: int = 512 << 20
     # Dormancy (core/dormancy.py): paging starts again when memory in use
