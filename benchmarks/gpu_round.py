@@ -38,6 +38,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
 PAGED = ("deepum", "lru")
+OPTIONED = PAGED + ("identity",)  # the cases that take --option
 
 
 def _load_harness():
@@ -77,7 +78,7 @@ def child(argv: list[str]) -> int:
 def run_child(args, model: str, method: str, budget: int | None, src: str, log) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", model, method,
            str(budget) if budget is not None else "-", args.device, str(args.warmup), str(args.steps),
-           json.dumps(args.session_options if src != args.old_src and method in PAGED else {})]
+           json.dumps(args.session_options if src != args.old_src and method in OPTIONED else {})]
     env = {**os.environ, "PYTHONPATH": src}
     t0 = time.time()
     try:
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plain-peak", type=int, default=None,
                    help="the models' unconstrained peak in bytes, known from an earlier round: plain does not run")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
-                   help="a session option for this tree's paged cases (e.g. victims=age, or th.region_target=0.9 "
+                   help="a session option for this tree's paged and identity cases (e.g. victims=age, or th.region_target=0.9 "
                         "for a threshold); repeatable")
     args = p.parse_args(argv)
     args.session_options = _options(args.option)
