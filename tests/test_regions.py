@@ -22,6 +22,8 @@ import deepum
 from deepum.core import regions as core
 from deepum.core.config import Thresholds
 from deepum.core.regions import NONE, SELECTIVE, WHOLE, Census, RegionPlan, choose, freed, freed_by
+from deepum.engine import regions as engine_regions
+from deepum.engine.memsignal import load_counter
 from deepum.engine.regions import find_blocks
 
 from .helpers import assert_identical, flush_every_window, train
@@ -329,6 +331,44 @@ def test_regions_with_dropout_keep_every_bit():
     got = train(lambda: _gpt2(0.1), _tokens, _lm, steps=6, budget=budget)
     assert_identical(ref, got)
     assert got[3]["region_recomputes"] > 0
+
+
+def _lm_autocast(at_loss: list | None = None):
+    """The causal LM's loss under the cpu's bf16 autocast; ``at_loss`` gets the bytes the
+    forward added (the counting allocator's) at the loss, inside the autocast context."""
+    counter = load_counter()
+
+    def loss(model, ids):
+        before = counter.current() if at_loss is not None else 0
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(input_ids=ids, labels=ids).loss
+            if at_loss is not None:
+                at_loss.append(counter.current() - before)
+        return out
+    return loss
+
+
+def test_under_autocast_a_region_holds_no_cast_of_its_weights_past_its_call(monkeypatch):
+    """[Note: autocast's cast cache in a region]: at the loss, still inside autocast, the
+    regions hold no bf16 copy of their layers' weights, and the bits are a plain autocast run's."""
+    if load_counter() is None:
+        pytest.skip("the cpu tier's counting allocator could not be built here")
+    ref = train(_llama, _tokens, _lm_autocast(), steps=12)
+    budget = int(_peak(_llama, _tokens, _lm_autocast()) * 0.6)
+    runs = {}
+    for name in ("cache off in regions", "cache on"):
+        if name == "cache on":  # the engine before the Note
+            monkeypatch.setattr(engine_regions, "_cast_cache_off", torch.is_autocast_cache_enabled)
+        at_loss: list = []
+        got = train(_llama, _tokens, _lm_autocast(at_loss), steps=12, budget=budget)
+        assert_identical(ref, got)
+        assert got[3]["regions"] >= 2 and got[3]["paging_stops"] >= 1, got[3]
+        runs[name] = (got[3]["regions"], at_loss[-1])
+    layer = _llama().model.layers[0]
+    casts = 2 * sum(m.weight.numel() for m in layer.modules() if isinstance(m, nn.Linear))
+    (regions, off), (regions_cached, on) = runs["cache off in regions"], runs["cache on"]
+    assert regions == regions_cached, runs
+    assert on - off >= 0.9 * regions * casts, (runs, casts)
 
 
 def test_recompute_blocks_off_sets_no_region():

@@ -33,6 +33,19 @@ the step writes them once, as without deepum. A Hugging Face layer
 a region without it, by keyword or by position, as under Hugging Face's own
 checkpointing: a second run would extend the cache a second time.
 
+[Note: autocast's cast cache in a region]
+Under autocast, a cast of a parameter (fp32 to bf16 or fp16) is cached until
+the outermost autocast context exits, that is past the loss: the cache holds
+every layer's cast weights through the forward's peak, whether or not
+autograd saved them. Inside a region autograd's saves are dropped, but the
+cache would keep the casts alive, so a region would free less than the
+census counted (the casts are part of what it saved) and the forward's peak
+would carry a copy of the regions' weights in the lower precision. So a
+region's forward, and with it its recompute (checkpointing replays the
+autocast state it started with), runs with the cast cache off: each use
+casts again, the same bits, and the casts die with the region's other
+saves. Casts made outside regions are cached as before.
+
 A region at the SELECTIVE level (core/regions.py) runs under PyTorch's
 selective checkpointing with the core's ``keeps`` as its policy: the
 forward keeps the outputs of matmuls, convolutions and attention, and the
@@ -481,6 +494,13 @@ class Regions:
         self.stack = []
 
 
+def _cast_cache_off() -> bool:
+    """Turn autocast's cast cache off for a region's forward; returns whether it was on."""
+    was = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    return was
+
+
 def _rng_states(tensors) -> tuple:
     cuda = sorted({t.device.index or 0 for t in tensors if t.is_cuda})
     return torch.get_rng_state(), [(d, torch.cuda.get_rng_state(d)) for d in cuda]
@@ -821,14 +841,21 @@ class _Checkpointed:
             for t in _leaves((args, *kwargs.values()), []):
                 if isinstance(t, torch.Tensor):
                     regions.count_held(t, leaves=False)  # the region keeps its inputs
-        self.gens.append((_start(module, self._context, args, kwargs), self.caching))
+        cache = _cast_cache_off()  # [Note: autocast's cast cache in a region]
+        try:
+            gen = _start(module, self._context, args, kwargs)
+        except BaseException:
+            torch.set_autocast_cache_enabled(cache)
+            raise
+        self.gens.append((gen, self.caching, cache))
         return (args, kwargs) if self.hf else None
 
     def _post(self, module, args, output) -> None:
         call = self.gens.pop() if self.gens else None
         if call is None:
             return
-        gen, caching = call
+        gen, caching, cache = call
+        torch.set_autocast_cache_enabled(cache)
         try:
             next(gen)
         except StopIteration:
