@@ -371,6 +371,78 @@ def test_under_autocast_a_region_holds_no_cast_of_its_weights_past_its_call(monk
     assert on - off >= 0.9 * regions * casts, (runs, casts)
 
 
+def _loss_measured(at_loss: list):
+    """The causal LM's loss; ``at_loss`` gets the bytes the forward added (the counting allocator's)."""
+    counter = load_counter()
+
+    def loss(model, ids):
+        before = counter.current()
+        out = model(input_ids=ids, labels=ids).loss
+        at_loss.append(counter.current() - before)
+        return out
+    return loss
+
+
+HOST_INPUTS = Thresholds(region_inputs="host", region_inputs_min=1)
+
+
+def test_region_inputs_on_the_host_leave_the_forward_and_keep_every_bit():
+    """[Note: a region's inputs on the host]: at the loss the forward holds each region's input
+    less, the residual stream entering each layer, and the bits are plain training's."""
+    if load_counter() is None:
+        pytest.skip("the cpu tier's counting allocator could not be built here")
+    ref = train(_llama, _tokens, _lm, steps=12)
+    budget = int(_peak(_llama, _tokens, _lm) * 0.5)
+    runs = {}
+    for th in (Thresholds(), HOST_INPUTS):
+        at_loss: list = []
+        got = train(_llama, _tokens, _loss_measured(at_loss), steps=12, budget=budget, thresholds=th)
+        assert_identical(ref, got)
+        assert got[3]["regions"] >= 2 and got[3]["paging_stops"] >= 1, got[3]
+        runs[th.region_inputs] = (got[3]["regions"], at_loss[-1])
+    (regions, on_device), (regions_host, on_host) = runs["device"], runs["host"]
+    assert regions == regions_host, runs
+    one_input = 8 * 96 * 64 * 4  # a batch's hidden states entering a layer, fp32
+    assert on_device - on_host >= regions * one_input, runs
+
+
+def test_region_inputs_on_the_host_keep_every_bit_with_two_forwards_and_two_backwards():
+    """Two forwards before one backward (their buffers must not be shared), and a graph
+    backed through twice (the inputs are unpacked twice)."""
+    def steps(session_budget=None):
+        torch.manual_seed(0)
+        model = _llama()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+        batches = _tokens(n=12)
+        out = []
+        ctx = (deepum.oversubscribe(session_budget, device="cpu", thresholds=HOST_INPUTS)
+               if session_budget else contextlib.nullcontext())
+        with ctx as session:
+            for i in range(0, 12, 2):
+                opt.zero_grad(set_to_none=True)
+                loss = _lm(model, batches[i]) + _lm(model, batches[i + 1])
+                loss.backward(retain_graph=True)
+                (loss * 0.5).backward()
+                opt.step()
+                out.append(loss.detach().clone())
+            stats = session.stats() if session is not None else None
+        return out, [p.detach().clone() for p in model.parameters()], stats
+
+    ref_losses, ref_params, _ = steps()
+    losses, params, stats = steps(int(_peak(_llama, _tokens, _lm) * 0.5))
+    assert stats["regions"] >= 2 and stats["region_recomputes"] > 0, stats
+    assert stats["region_input_bytes"] >= stats["region_calls"] * 8 * 96 * 64 * 4, stats
+    assert all(torch.equal(a, b) for a, b in zip(ref_losses, losses))
+    assert all(torch.equal(a, b) for a, b in zip(ref_params, params))
+
+
+def test_region_inputs_take_device_or_host():
+    with pytest.raises(deepum.OptionError, match="region_inputs"):
+        Thresholds(region_inputs="disk")
+    with pytest.raises(deepum.OptionError, match="region_inputs_min"):
+        Thresholds(region_inputs_min=0)
+
+
 def test_recompute_blocks_off_sets_no_region():
     make_model, make_batches, loss_fn = FAMILIES["gpt2"]
     budget = int(_peak(make_model, make_batches, loss_fn) * 0.75)

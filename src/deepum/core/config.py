@@ -129,6 +129,12 @@ class Thresholds:
     # them, the rule before session 30). "clean" and "off" are for A/Bs
     # (docs/BENCHMARKS.md, session 31).
     release_rests: str = "flushed"
+    # Where a region keeps its call's tensor arguments until its recompute
+    # ([Note: a region's inputs on the host] in engine/inputs_host.py):
+    # "device", or "host" (copied out when the region starts, back for its
+    # recompute); arguments under ``region_inputs_min`` bytes stay on the device.
+    region_inputs: str = "device"
+    region_inputs_min: int = 1 << 20
     # Parking ([Note: a step over parked state] in engine/parkstep.py): the
     # optimizer's step runs its operators over parked state in slices holding
     # at most this share of the limit of it.
@@ -248,6 +254,10 @@ class Thresholds:
             raise OptionError("Thresholds: give 0 < region_target <= region_release <= region_engage <= 1")
         if self.region_rounds < 1:
             raise OptionError(f"Thresholds.region_rounds={self.region_rounds!r}: give 1 or more")
+        if self.region_inputs not in ("device", "host"):
+            raise OptionError(f"Thresholds.region_inputs={self.region_inputs!r}: give 'device' or 'host'")
+        if not isinstance(self.region_inputs_min, int) or self.region_inputs_min < 1:
+            raise OptionError(f"Thresholds.region_inputs_min={self.region_inputs_min!r}: give bytes, 1 or more")
         if self.release_rests not in ("flushed", "clean", "off"):
             raise OptionError(f"Thresholds.release_rests={self.release_rests!r}: give 'flushed', 'clean' or 'off'")
         if self.plan_candidates < 1:

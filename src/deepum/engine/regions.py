@@ -79,6 +79,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..core.costs import DEFAULT_LAUNCH_S
 from ..core.regions import NONE, SELECTIVE, WHOLE, Census, RegionPlan, keeps
+from .inputs_host import InputsOnHost
 from .stepplan import StepPlans
 
 _graph_task = torch._C._current_graph_task_id
@@ -239,6 +240,9 @@ class Regions:
         self.step_peaks: list[int] = []  # the whole peak demand of each window the plan weighed (0: dormant)
         self.watch = None  # engine/watch.py's Watch, which sets itself here: held(), paging
         self.parking = None  # engine/parking.py's Parking, which the watch sets here
+        self.inputs_host = (InputsOnHost(pager.device, th.region_inputs_min, self._intercepting,
+                                         self.counters)
+                            if th.region_inputs == "host" else None)
 
     def _new_plan(self) -> RegionPlan:
         pager = self.pager
@@ -274,6 +278,8 @@ class Regions:
     def _root_pre(self, module, args) -> None:
         """A measured root call begins: what the program holds now, and a hook on what autograd saves."""
         watch = self.watch
+        if self.inputs_host is not None and _graph_task() == -1 and not self.recomputing:
+            self.inputs_host.root_call()
         if _graph_task() != -1 or self.recomputing or self.saving is not None or watch is None or not watch.paging:
             return  # a dormant step is not measured: it pays nothing
         if not self.root_hooks:
@@ -492,6 +498,19 @@ class Regions:
             self.saving.__exit__(None, None, None)
             self.saving = None
         self.stack = []
+        if self.inputs_host is not None:
+            self.inputs_host.close()
+
+    def _intercepting(self) -> bool:
+        return self.watch is not None and self.watch.paging
+
+
+def _end_start(cache: bool, hooks) -> None:
+    """Undo a region's start: the cast cache as it was, and the hooks of its inputs popped
+    (after the checkpoint's own, which sat above them)."""
+    torch.set_autocast_cache_enabled(cache)
+    if hooks is not None:
+        hooks.__exit__(None, None, None)
 
 
 def _cast_cache_off() -> bool:
@@ -837,24 +856,28 @@ class _Checkpointed:
         regions.counters.region_calls += 1
         if self.hf:
             args, kwargs = _hf_call(module, args, kwargs)
+        host = regions.inputs_host  # [Note: a region's inputs on the host]
         if regions.saving is not None:
             for t in _leaves((args, *kwargs.values()), []):
-                if isinstance(t, torch.Tensor):
+                if isinstance(t, torch.Tensor) and not (host is not None and host.wants(t)):
                     regions.count_held(t, leaves=False)  # the region keeps its inputs
         cache = _cast_cache_off()  # [Note: autocast's cast cache in a region]
+        hooks = host.hooks() if host is not None else None
         try:
+            if hooks is not None:
+                hooks.__enter__()  # under the checkpoint's own, which its start pushes
             gen = _start(module, self._context, args, kwargs)
         except BaseException:
-            torch.set_autocast_cache_enabled(cache)
+            _end_start(cache, hooks)
             raise
-        self.gens.append((gen, self.caching, cache))
+        self.gens.append((gen, self.caching, cache, hooks))
         return (args, kwargs) if self.hf else None
 
     def _post(self, module, args, output) -> None:
         call = self.gens.pop() if self.gens else None
         if call is None:
             return
-        gen, caching, cache = call
+        gen, caching, cache, hooks = call
         torch.set_autocast_cache_enabled(cache)
         try:
             next(gen)
@@ -863,6 +886,10 @@ class _Checkpointed:
                 for t in _cached(getattr(caching, "storage", {}), []):
                     self.regions.count_held(t, leaves=True)
             return
+        finally:
+            if hooks is not None:
+                _end_start(cache, hooks)
+                self.regions.inputs_host.region_done()
         raise RuntimeError("deepum: a region's checkpoint did not end with its module call")
 
     def remove(self) -> None:

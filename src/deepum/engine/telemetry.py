@@ -52,7 +52,7 @@ class Stats:
         "max_working_set_bytes", "plans", "planned_steps", "plan_departures", "planned_evictions",
         "plan_over_ops", "plan_short_evictions", "paging_starts", "paging_stops", "victim_choices",
         "views", "recipes", "plan_prefetch_no_room", "regions", "regions_selective", "region_calls",
-        "region_recomputes", "parked_bytes",
+        "region_recomputes", "parked_bytes", "region_input_bytes",
     )
 
     def __init__(self) -> None:
