@@ -138,6 +138,9 @@ class InputsOnHost:
             return
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         held.fetched = device_copy(held.host, self.device, stream=self.stream)
+        # Its block is the program's stream's: not reused before the copy ends,
+        # should the handle die unused.
+        held.fetched.record_stream(self.stream)
         held.ready = self.stream.record_event()
 
     def _buffer(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
