@@ -37,7 +37,6 @@ device stay where they are, handed to the hooks that were there before.
 
 from __future__ import annotations
 
-import mmap
 import weakref
 from collections.abc import Callable
 
@@ -45,6 +44,7 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
 from .intercept.host_access import resident
+from .parking import host_bytes
 from .parkstep import device_copy
 
 _top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
@@ -146,12 +146,7 @@ class InputsOnHost:
     def _buffer(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw bytes, the same as ``like``'s dtype and shape): from the pool, else new."""
         free = self.pool.get(like.nbytes)
-        if free:
-            raw = free.pop()
-        elif self.cuda:
-            raw = torch.empty(like.nbytes, dtype=torch.uint8, pin_memory=True)
-        else:
-            raw = torch.frombuffer(mmap.mmap(-1, like.nbytes), dtype=torch.uint8)
+        raw = free.pop() if free else host_bytes(like.nbytes, self.cuda)
         return raw, raw.view(like.dtype).view(like.shape)
 
     def _release(self, raw: torch.Tensor) -> None:

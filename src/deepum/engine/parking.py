@@ -59,11 +59,18 @@ class _Entry:
 _storage = torch._C.TensorBase.untyped_storage
 
 
+def host_bytes(nbytes: int, cuda: bool) -> torch.Tensor:
+    """Raw host bytes outside the budgeted tier: pinned on CUDA; on the cpu tier an anonymous
+    memory map, outside the counting allocator (engine/inputs_host.py's buffers too)."""
+    if cuda:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    return torch.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=torch.uint8)[:nbytes]
+
+
 def _host_buffer(like: torch.Tensor, cuda: bool) -> torch.Tensor:
     if cuda:
         return torch.empty(like.shape, dtype=like.dtype, pin_memory=True)
-    raw = torch.frombuffer(mmap.mmap(-1, max(like.nbytes, 1)), dtype=torch.uint8)
-    return raw[: like.nbytes].view(like.dtype).view(like.shape)
+    return host_bytes(like.nbytes, cuda).view(like.dtype).view(like.shape)
 
 
 def _foreach(group: dict) -> bool:
